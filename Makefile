@@ -1,0 +1,43 @@
+# provision — build, test, demo.
+#
+#   make demo      the main job on a built-in example, step by step
+#   make test      everything: format, lints, unit, integration and end-to-end tests
+#   make install   binary and systemd units into $(DESTDIR)$(PREFIX)
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+CARGO ?= cargo
+# Debian packages the tests and the demo use (real git daemon, real sshd).
+APT_PACKAGES := git pkg-config libssl-dev openssh-server
+
+.PHONY: all build release deps test lint unit demo install clean
+
+all: build
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+# Installs what is missing, and nothing else: safe to run on every make test.
+deps:
+	@bash scripts/deps.sh $(APT_PACKAGES)
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit: deps
+	$(CARGO) test --all-targets
+
+test: lint unit
+
+demo: deps release
+	@bash examples/demo/run.sh target/release/provision
+
+install: release
+	install -D -m 0755 target/release/provision $(DESTDIR)$(PREFIX)/bin/provision
+
+clean:
+	$(CARGO) clean

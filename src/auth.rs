@@ -1,0 +1,856 @@
+//! Credentials and ssh host-key checking for network fetches.
+//!
+//! provision runs unattended as root, so a fetch must never prompt, never
+//! fall back to an ssh-agent that happens to be around, never retry a
+//! rejected credential forever, and never talk to an ssh server whose host
+//! key the operator did not pin in a known_hosts file. Secrets stay in files:
+//! the config holds only paths, and secrets are read at fetch time and never
+//! put into messages.
+//!
+//! libgit2 hands the certificate callback only the host name, not the port,
+//! and replaces that callback's error message with a generic one. So the
+//! certificate callback only records the key the ssh server presented; the
+//! decision (with the port taken from the URL, and a message that says what is
+//! wrong) is made in the credentials callback, which libgit2 calls before any
+//! credential is sent. The progress callbacks refuse to go on while a
+//! presented key is still unchecked, as a backstop.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use base64::Engine;
+use git2::cert::{Cert, SshHostKeyType};
+use git2::{CertificateCheckStatus, Cred, CredentialType, RemoteCallbacks};
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+
+/// User name for ssh when the URL names none (the convention of Git hosts).
+const DEFAULT_SSH_USER: &str = "git";
+/// User name for https when a token file is given but no user.
+const DEFAULT_HTTPS_USER: &str = "git";
+/// System-wide known_hosts, searched first when none is configured.
+const SYSTEM_KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
+
+/// Where a service's secrets come from.
+///
+/// Only *paths* live in the config, so the config can be committed and shown;
+/// secrets are read from the files at fetch time and never logged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// Private key file for ssh:// and scp-like upstreams.
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts file; when None: /etc/ssh/ssh_known_hosts then ~/.ssh/known_hosts ($HOME).
+    pub ssh_known_hosts: Option<PathBuf>,
+    /// Username for https; "git" when a token file is given without one.
+    pub https_user: Option<String>,
+    /// File whose first line (trimmed) is the https password or token.
+    pub https_token_file: Option<PathBuf>,
+}
+
+impl Credentials {
+    /// Fill unset fields from env PROVISION_SSH_KEY, PROVISION_SSH_KNOWN_HOSTS,
+    /// PROVISION_HTTPS_USER and PROVISION_HTTPS_TOKEN_FILE, so a machine can
+    /// supply its secrets' locations without editing the shared config.
+    /// Empty variables count as unset.
+    pub fn with_env_defaults(mut self) -> Self {
+        fill(&mut self.ssh_key, "PROVISION_SSH_KEY", PathBuf::from);
+        fill(
+            &mut self.ssh_known_hosts,
+            "PROVISION_SSH_KNOWN_HOSTS",
+            PathBuf::from,
+        );
+        fill(
+            &mut self.https_token_file,
+            "PROVISION_HTTPS_TOKEN_FILE",
+            PathBuf::from,
+        );
+        fill(&mut self.https_user, "PROVISION_HTTPS_USER", |v| {
+            v.to_string_lossy().into_owned()
+        });
+        self
+    }
+}
+
+/// Set `field` from the environment variable `name` when it is unset.
+fn fill<T>(field: &mut Option<T>, name: &str, convert: impl FnOnce(OsString) -> T) {
+    if field.is_none() {
+        *field = std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(convert);
+    }
+}
+
+/// Callbacks for one fetch: credentials from the configured files (never an
+/// ssh-agent), ssh host-key verification against known_hosts, and an overall
+/// `deadline` after which the transfer is aborted, so that a stalled or
+/// trickling server cannot hold up the reconcile pass forever.
+///
+/// Build a fresh set for every fetch: it counts credential attempts so that a
+/// rejected credential ends the fetch instead of being retried forever.
+pub fn remote_callbacks<'a>(creds: &'a Credentials, deadline: Instant) -> RemoteCallbacks<'a> {
+    let state = Rc::new(FetchState::default());
+    let mut callbacks = RemoteCallbacks::new();
+    let s = Rc::clone(&state);
+    callbacks.certificate_check(move |cert, host| Ok(s.record_host_key(cert, host)));
+    let s = Rc::clone(&state);
+    callbacks.credentials(move |url, user, allowed| {
+        s.credential(creds, url, user, allowed)
+            .map_err(|e| callback_error(&e))
+    });
+    let s = Rc::clone(&state);
+    callbacks.transfer_progress(move |_| s.may_continue(deadline));
+    callbacks.sideband_progress(move |_| state.may_continue(deadline));
+    callbacks
+}
+
+/// Set libgit2's process-wide connect and I/O timeouts, so that a server that
+/// accepts a connection and then says nothing cannot block a fetch (the
+/// deadline in [`remote_callbacks`] only runs while data moves).
+///
+/// Call it once at start-up, before any fetch runs (the settings are global
+/// and unsynchronised in libgit2). A zero duration means the system default.
+/// Both apply to https and to ssh, whose socket libgit2 opens itself.
+pub fn set_network_timeouts(connect: Duration, io: Duration) -> Result<()> {
+    let connect_ms = millis(connect, "connect")?;
+    let io_ms = millis(io, "i/o")?;
+    // SAFETY: these only store an integer in libgit2's global settings; the
+    // caller sets them before fetches start, so no transport reads them
+    // concurrently.
+    unsafe { git2::opts::set_server_connect_timeout_in_milliseconds(connect_ms) }
+        .context("setting libgit2 connect timeout")?;
+    // SAFETY: as above.
+    unsafe { git2::opts::set_server_timeout_in_milliseconds(io_ms) }
+        .context("setting libgit2 i/o timeout")?;
+    Ok(())
+}
+
+/// `d` in whole milliseconds as libgit2 wants them.
+fn millis(d: Duration, what: &str) -> Result<i32> {
+    i32::try_from(d.as_millis())
+        .with_context(|| format!("converting {what} timeout {d:?} to milliseconds"))
+}
+
+/// Turn an error of ours into one libgit2 passes on with its message intact.
+fn callback_error(e: &anyhow::Error) -> git2::Error {
+    git2::Error::new(
+        git2::ErrorCode::GenericError,
+        git2::ErrorClass::Callback,
+        format!("{e:#}"),
+    )
+}
+
+/// The host key an ssh server presented, kept until the URL says the port.
+#[derive(Debug, Clone)]
+struct PresentedKey {
+    host: String,
+    key_type: String,
+    blob: Vec<u8>,
+    sha256: Option<[u8; 32]>,
+}
+
+impl PresentedKey {
+    /// `TYPE SHA256:...`, the form `ssh-keygen -l` prints, for messages.
+    fn describe(&self) -> String {
+        match self.sha256 {
+            Some(h) => format!("{} SHA256:{}", self.key_type, STANDARD_NO_PAD.encode(h)),
+            None => self.key_type.clone(),
+        }
+    }
+}
+
+/// What one fetch's callbacks share.
+#[derive(Debug, Default)]
+struct FetchState {
+    presented: RefCell<Option<PresentedKey>>,
+    host_verified: Cell<bool>,
+    ssh_attempts: Cell<u32>,
+    https_attempts: Cell<u32>,
+}
+
+impl FetchState {
+    /// Certificate callback: remember an ssh host key for checking in the
+    /// credentials callback; let libgit2/openssl validate TLS certificates.
+    fn record_host_key(&self, cert: &Cert<'_>, host: &str) -> CertificateCheckStatus {
+        let Some(hostkey) = cert.as_hostkey() else {
+            return CertificateCheckStatus::CertificatePassthrough;
+        };
+        let blob = hostkey.hostkey().map(<[u8]>::to_vec).unwrap_or_default();
+        let key_type = match hostkey.hostkey_type() {
+            Some(t) if !matches!(t, SshHostKeyType::Unknown) => t.name().to_owned(),
+            _ => blob_key_type(&blob).unwrap_or("unknown").to_owned(),
+        };
+        let sha256 = hostkey.hash_sha256().copied();
+        *self.presented.borrow_mut() = Some(PresentedKey {
+            host: host.to_owned(),
+            key_type,
+            blob,
+            sha256,
+        });
+        // A new ssh connection: its key is unchecked and it may ask anew.
+        self.host_verified.set(false);
+        self.ssh_attempts.set(0);
+        CertificateCheckStatus::CertificateOk
+    }
+
+    /// Progress callbacks: go on only before the deadline, and never with an
+    /// ssh host key that was presented but not checked.
+    fn may_continue(&self, deadline: Instant) -> bool {
+        let unchecked = self.presented.borrow().is_some() && !self.host_verified.get();
+        Instant::now() <= deadline && !unchecked
+    }
+
+    /// Credentials callback: check the host key (ssh), then hand out the one
+    /// configured credential once.
+    fn credential(
+        &self,
+        creds: &Credentials,
+        url: &str,
+        user: Option<&str>,
+        allowed: CredentialType,
+    ) -> Result<Cred> {
+        if is_http(url) {
+            return self.https_credential(creds, url, user, allowed);
+        }
+        self.verify_host_key(creds, url)?;
+        if allowed.contains(CredentialType::USERNAME) {
+            return Ok(Cred::username(user.unwrap_or(DEFAULT_SSH_USER))?);
+        }
+        self.ssh_credential(creds, url, user, allowed)
+    }
+
+    /// The private key from `ssh_key`, once per connection.
+    fn ssh_credential(
+        &self,
+        creds: &Credentials,
+        url: &str,
+        user: Option<&str>,
+        allowed: CredentialType,
+    ) -> Result<Cred> {
+        let Some(key) = creds.ssh_key.as_deref() else {
+            bail!(
+                "{url} needs an ssh key: set ssh_key (or PROVISION_SSH_KEY) to a private key file"
+            );
+        };
+        ensure!(
+            allowed.contains(CredentialType::SSH_KEY),
+            "ssh server for {url} does not offer public-key authentication"
+        );
+        if bump(&self.ssh_attempts) > 1 {
+            bail!(
+                "ssh authentication was rejected for {url} with key {}",
+                key.display()
+            );
+        }
+        File::open(key).with_context(|| format!("reading ssh key {}", key.display()))?;
+        Ok(Cred::ssh_key(
+            user.unwrap_or(DEFAULT_SSH_USER),
+            None,
+            key,
+            None,
+        )?)
+    }
+
+    /// User and token from `https_user`/`https_token_file`, once per fetch.
+    fn https_credential(
+        &self,
+        creds: &Credentials,
+        url: &str,
+        user: Option<&str>,
+        allowed: CredentialType,
+    ) -> Result<Cred> {
+        let Some(token_file) = creds.https_token_file.as_deref() else {
+            bail!("{url} asks for credentials: set https_user and https_token_file (or PROVISION_HTTPS_USER and PROVISION_HTTPS_TOKEN_FILE)");
+        };
+        ensure!(
+            allowed.contains(CredentialType::USER_PASS_PLAINTEXT),
+            "server for {url} does not accept a user and token"
+        );
+        if bump(&self.https_attempts) > 1 {
+            bail!(
+                "https authentication was rejected for {url} with token file {}",
+                token_file.display()
+            );
+        }
+        let token = read_token(token_file)?;
+        let user = creds
+            .https_user
+            .as_deref()
+            .or(user)
+            .unwrap_or(DEFAULT_HTTPS_USER);
+        Ok(Cred::userpass_plaintext(user, &token)?)
+    }
+
+    /// Check the presented ssh host key against known_hosts for the URL's port.
+    fn verify_host_key(&self, creds: &Credentials, url: &str) -> Result<()> {
+        if self.host_verified.get() {
+            return Ok(());
+        }
+        let presented = self.presented.borrow();
+        let Some(key) = presented.as_ref() else {
+            bail!("no ssh host key was presented for {url}; refusing to authenticate");
+        };
+        ensure!(
+            !key.blob.is_empty(),
+            "ssh server for {url} sent no host key"
+        );
+        let files = known_hosts_files(creds);
+        let entries = load_known_hosts(&files, creds.ssh_known_hosts.is_some())?;
+        let port = ssh_port(url);
+        let names = host_names(&key.host, port);
+        match check_host_key(&entries, &names, &key.key_type, &key.blob) {
+            Verdict::Match => {
+                self.host_verified.set(true);
+                Ok(())
+            }
+            Verdict::Unknown => bail!(unknown_host_message(key, port, &names, &files)),
+            Verdict::Changed(known) => bail!(
+                "ssh host key for {} CHANGED: the server presented {}, but known_hosts has {}; \
+                 refusing to connect (this may be a man-in-the-middle attack; if the key was \
+                 replaced on purpose, update the known_hosts entry)",
+                names[0],
+                key.describe(),
+                known.join(", ")
+            ),
+            Verdict::Revoked(origin) => bail!(
+                "ssh host key {} of {} is marked @revoked at {origin}; refusing to connect",
+                key.describe(),
+                names[0]
+            ),
+        }
+    }
+}
+
+/// The message for a host that has no known_hosts entry at all.
+fn unknown_host_message(
+    key: &PresentedKey,
+    port: u16,
+    names: &[String],
+    files: &[PathBuf],
+) -> String {
+    let searched: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let target = files
+        .first()
+        .map_or("known_hosts".into(), |f| f.display().to_string());
+    format!(
+        "ssh host {} is not in known_hosts (searched: {}); the server presented {}. \
+         Check that fingerprint, then add the key, e.g. `ssh-keyscan -p {port} {} >> {target}`",
+        names[0],
+        searched.join(", "),
+        key.describe(),
+        key.host
+    )
+}
+
+/// Add one to an attempt counter and return the new count.
+fn bump(counter: &Cell<u32>) -> u32 {
+    counter.set(counter.get().saturating_add(1));
+    counter.get()
+}
+
+/// Whether libgit2 talks http(s) (not ssh) for this URL.
+fn is_http(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    lower.starts_with("https://") || lower.starts_with("http://")
+}
+
+/// The first line of `path`, trimmed: the https password or token.
+fn read_token(path: &Path) -> Result<String> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("reading https token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim();
+    ensure!(
+        !token.is_empty(),
+        "https token file {} is empty",
+        path.display()
+    );
+    Ok(token.to_owned())
+}
+
+/// The ssh port of `url`: the one in an ssh:// URL, else 22 (scp-like form).
+fn ssh_port(url: &str) -> u16 {
+    let Some((_, rest)) = url.split_once("://") else {
+        return 22;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = match hostport.strip_prefix('[') {
+        Some(v6) => v6.split_once("]:").map(|(_, p)| p),
+        None => hostport.split_once(':').map(|(_, p)| p),
+    };
+    port.and_then(|p| p.parse().ok()).unwrap_or(22)
+}
+
+/// The names known_hosts lists `host` under, as OpenSSH writes them: the
+/// bare host for port 22, `[host]:port` for any other port.
+fn host_names(host: &str, port: u16) -> Vec<String> {
+    let host = host.to_ascii_lowercase();
+    if port == 22 {
+        vec![host.clone(), format!("[{host}]:22")]
+    } else {
+        vec![format!("[{host}]:{port}")]
+    }
+}
+
+/// The known_hosts files to search: the configured one, else the system one
+/// and the user's.
+fn known_hosts_files(creds: &Credentials) -> Vec<PathBuf> {
+    if let Some(path) = &creds.ssh_known_hosts {
+        return vec![path.clone()];
+    }
+    let mut files = vec![PathBuf::from(SYSTEM_KNOWN_HOSTS)];
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        files.push(Path::new(&home).join(".ssh/known_hosts"));
+    }
+    files
+}
+
+/// Parse all `files`; a missing default file is skipped, a missing configured
+/// one is an error.
+fn load_known_hosts(files: &[PathBuf], configured: bool) -> Result<Vec<KnownHost>> {
+    let mut entries = Vec::new();
+    for file in files {
+        match fs::read_to_string(file) {
+            Ok(text) => entries.extend(parse_known_hosts(&text, file)),
+            Err(e) if e.kind() == ErrorKind::NotFound && !configured => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading known_hosts {}", file.display()))
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// The marker at the start of a known_hosts line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    None,
+    Revoked,
+    CertAuthority,
+}
+
+/// One usable known_hosts line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KnownHost {
+    marker: Marker,
+    hosts: String,
+    key_type: String,
+    blob: Vec<u8>,
+    /// `file:line`, for messages.
+    origin: String,
+}
+
+/// The usable lines of a known_hosts file; comments, blank and malformed
+/// lines are skipped, as OpenSSH does.
+fn parse_known_hosts(text: &str, file: &Path) -> Vec<KnownHost> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let mut entry = parse_line(line)?;
+            entry.origin = format!("{}:{}", file.display(), i + 1);
+            Some(entry)
+        })
+        .collect()
+}
+
+/// `[@marker] hosts keytype base64key [comment]`, or None.
+fn parse_line(line: &str) -> Option<KnownHost> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let mut fields = line.split_whitespace().peekable();
+    let marker = match fields.next_if(|f| f.starts_with('@')) {
+        None => Marker::None,
+        Some("@revoked") => Marker::Revoked,
+        Some("@cert-authority") => Marker::CertAuthority,
+        Some(_) => return None,
+    };
+    let hosts = fields.next()?.to_owned();
+    let key_type = fields.next()?.to_owned();
+    let blob = STANDARD.decode(fields.next()?).ok()?;
+    Some(KnownHost {
+        marker,
+        hosts,
+        key_type,
+        blob,
+        origin: String::new(),
+    })
+}
+
+/// What known_hosts says about a presented key.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Match,
+    Unknown,
+    /// The host is listed, but not with this key: `TYPE at file:line` each.
+    Changed(Vec<String>),
+    /// The key is listed as `@revoked` at this `file:line`.
+    Revoked(String),
+}
+
+/// Compare a presented key (type and blob) with the entries for `names`.
+fn check_host_key(entries: &[KnownHost], names: &[String], key_type: &str, blob: &[u8]) -> Verdict {
+    let relevant: Vec<&KnownHost> = entries
+        .iter()
+        .filter(|e| e.marker == Marker::Revoked || e.marker == Marker::None)
+        .filter(|e| names.iter().any(|n| host_field_matches(&e.hosts, n)))
+        .collect();
+    let same = |e: &KnownHost| e.key_type == key_type && e.blob == blob;
+    if let Some(e) = relevant
+        .iter()
+        .find(|e| e.marker == Marker::Revoked && same(e))
+    {
+        return Verdict::Revoked(e.origin.clone());
+    }
+    let plain: Vec<&&KnownHost> = relevant
+        .iter()
+        .filter(|e| e.marker == Marker::None)
+        .collect();
+    if plain.iter().any(|e| same(e)) {
+        return Verdict::Match;
+    }
+    if plain.is_empty() {
+        return Verdict::Unknown;
+    }
+    Verdict::Changed(
+        plain
+            .iter()
+            .map(|e| format!("{} at {}", e.key_type, e.origin))
+            .collect(),
+    )
+}
+
+/// Whether a known_hosts host field (hashed, or comma-separated patterns with
+/// `*`, `?` and `!` negation) matches `name`.
+fn host_field_matches(field: &str, name: &str) -> bool {
+    if let Some(hashed) = field.strip_prefix("|1|") {
+        return hashed_matches(hashed, name);
+    }
+    let mut matched = false;
+    for pattern in field.split(',') {
+        match pattern.strip_prefix('!') {
+            Some(negated) if glob_matches(negated.as_bytes(), name.as_bytes()) => return false,
+            Some(_) => {}
+            None => matched |= glob_matches(pattern.as_bytes(), name.as_bytes()),
+        }
+    }
+    matched
+}
+
+/// `salt|hmac` (both base64): HMAC-SHA1 of `name` keyed by the salt.
+fn hashed_matches(salt_and_hash: &str, name: &str) -> bool {
+    let Some((salt, hash)) = salt_and_hash.split_once('|') else {
+        return false;
+    };
+    let (Ok(salt), Ok(hash)) = (STANDARD.decode(salt), STANDARD.decode(hash)) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(&salt) else {
+        return false;
+    };
+    mac.update(name.as_bytes());
+    mac.verify_slice(&hash).is_ok()
+}
+
+/// Case-insensitive glob match with `*` and `?`, as ssh host patterns use.
+fn glob_matches(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.split_first(), name.split_first()) {
+        (None, _) => name.is_empty(),
+        (Some((b'*', rest)), _) => {
+            glob_matches(rest, name) || (!name.is_empty() && glob_matches(pattern, &name[1..]))
+        }
+        (Some(_), None) => false,
+        (Some((b'?', rest)), Some((_, name_rest))) => glob_matches(rest, name_rest),
+        (Some((p, rest)), Some((c, name_rest))) => {
+            p.eq_ignore_ascii_case(c) && glob_matches(rest, name_rest)
+        }
+    }
+}
+
+/// The key type named inside an ssh wire-format public key blob.
+fn blob_key_type(blob: &[u8]) -> Option<&str> {
+    let len_bytes: [u8; 4] = blob.get(..4)?.try_into().ok()?;
+    let len = usize::try_from(u32::from_be_bytes(len_bytes)).ok()?;
+    std::str::from_utf8(blob.get(4..4usize.checked_add(len)?)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIL6d8SK2JNX61zEeSCnYBmxTUh89b19PHkpNpb9YnQEx";
+    const KEY_B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIBmdsOfB8Tb9yB1UVbOtIikASRg4xTIKEXQU2PbMs6L+";
+    /// `server.example.org` with KEY_A, hashed by `ssh-keygen -H`.
+    const HASHED_A: &str = "|1|MT8EBGU48Rn261TY+Cu0BAF1NOg=|o7d/KE3LKAZJQxNMS8qrFozWVDs= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL6d8SK2JNX61zEeSCnYBmxTUh89b19PHkpNpb9YnQEx";
+
+    fn blob(key: &str) -> Vec<u8> {
+        STANDARD.decode(key).expect("test key is base64")
+    }
+
+    fn verdict(known_hosts: &str, host: &str, port: u16, key: &str) -> Verdict {
+        let entries = parse_known_hosts(known_hosts, Path::new("/kh"));
+        check_host_key(&entries, &host_names(host, port), "ssh-ed25519", &blob(key))
+    }
+
+    #[test]
+    fn plain_entry_matches_any_listed_host() {
+        let kh = format!("other.example,server.example.org,10.0.0.1 ssh-ed25519 {KEY_A} c\n");
+        assert_eq!(
+            verdict(&kh, "server.example.org", 22, KEY_A),
+            Verdict::Match
+        );
+        assert_eq!(verdict(&kh, "10.0.0.1", 22, KEY_A), Verdict::Match);
+        assert_eq!(
+            verdict(&kh, "SERVER.example.org", 22, KEY_A),
+            Verdict::Match
+        );
+        assert_eq!(verdict(&kh, "nope.example", 22, KEY_A), Verdict::Unknown);
+    }
+
+    #[test]
+    fn hashed_entry_matches_only_its_host() {
+        assert_eq!(
+            verdict(HASHED_A, "server.example.org", 22, KEY_A),
+            Verdict::Match
+        );
+        assert_eq!(
+            verdict(HASHED_A, "server.example.com", 22, KEY_A),
+            Verdict::Unknown
+        );
+        assert_eq!(
+            verdict("|1|bad|base64! ssh-ed25519 AAAA", "x", 22, KEY_A),
+            Verdict::Unknown
+        );
+    }
+
+    #[test]
+    fn bracketed_port_form_is_used_for_other_ports() {
+        let kh = format!("[server.example.org]:2222 ssh-ed25519 {KEY_A}\n");
+        assert_eq!(
+            verdict(&kh, "server.example.org", 2222, KEY_A),
+            Verdict::Match
+        );
+        assert_eq!(
+            verdict(&kh, "server.example.org", 22, KEY_A),
+            Verdict::Unknown
+        );
+        let bare = format!("server.example.org ssh-ed25519 {KEY_A}\n");
+        assert_eq!(
+            verdict(&bare, "server.example.org", 2222, KEY_A),
+            Verdict::Unknown
+        );
+    }
+
+    #[test]
+    fn comments_blank_and_malformed_lines_are_skipped() {
+        let kh = format!(
+            "# comment server.example.org ssh-ed25519 {KEY_B}\n\n   \nserver.example.org ssh-ed25519\n\
+             server.example.org ssh-ed25519 not*base64\n@bogus server.example.org ssh-ed25519 {KEY_B}\n\
+             \tserver.example.org ssh-ed25519 {KEY_A} trailing comment\n"
+        );
+        let entries = parse_known_hosts(&kh, Path::new("/kh"));
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].origin, "/kh:7");
+        assert_eq!(
+            verdict(&kh, "server.example.org", 22, KEY_A),
+            Verdict::Match
+        );
+    }
+
+    #[test]
+    fn different_key_is_reported_as_changed() {
+        let kh = format!("server.example.org ssh-ed25519 {KEY_B}\n");
+        assert_eq!(
+            verdict(&kh, "server.example.org", 22, KEY_A),
+            Verdict::Changed(vec!["ssh-ed25519 at /kh:1".into()])
+        );
+    }
+
+    #[test]
+    fn any_matching_line_accepts_the_key() {
+        let kh = format!("server.example.org ssh-ed25519 {KEY_B}\n{HASHED_A}\n");
+        assert_eq!(
+            verdict(&kh, "server.example.org", 22, KEY_A),
+            Verdict::Match
+        );
+    }
+
+    #[test]
+    fn revoked_and_cert_authority_markers() {
+        let kh =
+            format!("@revoked * ssh-ed25519 {KEY_A}\nserver.example.org ssh-ed25519 {KEY_A}\n");
+        assert_eq!(
+            verdict(&kh, "server.example.org", 22, KEY_A),
+            Verdict::Revoked("/kh:1".into())
+        );
+        let ca = format!("@cert-authority server.example.org ssh-ed25519 {KEY_A}\n");
+        assert_eq!(
+            verdict(&ca, "server.example.org", 22, KEY_A),
+            Verdict::Unknown
+        );
+    }
+
+    #[test]
+    fn wildcards_and_negation() {
+        let kh = format!("*.example.org,!bad.example.org ssh-ed25519 {KEY_A}\n");
+        assert_eq!(
+            verdict(&kh, "server.example.org", 22, KEY_A),
+            Verdict::Match
+        );
+        assert_eq!(verdict(&kh, "bad.example.org", 22, KEY_A), Verdict::Unknown);
+        assert!(glob_matches(b"10.0.0.?", b"10.0.0.7"));
+        assert!(!glob_matches(b"10.0.0.?", b"10.0.0.17"));
+    }
+
+    #[test]
+    fn port_comes_from_the_url() {
+        assert_eq!(ssh_port("ssh://git@example.org:2222/r.git"), 2222);
+        assert_eq!(ssh_port("ssh://example.org/r.git"), 22);
+        assert_eq!(ssh_port("ssh://git@[::1]:2200/r.git"), 2200);
+        assert_eq!(ssh_port("git@example.org:r.git"), 22);
+        assert_eq!(ssh_port("ssh://u@example.org:bad/r"), 22);
+    }
+
+    #[test]
+    fn key_type_is_read_from_the_blob() {
+        assert_eq!(blob_key_type(&blob(KEY_A)), Some("ssh-ed25519"));
+        assert_eq!(blob_key_type(&[0, 0, 0, 9, b'x']), None);
+    }
+
+    #[test]
+    fn https_credential_is_given_once_then_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        fs::write(&token, "  s3cret  \nignored\n").expect("writing token");
+        let creds = Credentials {
+            https_token_file: Some(token.clone()),
+            ..Credentials::default()
+        };
+        let state = FetchState::default();
+        let url = "https://example.org/r.git";
+        let allowed = CredentialType::USER_PASS_PLAINTEXT;
+        assert!(state.credential(&creds, url, None, allowed).is_ok());
+        let err = format!(
+            "{:#}",
+            state
+                .credential(&creds, url, None, allowed)
+                .err()
+                .expect("rejected")
+        );
+        assert!(
+            err.contains("rejected") && err.contains(&token.display().to_string()),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn missing_configuration_names_the_key_to_set() {
+        let state = FetchState::default();
+        let none = Credentials::default();
+        let err = state
+            .credential(
+                &none,
+                "https://example.org/r",
+                None,
+                CredentialType::USER_PASS_PLAINTEXT,
+            )
+            .err()
+            .expect("no token configured");
+        assert!(err.to_string().contains("https_token_file"), "{err}");
+        state.host_verified.set(true);
+        let err = state
+            .credential(
+                &none,
+                "ssh://example.org/r",
+                Some("git"),
+                CredentialType::SSH_KEY,
+            )
+            .err()
+            .expect("no key configured");
+        assert!(err.to_string().contains("ssh_key"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_token_file_is_named() {
+        let creds = Credentials {
+            https_token_file: Some(PathBuf::from("/nonexistent/token")),
+            ..Credentials::default()
+        };
+        let err = FetchState::default()
+            .credential(
+                &creds,
+                "https://h/r",
+                None,
+                CredentialType::USER_PASS_PLAINTEXT,
+            )
+            .err()
+            .expect("unreadable");
+        assert!(format!("{err:#}").contains("/nonexistent/token"), "{err:#}");
+    }
+
+    #[test]
+    fn ssh_credential_waits_for_a_checked_host_key() {
+        let creds = Credentials {
+            ssh_key: Some(PathBuf::from("/k")),
+            ..Credentials::default()
+        };
+        let err = FetchState::default()
+            .credential(&creds, "ssh://h/r", Some("git"), CredentialType::SSH_KEY)
+            .err()
+            .expect("no host key presented");
+        assert!(err.to_string().contains("host key"), "{err}");
+    }
+
+    #[test]
+    fn deadline_and_unchecked_key_stop_progress() {
+        let state = FetchState::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        assert!(state.may_continue(later));
+        let past = Instant::now()
+            .checked_sub(Duration::from_millis(1))
+            .expect("clock");
+        assert!(!state.may_continue(past));
+        *state.presented.borrow_mut() = Some(PresentedKey {
+            host: "h".into(),
+            key_type: "ssh-ed25519".into(),
+            blob: blob(KEY_A),
+            sha256: None,
+        });
+        assert!(!state.may_continue(later));
+        state.host_verified.set(true);
+        assert!(state.may_continue(later));
+    }
+
+    #[test]
+    fn env_fills_only_unset_fields() {
+        let creds = Credentials {
+            ssh_key: Some(PathBuf::from("/configured")),
+            ..Credentials::default()
+        };
+        // The PROVISION_* variables may be read by other tests running in
+        // parallel, so only a variable of this test's own is set here.
+        assert_eq!(
+            creds.with_env_defaults().ssh_key,
+            Some(PathBuf::from("/configured"))
+        );
+        std::env::set_var("PROVISION_AUTH_TEST_FILL", "/from/env");
+        let mut unset: Option<PathBuf> = None;
+        fill(&mut unset, "PROVISION_AUTH_TEST_FILL", PathBuf::from);
+        assert_eq!(unset, Some(PathBuf::from("/from/env")));
+        let mut set = Some(PathBuf::from("/kept"));
+        fill(&mut set, "PROVISION_AUTH_TEST_FILL", PathBuf::from);
+        assert_eq!(set, Some(PathBuf::from("/kept")));
+        std::env::set_var("PROVISION_AUTH_TEST_FILL", "");
+        let mut empty: Option<PathBuf> = None;
+        fill(&mut empty, "PROVISION_AUTH_TEST_FILL", PathBuf::from);
+        assert_eq!(empty, None);
+    }
+}

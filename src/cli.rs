@@ -1,0 +1,228 @@
+//! The command line: every clap type, and one function per verb.
+//!
+//! Exit codes: 0 success; 1 the command ran and found a problem (an invalid
+//! config, a service whose pass failed); 2 a usage error (unknown flag,
+//! unknown service name).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Config, Service, Transport};
+use crate::machine::Identity;
+use crate::pass::{self, Outcome};
+
+/// Exit code for a command that ran and found a problem.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code for a command line that cannot be carried out as written.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Pull-based GitOps for ordinary Linux machines.
+///
+/// provision keeps the files of this machine's services equal to a branch
+/// of a Git repository: it fetches the branch, writes each service's files
+/// as an immutable release, mounts them where the service reads them and
+/// reloads the service when they changed. Each invocation does one pass;
+/// systemd timers run it periodically.
+#[derive(Debug, Parser)]
+#[command(name = "provision", version, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(short = 'c', long, env = "PROVISION_CONFIG", default_value = config::DEFAULT_PATH, global = true)]
+    pub config: PathBuf,
+
+    /// Act as this machine: select the services whose `machine` is exactly
+    /// NAME. Default: this host's name, FQDN and IP addresses.
+    #[arg(long, env = "PROVISION_MACHINE", value_name = "NAME", global = true)]
+    pub machine: Option<String>,
+
+    /// Where per-service state lives (and, unless `mount` says otherwise,
+    /// mirrors and releases).
+    #[arg(
+        long,
+        env = "PROVISION_STATE_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/provision",
+        global = true
+    )]
+    pub state_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the configuration and list this machine's services.
+    ///
+    /// Reports every error found, each with file, line, column, service and
+    /// key. Exits 0 when the config is valid, 1 when it is not.
+    Check(CheckOpts),
+    /// Run one reconcile pass now.
+    ///
+    /// Fetches each upstream once and brings every service of this machine
+    /// (or only the NAMEs given) to the head of its branch. A service that
+    /// fails keeps its last good release; the others still converge. Exits
+    /// 0 when every service succeeded, 1 when any failed.
+    Sync(SyncOpts),
+}
+
+/// Options of `check`.
+#[derive(Debug, Args)]
+pub struct CheckOpts {}
+
+/// Options of `sync`.
+#[derive(Debug, Args)]
+pub struct SyncOpts {
+    /// Services to reconcile (default: all of this machine's).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+/// An error that is the caller's fault, reported with exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Check(_) => check(&cli),
+        Command::Sync(opts) => sync(&cli, opts),
+    }
+}
+
+fn identity(cli: &Cli) -> Result<Identity> {
+    match &cli.machine {
+        Some(name) => Ok(Identity::named(name)),
+        None => Identity::this_host(),
+    }
+}
+
+/// `provision check`
+fn check(cli: &Cli) -> Result<ExitCode> {
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) if e.is::<config::ConfigErrors>() => {
+            eprint!("{e}");
+            return Ok(ExitCode::from(EXIT_FAILED));
+        }
+        Err(e) => return Err(e),
+    };
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    let id = identity(cli)?;
+    let mine = config.services_for(&id);
+    println!(
+        "{}: valid, {} service(s) in total, {} for machine {}",
+        config.path.display(),
+        config.services.len(),
+        mine.len(),
+        id.name()
+    );
+    for svc in mine {
+        print_service(svc);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_service(svc: &Service) {
+    let action = svc.action.map_or("none", |a| a.as_str());
+    println!(
+        "  {} ({}) <- {} branch {} depth {}, action {}",
+        svc.name, svc.unit, svc.upstream.url, svc.branch, svc.depth, action
+    );
+    if svc.upstream.transport == Transport::Local {
+        println!(
+            "    note: local upstream; libgit2 cannot fetch it shallow, so it is fetched in full"
+        );
+    }
+    for d in &svc.dirs {
+        let kind = if d.file { " (file)" } else { "" };
+        let ro = if d.readonly { " read-only" } else { "" };
+        println!("    {} <- {}{kind}{ro}", d.local.display(), d.link);
+    }
+}
+
+/// `provision sync [NAME...]`
+fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
+    let config = Config::load(&cli.config)?;
+    let id = identity(cli)?;
+    let all = config.services_for(&id);
+    let selected = select(&all, &opts.names, &id)?;
+    let mut failed = 0;
+    for report in pass::sync(&selected, &all, &cli.state_dir) {
+        match report.outcome {
+            Ok(Outcome::Deployed { from, to, notes }) => {
+                let from = from.as_deref().map_or("nothing".to_string(), short);
+                println!("{}: deployed {} (was {from})", report.service, short(&to));
+                notes
+                    .iter()
+                    .for_each(|n| println!("{}: {n}", report.service));
+            }
+            Ok(Outcome::Unchanged { commit, notes }) => {
+                println!("{}: up to date at {}", report.service, short(&commit));
+                notes
+                    .iter()
+                    .for_each(|n| println!("{}: {n}", report.service));
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!(
+                    "{}: pass failed, last good release kept: {e:#}",
+                    report.service
+                );
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// The services named on the command line, or all of them.
+fn select<'a>(all: &[&'a Service], names: &[String], id: &Identity) -> Result<Vec<&'a Service>> {
+    if names.is_empty() {
+        if all.is_empty() {
+            eprintln!("no services configured for machine {}", id.name());
+        }
+        return Ok(all.to_vec());
+    }
+    let mut out = Vec::new();
+    for name in names {
+        match all.iter().find(|s| &s.name == name) {
+            Some(s) => out.push(*s),
+            None => {
+                let known: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+                bail!(UsageError(format!(
+                    "no service named {name:?} on machine {} (known: {})",
+                    id.name(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The abbreviated commit hash shown to operators.
+pub fn short(commit: &str) -> String {
+    commit.chars().take(10).collect()
+}

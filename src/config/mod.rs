@@ -1,0 +1,251 @@
+//! The configuration file: which services this machine runs, where their
+//! files come from in Git, and where they are mounted.
+//!
+//! The format accepts miekg/gitopper's `config.toml` unchanged (its `keys`
+//! table is accepted and reported as unused), so its users can move over by
+//! pointing `provision` at the file they already have.
+//!
+//! Parsing is done by walking the spanned TOML tree by hand instead of
+//! deriving serde structs: serde stops at the first error, while an operator
+//! fixing a config wants every problem at once, each with file, line, column,
+//! service and key.
+
+mod parse;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::auth::Credentials;
+
+/// Where `provision` looks for its configuration when `-c` is not given.
+pub const DEFAULT_PATH: &str = "/etc/provision/config.toml";
+/// Branch followed when neither the service nor `[global]` names one.
+pub const DEFAULT_BRANCH: &str = "main";
+/// Releases kept per service when `depth` is not set: the current one and two
+/// to roll back to without network.
+pub const DEFAULT_DEPTH: u32 = 3;
+/// Network timeout for one fetch when `timeout` is not set.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A validated configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from, for messages.
+    pub path: PathBuf,
+    /// Every service of every machine, in file order.
+    pub services: Vec<Service>,
+    /// Things that are accepted but worth telling the operator about.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// One `[[services]]` entry with `[global]` defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Short name used on the command line, in timers and directory names.
+    pub name: String,
+    /// The systemd unit acted upon, always with its suffix (`.service` implied).
+    pub unit: String,
+    /// Host name, FQDN or IP address of the machine that runs this service.
+    pub machine: String,
+    /// Where the files come from.
+    pub upstream: Upstream,
+    /// The branch followed.
+    pub branch: String,
+    /// Owner of the materialized files; `None` keeps them owned by root.
+    pub user: Option<String>,
+    /// Package to install when missing.
+    pub package: Option<String>,
+    /// What to do to the unit when its files change; `None` does nothing.
+    pub action: Option<Action>,
+    /// Commits kept locally: the fetch depth and the number of releases kept.
+    pub depth: u32,
+    /// Base directory for mirrors and releases; `None` means the state dir.
+    pub mount: Option<PathBuf>,
+    /// The parts of the repository mounted on this machine.
+    pub dirs: Vec<Dir>,
+    /// Paths of the secrets used to fetch.
+    pub credentials: Credentials,
+    /// Timeout of network operations while fetching.
+    pub timeout: Duration,
+}
+
+/// One bind mount of a repository path onto a local path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dir {
+    /// Absolute, normalized path on this machine.
+    pub local: PathBuf,
+    /// Relative path inside the repository.
+    pub link: String,
+    /// The link is a single file rather than a directory.
+    pub file: bool,
+    /// Mount read-only.
+    pub readonly: bool,
+}
+
+/// What is done to a unit after its files changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Reload,
+    Restart,
+    TryRestart,
+    ReloadOrRestart,
+    Start,
+}
+
+impl Action {
+    /// The spellings accepted in the config, as systemctl spells them.
+    pub const NAMES: [&'static str; 5] = [
+        "reload",
+        "restart",
+        "try-restart",
+        "reload-or-restart",
+        "start",
+    ];
+
+    /// Parses a config value; `Ok(None)` is the empty string (no action).
+    pub fn parse(s: &str) -> Result<Option<Action>, String> {
+        Ok(Some(match s {
+            "" => return Ok(None),
+            "reload" => Action::Reload,
+            "restart" => Action::Restart,
+            "try-restart" => Action::TryRestart,
+            "reload-or-restart" => Action::ReloadOrRestart,
+            "start" => Action::Start,
+            other => {
+                return Err(format!(
+                    "unknown action {other:?}; expected one of {} or \"\" for none",
+                    Action::NAMES.join(", ")
+                ))
+            }
+        }))
+    }
+
+    /// The systemctl verb of this action.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Reload => "reload",
+            Action::Restart => "restart",
+            Action::TryRestart => "try-restart",
+            Action::ReloadOrRestart => "reload-or-restart",
+            Action::Start => "start",
+        }
+    }
+}
+
+/// A Git remote, classified by how it is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The URL as written (a path is turned into a `file://` URL).
+    pub url: String,
+    /// How it is reached.
+    pub transport: Transport,
+}
+
+/// Transports accepted for an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Https,
+    Ssh,
+    Git,
+    /// `file://` or a plain path: libgit2 cannot fetch these shallow.
+    Local,
+}
+
+impl Upstream {
+    /// Whether the fetch can be bounded by depth. libgit2's local transport
+    /// refuses shallow fetches, so local upstreams are fetched in full.
+    pub fn supports_shallow(&self) -> bool {
+        self.transport != Transport::Local
+    }
+}
+
+/// One problem found in the config, located as precisely as TOML allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    /// 1-based line; 0 when the problem has no single place (a missing key).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Which table: `[global]` or `services[N] (name)`.
+    pub context: String,
+    /// The key concerned, dotted for nested keys (`dirs[0].local`).
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        write!(f, ": {}", self.context)?;
+        if !self.key.is_empty() {
+            write!(f, ": key `{}`", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every error found in a config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<Diagnostic>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "{n} error{} in config:", if n == 1 { "" } else { "s" })?;
+        for d in &self.0 {
+            writeln!(f, "  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates `path`. An unreadable file is an ordinary error;
+    /// an invalid one is a [`ConfigErrors`] listing every problem.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Ok(Config::parse(path, &text)?)
+    }
+
+    /// Validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let loc = parse::Locator::new(path, text);
+        let parsed = parse::parse(&loc, text);
+        let mut errors = parsed.errors;
+        let mut warnings = parsed.warnings;
+        let services = validate::resolve(&loc, &parsed.global, &parsed.services, &mut errors);
+        validate::check_machine_conflicts(&loc, &services, &mut errors);
+        warnings.sort_by_key(|d| d.line);
+        if errors.is_empty() {
+            Ok(Config {
+                path: path.to_path_buf(),
+                services: services.into_iter().map(|(s, _)| s).collect(),
+                warnings,
+            })
+        } else {
+            errors.sort_by_key(|d| (d.line == 0, d.line, d.column));
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// The services whose `machine` is this one, in file order.
+    pub fn services_for(&self, machine: &crate::machine::Identity) -> Vec<&Service> {
+        self.services
+            .iter()
+            .filter(|s| machine.matches(&s.machine))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,414 @@
+//! Walks the spanned TOML tree into raw, still unvalidated settings, keeping
+//! the source position of every value so later checks can point at it.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::Diagnostic;
+
+/// A value and where it was written.
+#[derive(Debug, Clone)]
+pub(super) struct Sp<T> {
+    pub value: T,
+    pub span: Range<usize>,
+}
+
+/// Keys that `[global]` and a service share; in `[global]` they are defaults.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RawSettings {
+    pub upstream: Option<Sp<String>>,
+    pub branch: Option<Sp<String>>,
+    pub user: Option<Sp<String>>,
+    pub package: Option<Sp<String>>,
+    pub action: Option<Sp<String>>,
+    pub depth: Option<Sp<i64>>,
+    pub mount: Option<Sp<String>>,
+    pub timeout: Option<Sp<i64>>,
+    pub ssh_key: Option<Sp<String>>,
+    pub ssh_known_hosts: Option<Sp<String>>,
+    pub https_user: Option<Sp<String>>,
+    pub https_token_file: Option<Sp<String>>,
+}
+
+/// One `[[services]]` table.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RawService {
+    /// `services[N] (name)`, for messages.
+    pub context: String,
+    /// The table itself, for errors about missing keys.
+    pub span: Range<usize>,
+    pub machine: Option<Sp<String>>,
+    pub service: Option<Sp<String>>,
+    pub name: Option<Sp<String>>,
+    pub dirs: Option<Sp<Vec<RawDir>>>,
+    pub settings: RawSettings,
+}
+
+/// One entry of `dirs`.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RawDir {
+    pub span: Range<usize>,
+    pub local: Option<Sp<String>>,
+    pub link: Option<Sp<String>>,
+    pub file: Option<Sp<bool>>,
+    pub readonly: Option<Sp<bool>>,
+}
+
+/// The result of walking a file: raw values plus everything wrong so far.
+#[derive(Debug, Default)]
+pub(super) struct Parsed {
+    pub global: RawSettings,
+    pub services: Vec<RawService>,
+    pub errors: Vec<Diagnostic>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Turns byte offsets into line/column diagnostics for one file.
+pub(super) struct Locator<'a> {
+    file: PathBuf,
+    text: &'a str,
+}
+
+impl<'a> Locator<'a> {
+    pub fn new(file: &Path, text: &'a str) -> Self {
+        Locator {
+            file: file.to_path_buf(),
+            text,
+        }
+    }
+
+    /// A diagnostic at `span` (`None`: no position, e.g. a missing key).
+    pub fn diag(
+        &self,
+        span: Option<&Range<usize>>,
+        context: &str,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        let (line, column) = span.map_or((0, 0), |s| self.line_col(s.start));
+        Diagnostic {
+            file: self.file.clone(),
+            line,
+            column,
+            context: context.to_string(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+}
+
+const GLOBAL: &str = "[global]";
+const SHARED_KEYS: [&str; 12] = [
+    "upstream",
+    "branch",
+    "user",
+    "package",
+    "action",
+    "depth",
+    "mount",
+    "timeout",
+    "ssh_key",
+    "ssh_known_hosts",
+    "https_user",
+    "https_token_file",
+];
+/// Accepted for gitopper compatibility and otherwise ignored.
+const IGNORED_KEYS: [&str; 1] = ["keys"];
+const SERVICE_KEYS: [&str; 4] = ["machine", "service", "name", "dirs"];
+const DIR_KEYS: [&str; 5] = ["local", "link", "file", "single", "readonly"];
+
+/// Walks `text` (read from `file`) into raw settings and diagnostics.
+pub(super) fn parse(loc: &Locator<'_>, text: &str) -> Parsed {
+    let mut out = Parsed::default();
+    let root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            let msg = e.message().trim().to_string();
+            out.errors
+                .push(loc.diag(e.span().as_ref(), "TOML syntax", "", msg));
+            return out;
+        }
+    };
+    let mut w = Walker { loc, out: &mut out };
+    for (key, value) in root.get_ref().iter() {
+        match key.get_ref().as_ref() {
+            "global" => w.global(value),
+            "services" => w.services(value),
+            other => w.unknown(key.span(), "top level", other, &["global", "services"]),
+        }
+    }
+    out
+}
+
+struct Walker<'a, 'b> {
+    loc: &'a Locator<'a>,
+    out: &'b mut Parsed,
+}
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+impl Walker<'_, '_> {
+    fn error(&mut self, span: &Range<usize>, context: &str, key: &str, msg: impl Into<String>) {
+        let d = self.loc.diag(Some(span), context, key, msg);
+        self.out.errors.push(d);
+    }
+
+    fn unknown(&mut self, span: Range<usize>, context: &str, key: &str, allowed: &[&str]) {
+        let msg = format!("unknown key; expected one of: {}", allowed.join(", "));
+        self.error(&span, context, key, msg);
+    }
+
+    fn global(&mut self, value: &Value<'_>) {
+        let Some(table) = self.table(value, GLOBAL, "global") else {
+            return;
+        };
+        let mut settings = RawSettings::default();
+        for (key, v) in table.iter() {
+            let name = key.get_ref().as_ref();
+            if !self.shared_key(&mut settings, GLOBAL, name, v) {
+                let allowed: Vec<&str> = SHARED_KEYS.iter().chain(&IGNORED_KEYS).copied().collect();
+                let mut msg = format!("unknown key; expected one of: {}", allowed.join(", "));
+                if SERVICE_KEYS.contains(&name) {
+                    msg = format!("`{name}` belongs in a [[services]] table, not in [global]");
+                }
+                self.error(&key.span(), GLOBAL, name, msg);
+            }
+        }
+        self.out.global = settings;
+    }
+
+    fn services(&mut self, value: &Value<'_>) {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.error(
+                &value.span(),
+                "top level",
+                "services",
+                "must be an array of tables: write [[services]]",
+            );
+            return;
+        };
+        for (index, item) in items.iter().enumerate() {
+            let context = service_context(index, item.get_ref());
+            if let Some(table) = self.table(item, &context, "services") {
+                let svc = self.service(context, item.span(), table);
+                self.out.services.push(svc);
+            }
+        }
+    }
+
+    fn service(&mut self, context: String, span: Range<usize>, table: &DeTable<'_>) -> RawService {
+        let mut svc = RawService {
+            context,
+            span,
+            ..RawService::default()
+        };
+        let ctx = svc.context.clone();
+        for (key, v) in table.iter() {
+            let name = key.get_ref().as_ref();
+            match name {
+                "machine" => svc.machine = self.string(v, &ctx, name),
+                "service" => svc.service = self.string(v, &ctx, name),
+                "name" => svc.name = self.string(v, &ctx, name),
+                "dirs" => svc.dirs = self.dirs(v, &ctx),
+                _ => {
+                    if !self.shared_key(&mut svc.settings, &ctx, name, v) {
+                        let allowed: Vec<&str> = SERVICE_KEYS
+                            .iter()
+                            .chain(&SHARED_KEYS)
+                            .chain(&IGNORED_KEYS)
+                            .copied()
+                            .collect();
+                        self.unknown(key.span(), &ctx, name, &allowed);
+                    }
+                }
+            }
+        }
+        svc
+    }
+
+    /// Parses a key valid in both `[global]` and a service; false if unknown.
+    fn shared_key(&mut self, s: &mut RawSettings, ctx: &str, key: &str, v: &Value<'_>) -> bool {
+        let slot = match key {
+            "upstream" => &mut s.upstream,
+            "branch" => &mut s.branch,
+            "user" => &mut s.user,
+            "package" => &mut s.package,
+            "action" => &mut s.action,
+            "mount" => &mut s.mount,
+            "ssh_key" => &mut s.ssh_key,
+            "ssh_known_hosts" => &mut s.ssh_known_hosts,
+            "https_user" => &mut s.https_user,
+            "https_token_file" => &mut s.https_token_file,
+            "depth" => {
+                s.depth = self.integer(v, ctx, key);
+                return true;
+            }
+            "timeout" => {
+                s.timeout = self.integer(v, ctx, key);
+                return true;
+            }
+            "keys" => {
+                let msg = "accepted for gitopper compatibility and ignored: provision has no remote API to authorize";
+                let d = self.loc.diag(Some(&v.span()), ctx, key, msg);
+                self.out.warnings.push(d);
+                return true;
+            }
+            _ => return false,
+        };
+        *slot = self.string(v, ctx, key);
+        true
+    }
+
+    fn dirs(&mut self, value: &Value<'_>, ctx: &str) -> Option<Sp<Vec<RawDir>>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.error(
+                &value.span(),
+                ctx,
+                "dirs",
+                "must be an array of tables like { local = \"/etc/x\", link = \"x/etc\" }",
+            );
+            return None;
+        };
+        let mut dirs = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("dirs[{i}]");
+            if let Some(table) = self.table(item, ctx, &key) {
+                dirs.push(self.dir(item.span(), table, ctx, &key));
+            }
+        }
+        Some(Sp {
+            value: dirs,
+            span: value.span(),
+        })
+    }
+
+    fn dir(&mut self, span: Range<usize>, table: &DeTable<'_>, ctx: &str, prefix: &str) -> RawDir {
+        let mut dir = RawDir {
+            span,
+            ..RawDir::default()
+        };
+        for (key, v) in table.iter() {
+            let name = key.get_ref().as_ref();
+            let full = format!("{prefix}.{name}");
+            match name {
+                "local" => dir.local = self.string(v, ctx, &full),
+                "link" => dir.link = self.string(v, ctx, &full),
+                // gitopper calls a single-file mount `single`.
+                "file" | "single" => dir.file = self.boolean(v, ctx, &full).or(dir.file.take()),
+                "readonly" => dir.readonly = self.boolean(v, ctx, &full),
+                _ => self.unknown(key.span(), ctx, &full, &DIR_KEYS),
+            }
+        }
+        dir
+    }
+
+    fn table<'v, 'i>(&mut self, v: &'v Value<'i>, ctx: &str, key: &str) -> Option<&'v DeTable<'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                self.error(
+                    &v.span(),
+                    ctx,
+                    key,
+                    format!("must be a table, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<String>> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(Sp {
+                value: s.to_string(),
+                span: v.span(),
+            }),
+            other => {
+                self.error(
+                    &v.span(),
+                    ctx,
+                    key,
+                    format!("must be a string, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<bool>> {
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(Sp {
+                value: *b,
+                span: v.span(),
+            }),
+            other => {
+                self.error(
+                    &v.span(),
+                    ctx,
+                    key,
+                    format!("must be true or false, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<i64>> {
+        let parsed = match v.get_ref() {
+            DeValue::Integer(i) => {
+                let digits = i.as_str().replace('_', "");
+                let digits = digits
+                    .trim_start_matches("0x")
+                    .trim_start_matches("0o")
+                    .trim_start_matches("0b");
+                i64::from_str_radix(digits, i.radix()).map_err(|_| "is out of range".to_string())
+            }
+            other => Err(format!("must be an integer, found {}", kind(other))),
+        };
+        match parsed {
+            Ok(value) => Some(Sp {
+                value,
+                span: v.span(),
+            }),
+            Err(msg) => {
+                self.error(&v.span(), ctx, key, msg);
+                None
+            }
+        }
+    }
+}
+
+/// `services[N]`, with the service's name when it can be read, so messages
+/// about a long file say which service they are about.
+fn service_context(index: usize, item: &DeValue<'_>) -> String {
+    let label = |key: &str| match item.get(key).map(|v| v.get_ref()) {
+        Some(DeValue::String(s)) if !s.is_empty() => Some(s.to_string()),
+        _ => None,
+    };
+    match label("name").or_else(|| label("service")) {
+        Some(name) => format!("services[{index}] ({name})"),
+        None => format!("services[{index}]"),
+    }
+}
+
+fn kind(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a datetime",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}

@@ -1,0 +1,360 @@
+//! Config parsing and validation, on inline fixtures.
+
+use super::*;
+
+const GOOD: &str = r#"
+[global]
+upstream = "https://git.example.net/ops/config"
+branch = "main"
+mount = "/var/lib/provision"
+keys = [ { path = "keys/ops.pub", ro = true } ]
+
+[[services]]
+machine = "grafana.example.net"
+service = "grafana-server"
+name = "grafana"
+user = "grafana"
+package = "grafana"
+action = "reload"
+depth = 3
+dirs = [
+  { local = "/etc/grafana", link = "grafana/etc" },
+  { local = "/etc/default/grafana-server", link = "grafana/default", file = true },
+]
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(Path::new("/etc/provision/config.toml"), text)
+}
+
+/// One service on machine m1 with `extra` lines added to its table.
+fn service_with(extra: &str) -> String {
+    format!(
+        "[[services]]\nmachine = \"m1\"\nservice = \"app\"\nupstream = \"git://127.0.0.1/r.git\"\n{extra}\ndirs = [{{ local = \"/etc/app\", link = \"app\" }}]\n"
+    )
+}
+
+#[test]
+fn accepts_the_documented_example() {
+    let c = parse(GOOD).expect("valid");
+    assert_eq!(c.services.len(), 1);
+    let s = &c.services[0];
+    assert_eq!(s.name, "grafana");
+    assert_eq!(s.unit, "grafana-server.service");
+    assert_eq!(s.upstream.transport, Transport::Https);
+    assert_eq!(s.action, Some(Action::Reload));
+    assert_eq!(s.depth, 3);
+    assert_eq!(s.mount.as_deref(), Some(Path::new("/var/lib/provision")));
+    assert!(s.dirs[1].file);
+    assert_eq!(c.warnings.len(), 1, "keys is reported as unused");
+    assert!(c.warnings[0].message.contains("gitopper"));
+}
+
+#[test]
+fn accepts_gitoppers_own_config_unchanged() {
+    let text = r#"
+[global]
+upstream = "https://github.com/miekg/gitopper-config"
+mount = "/tmp"
+keys = [
+	{ path = "keys/miek_id_ed25519_gitopper.pub", ro = true },
+	{ path = "/local/home/miek/.ssh/id_ed25519_gitopper.pub"},
+]
+
+[[services]]
+machine = "localhost"
+branch = "main"
+service = "prometheus"
+user = "prometheus"
+package = "prometheus"
+action = "reload"
+dirs = [
+	{ local = "/etc/prometheus", link = "prometheus/etc" },
+]
+"#;
+    let c = parse(text).expect("gitopper config is accepted");
+    assert_eq!(c.services[0].name, "prometheus");
+    assert_eq!(c.services[0].branch, "main");
+    assert_eq!(c.services[0].depth, DEFAULT_DEPTH);
+}
+
+#[test]
+fn defaults_and_derived_names() {
+    let c = parse(&service_with("service = \"getty@tty1\"").replace("service = \"app\"\n", ""))
+        .expect("valid");
+    let s = &c.services[0];
+    assert_eq!(s.unit, "getty@tty1.service");
+    assert_eq!(s.name, "getty-tty1");
+    assert_eq!(s.branch, "main");
+    assert_eq!(s.action, None);
+    assert_eq!(s.mount, None);
+    assert_eq!(s.timeout, DEFAULT_TIMEOUT);
+}
+
+#[test]
+fn upstream_forms() {
+    for (url, t) in [
+        ("https://h/r.git", Transport::Https),
+        ("ssh://git@h:2222/r.git", Transport::Ssh),
+        ("git@github.com:ops/config.git", Transport::Ssh),
+        ("git://127.0.0.1:9418/r.git", Transport::Git),
+        ("file:///srv/git/r.git", Transport::Local),
+        ("/srv/git/r.git", Transport::Local),
+    ] {
+        let up = validate::classify_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(up.transport, t, "{url}");
+    }
+    assert_eq!(
+        validate::classify_url("/srv/r").map(|u| u.url),
+        Ok("file:///srv/r".to_string())
+    );
+}
+
+#[test]
+fn every_error_is_reported_at_once_with_position() {
+    let text = service_with("depth = 0\naction = \"bounce\"\ncolour = \"red\"");
+    let errs = parse(&text).expect_err("invalid").0;
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    let shown = ConfigErrors(errs.clone()).to_string();
+    assert!(shown.contains("3 errors"), "{shown}");
+    for d in &errs {
+        assert!(d.line > 0, "{d}");
+        assert_eq!(d.context, "services[0] (app)");
+    }
+    assert_eq!(errs[0].to_string(), "/etc/provision/config.toml:5:9: services[0] (app): key `depth`: must be at least 1 (found 0)");
+}
+
+/// (config text, key expected in the message, words expected in the message)
+fn bad_configs() -> Vec<(String, &'static str, &'static str)> {
+    let s = service_with;
+    vec![
+        ("[[services]\n".into(), "", "unclosed array table"),
+        ("colour = 1\n".into(), "colour", "unknown key"),
+        (
+            "[global]\nmachine = \"m1\"\n".into(),
+            "machine",
+            "belongs in a [[services]] table",
+        ),
+        (
+            "[global]\nupstrem = \"x\"\n".into(),
+            "upstrem",
+            "unknown key",
+        ),
+        ("services = 3\n".into(), "services", "array of tables"),
+        (s("colour = \"red\""), "colour", "unknown key"),
+        (
+            s("").replace("machine = \"m1\"\n", ""),
+            "machine",
+            "is required",
+        ),
+        (
+            s("").replace("service = \"app\"\n", ""),
+            "service",
+            "is required",
+        ),
+        (
+            s("").replace("upstream = \"git://127.0.0.1/r.git\"\n", ""),
+            "upstream",
+            "is required (here or in [global])",
+        ),
+        (
+            s("").replace("dirs = [{ local = \"/etc/app\", link = \"app\" }]\n", ""),
+            "dirs",
+            "is required",
+        ),
+        (
+            s("").replace("[{ local = \"/etc/app\", link = \"app\" }]", "[]"),
+            "dirs",
+            "at least one",
+        ),
+        (
+            s("").replace("local = \"/etc/app\", ", ""),
+            "dirs[0].local",
+            "is required",
+        ),
+        (
+            s("").replace(", link = \"app\"", ""),
+            "dirs[0].link",
+            "is required",
+        ),
+        (
+            s("").replace("/etc/app", "etc/app"),
+            "dirs[0].local",
+            "absolute",
+        ),
+        (
+            s("").replace("/etc/app", "/etc/app/"),
+            "dirs[0].local",
+            "not normalized",
+        ),
+        (
+            s("").replace("/etc/app", "/etc//app"),
+            "dirs[0].local",
+            "not normalized",
+        ),
+        (
+            s("").replace("/etc/app", "/etc/../app"),
+            "dirs[0].local",
+            "'..'",
+        ),
+        (
+            s("").replace("/etc/app", "/etc"),
+            "dirs[0].local",
+            "system directory",
+        ),
+        (
+            s("").replace("/etc/app", "/"),
+            "dirs[0].local",
+            "system directory",
+        ),
+        (
+            s("").replace("/etc/app", "/usr"),
+            "dirs[0].local",
+            "system directory",
+        ),
+        (
+            s("").replace("link = \"app\"", "link = \"/app\""),
+            "dirs[0].link",
+            "relative",
+        ),
+        (
+            s("").replace("link = \"app\"", "link = \"app/../../x\""),
+            "dirs[0].link",
+            "'..'",
+        ),
+        (
+            s("").replace("link = \"app\"", "link = \"app//etc\""),
+            "dirs[0].link",
+            "empty path segment",
+        ),
+        (
+            s("").replace("link = \"app\"", "link = \"\""),
+            "dirs[0].link",
+            "must not be empty",
+        ),
+        (
+            s("").replace("link = \"app\"", "link = \"app\", mode = 1"),
+            "dirs[0].mode",
+            "unknown key",
+        ),
+        (
+            s("").replace("link = \"app\"", "link = \"app\", file = \"yes\""),
+            "dirs[0].file",
+            "true or false",
+        ),
+        (
+            s("action = \"bounce\""),
+            "action",
+            "unknown action \"bounce\"",
+        ),
+        (s("depth = 0"), "depth", "at least 1"),
+        (s("depth = \"3\""), "depth", "must be an integer"),
+        (s("timeout = -5"), "timeout", "at least 1"),
+        (s("name = \"my app\""), "name", "may only contain"),
+        (
+            s("name = \"-x\""),
+            "name",
+            "must start with a letter or digit",
+        ),
+        (
+            s("name = \"x\"").replace("service = \"app\"", "service = \"app@\""),
+            "service",
+            "template without an instance",
+        ),
+        (
+            s("").replace("service = \"app\"", "service = \"a b\""),
+            "service",
+            "systemd unit name",
+        ),
+        (
+            s("").replace("git://127.0.0.1/r.git", "http://h/r.git"),
+            "upstream",
+            "plain http",
+        ),
+        (
+            s("").replace("git://127.0.0.1/r.git", "ftp://h/r.git"),
+            "upstream",
+            "unsupported scheme",
+        ),
+        (
+            s("").replace("git://127.0.0.1/r.git", "relative/path"),
+            "upstream",
+            "not a URL",
+        ),
+        (
+            s("").replace("git://127.0.0.1/r.git", "file://relative"),
+            "upstream",
+            "file:///absolute/path",
+        ),
+        (s("branch = \"a..b\""), "branch", "not a valid branch name"),
+        (s("mount = \"var/lib\""), "mount", "absolute"),
+        (s("ssh_key = \"id_ed25519\""), "ssh_key", "absolute"),
+        (s("user = \"a b\""), "user", "not a valid user name"),
+        (
+            format!("{}{}", s(""), s("")),
+            "name",
+            "duplicate service name \"app\"",
+        ),
+        (
+            format!(
+                "{}{}",
+                s(""),
+                s("name = \"app2\"").replace("/etc/app", "/etc/app/conf.d")
+            ),
+            "dirs[0].local",
+            "is nested inside",
+        ),
+        (
+            format!("{}{}", s(""), s("name = \"app2\"")),
+            "dirs[0].local",
+            "is the same path as",
+        ),
+        (
+            s("").replace(
+                "[{ local = \"/etc/app\", link = \"app\" }]",
+                "[{ local = \"/etc/app\", link = \"a\" }, { local = \"/etc\", link = \"b\" }]",
+            ),
+            "dirs[1].local",
+            "system directory",
+        ),
+    ]
+}
+
+#[test]
+fn bad_configs_are_rejected_with_a_precise_message() {
+    let cases = bad_configs();
+    assert!(cases.len() >= 25);
+    for (text, key, words) in cases {
+        let errs = match parse(&text) {
+            Ok(_) => panic!("accepted bad config:\n{text}"),
+            Err(e) => e.0,
+        };
+        let hit = errs
+            .iter()
+            .find(|d| d.key == key && d.message.contains(words));
+        assert!(
+            hit.is_some(),
+            "expected key {key:?} with {words:?}, got:\n{}\nfor:\n{text}",
+            ConfigErrors(errs.clone())
+        );
+        let d = hit.map(|d| d.to_string()).unwrap_or_default();
+        assert!(d.starts_with("/etc/provision/config.toml"), "{d}");
+    }
+}
+
+#[test]
+fn nested_local_in_the_same_machine_only() {
+    let a = service_with("");
+    let b = service_with("name = \"b\"").replace("m1", "m2");
+    parse(&format!("{a}{b}")).expect("the same path on two machines is fine");
+}
+
+#[test]
+fn service_selection_by_machine() {
+    let a = service_with("");
+    let b = service_with("name = \"b\"").replace("m1", "M2");
+    let c = parse(&format!("{a}{b}")).expect("valid");
+    let picked = c.services_for(&crate::machine::Identity::named("m2"));
+    assert_eq!(picked.len(), 1);
+    assert_eq!(picked[0].name, "b");
+}

@@ -1,0 +1,604 @@
+//! Rules on values (paths, names, URLs) and across services of one machine.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use super::parse::{Locator, RawDir, RawService, RawSettings, Sp};
+use super::{Action, Diagnostic, Dir, Service, Transport, Upstream};
+use crate::auth::Credentials;
+
+/// Mounting over these (or `/`) would take the machine down with the repo.
+const FORBIDDEN_LOCALS: [&str; 15] = [
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/proc", "/root", "/run",
+    "/sbin", "/sys", "/usr", "/var",
+];
+
+/// Longest service name: it becomes part of unit and directory names.
+const MAX_NAME: usize = 64;
+
+/// Spans of each resolved service, for cross-service messages.
+pub(super) struct Origin {
+    pub context: String,
+    pub name_span: Option<Range<usize>>,
+    pub dir_spans: Vec<Option<Range<usize>>>,
+}
+
+/// Applies `[global]` defaults to every service and validates the result.
+/// Services with errors are left out; their errors are added to `errors`.
+pub(super) fn resolve(
+    loc: &Locator<'_>,
+    global: &RawSettings,
+    services: &[RawService],
+    errors: &mut Vec<Diagnostic>,
+) -> Vec<(Service, Origin)> {
+    let mut out = Vec::new();
+    for raw in services {
+        let before = errors.len();
+        let mut r = Resolver {
+            loc,
+            ctx: &raw.context,
+            errors,
+        };
+        let svc = r.service(raw, global);
+        if let Some(svc) = svc.filter(|_| errors.len() == before) {
+            let origin = Origin {
+                context: raw.context.clone(),
+                name_span: raw
+                    .name
+                    .as_ref()
+                    .or(raw.service.as_ref())
+                    .map(|s| s.span.clone()),
+                dir_spans: raw
+                    .dirs
+                    .iter()
+                    .flat_map(|d| {
+                        d.value
+                            .iter()
+                            .map(|d| d.local.as_ref().map(|l| l.span.clone()))
+                    })
+                    .collect(),
+            };
+            out.push((svc, origin));
+        }
+    }
+    out
+}
+
+struct Resolver<'a> {
+    loc: &'a Locator<'a>,
+    ctx: &'a str,
+    errors: &'a mut Vec<Diagnostic>,
+}
+
+impl Resolver<'_> {
+    fn err(&mut self, span: Option<&Range<usize>>, key: &str, msg: impl Into<String>) {
+        let d = self.loc.diag(span, self.ctx, key, msg);
+        self.errors.push(d);
+    }
+
+    fn service(&mut self, raw: &RawService, global: &RawSettings) -> Option<Service> {
+        let s = merge(&raw.settings, global);
+        let machine = self.required(&raw.machine, "machine", raw);
+        let unit = self
+            .required(&raw.service, "service", raw)
+            .and_then(|u| self.unit(u));
+        let name = match (&raw.name, &unit) {
+            (Some(n), _) => self.name(n, "name"),
+            (None, Some(unit)) => self.default_name(unit, raw),
+            (None, None) => None,
+        };
+        let upstream = self
+            .required(&s.upstream, "upstream", raw)
+            .and_then(|u| self.upstream(u));
+        let branch = self.branch(s.branch.as_ref());
+        let action = s.action.as_ref().and_then(|a| {
+            Action::parse(&a.value)
+                .map_err(|m| self.err(Some(&a.span), "action", m))
+                .ok()
+        });
+        let depth = self.positive(s.depth.as_ref(), "depth", super::DEFAULT_DEPTH.into());
+        let timeout = self.positive(
+            s.timeout.as_ref(),
+            "timeout",
+            super::DEFAULT_TIMEOUT.as_secs(),
+        );
+        let mount = s.mount.as_ref().and_then(|m| self.abs_path(m, "mount"));
+        let user = self.word(s.user.as_ref(), "user");
+        let package = self.word(s.package.as_ref(), "package");
+        let credentials = self.credentials(&s);
+        let dirs = self.dirs(raw);
+        let machine = machine.and_then(|m| self.machine(m));
+        Some(Service {
+            name: name?,
+            unit: unit?,
+            machine: machine?,
+            upstream: upstream?,
+            branch: branch?,
+            user: user?,
+            package: package?,
+            action: action.flatten(),
+            depth: u32::try_from(depth?).ok()?,
+            mount: match s.mount {
+                Some(_) => Some(mount?),
+                None => None,
+            },
+            dirs: dirs?,
+            credentials: credentials?,
+            timeout: Duration::from_secs(timeout?),
+        })
+    }
+
+    fn required<'s>(
+        &mut self,
+        v: &'s Option<Sp<String>>,
+        key: &str,
+        raw: &RawService,
+    ) -> Option<&'s Sp<String>> {
+        match v {
+            Some(v) if v.value.trim().is_empty() => {
+                self.err(Some(&v.span), key, "must not be empty");
+                None
+            }
+            Some(v) => Some(v),
+            None => {
+                let hint = if key == "upstream" {
+                    " (here or in [global])"
+                } else {
+                    ""
+                };
+                self.err(Some(&raw.span), key, format!("is required{hint}"));
+                None
+            }
+        }
+    }
+
+    fn machine(&mut self, m: &Sp<String>) -> Option<String> {
+        let ok = m
+            .value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.:_".contains(c));
+        if !ok {
+            self.err(
+                Some(&m.span),
+                "machine",
+                "must be a host name, FQDN or IP address",
+            );
+            return None;
+        }
+        Some(m.value.to_ascii_lowercase())
+    }
+
+    /// A systemd unit name; `.service` is implied when there is no suffix.
+    fn unit(&mut self, u: &Sp<String>) -> Option<String> {
+        let v = &u.value;
+        let ok_chars = v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":-_.@\\".contains(c));
+        if !ok_chars || v.len() > 250 {
+            self.err(
+                Some(&u.span),
+                "service",
+                "must be a systemd unit name (letters, digits, \":-_.@\\\")",
+            );
+            return None;
+        }
+        let (stem, _) = split_unit(v);
+        if stem.ends_with('@') {
+            let msg = "is a template without an instance; name the instance, e.g. \"getty@tty1\"";
+            self.err(Some(&u.span), "service", msg);
+            return None;
+        }
+        Some(match split_unit(v).1 {
+            Some(_) => v.clone(),
+            None => format!("{v}.service"),
+        })
+    }
+
+    fn name(&mut self, n: &Sp<String>, key: &str) -> Option<String> {
+        match check_name(&n.value) {
+            Ok(()) => Some(n.value.clone()),
+            Err(m) => {
+                self.err(Some(&n.span), key, m);
+                None
+            }
+        }
+    }
+
+    /// The unit's stem, with `@` turned into `-` so template instances make
+    /// a usable name; if it is still unusable, ask for an explicit `name`.
+    fn default_name(&mut self, unit: &str, raw: &RawService) -> Option<String> {
+        let stem = split_unit(unit).0.replace('@', "-");
+        match check_name(&stem) {
+            Ok(()) => Some(stem),
+            Err(m) => {
+                let span = raw.service.as_ref().map(|s| s.span.clone());
+                let msg = format!("the default name {stem:?} taken from `service` {m}; set `name`");
+                self.err(span.as_ref(), "name", msg);
+                None
+            }
+        }
+    }
+
+    fn upstream(&mut self, u: &Sp<String>) -> Option<Upstream> {
+        match classify_url(&u.value) {
+            Ok(up) => Some(up),
+            Err(m) => {
+                self.err(Some(&u.span), "upstream", m);
+                None
+            }
+        }
+    }
+
+    fn branch(&mut self, b: Option<&Sp<String>>) -> Option<String> {
+        let Some(b) = b else {
+            return Some(super::DEFAULT_BRANCH.to_string());
+        };
+        let refname = format!("refs/heads/{}", b.value);
+        if b.value.is_empty()
+            || b.value.starts_with('-')
+            || !git2::Reference::is_valid_name(&refname)
+        {
+            self.err(
+                Some(&b.span),
+                "branch",
+                format!("{:?} is not a valid branch name", b.value),
+            );
+            return None;
+        }
+        Some(b.value.clone())
+    }
+
+    fn positive(&mut self, v: Option<&Sp<i64>>, key: &str, default: u64) -> Option<u64> {
+        let Some(v) = v else { return Some(default) };
+        if v.value < 1 || v.value > i64::from(u32::MAX) {
+            self.err(
+                Some(&v.span),
+                key,
+                format!("must be at least 1 (found {})", v.value),
+            );
+            return None;
+        }
+        u64::try_from(v.value).ok()
+    }
+
+    /// A user or package name: non-empty when given, no spaces or slashes.
+    fn word(&mut self, v: Option<&Sp<String>>, key: &str) -> Option<Option<String>> {
+        let Some(v) = v else { return Some(None) };
+        if v.value.is_empty() {
+            return Some(None);
+        }
+        let bad = v
+            .value
+            .chars()
+            .any(|c| c.is_whitespace() || c == '/' || c.is_control());
+        if bad || v.value.starts_with('-') {
+            self.err(
+                Some(&v.span),
+                key,
+                format!("{:?} is not a valid {key} name", v.value),
+            );
+            return None;
+        }
+        Some(Some(v.value.clone()))
+    }
+
+    fn abs_path(&mut self, v: &Sp<String>, key: &str) -> Option<PathBuf> {
+        match check_local(&v.value) {
+            Ok(p) => Some(p),
+            Err(m) => {
+                self.err(Some(&v.span), key, m);
+                None
+            }
+        }
+    }
+
+    fn credentials(&mut self, s: &RawSettings) -> Option<Credentials> {
+        let mut path = |v: &Option<Sp<String>>, key: &str| -> Option<Option<PathBuf>> {
+            match v {
+                None => Some(None),
+                Some(v) => self.abs_path(v, key).map(Some),
+            }
+        };
+        let ssh_key = path(&s.ssh_key, "ssh_key");
+        let ssh_known_hosts = path(&s.ssh_known_hosts, "ssh_known_hosts");
+        let https_token_file = path(&s.https_token_file, "https_token_file");
+        let https_user = self.word(s.https_user.as_ref(), "https_user");
+        Some(Credentials {
+            ssh_key: ssh_key?,
+            ssh_known_hosts: ssh_known_hosts?,
+            https_user: https_user?,
+            https_token_file: https_token_file?,
+        })
+    }
+
+    fn dirs(&mut self, raw: &RawService) -> Option<Vec<Dir>> {
+        let Some(dirs) = &raw.dirs else {
+            self.err(Some(&raw.span), "dirs", "is required: list what to mount, e.g. dirs = [{ local = \"/etc/app\", link = \"app/etc\" }]");
+            return None;
+        };
+        if dirs.value.is_empty() {
+            self.err(
+                Some(&dirs.span),
+                "dirs",
+                "must list at least one { local, link } entry",
+            );
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, d) in dirs.value.iter().enumerate() {
+            match self.dir(i, d) {
+                Some(d) => out.push(d),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn dir(&mut self, i: usize, d: &RawDir) -> Option<Dir> {
+        let key = |k: &str| format!("dirs[{i}].{k}");
+        let local = match &d.local {
+            None => {
+                self.err(Some(&d.span), &key("local"), "is required");
+                None
+            }
+            Some(l) => match check_local(&l.value).and_then(|p| check_not_system(&p).map(|_| p)) {
+                Ok(p) => Some(p),
+                Err(m) => {
+                    self.err(Some(&l.span), &key("local"), m);
+                    None
+                }
+            },
+        };
+        let link = match &d.link {
+            None => {
+                self.err(Some(&d.span), &key("link"), "is required");
+                None
+            }
+            Some(l) => match check_link(&l.value) {
+                Ok(()) => Some(l.value.clone()),
+                Err(m) => {
+                    self.err(Some(&l.span), &key("link"), m);
+                    None
+                }
+            },
+        };
+        Some(Dir {
+            local: local?,
+            link: link?,
+            file: d.file.as_ref().is_some_and(|f| f.value),
+            readonly: d.readonly.as_ref().is_some_and(|r| r.value),
+        })
+    }
+}
+
+/// A service's own settings over `[global]`'s.
+fn merge(s: &RawSettings, g: &RawSettings) -> RawSettings {
+    fn pick<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
+        a.clone().or_else(|| b.clone())
+    }
+    RawSettings {
+        upstream: pick(&s.upstream, &g.upstream),
+        branch: pick(&s.branch, &g.branch),
+        user: pick(&s.user, &g.user),
+        package: pick(&s.package, &g.package),
+        action: pick(&s.action, &g.action),
+        depth: pick(&s.depth, &g.depth),
+        mount: pick(&s.mount, &g.mount),
+        timeout: pick(&s.timeout, &g.timeout),
+        ssh_key: pick(&s.ssh_key, &g.ssh_key),
+        ssh_known_hosts: pick(&s.ssh_known_hosts, &g.ssh_known_hosts),
+        https_user: pick(&s.https_user, &g.https_user),
+        https_token_file: pick(&s.https_token_file, &g.https_token_file),
+    }
+}
+
+/// Splits `name.suffix` when the suffix is a unit type.
+fn split_unit(unit: &str) -> (&str, Option<&str>) {
+    const TYPES: [&str; 11] = [
+        "service",
+        "socket",
+        "target",
+        "timer",
+        "mount",
+        "automount",
+        "path",
+        "swap",
+        "slice",
+        "scope",
+        "device",
+    ];
+    match unit.rsplit_once('.') {
+        Some((stem, suffix)) if TYPES.contains(&suffix) => (stem, Some(suffix)),
+        _ => (unit, None),
+    }
+}
+
+/// Names become unit instance names (`provision@NAME.timer`) and directory
+/// names, so they are kept to characters that need no escaping in either.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!("is longer than {MAX_NAME} characters"));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!("{name:?} must start with a letter or digit"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "{name:?} may only contain letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// An absolute path written in normal form, so the same directory is
+/// always spelled the same way and nesting checks are exact.
+fn check_local(s: &str) -> Result<PathBuf, String> {
+    let p = Path::new(s);
+    if !p.is_absolute() {
+        return Err(format!("{s:?} must be an absolute path"));
+    }
+    let mut normal = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::RootDir => {}
+            Component::Normal(n) => normal.push(n),
+            _ => return Err(format!("{s:?} must not contain '.' or '..'")),
+        }
+    }
+    if normal.as_os_str() != s {
+        return Err(format!(
+            "{s:?} is not normalized; write {:?}",
+            normal.display().to_string()
+        ));
+    }
+    Ok(normal)
+}
+
+fn check_not_system(p: &Path) -> Result<(), String> {
+    if FORBIDDEN_LOCALS.iter().any(|f| Path::new(f) == p) {
+        return Err(format!(
+            "{:?} is a system directory; mount a directory below it instead",
+            p.display().to_string()
+        ));
+    }
+    Ok(())
+}
+
+/// A path inside the repository: relative, no `..`, no empty or `.` parts.
+fn check_link(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.starts_with('/') {
+        return Err(format!("{s:?} must be relative to the repository root"));
+    }
+    for seg in s.split('/') {
+        match seg {
+            "" => return Err(format!("{s:?} has an empty path segment")),
+            "." | ".." => return Err(format!("{s:?} must not contain '.' or '..' segments")),
+            ".git" => return Err(format!("{s:?} must not point into .git")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Classifies an upstream URL; plain absolute paths become `file://` URLs.
+pub(crate) fn classify_url(url: &str) -> Result<Upstream, String> {
+    let up = |transport| {
+        Ok(Upstream {
+            url: url.to_string(),
+            transport,
+        })
+    };
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if rest.is_empty() {
+            return Err(format!("{url:?} has no host or path"));
+        }
+        return match scheme {
+            "https" => up(Transport::Https),
+            "ssh" | "git+ssh" | "ssh+git" => up(Transport::Ssh),
+            "git" => up(Transport::Git),
+            "file" if rest.starts_with('/') => up(Transport::Local),
+            "file" => Err(format!("{url:?} must be file:///absolute/path")),
+            "http" => Err(format!("{url:?}: plain http is not accepted; use https://")),
+            other => Err(format!("{url:?}: unsupported scheme {other:?}; use https, ssh, git, file or an absolute path")),
+        };
+    }
+    if url.starts_with('/') {
+        return Ok(Upstream {
+            url: format!("file://{url}"),
+            transport: Transport::Local,
+        });
+    }
+    // scp-like: [user@]host:path, where the host part has no slash.
+    match url.split_once(':') {
+        Some((host, path)) if !host.is_empty() && !host.contains('/') && !path.is_empty() => {
+            up(Transport::Ssh)
+        }
+        _ => Err(format!(
+            "{url:?} is not a URL, an scp-like user@host:path, or an absolute path"
+        )),
+    }
+}
+
+/// Cross-service rules for services that land on the same machine: unique
+/// names, and no two mounts on the same or nested local paths (one would
+/// hide the other).
+pub(super) fn check_machine_conflicts(
+    loc: &Locator<'_>,
+    services: &[(Service, Origin)],
+    errors: &mut Vec<Diagnostic>,
+) {
+    let mut by_machine: BTreeMap<&str, Vec<&(Service, Origin)>> = BTreeMap::new();
+    for s in services {
+        by_machine.entry(s.0.machine.as_str()).or_default().push(s);
+    }
+    for group in by_machine.values() {
+        for (i, (a, ao)) in group.iter().map(|x| (&x.0, &x.1)).enumerate() {
+            for (b, bo) in group[i + 1..].iter().map(|x| (&x.0, &x.1)) {
+                if a.name == b.name {
+                    errors.push(loc.diag(
+                        bo.name_span.as_ref(),
+                        &bo.context,
+                        "name",
+                        format!(
+                            "duplicate service name {:?} on machine {:?} (also {})",
+                            b.name, b.machine, ao.context
+                        ),
+                    ));
+                }
+            }
+        }
+        let mounts: Vec<(&Path, &Origin, usize)> = group
+            .iter()
+            .flat_map(|(s, o)| {
+                s.dirs
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, d)| (d.local.as_path(), o, i))
+            })
+            .collect();
+        for (i, (a, ao, ai)) in mounts.iter().enumerate() {
+            for (b, bo, bi) in &mounts[i + 1..] {
+                if let Some(rel) = overlap(a, b) {
+                    let span = bo.dir_spans.get(*bi).cloned().flatten();
+                    let msg = format!(
+                        "{:?} {rel} {:?} of {} dirs[{ai}] on machine {:?}",
+                        b.display().to_string(),
+                        a.display().to_string(),
+                        ao.context,
+                        group[0].0.machine
+                    );
+                    errors.push(loc.diag(
+                        span.as_ref(),
+                        &bo.context,
+                        &format!("dirs[{bi}].local"),
+                        msg,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn overlap(a: &Path, b: &Path) -> Option<&'static str> {
+    if a == b {
+        Some("is the same path as")
+    } else if b.starts_with(a) {
+        Some("is nested inside")
+    } else if a.starts_with(b) {
+        Some("contains")
+    } else {
+        None
+    }
+}

@@ -1,0 +1,345 @@
+//! The bounded, shallow, single-branch mirror of one (upstream, branch).
+//!
+//! Every service that follows the same branch of the same repository shares
+//! one bare mirror, fetched at most once per pass under a file lock. Only
+//! the followed branch is fetched, through one explicit refspec, and only to
+//! the configured depth, so the disk used and the bytes moved depend on the
+//! depth and the size of the tree, not on the upstream's history length or
+//! its number of refs.
+//!
+//! A mirror is a cache: whenever it cannot be used (corrupt objects, lost
+//! refs, a shallow boundary the server no longer accepts) it is rebuilt
+//! beside the old one and swapped in only once the new fetch succeeded, so
+//! a broken network never costs the commits already on disk.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use git2::{AutotagOption, ErrorClass, FetchOptions, Oid, Repository};
+
+use crate::auth::{self, Credentials};
+use crate::config::Upstream;
+use crate::lock::Lock;
+use crate::util::remove_tree;
+
+/// Directory under a service base (`mount`) holding all mirrors.
+pub const MIRRORS_DIR: &str = ".mirrors";
+/// After this many pack files the mirror is rebuilt from a fresh shallow
+/// fetch: every fetch that brings objects adds one pack, and libgit2 has no
+/// `gc`, so this is what bounds the disk of a long-lived mirror.
+pub const MAX_PACKS: usize = 32;
+/// How long a pass waits for another process fetching the same mirror.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What one fetch did.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The branch head now in the mirror.
+    pub head: Oid,
+    /// Why the mirror was rebuilt, if it was.
+    pub rebuilt: Option<String>,
+}
+
+/// A mirror on disk: where it is and what it follows.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub path: PathBuf,
+    pub upstream: Upstream,
+    pub branch: String,
+}
+
+impl Mirror {
+    /// The mirror of `upstream`/`branch` under `base`. The name carries a
+    /// readable slug of the URL plus a hash of URL and branch, so switching
+    /// a service to another branch or repository uses a new mirror instead
+    /// of reinterpreting an old one.
+    pub fn new(base: &Path, upstream: &Upstream, branch: &str) -> Mirror {
+        let key = format!("{}\n{}", upstream.url, branch);
+        let hash = Oid::hash_object(git2::ObjectType::Blob, key.as_bytes())
+            .map(|o| o.to_string())
+            .unwrap_or_default();
+        let slug: String = slug(&upstream.url, branch);
+        Mirror {
+            path: base
+                .join(MIRRORS_DIR)
+                .join(format!("{slug}-{}.git", &hash[..12.min(hash.len())])),
+            upstream: upstream.clone(),
+            branch: branch.to_string(),
+        }
+    }
+
+    /// The lock file serializing fetches of this mirror.
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.with_extension("lock")
+    }
+
+    fn refname(&self) -> String {
+        format!("refs/heads/{}", self.branch)
+    }
+
+    /// Opens the mirror for reading.
+    pub fn open(&self) -> Result<Repository> {
+        Repository::open_bare(&self.path)
+            .with_context(|| format!("opening mirror {}", self.path.display()))
+    }
+
+    /// The branch head as last fetched, without network.
+    pub fn head(&self) -> Result<Option<Oid>> {
+        if !self.path.exists() {
+            return Ok(None);
+        }
+        let repo = self.open()?;
+        let head = repo.refname_to_id(&self.refname()).ok();
+        Ok(head)
+    }
+
+    /// Fetches the branch to `depth` commits, under the mirror lock, and
+    /// rebuilds the mirror when it is unusable or has grown too many packs.
+    pub fn fetch(&self, depth: u32, creds: &Credentials, timeout: Duration) -> Result<Fetched> {
+        let _lock = Lock::acquire(&self.lock_path(), LOCK_TIMEOUT, "the mirror")?;
+        let depth = if self.upstream.supports_shallow() {
+            depth
+        } else {
+            0
+        };
+        let rebuild = match self.try_fetch(&self.path, depth, creds, timeout) {
+            Ok(head) if pack_count(&self.path) <= MAX_PACKS => {
+                return Ok(Fetched {
+                    head,
+                    rebuilt: None,
+                })
+            }
+            Ok(_) => format!("more than {MAX_PACKS} packs accumulated"),
+            Err(e) if is_network(&e) => return Err(e),
+            Err(e) => format!("{e:#}"),
+        };
+        let head = self
+            .rebuild(depth, creds, timeout)
+            .with_context(|| format!("rebuilding mirror after: {rebuild}"))?;
+        Ok(Fetched {
+            head,
+            rebuilt: Some(rebuild),
+        })
+    }
+
+    /// Fetches into a fresh repository beside the mirror and swaps it in
+    /// only after the fetch succeeded.
+    fn rebuild(&self, depth: u32, creds: &Credentials, timeout: Duration) -> Result<Oid> {
+        let fresh = self.path.with_extension("new");
+        remove_tree(&fresh)?;
+        let head = self.try_fetch(&fresh, depth, creds, timeout)?;
+        let old = self.path.with_extension("old");
+        remove_tree(&old)?;
+        if self.path.exists() {
+            fs::rename(&self.path, &old)
+                .with_context(|| format!("moving aside {}", self.path.display()))?;
+        }
+        fs::rename(&fresh, &self.path)
+            .with_context(|| format!("installing {}", self.path.display()))?;
+        remove_tree(&old)?;
+        Ok(head)
+    }
+
+    fn try_fetch(
+        &self,
+        path: &Path,
+        depth: u32,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<Oid> {
+        let repo = open_or_init(path)?;
+        let refname = self.refname();
+        let refspec = format!("+{refname}:{refname}");
+        let creds = creds.clone().with_env_defaults();
+        auth::set_network_timeouts(timeout.min(Duration::from_secs(15)), timeout)?;
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(auth::remote_callbacks(&creds, Instant::now() + timeout))
+            .download_tags(AutotagOption::None)
+            .update_fetchhead(false);
+        if depth > 0 {
+            opts.depth(i32::try_from(depth).unwrap_or(i32::MAX));
+        }
+        let mut remote = repo
+            .remote_anonymous(&self.upstream.url)
+            .with_context(|| format!("preparing fetch of {}", self.upstream.url))?;
+        remote
+            .fetch(&[refspec.as_str()], Some(&mut opts), None)
+            .map_err(|e| fetch_error(e, &self.upstream.url, &self.branch))?;
+        // libgit2 treats a refspec whose source the server lacks as "nothing
+        // to fetch"; a branch deleted upstream must not look up to date.
+        let advertised = remote
+            .list()
+            .map(|heads| heads.iter().any(|h| h.name() == refname));
+        if !advertised
+            .with_context(|| format!("reading the refs advertised by {}", self.upstream.url))?
+        {
+            return Err(branch_missing(&self.upstream.url, &self.branch));
+        }
+        let head = repo.refname_to_id(&refname).with_context(|| {
+            format!("reading {refname} in {} after fetching it", path.display())
+        })?;
+        // Reading the commit proves the objects arrived intact.
+        repo.find_commit(head)
+            .with_context(|| format!("reading fetched commit {head} in {}", path.display()))?;
+        Ok(head)
+    }
+}
+
+/// Opens a bare repository, creating it when missing.
+fn open_or_init(path: &Path) -> Result<Repository> {
+    if path.join("HEAD").exists() {
+        return Repository::open_bare(path)
+            .with_context(|| format!("opening mirror {}", path.display()));
+    }
+    remove_tree(path)?;
+    fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    Repository::init_bare(path).with_context(|| format!("creating mirror {}", path.display()))
+}
+
+/// The server answered but does not have what the service follows. Not a
+/// mirror problem, so it never triggers a rebuild.
+#[derive(Debug)]
+pub struct BranchMissing(String);
+
+impl std::fmt::Display for BranchMissing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BranchMissing {}
+
+fn branch_missing(url: &str, branch: &str) -> anyhow::Error {
+    anyhow::Error::new(BranchMissing(format!(
+        "branch {branch:?} does not exist on {url}"
+    )))
+}
+
+/// Names the URL and branch in a fetch error and keeps libgit2's class so
+/// callers can tell a network failure from a broken mirror.
+fn fetch_error(e: git2::Error, url: &str, branch: &str) -> anyhow::Error {
+    let msg = e.message().to_string();
+    let context = if msg.contains("couldn't find remote ref") {
+        format!("branch {branch:?} does not exist on {url}")
+    } else {
+        format!("fetching branch {branch:?} from {url}")
+    };
+    anyhow::Error::new(e).context(context)
+}
+
+/// Whether an error came from talking to the server (keep the mirror and
+/// report) rather than from the mirror itself (rebuild it).
+pub fn is_network(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<BranchMissing>()
+            || c.downcast_ref::<git2::Error>().is_some_and(|g| {
+                matches!(
+                    g.class(),
+                    ErrorClass::Net
+                        | ErrorClass::Ssh
+                        | ErrorClass::Http
+                        | ErrorClass::Ssl
+                        | ErrorClass::Callback
+                ) || g.code() == git2::ErrorCode::Auth
+                    || g.code() == git2::ErrorCode::Certificate
+                    || g.message().contains("couldn't find remote ref")
+            })
+    })
+}
+
+fn pack_count(repo: &Path) -> usize {
+    fs::read_dir(repo.join("objects/pack"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A readable, filesystem-safe hint of what a mirror holds.
+fn slug(url: &str, branch: &str) -> String {
+    let tail = url.trim_end_matches('/').trim_end_matches(".git");
+    let tail = tail.rsplit(['/', ':']).next().unwrap_or("repo");
+    let s: String = format!("{tail}-{branch}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect();
+    s
+}
+
+/// Removes mirrors under `base` that are not in `used`. A mirror whose lock
+/// is held (another pass is fetching it) is left for a later pass.
+pub fn remove_unused(base: &Path, used: &[PathBuf]) -> Result<()> {
+    let dir = base.join(MIRRORS_DIR);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        if path.extension().is_none_or(|x| x != "git") || used.contains(&path) {
+            continue;
+        }
+        let lock_path = path.with_extension("lock");
+        if let Ok(_lock) = Lock::acquire(&lock_path, Duration::ZERO, "an old mirror") {
+            remove_tree(&path)?;
+            fs::remove_file(&lock_path)
+                .with_context(|| format!("removing {}", lock_path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Total bytes of regular files under `dir`, for reports and tests.
+pub fn disk_usage(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => disk_usage(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Transport;
+
+    #[test]
+    fn mirror_name_changes_with_branch_and_url() {
+        let up = |url: &str| Upstream {
+            url: url.into(),
+            transport: Transport::Git,
+        };
+        let base = Path::new("/m");
+        let a = Mirror::new(base, &up("git://h/ops/config.git"), "main");
+        let b = Mirror::new(base, &up("git://h/ops/config.git"), "canary");
+        let c = Mirror::new(base, &up("git://h/ops/other.git"), "main");
+        assert_ne!(a.path, b.path);
+        assert_ne!(a.path, c.path);
+        assert!(a.path.starts_with("/m/.mirrors"));
+        assert!(
+            a.path.to_string_lossy().contains("config-main-"),
+            "{}",
+            a.path.display()
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! provision: pull-based GitOps for ordinary Linux machines.
+//!
+//! One invocation of the binary performs one reconcile pass (or one operator
+//! command). Every module owns one concept of that pass; see `pass` for the
+//! order in which they are used.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod git;
+pub mod lock;
+pub mod machine;
+pub mod pass;
+pub mod release;
+pub mod state;
+pub mod util;

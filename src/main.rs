@@ -1,0 +1,21 @@
+//! Entry point: parse the command line, run it, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use provision::cli::{self, Cli, UsageError};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.is::<UsageError>() {
+                ExitCode::from(cli::EXIT_USAGE)
+            } else {
+                ExitCode::from(cli::EXIT_FAILED)
+            }
+        }
+    }
+}

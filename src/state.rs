@@ -1,0 +1,158 @@
+//! What provision remembers about each service between invocations.
+//!
+//! The binary is stateless between runs except for these files: one JSON
+//! document per service, replaced atomically, so a crash at any point leaves
+//! either the previous or the next state. An unreadable or corrupt file is
+//! an error, never silently reset: losing it would lose the operator's
+//! decisions about the service.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::util::write_atomic;
+
+/// Version of the state file format written by this binary.
+pub const VERSION: u32 = 1;
+const FILE: &str = "state.json";
+
+/// The persistent state of one service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// The release serving now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<Deployed>,
+    /// The branch head as of the last successful fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamSeen>,
+    /// The outcome of the last pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pass: Option<PassRecord>,
+}
+
+/// A deployed release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    pub commit: String,
+    /// Release directory name (commit plus dirs fingerprint).
+    pub release: String,
+    /// Unix time of the deployment.
+    pub time: u64,
+}
+
+/// The upstream head seen by the last fetch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamSeen {
+    pub commit: String,
+    /// Unix time of that fetch.
+    pub fetched: u64,
+}
+
+/// When the last pass ran and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassRecord {
+    pub time: u64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Where a service's state and lock live.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory of service `name` under `state_dir`.
+    pub fn new(state_dir: &Path, name: &str) -> StateDir {
+        StateDir {
+            dir: state_dir.join(name),
+        }
+    }
+
+    /// The directory itself.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The lock serializing passes and commands on this service.
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join(FILE)
+    }
+
+    /// Reads the state; a service never seen before has the default state.
+    pub fn load(&self) -> Result<State> {
+        let path = self.file();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(State {
+                    version: VERSION,
+                    ..State::default()
+                })
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading state {}", path.display())),
+        };
+        let state: State = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "state file {} is corrupt; fix or remove it (it is not reset automatically)",
+                path.display()
+            )
+        })?;
+        if state.version > VERSION {
+            bail!(
+                "state file {} has version {}, newer than this provision understands ({VERSION}); upgrade provision",
+                path.display(),
+                state.version
+            );
+        }
+        Ok(state)
+    }
+
+    /// Replaces the state atomically.
+    pub fn save(&self, state: &State) -> Result<()> {
+        let mut state = state.clone();
+        state.version = VERSION;
+        let mut text = serde_json::to_string_pretty(&state).context("serializing state")?;
+        text.push('\n');
+        write_atomic(&self.file(), text.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_corrupt_or_newer_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sd = StateDir::new(tmp.path(), "web");
+        assert_eq!(sd.load().expect("fresh").deployed, None);
+        let st = State {
+            version: VERSION,
+            deployed: Some(Deployed {
+                commit: "abc".into(),
+                release: "abc-1".into(),
+                time: 5,
+            }),
+            ..State::default()
+        };
+        sd.save(&st).expect("save");
+        assert_eq!(sd.load().expect("load"), st);
+
+        std::fs::write(sd.dir().join(FILE), "{not json").expect("write");
+        let e = sd.load().expect_err("corrupt");
+        assert!(format!("{e:#}").contains("is corrupt"), "{e:#}");
+
+        std::fs::write(sd.dir().join(FILE), r#"{"version": 99}"#).expect("write");
+        let e = sd.load().expect_err("newer");
+        assert!(format!("{e:#}").contains("version 99"), "{e:#}");
+    }
+}

@@ -1,0 +1,548 @@
+//! `provision sync` and `provision check` against a real git daemon: what
+//! an operator sees on disk, on stdout/stderr and in exit codes.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{GitDaemon, Upstream};
+
+/// A scratch machine: config file, state dir, and the binary to run.
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Host {
+        Host {
+            dir: tempfile::tempdir().expect("creating host tempdir"),
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    fn write_config(&self, text: &str) {
+        fs::write(self.config_path(), text).expect("writing config");
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_provision"))
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(["--machine", "test-host"])
+            .args(args)
+            .output()
+            .expect("running provision")
+    }
+
+    /// Runs `provision sync`, asserting its exit code; returns stdout+stderr.
+    fn sync(&self, expect_code: i32) -> String {
+        let out = self.run(&["sync"]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(expect_code), "sync output:\n{text}");
+        text
+    }
+
+    /// The release directory currently recorded as deployed for `name`.
+    fn deployed(&self, name: &str) -> PathBuf {
+        let state = self.state_json(name);
+        let release = state["deployed"]["release"]
+            .as_str()
+            .expect("a deployed release")
+            .to_string();
+        self.state().join(name).join("releases").join(release)
+    }
+
+    fn state_json(&self, name: &str) -> serde_json::Value {
+        let text = fs::read_to_string(self.state().join(name).join("state.json"))
+            .expect("reading state.json");
+        serde_json::from_str(&text).expect("state.json parses")
+    }
+
+    fn mirrors(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.state().join(".mirrors"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "git"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// One service `app` following `url`, mounting `app/etc` and the single file `app/default`.
+fn app_config(url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[services]]
+machine = "test-host"
+service = "app"
+upstream = "{url}"
+{extra}
+dirs = [
+  {{ local = "/etc/app", link = "app/etc" }},
+  {{ local = "/etc/default/app", link = "app/default", file = true }},
+]
+"#
+    )
+}
+
+fn seed(up: &Upstream) -> String {
+    up.commit(
+        "main",
+        &[
+            ("app/etc/app.conf", Some("port = 1\n")),
+            ("app/etc/conf.d/extra.conf", Some("x\n")),
+            ("app/default", Some("OPTS=-v\n")),
+            ("other/secret.conf", Some("not for app\n")),
+        ],
+        "seed",
+    )
+}
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+fn rev_count(repo: &Path, rev: &str) -> usize {
+    let out = common::run(
+        Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(["rev-list", "--count", rev]),
+    );
+    out.parse().expect("rev-list count")
+}
+
+/// Requests for upload-pack the daemon logged for `repo`: one per fetch.
+fn fetches_logged(d: &GitDaemon, repo: &str) -> usize {
+    let log = fs::read_to_string(d.log_path()).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains("upload-pack") && l.contains(&format!("{repo}.git")))
+        .count()
+}
+
+macro_rules! need_git {
+    () => {
+        if !common::require_tool("git") || !common::require_tool("git-daemon") {
+            return;
+        }
+    };
+}
+
+#[test]
+fn first_sync_materializes_only_the_services_paths() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let head = seed(&up);
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), ""));
+    let out = h.sync(0);
+    assert!(
+        out.contains(&format!("app: deployed {}", &head[..10])),
+        "{out}"
+    );
+    let rel = h.deployed("app");
+    assert!(rel
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(&head)));
+    assert_eq!(read(&rel.join("app/etc/app.conf")), "port = 1\n");
+    assert_eq!(read(&rel.join("app/etc/conf.d/extra.conf")), "x\n");
+    assert_eq!(read(&rel.join("app/default")), "OPTS=-v\n");
+    assert!(
+        !rel.join("other").exists(),
+        "paths of no service are not materialized"
+    );
+    assert_eq!(h.state_json("app")["upstream"]["commit"], head.as_str());
+    assert_eq!(h.state_json("app")["last_pass"]["ok"], true);
+
+    let again = h.sync(0);
+    assert!(
+        again.contains(&format!("app: up to date at {}", &head[..10])),
+        "{again}"
+    );
+}
+
+#[test]
+fn a_pushed_change_becomes_a_new_release_and_old_ones_are_pruned_to_depth() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    seed(&up);
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), "depth = 2"));
+    h.sync(0);
+    let first = h.deployed("app");
+    let mut last = String::new();
+    for i in 2..=4 {
+        last = up.commit(
+            "main",
+            &[("app/etc/app.conf", Some(&format!("port = {i}\n")))],
+            "bump",
+        );
+        let out = h.sync(0);
+        assert!(out.contains(&format!("deployed {}", &last[..10])), "{out}");
+    }
+    let rel = h.deployed("app");
+    assert_eq!(read(&rel.join("app/etc/app.conf")), "port = 4\n");
+    assert!(rel.to_string_lossy().contains(&last));
+    let kept = fs::read_dir(h.state().join("app/releases"))
+        .expect("releases")
+        .count();
+    assert_eq!(kept, 2, "depth = 2 keeps two releases");
+    assert!(!first.exists(), "the oldest release was pruned");
+}
+
+#[test]
+fn the_mirror_is_shallow_to_the_configured_depth() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    seed(&up);
+    up.commit_many("main", 50);
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), "depth = 3"));
+    h.sync(0);
+    let mirrors = h.mirrors();
+    assert_eq!(mirrors.len(), 1);
+    assert!(
+        mirrors[0].join("shallow").exists(),
+        "the mirror is a shallow repository"
+    );
+    assert_eq!(rev_count(&mirrors[0], "main"), 3);
+
+    up.commit_many("main", 5);
+    h.sync(0);
+    assert_eq!(
+        rev_count(&mirrors[0], "main"),
+        3,
+        "a later fetch keeps the depth bound"
+    );
+}
+
+#[test]
+fn disk_used_does_not_grow_with_upstream_history_length() {
+    need_git!();
+    let d = GitDaemon::start();
+    let mut sizes = Vec::new();
+    for (name, n) in [("short", 10), ("long", 10_000)] {
+        let up = d.repo(name);
+        seed(&up);
+        up.commit_many("main", n);
+        let h = Host::new();
+        h.write_config(&app_config(&up.url(), "depth = 3"));
+        h.sync(0);
+        sizes.push(common::dir_size(&h.state()));
+        assert!(
+            rev_count(up.bare(), "main") > n,
+            "upstream really has the history"
+        );
+    }
+    let (short, long) = (sizes[0], sizes[1]);
+    // Same depth, same tree: equal up to object compression noise.
+    assert!(
+        long <= short + short / 5 + 8192,
+        "10 commits: {short} bytes, 10000 commits: {long} bytes"
+    );
+}
+
+#[test]
+fn services_sharing_an_upstream_fetch_it_once_per_pass() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("shared");
+    seed(&up);
+    let h = Host::new();
+    let two = format!(
+        "{}\n{}",
+        app_config(&up.url(), "name = \"one\""),
+        app_config(&up.url(), "name = \"two\"")
+            .replace("/etc/app", "/etc/app2")
+            .replace("/etc/default/app", "/etc/default/app2")
+    );
+    h.write_config(&two);
+    h.sync(0);
+    assert_eq!(
+        h.mirrors().len(),
+        1,
+        "one mirror for one (upstream, branch)"
+    );
+    assert_eq!(
+        fetches_logged(&d, "shared"),
+        1,
+        "one fetch for both services:\n{}",
+        d.log_tail()
+    );
+    assert!(h.deployed("one").exists() && h.deployed("two").exists());
+}
+
+#[test]
+fn a_force_push_to_unrelated_history_converges() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    seed(&up);
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), ""));
+    h.sync(0);
+    let new = up.force_push_unrelated(
+        "main",
+        &[("app/etc/app.conf", "rewritten\n"), ("app/default", "D\n")],
+        "rewrite",
+    );
+    let out = h.sync(0);
+    assert!(out.contains(&format!("deployed {}", &new[..10])), "{out}");
+    assert_eq!(
+        read(&h.deployed("app").join("app/etc/app.conf")),
+        "rewritten\n"
+    );
+    let amended = up.amend("main", &[("app/etc/app.conf", Some("amended\n"))], "amend");
+    h.sync(0);
+    assert!(h.deployed("app").to_string_lossy().contains(&amended));
+    assert_eq!(
+        read(&h.deployed("app").join("app/etc/app.conf")),
+        "amended\n"
+    );
+}
+
+#[test]
+fn switching_branch_in_the_config_converges_and_drops_the_old_mirror() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    seed(&up);
+    up.commit(
+        "canary",
+        &[("app/etc/app.conf", Some("canary\n"))],
+        "canary",
+    );
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), ""));
+    h.sync(0);
+    let old_mirror = h.mirrors();
+    h.write_config(&app_config(&up.url(), "branch = \"canary\""));
+    h.sync(0);
+    assert_eq!(
+        read(&h.deployed("app").join("app/etc/app.conf")),
+        "canary\n"
+    );
+    let now = h.mirrors();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now, old_mirror, "the main-branch mirror was removed");
+}
+
+#[test]
+fn changing_the_dirs_list_rebuilds_the_release_for_the_same_commit() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let head = seed(&up);
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), ""));
+    h.sync(0);
+    let before = h.deployed("app");
+    let cfg = app_config(&up.url(), "").replace("link = \"app/etc\"", "link = \"other\"");
+    h.write_config(&cfg);
+    let out = h.sync(0);
+    assert!(out.contains("deployed"), "{out}");
+    let after = h.deployed("app");
+    assert_ne!(before, after);
+    assert!(
+        after.to_string_lossy().contains(&head),
+        "same commit, new release"
+    );
+    assert_eq!(read(&after.join("other/secret.conf")), "not for app\n");
+    assert!(!after.join("app/etc").exists());
+}
+
+#[test]
+fn an_unreachable_server_fails_the_pass_and_keeps_the_last_good_release() {
+    need_git!();
+    let mut d = GitDaemon::start();
+    let up = d.repo("r");
+    let head = seed(&up);
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), "timeout = 5"));
+    h.sync(0);
+    let good = h.deployed("app");
+    d.stop();
+    let next = up.commit("main", &[("app/etc/app.conf", Some("port = 2\n"))], "bump");
+    let out = h.sync(1);
+    assert!(out.contains("pass failed, last good release kept"), "{out}");
+    assert!(
+        out.contains(&up.url()),
+        "the error names the upstream: {out}"
+    );
+    assert_eq!(h.deployed("app"), good);
+    assert_eq!(read(&good.join("app/etc/app.conf")), "port = 1\n");
+    let st = h.state_json("app");
+    assert_eq!(st["last_pass"]["ok"], false);
+    assert!(
+        st["last_pass"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("127.0.0.1")),
+        "{st}"
+    );
+    assert_eq!(st["deployed"]["commit"], head.as_str());
+
+    d.start_again();
+    h.sync(0);
+    assert!(h.deployed("app").to_string_lossy().contains(&next));
+    assert_eq!(h.state_json("app")["last_pass"]["ok"], true);
+}
+
+#[test]
+fn a_deleted_branch_is_named_in_the_error() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    seed(&up);
+    up.commit("feature", &[("app/etc/app.conf", Some("f\n"))], "feature");
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), "branch = \"feature\""));
+    h.sync(0);
+    up.delete_branch("feature");
+    let out = h.sync(1);
+    assert!(out.contains("branch \"feature\" does not exist"), "{out}");
+    assert!(
+        !out.contains("rebuil"),
+        "a missing branch is not a broken mirror: {out}"
+    );
+    assert_eq!(read(&h.deployed("app").join("app/etc/app.conf")), "f\n");
+}
+
+#[test]
+fn a_corrupt_mirror_is_rebuilt_automatically() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    seed(&up);
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), ""));
+    h.sync(0);
+    let mirror = h.mirrors().remove(0);
+    // Truncate every object pack and drop the refs.
+    for e in fs::read_dir(mirror.join("objects/pack"))
+        .expect("packs")
+        .flatten()
+    {
+        fs::write(e.path(), b"").expect("truncating pack");
+    }
+    fs::remove_dir_all(mirror.join("refs")).expect("removing refs");
+    let next = up.commit(
+        "main",
+        &[("app/etc/app.conf", Some("after corruption\n"))],
+        "bump",
+    );
+    let out = h.sync(0);
+    assert!(out.contains("mirror rebuilt"), "{out}");
+    assert!(h.deployed("app").to_string_lossy().contains(&next));
+    assert_eq!(
+        read(&h.deployed("app").join("app/etc/app.conf")),
+        "after corruption\n"
+    );
+}
+
+#[test]
+fn a_missing_link_path_fails_the_pass_with_its_name() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    seed(&up);
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), ""));
+    h.sync(0);
+    up.commit("main", &[("app/default", None)], "drop default");
+    let out = h.sync(1);
+    assert!(
+        out.contains("\"app/default\" does not exist in the repository"),
+        "{out}"
+    );
+    assert_eq!(
+        read(&h.deployed("app").join("app/default")),
+        "OPTS=-v\n",
+        "last good release kept"
+    );
+}
+
+#[test]
+fn a_local_upstream_is_fetched_in_full_and_check_says_so() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    seed(&up);
+    up.commit_many("main", 20);
+    let h = Host::new();
+    h.write_config(&app_config(&up.file_url(), "depth = 2"));
+    let out = h.run(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("fetched in full"), "{text}");
+    h.sync(0);
+    let mirror = h.mirrors().remove(0);
+    assert_eq!(rev_count(&mirror, "main"), rev_count(up.bare(), "main"));
+}
+
+#[test]
+fn check_lists_this_machines_services_or_every_error() {
+    let h = Host::new();
+    h.write_config(&format!(
+        "{}{}",
+        app_config("git://127.0.0.1/r.git", ""),
+        app_config("git://127.0.0.1/r.git", "name = \"elsewhere\"")
+            .replace("test-host", "other-host")
+    ));
+    let out = h.run(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("2 service(s) in total, 1 for machine test-host"),
+        "{text}"
+    );
+    assert!(text.contains("/etc/app <- app/etc"), "{text}");
+    assert!(!text.contains("elsewhere"));
+
+    h.write_config(&app_config("http://h/r.git", "depth = 0\nbogus = 1"));
+    let out = h.run(&["check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("3 errors in config"), "{err}");
+    for key in ["`upstream`", "`depth`", "`bogus`"] {
+        assert!(err.contains(key), "missing {key} in {err}");
+    }
+    assert!(
+        err.contains("config.toml:"),
+        "file and line are named: {err}"
+    );
+}
+
+#[test]
+fn unknown_service_names_are_usage_errors() {
+    let h = Host::new();
+    h.write_config(&app_config("git://127.0.0.1/r.git", ""));
+    let out = h.run(&["sync", "nope"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no service named \"nope\"") && err.contains("known: app"),
+        "{err}"
+    );
+}

@@ -36,8 +36,13 @@ test: lint unit
 demo: deps release
 	@bash examples/demo/run.sh target/release/provision
 
+UNITDIR ?= /etc/systemd/system
+
 install: release
 	install -D -m 0755 target/release/provision $(DESTDIR)$(PREFIX)/bin/provision
+	install -D -m 0644 units/provision@.service $(DESTDIR)$(UNITDIR)/provision@.service
+	install -D -m 0644 units/provision@.timer $(DESTDIR)$(UNITDIR)/provision@.timer
+	sed -i 's|/usr/local/bin/provision|$(PREFIX)/bin/provision|' $(DESTDIR)$(UNITDIR)/provision@.service
 
 clean:
 	$(CARGO) clean

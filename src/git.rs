@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use git2::{AutotagOption, ErrorClass, FetchOptions, Oid, Repository};
+use git2::{AutotagOption, Direction, ErrorClass, FetchOptions, Oid, Repository};
 
 use crate::auth::{self, Credentials};
 use crate::config::Upstream;
@@ -142,6 +142,10 @@ impl Mirror {
         Ok(head)
     }
 
+    /// One fetch attempt into the repository at `path`: ask the server for
+    /// the branch head first (one round trip), and download only when the
+    /// mirror does not already have it. Failures of that first exchange are
+    /// [`Unreachable`]: the server, not the mirror, is at fault.
     fn try_fetch(
         &self,
         path: &Path,
@@ -150,12 +154,62 @@ impl Mirror {
         timeout: Duration,
     ) -> Result<Oid> {
         let repo = open_or_init(path)?;
-        let refname = self.refname();
-        let refspec = format!("+{refname}:{refname}");
         let creds = creds.clone().with_env_defaults();
         auth::set_network_timeouts(timeout.min(Duration::from_secs(15)), timeout)?;
+        let remote_head = self.advertised_head(&repo, &creds, timeout)?;
+        let refname = self.refname();
+        let local = repo.refname_to_id(&refname).ok();
+        if local != Some(remote_head) || repo.find_commit(remote_head).is_err() {
+            self.download(&repo, depth, &creds, timeout)?;
+        }
+        let head = repo.refname_to_id(&refname).with_context(|| {
+            format!("reading {refname} in {} after fetching it", path.display())
+        })?;
+        // Reading the commit proves the objects arrived intact.
+        repo.find_commit(head)
+            .with_context(|| format!("reading fetched commit {head} in {}", path.display()))?;
+        Ok(head)
+    }
+
+    /// The branch head as the server advertises it right now.
+    fn advertised_head(
+        &self,
+        repo: &Repository,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<Oid> {
+        let url = &self.upstream.url;
+        let unreachable = |e: git2::Error| {
+            anyhow::Error::new(Unreachable(e.message().to_string()))
+                .context(format!("fetching branch {:?} from {url}", self.branch))
+        };
+        let mut remote = repo.remote_anonymous(url).map_err(unreachable)?;
+        let callbacks = auth::remote_callbacks(creds, Instant::now() + timeout);
+        let conn = remote
+            .connect_auth(Direction::Fetch, Some(callbacks), None)
+            .map_err(unreachable)?;
+        let refname = self.refname();
+        let head = conn
+            .list()
+            .map_err(unreachable)?
+            .iter()
+            .find(|h| h.name() == refname)
+            .map(|h| h.oid());
+        head.ok_or_else(|| branch_missing(url, &self.branch))
+    }
+
+    /// Downloads the branch to `depth` commits (0: all of it).
+    fn download(
+        &self,
+        repo: &Repository,
+        depth: u32,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<()> {
+        let refname = self.refname();
+        let refspec = format!("+{refname}:{refname}");
         let mut opts = FetchOptions::new();
-        opts.remote_callbacks(auth::remote_callbacks(&creds, Instant::now() + timeout))
+        opts.remote_callbacks(auth::remote_callbacks(creds, Instant::now() + timeout))
             .download_tags(AutotagOption::None)
             .update_fetchhead(false);
         if depth > 0 {
@@ -166,24 +220,7 @@ impl Mirror {
             .with_context(|| format!("preparing fetch of {}", self.upstream.url))?;
         remote
             .fetch(&[refspec.as_str()], Some(&mut opts), None)
-            .map_err(|e| fetch_error(e, &self.upstream.url, &self.branch))?;
-        // libgit2 treats a refspec whose source the server lacks as "nothing
-        // to fetch"; a branch deleted upstream must not look up to date.
-        let advertised = remote
-            .list()
-            .map(|heads| heads.iter().any(|h| h.name() == refname));
-        if !advertised
-            .with_context(|| format!("reading the refs advertised by {}", self.upstream.url))?
-        {
-            return Err(branch_missing(&self.upstream.url, &self.branch));
-        }
-        let head = repo.refname_to_id(&refname).with_context(|| {
-            format!("reading {refname} in {} after fetching it", path.display())
-        })?;
-        // Reading the commit proves the objects arrived intact.
-        repo.find_commit(head)
-            .with_context(|| format!("reading fetched commit {head} in {}", path.display()))?;
-        Ok(head)
+            .map_err(|e| fetch_error(e, &self.upstream.url, &self.branch))
     }
 }
 
@@ -197,6 +234,20 @@ fn open_or_init(path: &Path) -> Result<Repository> {
     fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
     Repository::init_bare(path).with_context(|| format!("creating mirror {}", path.display()))
 }
+
+/// The server could not be reached or refused the conversation (down,
+/// hanging, wrong credentials, unknown host key). Never a reason to
+/// rebuild the mirror.
+#[derive(Debug)]
+pub struct Unreachable(String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
 
 /// The server answered but does not have what the service follows. Not a
 /// mirror problem, so it never triggers a rebuild.
@@ -220,13 +271,7 @@ fn branch_missing(url: &str, branch: &str) -> anyhow::Error {
 /// Names the URL and branch in a fetch error and keeps libgit2's class so
 /// callers can tell a network failure from a broken mirror.
 fn fetch_error(e: git2::Error, url: &str, branch: &str) -> anyhow::Error {
-    let msg = e.message().to_string();
-    let context = if msg.contains("couldn't find remote ref") {
-        format!("branch {branch:?} does not exist on {url}")
-    } else {
-        format!("fetching branch {branch:?} from {url}")
-    };
-    anyhow::Error::new(e).context(context)
+    anyhow::Error::new(e).context(format!("fetching branch {branch:?} from {url}"))
 }
 
 /// Whether an error came from talking to the server (keep the mirror and
@@ -234,6 +279,7 @@ fn fetch_error(e: git2::Error, url: &str, branch: &str) -> anyhow::Error {
 pub fn is_network(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.is::<BranchMissing>()
+            || c.is::<Unreachable>()
             || c.downcast_ref::<git2::Error>().is_some_and(|g| {
                 matches!(
                     g.class(),
@@ -244,7 +290,6 @@ pub fn is_network(e: &anyhow::Error) -> bool {
                         | ErrorClass::Callback
                 ) || g.code() == git2::ErrorCode::Auth
                     || g.code() == git2::ErrorCode::Certificate
-                    || g.message().contains("couldn't find remote ref")
             })
     })
 }

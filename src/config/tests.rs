@@ -287,6 +287,16 @@ fn bad_configs() -> Vec<(String, &'static str, &'static str)> {
             "file:///absolute/path",
         ),
         (s("branch = \"a..b\""), "branch", "not a valid branch name"),
+        (
+            s("").replace("git://127.0.0.1/r.git", "https://u:hunter2@h/r.git"),
+            "upstream",
+            "password in the URL",
+        ),
+        (
+            s("").replace("git://127.0.0.1/r.git", "ssh://u:hunter2@h/r.git"),
+            "upstream",
+            "use ssh_key",
+        ),
         (s("mount = \"var/lib\""), "mount", "absolute"),
         (s("ssh_key = \"id_ed25519\""), "ssh_key", "absolute"),
         (s("user = \"a b\""), "user", "not a valid user name"),
@@ -339,6 +349,7 @@ fn bad_configs_are_rejected_with_a_precise_message() {
         );
         let d = hit.map(|d| d.to_string()).unwrap_or_default();
         assert!(d.starts_with("/etc/provision/config.toml"), "{d}");
+        assert!(!d.contains("hunter2"), "secrets never reach messages: {d}");
     }
 }
 

@@ -504,6 +504,12 @@ pub(crate) fn classify_url(url: &str) -> Result<Upstream, String> {
         if rest.is_empty() {
             return Err(format!("{url:?} has no host or path"));
         }
+        let authority = rest.split('/').next().unwrap_or("");
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if userinfo.contains(':') {
+                return Err(format!("{}: a password in the URL would be stored and shown in plain text; use ssh_key or https_token_file", redact(url)));
+            }
+        }
         return match scheme {
             "https" => up(Transport::Https),
             "ssh" | "git+ssh" | "ssh+git" => up(Transport::Ssh),
@@ -528,6 +534,14 @@ pub(crate) fn classify_url(url: &str) -> Result<Upstream, String> {
         _ => Err(format!(
             "{url:?} is not a URL, an scp-like user@host:path, or an absolute path"
         )),
+    }
+}
+
+/// The URL with any userinfo replaced, so a secret never reaches a message.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+        _ => url.to_string(),
     }
 }
 

@@ -27,7 +27,7 @@ pub const EXIT_USAGE: u8 = 2;
 /// reloads the service when they changed. Each invocation does one pass;
 /// systemd timers run it periodically.
 #[derive(Debug, Parser)]
-#[command(name = "provision", version, max_term_width = 100)]
+#[command(name = "provision", version, max_term_width = 80)]
 pub struct Cli {
     /// Configuration file.
     #[arg(short = 'c', long, env = "PROVISION_CONFIG", default_value = config::DEFAULT_PATH, global = true)]

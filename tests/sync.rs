@@ -545,3 +545,28 @@ fn unknown_service_names_are_usage_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn a_server_that_never_answers_times_out_with_a_clear_error() {
+    // A listener that accepts connections and never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a silent listener");
+    let port = listener.local_addr().expect("listener address").port();
+    let _silent = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let h = Host::new();
+    h.write_config(&app_config(
+        &format!("git://127.0.0.1:{port}/r.git"),
+        "timeout = 2",
+    ));
+    let out = h.sync(1);
+    assert!(out.contains("pass failed"), "{out}");
+    assert!(
+        out.to_lowercase().contains("timed out") || out.contains("timeout"),
+        "{out}"
+    );
+    assert_eq!(h.state_json("app")["last_pass"]["ok"], false);
+}

@@ -37,12 +37,16 @@ demo: deps release
 	@bash examples/demo/run.sh target/release/provision
 
 UNITDIR ?= /etc/systemd/system
+GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators
+UNITS := provision@.service provision@.timer provision-mount@.service
 
 install: release
 	install -D -m 0755 target/release/provision $(DESTDIR)$(PREFIX)/bin/provision
-	install -D -m 0644 units/provision@.service $(DESTDIR)$(UNITDIR)/provision@.service
-	install -D -m 0644 units/provision@.timer $(DESTDIR)$(UNITDIR)/provision@.timer
-	sed -i 's|/usr/local/bin/provision|$(PREFIX)/bin/provision|' $(DESTDIR)$(UNITDIR)/provision@.service
+	for u in $(UNITS); do install -D -m 0644 units/$$u $(DESTDIR)$(UNITDIR)/$$u; done
+	install -D -m 0755 units/provision-generator $(DESTDIR)$(GENERATORDIR)/provision-generator
+	sed -i 's|/usr/local/bin/provision|$(PREFIX)/bin/provision|' \
+		$(DESTDIR)$(UNITDIR)/provision@.service $(DESTDIR)$(UNITDIR)/provision-mount@.service \
+		$(DESTDIR)$(GENERATORDIR)/provision-generator
 
 clean:
 	$(CARGO) clean

@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config, Service, Transport};
 use crate::machine::Identity;
-use crate::pass::{self, Outcome};
+use crate::pass;
+use crate::units;
 
 /// Exit code for a command that ran and found a problem.
 pub const EXIT_FAILED: u8 = 1;
@@ -68,6 +69,33 @@ pub enum Command {
     /// fails keeps its last good release; the others still converge. Exits
     /// 0 when every service succeeded, 1 when any failed.
     Sync(SyncOpts),
+    /// Restore the mounts of the deployed releases, without network.
+    ///
+    /// Run at boot by provision-mount@NAME.service, before the service
+    /// itself starts: bind mounts do not survive a reboot, the releases do.
+    /// Never fetches, never runs an action.
+    Mount(SyncOpts),
+    /// systemd generator mode: write per-service timer settings and unit
+    /// ordering into DIR.
+    ///
+    /// Installed as a systemd generator, it runs at boot and on every
+    /// `systemctl daemon-reload`, so a changed config (a new service, a new
+    /// `interval`) is picked up without running anything else. For each
+    /// service of this machine it enables provision@NAME.timer with the
+    /// service's interval, and makes the service's unit want and start after
+    /// provision-mount@NAME.service.
+    Generate(GenerateOpts),
+}
+
+/// Options of `generate`.
+#[derive(Debug, Args)]
+pub struct GenerateOpts {
+    /// Output directory (systemd passes the "normal" generator directory).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Ignored: systemd's early and late generator directories.
+    #[arg(value_name = "EXTRA", hide = true)]
+    pub extra: Vec<PathBuf>,
 }
 
 /// Options of `check`.
@@ -99,6 +127,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Check(_) => check(&cli),
         Command::Sync(opts) => sync(&cli, opts),
+        Command::Mount(opts) => mount(&cli, opts),
+        Command::Generate(opts) => generate(&cli, opts),
     }
 }
 
@@ -161,36 +191,62 @@ fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
     let id = identity(cli)?;
     let all = config.services_for(&id);
     let selected = select(&all, &opts.names, &id)?;
+    Ok(print_reports(pass::sync(&selected, &all, &cli.state_dir)))
+}
+
+/// `provision mount [NAME...]`
+fn mount(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
+    let config = Config::load(&cli.config)?;
+    let id = identity(cli)?;
+    let all = config.services_for(&id);
+    let selected = select(&all, &opts.names, &id)?;
+    Ok(print_reports(pass::restore(&selected, &cli.state_dir)))
+}
+
+/// `provision generate DIR`: never fails the boot; problems go to stderr
+/// (the journal) and the services keep whatever units they had.
+fn generate(cli: &Cli, opts: &GenerateOpts) -> Result<ExitCode> {
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("provision generator: {e:#}");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let id = identity(cli)?;
+    let services = config.services_for(&id);
+    units::generate(&services, &opts.dir)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per service and its notes; exit 1 if any failed.
+fn print_reports(reports: Vec<pass::Report>) -> ExitCode {
     let mut failed = 0;
-    for report in pass::sync(&selected, &all, &cli.state_dir) {
+    for report in reports {
+        let name = &report.service;
         match report.outcome {
-            Ok(Outcome::Deployed { from, to, notes }) => {
-                let from = from.as_deref().map_or("nothing".to_string(), short);
-                println!("{}: deployed {} (was {from})", report.service, short(&to));
-                notes
-                    .iter()
-                    .for_each(|n| println!("{}: {n}", report.service));
-            }
-            Ok(Outcome::Unchanged { commit, notes }) => {
-                println!("{}: up to date at {}", report.service, short(&commit));
-                notes
-                    .iter()
-                    .for_each(|n| println!("{}: {n}", report.service));
+            Ok(o) => {
+                if o.to.is_empty() {
+                    println!("{name}: nothing deployed yet");
+                } else if o.new_release {
+                    let from = o.from.as_deref().map_or("nothing".to_string(), short);
+                    println!("{name}: deployed {} (was {from})", short(&o.to));
+                } else {
+                    println!("{name}: up to date at {}", short(&o.to));
+                }
+                o.notes.iter().for_each(|n| println!("{name}: {n}"));
             }
             Err(e) => {
                 failed += 1;
-                eprintln!(
-                    "{}: pass failed, last good release kept: {e:#}",
-                    report.service
-                );
+                eprintln!("{name}: pass failed, last good release kept: {e:#}");
             }
         }
     }
-    Ok(if failed == 0 {
+    if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
-    })
+    }
 }
 
 /// The services named on the command line, or all of them.

@@ -6,11 +6,17 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cmd;
 pub mod config;
+pub mod deploy;
 pub mod git;
 pub mod lock;
 pub mod machine;
+pub mod mount;
+pub mod package;
 pub mod pass;
 pub mod release;
 pub mod state;
+pub mod systemd;
+pub mod units;
 pub mod util;

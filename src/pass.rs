@@ -1,5 +1,5 @@
 //! One reconcile pass: fetch each mirror once, then bring every selected
-//! service to the fetched commit.
+//! service to the fetched commit: package, release, mounts, action, state.
 //!
 //! A failure is confined to the service it concerns: the others still
 //! converge, and the failed one keeps serving its last good release while
@@ -12,10 +12,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::config::Service;
+use crate::deploy;
 use crate::git::{self, Mirror};
 use crate::lock::Lock;
+use crate::mount::Before;
+use crate::package;
 use crate::release::{Owner, Releases};
-use crate::state::{Deployed, PassRecord, StateDir, UpstreamSeen};
+use crate::state::{Deployed, PassRecord, State, StateDir, UpstreamSeen};
 use crate::util::now_unix;
 
 /// How long a pass waits for another command working on the same service.
@@ -46,15 +49,15 @@ pub struct Report {
 
 /// A successful pass for one service.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// A new release was deployed (`from` is the previous commit, if any).
-    Deployed {
-        from: Option<String>,
-        to: String,
-        notes: Vec<String>,
-    },
-    /// Already at the upstream head.
-    Unchanged { commit: String, notes: Vec<String> },
+pub struct Outcome {
+    /// The commit deployed before the pass.
+    pub from: Option<String>,
+    /// The commit deployed now.
+    pub to: String,
+    /// A new release was put in place (another commit, or other `dirs`).
+    pub new_release: bool,
+    /// Human-readable lines about what was done (mounts, action, pruning).
+    pub notes: Vec<String>,
 }
 
 /// Runs one pass over `selected`. `all` are every service of this machine,
@@ -99,7 +102,8 @@ fn fetch_all(
         .collect()
 }
 
-/// Brings one service to the fetched head, under the service lock.
+/// Brings one service to the fetched head, under the service lock, and
+/// records the outcome.
 fn reconcile(
     svc: &Service,
     mirror: &Mirror,
@@ -114,7 +118,7 @@ fn reconcile(
     )?;
     let mut state = sd.load()?;
     let result = match fetched {
-        Ok(f) => deploy(svc, mirror, f, state_dir, &mut state),
+        Ok(f) => deploy(svc, mirror, f, state_dir, &sd, &mut state),
         Err(e) => Err(anyhow::anyhow!("{e}")),
     };
     state.last_pass = Some(PassRecord {
@@ -126,12 +130,16 @@ fn reconcile(
     result
 }
 
+/// Package, release, mounts, state, action: in that order, so the unit is
+/// only told about files that are already in place, and the state never
+/// claims a release the mounts do not show.
 fn deploy(
     svc: &Service,
     mirror: &Mirror,
     fetched: &git::Fetched,
     state_dir: &Path,
-    state: &mut crate::state::State,
+    sd: &StateDir,
+    state: &mut State,
 ) -> Result<Outcome> {
     let head = fetched.head;
     state.upstream = Some(UpstreamSeen {
@@ -143,37 +151,137 @@ fn deploy(
         .iter()
         .map(|r| format!("mirror rebuilt: {r}"))
         .collect();
+    if let Some(pkg) = &svc.package {
+        if package::ensure(pkg)? {
+            notes.push(format!("installed package {pkg}"));
+        }
+    }
     let releases = Releases::new(&service_dir(svc, state_dir));
     let owner = svc.user.as_deref().map(Owner::lookup).transpose()?;
     let repo = mirror.open()?;
     let path = releases.materialize(&repo, head, &svc.dirs, owner)?;
     let name = file_name(&path)?;
     let previous = state.deployed.clone();
-    let outcome = if previous.as_ref().is_some_and(|d| d.release == name) {
-        Outcome::Unchanged {
-            commit: head.to_string(),
-            notes: Vec::new(),
-        }
-    } else {
+    let same_release = previous.as_ref().is_some_and(|d| d.release == name);
+    let changed = !same_release
+        && deploy::content_changed(
+            &repo,
+            previous.as_ref().map(|d| d.commit.as_str()),
+            head,
+            svc,
+        );
+
+    for dropped in deploy::unmount_dropped(svc, &state.mounts)? {
+        notes.push(format!(
+            "unmounted {} (no longer in dirs)",
+            dropped.display()
+        ));
+    }
+    let befores = deploy::mount_release(svc, &path, owner)?;
+    notes.extend(mount_notes(svc, &befores, same_release));
+    state.mounts = svc.dirs.iter().map(|d| d.local.clone()).collect();
+    if !same_release {
         releases.touch(&name)?;
         state.deployed = Some(Deployed {
             commit: head.to_string(),
             release: name.clone(),
             time: now_unix(),
         });
-        Outcome::Deployed {
-            from: previous.map(|d| d.commit),
-            to: head.to_string(),
-            notes: Vec::new(),
-        }
-    };
+    }
+    let repaired = befores.contains(&Before::Missing)
+        || (same_release && befores.contains(&Before::Other));
+    if changed || repaired || state.action_pending {
+        act(svc, sd, state, &mut notes)?;
+    }
     let keep = usize::try_from(svc.depth).unwrap_or(usize::MAX);
     for removed in releases.prune(keep, &name)? {
         notes.push(format!("removed old release {removed}"));
     }
-    Ok(match outcome {
-        Outcome::Deployed { from, to, .. } => Outcome::Deployed { from, to, notes },
-        Outcome::Unchanged { commit, .. } => Outcome::Unchanged { commit, notes },
+    Ok(Outcome {
+        from: previous.map(|d| d.commit),
+        to: head.to_string(),
+        new_release: !same_release,
+        notes,
+    })
+}
+
+/// Runs the action with `action_pending` recorded first, so a crash or a
+/// failure mid-action is retried by the next pass.
+fn act(svc: &Service, sd: &StateDir, state: &mut State, notes: &mut Vec<String>) -> Result<()> {
+    if svc.action.is_none() {
+        return Ok(());
+    }
+    state.action_pending = true;
+    sd.save(state)?;
+    let outcome = deploy::run_action(svc)?;
+    state.action_pending = false;
+    if let (Some(a), Some(o)) = (svc.action, outcome) {
+        notes.push(format!(
+            "{} {}: {}, unit {}",
+            a.as_str(),
+            svc.unit,
+            o.job_result,
+            o.active_state
+        ));
+    }
+    Ok(())
+}
+
+fn mount_notes(svc: &Service, befores: &[Before], same_release: bool) -> Vec<String> {
+    svc.dirs
+        .iter()
+        .zip(befores)
+        .filter_map(|(d, b)| match b {
+            Before::Correct => None,
+            Before::Missing => Some(format!("mounted {}", d.local.display())),
+            Before::Other if same_release => Some(format!("repaired mount {}", d.local.display())),
+            Before::Other => Some(format!("switched {}", d.local.display())),
+        })
+        .collect()
+}
+
+/// Restores the mounts of the deployed releases without network: what a
+/// machine needs at boot, before the services start.
+pub fn restore(selected: &[&Service], state_dir: &Path) -> Vec<Report> {
+    selected
+        .iter()
+        .map(|svc| Report {
+            service: svc.name.clone(),
+            outcome: restore_one(svc, state_dir),
+        })
+        .collect()
+}
+
+fn restore_one(svc: &Service, state_dir: &Path) -> Result<Outcome> {
+    let sd = StateDir::new(state_dir, &svc.name);
+    let _lock = Lock::acquire(
+        &sd.lock_path(),
+        SERVICE_LOCK_TIMEOUT,
+        &format!("service {}", svc.name),
+    )?;
+    let state = sd.load()?;
+    let Some(deployed) = state.deployed else {
+        return Ok(Outcome {
+            from: None,
+            to: String::new(),
+            new_release: false,
+            notes: Vec::new(),
+        });
+    };
+    let release = Releases::new(&service_dir(svc, state_dir)).path(&deployed.release);
+    anyhow::ensure!(
+        release.is_dir(),
+        "deployed release {} is missing; run provision sync",
+        release.display()
+    );
+    let owner = svc.user.as_deref().map(Owner::lookup).transpose()?;
+    let befores = deploy::mount_release(svc, &release, owner)?;
+    let notes = mount_notes(svc, &befores, true);
+    Ok(Outcome {
+        from: Some(deployed.commit.clone()),
+        to: deployed.commit,
+        new_release: false,
+        notes,
     })
 }
 

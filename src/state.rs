@@ -30,6 +30,14 @@ pub struct State {
     /// The outcome of the last pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_pass: Option<PassRecord>,
+    /// Local paths provision has mounted, so a path dropped from `dirs` is
+    /// unmounted instead of left showing an old release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<std::path::PathBuf>,
+    /// The files changed but the action has not succeeded yet: the next
+    /// pass runs it again even if nothing else changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub action_pending: bool,
 }
 
 /// A deployed release.

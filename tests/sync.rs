@@ -29,12 +29,20 @@ impl Host {
         self.dir.path().join("config.toml")
     }
 
+    /// Writes the config with every `local` moved under this host's scratch
+    /// root, so mount points are created there and not on the real `/etc`.
     fn write_config(&self, text: &str) {
+        let root = self.dir.path().join("root");
+        let text = text.replace("local = \"/", &format!("local = \"{}/", root.display()));
         fs::write(self.config_path(), text).expect("writing config");
     }
 
+    /// Runs provision in a private mount namespace: its bind mounts vanish
+    /// when it exits (as after a reboot) and never touch the test host.
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_provision"))
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--"])
+            .arg(env!("CARGO_BIN_EXE_provision"))
             .arg("--config")
             .arg(self.config_path())
             .arg("--state-dir")

@@ -29,6 +29,9 @@ pub const DEFAULT_DEPTH: u32 = 3;
 /// Network timeout for one fetch when `timeout` is not set.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often the generated timer runs a pass when `interval` is not set.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+
 /// A validated configuration file.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -69,6 +72,8 @@ pub struct Service {
     pub credentials: Credentials,
     /// Timeout of network operations while fetching.
     pub timeout: Duration,
+    /// How often the service's timer runs a pass.
+    pub interval: Duration,
 }
 
 /// One bind mount of a repository path onto a local path.

@@ -31,6 +31,7 @@ pub(super) struct RawSettings {
     pub ssh_known_hosts: Option<Sp<String>>,
     pub https_user: Option<Sp<String>>,
     pub https_token_file: Option<Sp<String>>,
+    pub interval: Option<Sp<String>>,
 }
 
 /// One `[[services]]` table.
@@ -108,7 +109,7 @@ impl<'a> Locator<'a> {
 }
 
 const GLOBAL: &str = "[global]";
-const SHARED_KEYS: [&str; 12] = [
+const SHARED_KEYS: [&str; 13] = [
     "upstream",
     "branch",
     "user",
@@ -121,6 +122,7 @@ const SHARED_KEYS: [&str; 12] = [
     "ssh_known_hosts",
     "https_user",
     "https_token_file",
+    "interval",
 ];
 /// Accepted for gitopper compatibility and otherwise ignored.
 const IGNORED_KEYS: [&str; 1] = ["keys"];
@@ -255,6 +257,17 @@ impl Walker<'_, '_> {
             }
             "timeout" => {
                 s.timeout = self.integer(v, ctx, key);
+                return true;
+            }
+            "interval" => {
+                // Seconds as an integer, or a span such as "5m" or "1h 30m".
+                s.interval = match v.get_ref() {
+                    DeValue::Integer(_) => self.integer(v, ctx, key).map(|i| Sp {
+                        value: i.value.to_string(),
+                        span: i.span,
+                    }),
+                    _ => self.string(v, ctx, key),
+                };
                 return true;
             }
             "keys" => {

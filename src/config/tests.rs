@@ -89,6 +89,27 @@ fn defaults_and_derived_names() {
     assert_eq!(s.action, None);
     assert_eq!(s.mount, None);
     assert_eq!(s.timeout, DEFAULT_TIMEOUT);
+    assert_eq!(s.interval, DEFAULT_INTERVAL);
+}
+
+#[test]
+fn intervals_accept_seconds_and_units() {
+    use std::time::Duration;
+    for (text, secs) in [
+        ("90", 90),
+        ("5m", 300),
+        ("1h 30m", 5400),
+        ("2d", 172800),
+        ("45s", 45),
+    ] {
+        assert_eq!(
+            validate::parse_span(text),
+            Ok(Duration::from_secs(secs)),
+            "{text}"
+        );
+    }
+    let c = parse(&service_with("interval = 120")).expect("integer seconds");
+    assert_eq!(c.services[0].interval, Duration::from_secs(120));
 }
 
 #[test]
@@ -250,6 +271,12 @@ fn bad_configs() -> Vec<(String, &'static str, &'static str)> {
         (s("depth = 0"), "depth", "at least 1"),
         (s("depth = \"3\""), "depth", "must be an integer"),
         (s("timeout = -5"), "timeout", "at least 1"),
+        (
+            s("interval = \"5 fortnights\""),
+            "interval",
+            "not a time span",
+        ),
+        (s("interval = 0"), "interval", "at least 1 second"),
         (s("name = \"my app\""), "name", "may only contain"),
         (
             s("name = \"-x\""),

@@ -108,6 +108,7 @@ impl Resolver<'_> {
         let user = self.word(s.user.as_ref(), "user");
         let package = self.word(s.package.as_ref(), "package");
         let credentials = self.credentials(&s);
+        let interval = self.interval(s.interval.as_ref());
         let dirs = self.dirs(raw);
         let machine = machine.and_then(|m| self.machine(m));
         Some(Service {
@@ -127,6 +128,7 @@ impl Resolver<'_> {
             dirs: dirs?,
             credentials: credentials?,
             timeout: Duration::from_secs(timeout?),
+            interval: interval?,
         })
     }
 
@@ -294,6 +296,23 @@ impl Resolver<'_> {
         }
     }
 
+    fn interval(&mut self, v: Option<&Sp<String>>) -> Option<Duration> {
+        let Some(v) = v else {
+            return Some(super::DEFAULT_INTERVAL);
+        };
+        match parse_span(&v.value) {
+            Ok(d) if d >= Duration::from_secs(1) => Some(d),
+            Ok(_) => {
+                self.err(Some(&v.span), "interval", "must be at least 1 second");
+                None
+            }
+            Err(m) => {
+                self.err(Some(&v.span), "interval", m);
+                None
+            }
+        }
+    }
+
     fn credentials(&mut self, s: &RawSettings) -> Option<Credentials> {
         let mut path = |v: &Option<Sp<String>>, key: &str| -> Option<Option<PathBuf>> {
             match v {
@@ -374,6 +393,41 @@ impl Resolver<'_> {
     }
 }
 
+/// A time span in seconds ("300") or systemd-like units ("5m", "1h 30m",
+/// "90s", "2d"), as written into timer units.
+pub(crate) fn parse_span(s: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("{s:?} is not a time span; write seconds or e.g. \"30s\", \"5m\", \"1h 30m\"");
+    let mut total: u64 = 0;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "" | "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hr" | "hour" | "hours" => 3600,
+            "d" | "day" | "days" => 86400,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(scale)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        rest = rest[unit_len..].trim_start();
+    }
+    Ok(Duration::from_secs(total))
+}
+
 /// A service's own settings over `[global]`'s.
 fn merge(s: &RawSettings, g: &RawSettings) -> RawSettings {
     fn pick<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
@@ -392,6 +446,7 @@ fn merge(s: &RawSettings, g: &RawSettings) -> RawSettings {
         ssh_known_hosts: pick(&s.ssh_known_hosts, &g.ssh_known_hosts),
         https_user: pick(&s.https_user, &g.https_user),
         https_token_file: pick(&s.https_token_file, &g.https_token_file),
+        interval: pick(&s.interval, &g.interval),
     }
 }
 

@@ -248,16 +248,14 @@ pub fn mount_at(path: &Path) -> Result<Option<MountEntry>> {
 /// the last matching line wins.
 fn parse_mountinfo(text: &str, path: &Path) -> Option<MountEntry> {
     let want = path.as_os_str().as_encoded_bytes();
-    text.lines()
-        .rev()
-        .find_map(|line| {
-            let mut f = line.split(' ');
-            let point = f.nth(4)?;
-            let opts = f.next()?;
-            (unescape(point) == want).then(|| MountEntry {
-                readonly: opts.split(',').any(|o| o == "ro"),
-            })
+    text.lines().rev().find_map(|line| {
+        let mut f = line.split(' ');
+        let point = f.nth(4)?;
+        let opts = f.next()?;
+        (unescape(point) == want).then(|| MountEntry {
+            readonly: opts.split(',').any(|o| o == "ro"),
         })
+    })
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space and so on).

@@ -188,8 +188,8 @@ fn deploy(
             time: now_unix(),
         });
     }
-    let repaired = befores.contains(&Before::Missing)
-        || (same_release && befores.contains(&Before::Other));
+    let repaired =
+        befores.contains(&Before::Missing) || (same_release && befores.contains(&Before::Other));
     if changed || repaired || state.action_pending {
         act(svc, sd, state, &mut notes)?;
     }

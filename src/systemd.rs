@@ -21,6 +21,8 @@ use crate::config::Action;
 
 /// The D-Bus error systemd answers with for a unit it has no file for.
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+/// The D-Bus error systemd answers with for a job the unit cannot take, e.g. reloading a stopped unit.
+const NOT_APPLICABLE: &str = "org.freedesktop.systemd1.JobTypeNotApplicable";
 /// How long `daemon_reload` may take: systemd re-reads every unit file, which is slow on a
 /// machine with many units, so this is well above D-Bus's usual 25 s.
 const DAEMON_RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -180,7 +182,7 @@ async fn queue_and_wait(conn: &zbus::Connection, unit: &str, action: Action) -> 
         .inner()
         .call(method_name(action), &(unit, JOB_MODE))
         .await
-        .map_err(|e| not_found_or(e, unit))?;
+        .map_err(|e| queue_error(e, unit, action))?;
     loop {
         let signal = removed.next().await.with_context(|| {
             format!("losing the D-Bus connection while waiting for the job of unit {unit}")
@@ -230,12 +232,18 @@ async fn unit_proxy(conn: &zbus::Connection, path: OwnedObjectPath) -> Result<Un
         .await?)
 }
 
-/// Says "unit X not found" for systemd's NoSuchUnit, and passes any other error on.
-fn not_found_or(e: zbus::Error, unit: &str) -> anyhow::Error {
-    match &e {
-        zbus::Error::MethodError(name, _, _) if name.as_str() == NO_SUCH_UNIT => {
-            anyhow!("unit {unit} not found")
-        }
+/// Rewords systemd's refusals to queue a job that an operator may meet; passes others on.
+fn queue_error(e: zbus::Error, unit: &str, action: Action) -> anyhow::Error {
+    let name = match &e {
+        zbus::Error::MethodError(name, _, _) => name.as_str(),
+        _ => "",
+    };
+    match name {
+        NO_SUCH_UNIT => anyhow!("unit {unit} not found"),
+        NOT_APPLICABLE => anyhow!(
+            "unit {unit} cannot {} now (a reload needs a running unit with ExecReload=): {e}",
+            action.as_str()
+        ),
         _ => e.into(),
     }
 }

@@ -1,0 +1,314 @@
+//! End to end on a real systemd (PID 1 in a namespace container), a real
+//! git daemon, real bind mounts and real D-Bus: what an operator of a
+//! machine sees after `provision sync`, a timer run, and a reboot.
+
+mod common;
+
+use std::time::Duration;
+
+use common::container::Machine;
+use common::{GitDaemon, Upstream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_provision");
+
+/// A unit that records every reload in /var/log/NAME.reloads, and at start
+/// copies the file it reads into /run/NAME.seen (to prove mount ordering).
+fn demo_unit(name: &str, conf: &str, reload: &str) -> String {
+    format!(
+        "[Unit]\nDescription=demo {name}\n\n[Service]\nExecStartPre=/bin/sh -c 'cat {conf} > /run/{name}.seen 2>&1 || true'\nExecStart=/bin/sleep infinity\nExecReload={reload}\n\n[Install]\nWantedBy=multi-user.target\n"
+    )
+}
+
+fn recording_reload(name: &str) -> String {
+    format!("/bin/sh -c 'echo reload >> /var/log/{name}.reloads'")
+}
+
+/// Installs provision's units and generator into the machine, pointing at
+/// the binary under test, plus the demo units and the config.
+fn install(m: &Machine, config: &str) {
+    let unit = |file: &str| {
+        let text = std::fs::read_to_string(format!("{}/units/{file}", env!("CARGO_MANIFEST_DIR")))
+            .expect("reading unit");
+        text.replace("/usr/local/bin/provision", BIN)
+    };
+    for u in [
+        "provision@.service",
+        "provision@.timer",
+        "provision-mount@.service",
+    ] {
+        m.put(&format!("/etc/systemd/system/{u}"), &unit(u), 0o644);
+    }
+    m.put(
+        "/etc/systemd/system-generators/provision-generator",
+        &unit("provision-generator"),
+        0o755,
+    );
+    m.put(
+        "/etc/systemd/system/web.service",
+        &demo_unit("web", "/etc/web/web.conf", &recording_reload("web")),
+        0o644,
+    );
+    m.put(
+        "/etc/systemd/system/other.service",
+        &demo_unit("other", "/etc/other/other.conf", &recording_reload("other")),
+        0o644,
+    );
+    m.put(
+        "/etc/systemd/system/bad.service",
+        &demo_unit("bad", "/etc/bad/bad.conf", "/bin/false"),
+        0o644,
+    );
+    m.put("/etc/provision/config.toml", config, 0o644);
+}
+
+/// Config for `host`: web (package, owner, dir + single file), other, and
+/// optionally bad (whose reload always fails).
+fn config(host: &str, up: &Upstream, with_bad: bool) -> String {
+    let url = up.url();
+    let mut c = format!(
+        r#"
+[global]
+upstream = "{url}"
+interval = "1s"
+
+[[services]]
+machine = "{host}"
+service = "web"
+package = "hello"
+user = "www-data"
+action = "reload"
+dirs = [
+  {{ local = "/etc/web", link = "web/etc" }},
+  {{ local = "/etc/default/web", link = "web/default", file = true }},
+]
+
+[[services]]
+machine = "{host}"
+service = "other"
+action = "reload"
+dirs = [ {{ local = "/etc/other", link = "other" }} ]
+"#
+    );
+    if with_bad {
+        c.push_str(&format!(
+            "\n[[services]]\nmachine = \"{host}\"\nservice = \"bad\"\naction = \"reload\"\ndirs = [ {{ local = \"/etc/bad\", link = \"bad\" }} ]\n"
+        ));
+    }
+    c
+}
+
+fn seed(up: &Upstream) -> String {
+    up.commit(
+        "main",
+        &[
+            ("web/etc/web.conf", Some("greeting = one\n")),
+            ("web/default", Some("OPTS=1\n")),
+            ("other/other.conf", Some("other = one\n")),
+            ("bad/bad.conf", Some("bad = one\n")),
+        ],
+        "seed",
+    )
+}
+
+fn sync(m: &Machine, expect: i32) -> String {
+    let (code, out) = m.sh_status(&format!("{BIN} sync"));
+    assert_eq!(code, expect, "provision sync output:\n{out}");
+    out
+}
+
+fn reloads(m: &Machine, name: &str) -> usize {
+    m.read(&format!("/var/log/{name}.reloads"))
+        .map_or(0, |t| t.lines().count())
+}
+
+fn start_units(m: &Machine, units: &[&str]) {
+    m.sh(&format!(
+        "systemctl daemon-reload && systemctl start {}",
+        units.join(" ")
+    ));
+}
+
+macro_rules! need {
+    () => {
+        if !common::require_tool("git-daemon") || !common::container::require_containers() {
+            return;
+        }
+    };
+}
+
+#[test]
+fn sync_provisions_updates_once_and_leaves_unchanged_services_alone() {
+    need!();
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    seed(&up);
+    let m = Machine::boot("node1");
+    install(&m, &config("node1", &up, false));
+    start_units(&m, &["web", "other"]);
+
+    let out = sync(&m, 0);
+    assert!(out.contains("web: installed package hello"), "{out}");
+    assert!(m
+        .sh_status("dpkg-query -W -f='${Status}' hello")
+        .1
+        .contains("install ok installed"));
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = one\n")
+    );
+    assert_eq!(m.read("/etc/default/web").as_deref(), Some("OPTS=1\n"));
+    assert_eq!(m.sh("stat -c %U /etc/web/web.conf").trim(), "www-data");
+    assert_eq!(m.sh("systemctl is-active web").trim(), "active");
+    assert!(m.sh("findmnt -n -o TARGET /etc/web").contains("/etc/web"));
+    let first_reloads = reloads(&m, "web");
+    assert_eq!(first_reloads, 1, "first deployment mounts and reloads once");
+
+    up.commit(
+        "main",
+        &[("web/etc/web.conf", Some("greeting = two\n"))],
+        "web: two",
+    );
+    let out = sync(&m, 0);
+    assert!(out.contains("web: deployed"), "{out}");
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = two\n")
+    );
+    assert_eq!(reloads(&m, "web"), 2, "exactly one reload for one change");
+    assert_eq!(reloads(&m, "other"), 1, "other's files did not change");
+
+    let out = sync(&m, 0);
+    assert!(out.contains("web: up to date"), "{out}");
+    assert_eq!(reloads(&m, "web"), 2, "no change, no reload");
+
+    up.commit(
+        "main",
+        &[("other/other.conf", Some("other = two\n"))],
+        "other: two",
+    );
+    sync(&m, 0);
+    assert_eq!(
+        m.read("/etc/other/other.conf").as_deref(),
+        Some("other = two\n")
+    );
+    assert_eq!(reloads(&m, "other"), 2);
+    assert_eq!(
+        reloads(&m, "web"),
+        2,
+        "a change to another service's paths does not reload web"
+    );
+
+    up.commit("main", &[("web/default", Some("OPTS=2\n"))], "web: default");
+    sync(&m, 0);
+    assert_eq!(
+        m.read("/etc/default/web").as_deref(),
+        Some("OPTS=2\n"),
+        "single-file mount updated"
+    );
+    assert_eq!(reloads(&m, "web"), 3);
+}
+
+#[test]
+fn a_failing_reload_fails_that_service_only() {
+    need!();
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    seed(&up);
+    let m = Machine::boot("node2");
+    install(&m, &config("node2", &up, true));
+    start_units(&m, &["web", "other", "bad"]);
+    let out = sync(&m, 1);
+    assert!(out.contains("bad: pass failed"), "{out}");
+    assert!(
+        out.contains("bad.service") && out.contains("failed"),
+        "{out}"
+    );
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = one\n"),
+        "web still reconciled"
+    );
+    assert_eq!(reloads(&m, "web"), 1);
+    assert_eq!(m.read("/etc/bad/bad.conf").as_deref(), Some("bad = one\n"));
+
+    // The failed action is retried by the next pass, and fails again.
+    let out = sync(&m, 1);
+    assert!(out.contains("bad: pass failed"), "{out}");
+    assert!(out.contains("web: up to date"), "{out}");
+    assert_eq!(reloads(&m, "web"), 1);
+}
+
+#[test]
+fn the_timer_drives_passes_by_itself() {
+    need!();
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    seed(&up);
+    let m = Machine::boot("node3");
+    install(&m, &config("node3", &up, false));
+    start_units(&m, &["web", "other", "provision@web.timer"]);
+    m.wait_until(
+        Duration::from_secs(30),
+        "the timer's first pass mounts /etc/web",
+        || m.read("/etc/web/web.conf").as_deref() == Some("greeting = one\n"),
+    );
+    up.commit(
+        "main",
+        &[("web/etc/web.conf", Some("greeting = timer\n"))],
+        "web: timer",
+    );
+    m.wait_until(
+        Duration::from_secs(30),
+        "a later timer pass deploys the pushed change",
+        || m.read("/etc/web/web.conf").as_deref() == Some("greeting = timer\n"),
+    );
+    let journal = m.journal("provision@web.service");
+    assert!(journal.contains("web: deployed"), "{journal}");
+}
+
+#[test]
+fn after_a_reboot_mounts_are_restored_offline_before_the_service_starts() {
+    need!();
+    let mut d = GitDaemon::start();
+    let up = d.repo("cfg");
+    seed(&up);
+    up.commit(
+        "main",
+        &[("web/etc/web.conf", Some("greeting = deployed\n"))],
+        "web: deployed",
+    );
+    let mut m = Machine::boot("node4");
+    install(&m, &config("node4", &up, false));
+    m.sh("systemctl enable web.service other.service");
+    start_units(&m, &["web", "other"]);
+    sync(&m, 0);
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = deployed\n")
+    );
+
+    d.stop();
+    m.poweroff();
+    m.boot_again();
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = deployed\n"),
+        "mount restored"
+    );
+    assert_eq!(m.read("/etc/default/web").as_deref(), Some("OPTS=1\n"));
+    assert_eq!(m.sh("systemctl is-active web").trim(), "active");
+    assert_eq!(
+        m.read("/run/web.seen").as_deref(),
+        Some("greeting = deployed\n"),
+        "web started after its mounts were restored"
+    );
+    let (code, out) = m.sh_status(&format!("{BIN} sync web"));
+    assert_eq!(
+        code, 1,
+        "no network: the pass fails but changes nothing\n{out}"
+    );
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = deployed\n")
+    );
+}

@@ -21,7 +21,8 @@ use crate::config::Action;
 
 /// The D-Bus error systemd answers with for a unit it has no file for.
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
-/// The D-Bus error systemd answers with for a job the unit cannot take, e.g. reloading a stopped unit.
+/// The D-Bus error systemd answers with for a job the unit cannot take, e.g. reloading a
+/// stopped unit.
 const NOT_APPLICABLE: &str = "org.freedesktop.systemd1.JobTypeNotApplicable";
 /// How long `daemon_reload` may take: systemd re-reads every unit file, which is slow on a
 /// machine with many units, so this is well above D-Bus's usual 25 s.
@@ -80,8 +81,8 @@ pub fn daemon_reload() -> Result<()> {
 /// The unit's ActiveState ("active", "inactive", "failed", ...), or "not-found" if systemd does
 /// not know it. For status reports.
 ///
-/// The unit is looked up with `LoadUnit`, as `systemctl status` does, so that an existing unit
-/// that nothing has loaded yet reads as "inactive" rather than as unknown.
+/// The unit is looked up with `LoadUnit`, so that an existing unit that systemd has unloaded
+/// (inactive, and nothing refers to it) reads as "inactive" rather than as unknown.
 pub fn active_state(unit: &str) -> Result<String> {
     let work = async {
         let conn = connect().await?;
@@ -142,7 +143,10 @@ fn block_on_within<T>(timeout: Duration, work: impl Future<Output = Result<T>>) 
         let runtime = zruntime::SharedRuntime::current().context("starting the D-Bus runtime")?;
         match runtime.timeout(timeout, work).await {
             Ok(result) => result,
-            Err(_) => bail!("systemd did not answer within {timeout:?}"),
+            Err(_) => bail!(
+                "gave up waiting for systemd after {timeout:?}; a queued job may still run \
+                 (see `systemctl list-jobs`)"
+            ),
         }
     })
 }
@@ -241,7 +245,8 @@ fn queue_error(e: zbus::Error, unit: &str, action: Action) -> anyhow::Error {
     match name {
         NO_SUCH_UNIT => anyhow!("unit {unit} not found"),
         NOT_APPLICABLE => anyhow!(
-            "unit {unit} cannot {} now (a reload needs a running unit with ExecReload=): {e}",
+            "unit {unit} cannot {} now (e.g. a reload of a stopped unit, or of one without \
+             ExecReload=): {e}",
             action.as_str()
         ),
         _ => e.into(),

@@ -881,3 +881,5 @@ impl Upstream {
         }
     }
 }
+
+pub mod container;

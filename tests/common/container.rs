@@ -500,14 +500,32 @@ impl Machine {
     /// Runs `argv` inside the machine (`nsenter -t PID -m -p -u -i -r -w`),
     /// as root in `/`, with a clean environment (`PATH`, `HOME=/root`,
     /// `LANG=C.UTF-8`; `RUST_BACKTRACE` passed through) and stdin from
-    /// /dev/null. Panics only if `nsenter` cannot be spawned.
+    /// /dev/null. Output is captured through files, so `cmd &` in a script
+    /// does not make the call wait for `cmd`. Panics only if `nsenter`
+    /// cannot be spawned.
     pub fn exec(&self, argv: &[&str]) -> Output {
         assert!(!argv.is_empty(), "Machine::exec: empty argv");
-        self.nsenter(argv)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap_or_else(|e| panic!("spawning nsenter for {argv:?} on {}: {e}", self.hostname))
+        // Files, not pipes: a background process started by the command
+        // (`daemon &`) inherits them, and must not make us wait for it.
+        let mut out = tempfile::tempfile().expect("creating a capture file for stdout");
+        let mut err = tempfile::tempfile().expect("creating a capture file for stderr");
+        let status = self
+            .nsenter(argv)
+            .stdout(
+                out.try_clone()
+                    .expect("duplicating the stdout capture file"),
+            )
+            .stderr(
+                err.try_clone()
+                    .expect("duplicating the stderr capture file"),
+            )
+            .status()
+            .unwrap_or_else(|e| panic!("spawning nsenter for {argv:?} on {}: {e}", self.hostname));
+        Output {
+            status,
+            stdout: read_back(&mut out),
+            stderr: read_back(&mut err),
+        }
     }
 
     /// Runs `/bin/sh -c script` inside; panics with its stdout and stderr if
@@ -544,11 +562,7 @@ impl Machine {
             .stderr(err_fd)
             .status()
             .unwrap_or_else(|e| panic!("spawning nsenter for a script on {}: {e}", self.hostname));
-        let mut bytes = Vec::new();
-        capture
-            .seek(SeekFrom::Start(0))
-            .and_then(|_| capture.read_to_end(&mut bytes))
-            .expect("reading the sh_status capture file");
+        let bytes = read_back(&mut capture);
         (
             exit_code(status),
             String::from_utf8_lossy(&bytes).into_owned(),
@@ -787,15 +801,14 @@ impl Machine {
             thread::sleep(Duration::from_millis(5));
         }
 
-        let mut last = String::new();
-        loop {
+        let state = loop {
             if let Some(status) = self.unshare_exited() {
                 self.boot_failed(&format!("systemd exited during boot ({status})"));
             }
             let out = self.exec(&["systemctl", "is-system-running"]);
-            last = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            match last.as_str() {
-                "running" => break,
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            match state.as_str() {
+                "running" => break state,
                 "degraded" => {
                     let failed = self.exec(&["systemctl", "--failed", "--no-pager", "--plain"]);
                     eprintln!(
@@ -803,19 +816,19 @@ impl Machine {
                         self.hostname,
                         String::from_utf8_lossy(&failed.stdout).trim_end()
                     );
-                    break;
+                    break state;
                 }
                 _ => {}
             }
             if started.elapsed() > BOOT_TIMEOUT {
                 self.boot_failed(&format!(
-                    "`systemctl is-system-running` still says {last:?} after {BOOT_TIMEOUT:?}"
+                    "`systemctl is-system-running` still says {state:?} after {BOOT_TIMEOUT:?}"
                 ));
             }
-            thread::sleep(Duration::from_millis(100));
-        }
+            thread::sleep(Duration::from_millis(50));
+        };
         eprintln!(
-            "[machine {}] boot #{}: {last} after {} ms (host pid {pid}, dir {})",
+            "[machine {}] boot #{}: {state} after {} ms (host pid {pid}, dir {})",
             self.hostname,
             self.boots,
             started.elapsed().as_millis(),
@@ -1266,6 +1279,15 @@ fn children_of(pid: u32) -> Vec<i32> {
         }
     }
     pids
+}
+
+/// Everything written to a capture file so far.
+fn read_back(file: &mut File) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .expect("reading back a command's captured output");
+    bytes
 }
 
 fn exit_code(status: ExitStatus) -> i32 {

@@ -34,7 +34,7 @@ unit: deps
 test: lint unit
 
 demo: deps release
-	@bash examples/demo/run.sh target/release/provision
+	@$(CARGO) run --quiet --release --example demo -- $(CURDIR)/target/release/provision
 
 UNITDIR ?= /etc/systemd/system
 GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators

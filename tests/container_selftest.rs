@@ -225,18 +225,12 @@ fn machines_run_side_by_side_and_clean_up() {
 }
 
 #[test]
-fn zz_probe_degraded_and_stuck() {
-    let mut m = Machine::boot("probe-stuck");
-    m.put(
-        "/etc/systemd/system/failing.service",
-        "[Service]\nType=oneshot\nExecStart=/bin/false\n[Install]\nWantedBy=multi-user.target\n",
-        0o644,
-    );
-    m.sh("systemctl enable failing.service");
-    m.boot_again();
-    m.put("/etc/systemd/system/stuck.service", "[Service]\nExecStart=/bin/sleep infinity\nExecStop=/bin/sleep 100\nTimeoutStopSec=infinity\n", 0o644);
-    m.sh("systemctl daemon-reload; systemctl start stuck.service; (sleep 1000 &) ; setsid sleep 999 &");
-    let t = std::time::Instant::now();
-    drop(m);
-    println!("drop took {:?}", t.elapsed());
+fn zz_probe_killed() {
+    let m = std::thread::scope(|s| {
+        s.spawn(|| Machine::boot("probe-killed"))
+            .join()
+            .expect("boot")
+    });
+    println!("PID1 {}", m.pid());
+    std::thread::sleep(Duration::from_secs(60));
 }

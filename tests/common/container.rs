@@ -51,6 +51,7 @@ use std::os::unix::fs::{
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -75,7 +76,8 @@ const INSIDE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sb
 
 const SYSTEMD: &str = "/lib/systemd/systemd";
 
-/// Run as `/bin/sh -c LAUNCHER launcher UPPER WORK ROOT HOSTNAME CGROUP` by
+/// Run as `/bin/sh -c LAUNCHER launcher UPPER WORK ROOT HOSTNAME CGROUP
+/// MACHINES_DIR` by
 /// `unshare --pid --fork --mount --uts --ipc --propagation private`, i.e. as
 /// PID 1 of the new PID namespace, in a private mount namespace. Builds the
 /// machine's root under ROOT and `exec`s systemd there (so systemd stays PID 1
@@ -87,7 +89,7 @@ const SYSTEMD: &str = "/lib/systemd/systemd";
 /// sees a whole (controller-less) unified hierarchy of its own.
 const LAUNCHER: &str = r#"
 set -eu
-upper=$1 work=$2 root=$3 name=$4 cg=$5
+upper=$1 work=$2 root=$3 name=$4 cg=$5 machines=$6
 
 echo 0 > "$cg/cgroup.procs"
 
@@ -119,6 +121,9 @@ ln -s /proc/self/fd "$root/dev/fd"
 ln -s /proc/self/fd/0 "$root/dev/stdin"
 ln -s /proc/self/fd/1 "$root/dev/stdout"
 ln -s /proc/self/fd/2 "$root/dev/stderr"
+
+# Other machines' disks are visible through lowerdir=/; hide them.
+mount -t tmpfs -o ro,mode=755,size=4k tmpfs "$root$machines"
 
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$root/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
@@ -382,6 +387,8 @@ impl Machine {
             );
         }
         fs::create_dir_all(MACHINES_DIR).unwrap_or_else(|e| panic!("creating {MACHINES_DIR}: {e}"));
+        static JANITOR: std::sync::Once = std::sync::Once::new();
+        JANITOR.call_once(remove_stale_machines);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{hostname}-"))
             .tempdir_in(MACHINES_DIR)
@@ -398,6 +405,9 @@ impl Machine {
             cgroup: None,
             boots: 0,
         };
+        let owner = machine.dir.join(OWNER_FILE);
+        fs::write(&owner, owner_stamp(std::process::id()))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", owner.display()));
         for d in [&machine.upper, &machine.work, &machine.root] {
             fs::DirBuilder::new()
                 .mode(0o755)
@@ -753,6 +763,7 @@ impl Machine {
         .arg(&self.root)
         .arg(&self.hostname)
         .arg(&cgroup)
+        .arg(MACHINES_DIR)
         .env_clear()
         .env("PATH", INSIDE_PATH)
         .env("LANG", "C.UTF-8")
@@ -762,8 +773,7 @@ impl Machine {
         .stderr(log_err)
         // Own process group, so a stuck launcher can be killed as a whole.
         .process_group(0);
-        let child = cmd
-            .spawn()
+        let child = spawn_tied_to_process(cmd)
             .unwrap_or_else(|e| panic!("spawning unshare for machine {}: {e}", self.hostname));
         let unshare_pid = child.id();
         self.unshare = Some(child);
@@ -1252,6 +1262,108 @@ pub fn host_enabled_units() -> BTreeSet<String> {
         }
     }
     units
+}
+
+/// In each machine dir: `"<pid> <starttime>"` of the test process that owns it.
+const OWNER_FILE: &str = "owner";
+
+/// Identifies a process across PID reuse: its PID and start time.
+fn owner_stamp(pid: u32) -> String {
+    format!("{pid} {}", process_start_time(pid).unwrap_or_default())
+}
+
+/// Field 22 of `/proc/PID/stat` (start time in clock ticks since boot).
+fn process_start_time(pid: u32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; it ends at the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// Removes machines whose owning test process is gone (killed before its
+/// `Drop` ran): their PID 1 died with it (see [`spawn_tied_to_process`]),
+/// but their directory and cgroup stay behind. Machines of live test
+/// processes, and directories without an owner stamp, are left alone.
+fn remove_stale_machines() {
+    let Ok(entries) = fs::read_dir(MACHINES_DIR) else {
+        return;
+    };
+    let cg_parent = cgroup2_mount().map(|cg| cg.join("provision-machines"));
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Ok(stamp) = fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        let Some(pid) = stamp
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if owner_stamp(pid) == stamp.trim() {
+            continue; // owner alive
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(parent) = &cg_parent {
+            for cg in fs::read_dir(parent).into_iter().flatten().flatten() {
+                let cg_name = cg.file_name().to_string_lossy().into_owned();
+                if cg_name.starts_with(&format!("{name}-boot")) {
+                    let _ = fs::write(cg.path().join("cgroup.kill"), "1");
+                    if let Err(e) = remove_cgroup(&cg.path()) {
+                        eprintln!("[machines] stale machine {name}: {e}");
+                    }
+                }
+            }
+        }
+        make_removable(&dir);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => eprintln!("[machines] removed stale machine dir {}", dir.display()),
+            Err(e) => eprintln!("[machines] could not remove stale {}: {e}", dir.display()),
+        }
+    }
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `cmd` with `PR_SET_PDEATHSIG=SIGKILL`, from a thread that lives as
+/// long as the test process, so the launcher (and, through
+/// `unshare --kill-child`, the whole machine) dies with the test process even
+/// if it is killed before any `Drop` runs. (The death signal is tied to the
+/// *thread* that forked, so spawning from the test's own thread would kill
+/// machines booted in a helper thread when that thread ends.)
+fn spawn_tied_to_process(mut cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        thread::Builder::new()
+            .name("machine-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("starting the machine spawner thread");
+        Mutex::new(tx)
+    });
+    // SAFETY: the closure only makes async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (reply_tx, reply_rx) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .send((cmd, reply_tx))
+        .expect("the machine spawner thread is gone");
+    reply_rx
+        .recv()
+        .expect("the machine spawner thread did not answer")
 }
 
 /// 32 lowercase hex digits from /dev/urandom (never all zeros).

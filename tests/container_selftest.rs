@@ -69,6 +69,27 @@ fn boots_runs_units_and_timers() {
         "masked"
     );
 
+    // The project's binary is visible inside at the same path.
+    m.sh(&format!("test -x {}", env!("CARGO_BIN_EXE_provision")));
+
+    // Its system bus is reachable from the host through /proc/PID/root.
+    if let Ok(out) = std::process::Command::new("busctl")
+        .args(["--address", &m.system_bus_address()])
+        .args([
+            "get-property",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "SystemState",
+        ])
+        .output()
+    {
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("\"running\""),
+            "busctl from the host: {out:?}"
+        );
+    }
+
     // exec: argv form, exit status and output.
     let out = m.exec(&["/bin/echo", "a b", "c"]);
     assert!(out.status.success());
@@ -225,12 +246,40 @@ fn machines_run_side_by_side_and_clean_up() {
 }
 
 #[test]
-fn zz_probe_killed() {
-    let m = std::thread::scope(|s| {
-        s.spawn(|| Machine::boot("probe-killed"))
-            .join()
-            .expect("boot")
-    });
-    println!("PID1 {}", m.pid());
-    std::thread::sleep(Duration::from_secs(60));
+fn files_put_before_the_first_boot_are_used_by_it() {
+    if !require_containers() {
+        return;
+    }
+    let mut m = Machine::create("selftest-fresh");
+    assert!(!m.is_running());
+    m.put(
+        "/etc/systemd/system/selftest-at-boot.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'hostname > /run/selftest-at-boot'\n",
+        0o644,
+    );
+    m.put(
+        "/etc/systemd/system/multi-user.target.d/selftest.conf",
+        "[Unit]\nWants=selftest-at-boot.service\n",
+        0o644,
+    );
+    // put() replaces a mask (a symlink to /dev/null) instead of writing
+    // through it.
+    m.put(
+        "/etc/systemd/system/ssh.service",
+        "[Service]\nExecStart=/bin/true\n",
+        0o644,
+    );
+    m.boot_again();
+    assert_eq!(
+        m.read("/run/selftest-at-boot").as_deref(),
+        Some("selftest-fresh\n")
+    );
+    assert!(is_active(&m, "selftest-at-boot.service"));
+    assert_ne!(
+        m.sh_status("systemctl is-enabled ssh.service").1.trim(),
+        "masked"
+    );
+    assert!(m
+        .sh("systemctl cat ssh.service")
+        .contains("ExecStart=/bin/true"));
 }

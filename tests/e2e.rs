@@ -86,7 +86,7 @@ dirs = [
 machine = "{host}"
 service = "other"
 action = "reload"
-dirs = [ {{ local = "/etc/other", link = "other" }} ]
+dirs = [ {{ local = "/etc/other", link = "other", readonly = true }} ]
 "#
     );
     if with_bad {

@@ -379,6 +379,15 @@ impl Machine {
     /// a fresh `/etc/machine-id` and the unit masks described in the module
     /// docs.
     pub fn boot(hostname: &str) -> Machine {
+        let mut machine = Machine::create(hostname);
+        machine.start();
+        machine
+    }
+
+    /// Prepares a machine like [`Machine::boot`] but leaves it powered off,
+    /// so files can be [`put`](Machine::put) on its disk before its first
+    /// boot; then call [`Machine::boot_again`] to boot it.
+    pub fn create(hostname: &str) -> Machine {
         validate_hostname(hostname);
         if let Some(why) = container_blocker() {
             panic!(
@@ -394,7 +403,7 @@ impl Machine {
             .tempdir_in(MACHINES_DIR)
             .unwrap_or_else(|e| panic!("creating a machine dir in {MACHINES_DIR}: {e}"))
             .keep();
-        let mut machine = Machine {
+        let machine = Machine {
             hostname: hostname.to_string(),
             upper: dir.join("upper"),
             work: dir.join("work"),
@@ -415,7 +424,6 @@ impl Machine {
                 .unwrap_or_else(|e| panic!("creating {}: {e}", d.display()));
         }
         machine.prepare_disk();
-        machine.start();
         machine
     }
 
@@ -431,6 +439,17 @@ impl Machine {
 
     pub fn hostname(&self) -> &str {
         &self.hostname
+    }
+
+    /// D-Bus address of the machine's system bus as reachable from the host
+    /// (`unix:path=/proc/PID/root/run/dbus/system_bus_socket`), for talking
+    /// to its systemd from test code (e.g. with zbus). Inside the machine the
+    /// usual `/run/dbus/system_bus_socket` works.
+    pub fn system_bus_address(&self) -> String {
+        format!(
+            "unix:path=/proc/{}/root/run/dbus/system_bus_socket",
+            self.pid()
+        )
     }
 
     /// Is PID 1 of the machine alive?
@@ -610,7 +629,8 @@ impl Machine {
     }
 
     /// Boots again over the same upperdir: a reboot (files kept, mounts,
-    /// `/run` and `/tmp` gone). Powers off first if still running. Waits for
+    /// `/run` and `/tmp` gone). Powers off first if still running; boots a
+    /// machine from [`Machine::create`] for the first time. Waits for
     /// `running` like [`Machine::boot`].
     pub fn boot_again(&mut self) {
         if self.is_running() {

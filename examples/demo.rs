@@ -59,23 +59,7 @@ fn main() {
 
     step("a machine: systemd booted as PID 1 in a container");
     let mut m = Machine::boot("demo-host");
-    let unit = |file: &str| {
-        std::fs::read_to_string(format!("{}/units/{file}", env!("CARGO_MANIFEST_DIR")))
-            .expect("reading unit")
-            .replace("/usr/local/bin/provision", &bin)
-    };
-    for u in [
-        "provision@.service",
-        "provision@.timer",
-        "provision-mount@.service",
-    ] {
-        m.put(&format!("/etc/systemd/system/{u}"), &unit(u), 0o644);
-    }
-    m.put(
-        "/etc/systemd/system-generators/provision-generator",
-        &unit("provision-generator"),
-        0o755,
-    );
+    common::container::install_provision(&m, &bin);
     m.put(
         "/etc/systemd/system/web.service",
         "[Unit]\nDescription=demo web service\n[Service]\nExecStart=/bin/sleep infinity\nExecReload=/bin/sh -c 'echo \"$(date +%%T) reloaded\" >> /var/log/web.reloads'\n[Install]\nWantedBy=multi-user.target\n",

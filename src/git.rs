@@ -145,7 +145,7 @@ impl Mirror {
     /// One fetch attempt into the repository at `path`: ask the server for
     /// the branch head first (one round trip), and download only when the
     /// mirror does not already have it. Failures of that first exchange are
-    /// [`Unreachable`]: the server, not the mirror, is at fault.
+    /// [`ServerError`]: the server, not the mirror, is at fault.
     fn try_fetch(
         &self,
         path: &Path,
@@ -180,7 +180,7 @@ impl Mirror {
     ) -> Result<Oid> {
         let url = &self.upstream.url;
         let unreachable = |e: git2::Error| {
-            anyhow::Error::new(Unreachable(e.message().to_string()))
+            anyhow::Error::new(ServerError(e.message().to_string()))
                 .context(format!("fetching branch {:?} from {url}", self.branch))
         };
         let mut remote = repo.remote_anonymous(url).map_err(unreachable)?;
@@ -235,35 +235,22 @@ fn open_or_init(path: &Path) -> Result<Repository> {
     Repository::init_bare(path).with_context(|| format!("creating mirror {}", path.display()))
 }
 
-/// The server could not be reached or refused the conversation (down,
-/// hanging, wrong credentials, unknown host key). Never a reason to
-/// rebuild the mirror.
+/// The server could not be reached, refused the conversation (down,
+/// hanging, wrong credentials, unknown host key) or does not have the
+/// branch. Never a reason to rebuild the mirror.
 #[derive(Debug)]
-pub struct Unreachable(String);
+pub struct ServerError(String);
 
-impl std::fmt::Display for Unreachable {
+impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for Unreachable {}
-
-/// The server answered but does not have what the service follows. Not a
-/// mirror problem, so it never triggers a rebuild.
-#[derive(Debug)]
-pub struct BranchMissing(String);
-
-impl std::fmt::Display for BranchMissing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BranchMissing {}
+impl std::error::Error for ServerError {}
 
 fn branch_missing(url: &str, branch: &str) -> anyhow::Error {
-    anyhow::Error::new(BranchMissing(format!(
+    anyhow::Error::new(ServerError(format!(
         "branch {branch:?} does not exist on {url}"
     )))
 }
@@ -278,8 +265,7 @@ fn fetch_error(e: git2::Error, url: &str, branch: &str) -> anyhow::Error {
 /// report) rather than from the mirror itself (rebuild it).
 pub fn is_network(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.is::<BranchMissing>()
-            || c.is::<Unreachable>()
+        c.is::<ServerError>()
             || c.downcast_ref::<git2::Error>().is_some_and(|g| {
                 matches!(
                     g.class(),

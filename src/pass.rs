@@ -111,11 +111,7 @@ fn reconcile(
     state_dir: &Path,
 ) -> Result<Outcome> {
     let sd = StateDir::new(state_dir, &svc.name);
-    let _lock = Lock::acquire(
-        &sd.lock_path(),
-        SERVICE_LOCK_TIMEOUT,
-        &format!("service {}", svc.name),
-    )?;
+    let _lock = lock_service(&sd, svc)?;
     let mut state = sd.load()?;
     let result = match fetched {
         Ok(f) => deploy(svc, mirror, f, state_dir, &sd, &mut state),
@@ -254,11 +250,7 @@ pub fn restore(selected: &[&Service], state_dir: &Path) -> Vec<Report> {
 
 fn restore_one(svc: &Service, state_dir: &Path) -> Result<Outcome> {
     let sd = StateDir::new(state_dir, &svc.name);
-    let _lock = Lock::acquire(
-        &sd.lock_path(),
-        SERVICE_LOCK_TIMEOUT,
-        &format!("service {}", svc.name),
-    )?;
+    let _lock = lock_service(&sd, svc)?;
     let state = sd.load()?;
     let Some(deployed) = state.deployed else {
         return Ok(Outcome {
@@ -283,6 +275,13 @@ fn restore_one(svc: &Service, state_dir: &Path) -> Result<Outcome> {
         new_release: false,
         notes,
     })
+}
+
+/// Serializes everything that changes one service: passes, restores and
+/// operator commands.
+fn lock_service(sd: &StateDir, svc: &Service) -> Result<Lock> {
+    let what = format!("service {}", svc.name);
+    Lock::acquire(&sd.lock_path(), SERVICE_LOCK_TIMEOUT, &what)
 }
 
 fn file_name(path: &Path) -> Result<String> {

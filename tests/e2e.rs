@@ -26,23 +26,7 @@ fn recording_reload(name: &str) -> String {
 /// Installs provision's units and generator into the machine, pointing at
 /// the binary under test, plus the demo units and the config.
 fn install(m: &Machine, config: &str) {
-    let unit = |file: &str| {
-        let text = std::fs::read_to_string(format!("{}/units/{file}", env!("CARGO_MANIFEST_DIR")))
-            .expect("reading unit");
-        text.replace("/usr/local/bin/provision", BIN)
-    };
-    for u in [
-        "provision@.service",
-        "provision@.timer",
-        "provision-mount@.service",
-    ] {
-        m.put(&format!("/etc/systemd/system/{u}"), &unit(u), 0o644);
-    }
-    m.put(
-        "/etc/systemd/system-generators/provision-generator",
-        &unit("provision-generator"),
-        0o755,
-    );
+    common::container::install_provision(m, BIN);
     m.put(
         "/etc/systemd/system/web.service",
         &demo_unit("web", "/etc/web/web.conf", &recording_reload("web")),

@@ -56,6 +56,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
+
+use super::under_ci;
 use nix::unistd::Pid;
 
 /// Where machine directories (upperdir, workdir, root mountpoint, logs) live.
@@ -228,12 +230,6 @@ pub const MASKED_UNITS: &[&str] = &[
 // ---------------------------------------------------------------------------
 // Preconditions
 // ---------------------------------------------------------------------------
-
-fn under_ci() -> bool {
-    std::env::var("CI")
-        .map(|v| v.eq_ignore_ascii_case("true") || v == "1")
-        .unwrap_or(false)
-}
 
 /// Why this host cannot run machines, or `None` if it can.
 fn container_blocker() -> Option<String> {
@@ -1490,4 +1486,27 @@ fn make_removable(dir: &Path) {
             }
         }
     }
+}
+
+/// Installs provision's units and generator (from the repository's
+/// `units/`) into `m`, with `bin` as the binary they run.
+pub fn install_provision(m: &Machine, bin: &str) {
+    let unit = |file: &str| {
+        let path = format!("{}/units/{file}", env!("CARGO_MANIFEST_DIR"));
+        fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {path}: {e}"))
+            .replace("/usr/local/bin/provision", bin)
+    };
+    for u in [
+        "provision@.service",
+        "provision@.timer",
+        "provision-mount@.service",
+    ] {
+        m.put(&format!("/etc/systemd/system/{u}"), &unit(u), 0o644);
+    }
+    m.put(
+        "/etc/systemd/system-generators/provision-generator",
+        &unit("provision-generator"),
+        0o755,
+    );
 }

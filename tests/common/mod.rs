@@ -74,7 +74,7 @@ const GIT_ENV_TO_CLEAR: &[&str] = &[
 // ---------------------------------------------------------------------------
 
 /// Is the test running under CI (`CI=true`/`CI=1`)?
-fn under_ci() -> bool {
+pub fn under_ci() -> bool {
     std::env::var("CI")
         .map(|v| v.eq_ignore_ascii_case("true") || v == "1")
         .unwrap_or(false)

@@ -11,9 +11,14 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config, Service, Transport};
+use crate::control;
 use crate::machine::Identity;
 use crate::pass;
+use crate::rev::Rev;
 use crate::units;
+
+/// How a failed pass is reported: the service keeps serving.
+const PASS_FAILED: &str = "pass failed, last good release kept";
 
 /// Exit code for a command that ran and found a problem.
 pub const EXIT_FAILED: u8 = 1;
@@ -75,6 +80,30 @@ pub enum Command {
     /// itself starts: bind mounts do not survive a reboot, the releases do.
     /// Never fetches, never runs an action.
     Mount(SyncOpts),
+    /// Stop following upstream: keep the deployed commit.
+    ///
+    /// Passes still fetch (to report how far behind the service is) and
+    /// still verify and repair its mounts, but never move the deployed
+    /// commit, until `unfreeze` or `forward`. Survives reboots.
+    Freeze(FreezeOpts),
+    /// Follow upstream again from the next pass.
+    Unfreeze(NameOpts),
+    /// Deploy an earlier (or any) revision now, and stay pinned there.
+    ///
+    /// REV is HEAD~N (N commits back from the deployed one), a full or
+    /// short commit hash, or a tag. A revision among the kept releases or in
+    /// the local mirror needs no network; an older one is fetched. When it
+    /// cannot be found or fetched, nothing changes. The service stays pinned
+    /// until `forward` or `unfreeze`.
+    Rollback(RollbackOpts),
+    /// Follow upstream again and run a pass for this service now.
+    Forward(NameOpts),
+    /// Recent commits of the service's branch, from the local mirror.
+    ///
+    /// Marks the deployed commit (*), the upstream head as of the last fetch
+    /// (^), and the commits whose release is kept (instant rollback). Needs
+    /// no network and waits for no lock.
+    History(HistoryOpts),
     /// systemd generator mode: write per-service timer settings and unit
     /// ordering into DIR.
     ///
@@ -85,6 +114,45 @@ pub enum Command {
     /// service's interval, and makes the service's unit want and start after
     /// provision-mount@NAME.service.
     Generate(GenerateOpts),
+}
+
+/// A command on one service.
+#[derive(Debug, Args)]
+pub struct NameOpts {
+    /// The service's name.
+    pub name: String,
+}
+
+/// Options of `freeze`.
+#[derive(Debug, Args)]
+pub struct FreezeOpts {
+    /// The service's name.
+    pub name: String,
+    /// Why, shown by status and history.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+/// Options of `rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackOpts {
+    /// The service's name.
+    pub name: String,
+    /// HEAD~N, a commit hash (full or at least 4 digits) or a tag.
+    pub rev: String,
+}
+
+/// Options of `history`.
+#[derive(Debug, Args)]
+pub struct HistoryOpts {
+    /// The service's name.
+    pub name: String,
+    /// Print JSON (a list of objects) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// At most this many commits.
+    #[arg(short = 'n', long, default_value_t = 20)]
+    pub limit: usize,
 }
 
 /// Options of `generate`.
@@ -129,6 +197,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sync(opts) => sync(&cli, opts),
         Command::Mount(opts) => mount(&cli, opts),
         Command::Generate(opts) => generate(&cli, opts),
+        Command::Freeze(opts) => freeze(&cli, opts),
+        Command::Unfreeze(opts) => unfreeze(&cli, opts),
+        Command::Rollback(opts) => rollback(&cli, opts),
+        Command::Forward(opts) => forward(&cli, opts),
+        Command::History(opts) => history(&cli, opts),
     }
 }
 
@@ -191,7 +264,8 @@ fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
     let id = identity(cli)?;
     let all = config.services_for(&id);
     let selected = select(&all, &opts.names, &id)?;
-    Ok(print_reports(pass::sync(&selected, &all, &cli.state_dir)))
+    let reports = pass::sync(&selected, &all, &cli.state_dir);
+    Ok(print_reports(reports, PASS_FAILED))
 }
 
 /// `provision mount [NAME...]`
@@ -200,7 +274,8 @@ fn mount(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
     let id = identity(cli)?;
     let all = config.services_for(&id);
     let selected = select(&all, &opts.names, &id)?;
-    Ok(print_reports(pass::restore(&selected, &cli.state_dir)))
+    let reports = pass::restore(&selected, &cli.state_dir);
+    Ok(print_reports(reports, "restoring mounts failed"))
 }
 
 /// `provision generate DIR`: never fails the boot; problems go to stderr
@@ -219,8 +294,113 @@ fn generate(cli: &Cli, opts: &GenerateOpts) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The config and this machine's identity, for the per-service commands.
+fn machine_config(cli: &Cli) -> Result<(Config, Identity)> {
+    Ok((Config::load(&cli.config)?, identity(cli)?))
+}
+
+/// The service called `name` on this machine (a usage error otherwise).
+fn one<'a>(config: &'a Config, id: &Identity, name: &str) -> Result<&'a Service> {
+    let all = config.services_for(id);
+    Ok(select(&all, &[name.to_string()], id)?[0])
+}
+
+/// `provision freeze NAME [--reason TEXT]`
+fn freeze(cli: &Cli, opts: &FreezeOpts) -> Result<ExitCode> {
+    let (config, id) = machine_config(cli)?;
+    let svc = one(&config, &id, &opts.name)?;
+    println!(
+        "{}",
+        control::freeze(svc, &cli.state_dir, opts.reason.as_deref())?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `provision unfreeze NAME`
+fn unfreeze(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
+    let (config, id) = machine_config(cli)?;
+    let svc = one(&config, &id, &opts.name)?;
+    println!("{}", control::unfreeze(svc, &cli.state_dir)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `provision rollback NAME REV`
+fn rollback(cli: &Cli, opts: &RollbackOpts) -> Result<ExitCode> {
+    let rev = Rev::parse(&opts.rev).map_err(UsageError)?;
+    let (config, id) = machine_config(cli)?;
+    let svc = one(&config, &id, &opts.name)?;
+    let report = pass::Report {
+        service: svc.name.clone(),
+        outcome: control::rollback(svc, &cli.state_dir, &rev, &opts.rev),
+    };
+    let code = print_reports(vec![report], "rollback failed");
+    if code == ExitCode::SUCCESS {
+        println!(
+            "{}: pinned; `provision forward {}` follows upstream again",
+            svc.name, svc.name
+        );
+    }
+    Ok(code)
+}
+
+/// `provision forward NAME`
+fn forward(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
+    let (config, id) = machine_config(cli)?;
+    let svc = one(&config, &id, &opts.name)?;
+    let all = config.services_for(&id);
+    let report = control::forward(svc, &all, &cli.state_dir)?;
+    Ok(print_reports(vec![report], PASS_FAILED))
+}
+
+/// `provision history NAME [--json]`
+fn history(cli: &Cli, opts: &HistoryOpts) -> Result<ExitCode> {
+    let (config, id) = machine_config(cli)?;
+    let svc = one(&config, &id, &opts.name)?;
+    let entries = crate::history::list(svc, &cli.state_dir, opts.limit)?;
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if entries.is_empty() {
+        println!(
+            "{}: no history yet; run provision sync {}",
+            svc.name, svc.name
+        );
+    }
+    for e in entries {
+        let mark = if e.deployed {
+            '*'
+        } else if e.upstream {
+            '^'
+        } else {
+            ' '
+        };
+        let when = if e.time == 0 {
+            "?".to_string()
+        } else {
+            crate::util::format_utc(e.time)
+        };
+        let mut tags = Vec::new();
+        e.deployed.then(|| tags.push("deployed"));
+        e.upstream.then(|| tags.push("upstream"));
+        e.release.then(|| tags.push("release kept"));
+        let tags = if tags.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", tags.join(", "))
+        };
+        println!(
+            "{mark} {}  {when}  {:<16.16}  {}{tags}",
+            short(&e.commit),
+            e.author,
+            e.subject
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// One line per service and its notes; exit 1 if any failed.
-fn print_reports(reports: Vec<pass::Report>) -> ExitCode {
+fn print_reports(reports: Vec<pass::Report>, failure: &str) -> ExitCode {
     let mut failed = 0;
     for report in reports {
         let name = &report.service;
@@ -238,7 +418,7 @@ fn print_reports(reports: Vec<pass::Report>) -> ExitCode {
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("{name}: pass failed, last good release kept: {e:#}");
+                eprintln!("{name}: {failure}: {e:#}");
             }
         }
     }

@@ -124,6 +124,41 @@ impl Mirror {
         })
     }
 
+    /// Rebuilds the mirror with `depth` commits of history (0: all of it):
+    /// how a rollback reaches a commit older than the configured depth. The
+    /// extra history is dropped again by the next compaction rebuild.
+    pub fn deepen(&self, depth: u32, creds: &Credentials, timeout: Duration) -> Result<Oid> {
+        let _lock = Lock::acquire(&self.lock_path(), LOCK_TIMEOUT, "the mirror")?;
+        let depth = if self.upstream.supports_shallow() {
+            depth
+        } else {
+            0
+        };
+        self.rebuild(depth, creds, timeout)
+    }
+
+    /// Fetches tag `tag` (tags are otherwise never fetched) and returns the
+    /// commit it points to.
+    pub fn fetch_tag(&self, tag: &str, creds: &Credentials, timeout: Duration) -> Result<Oid> {
+        let _lock = Lock::acquire(&self.lock_path(), LOCK_TIMEOUT, "the mirror")?;
+        let repo = open_or_init(&self.path)?;
+        let creds = creds.clone().with_env_defaults();
+        auth::set_network_timeouts(timeout.min(Duration::from_secs(15)), timeout)?;
+        let refname = format!("refs/tags/{tag}");
+        let depth = u32::from(self.upstream.supports_shallow());
+        self.download_ref(&repo, &refname, depth, &creds, timeout)?;
+        let reference = repo.find_reference(&refname).map_err(|_| {
+            anyhow::Error::new(ServerError(format!(
+                "tag {tag:?} does not exist on {}",
+                self.upstream.url
+            )))
+        })?;
+        let commit = reference
+            .peel_to_commit()
+            .with_context(|| format!("reading the commit of tag {tag:?}"))?;
+        Ok(commit.id())
+    }
+
     /// Fetches into a fresh repository beside the mirror and swaps it in
     /// only after the fetch succeeded.
     fn rebuild(&self, depth: u32, creds: &Credentials, timeout: Duration) -> Result<Oid> {
@@ -207,6 +242,18 @@ impl Mirror {
         timeout: Duration,
     ) -> Result<()> {
         let refname = self.refname();
+        self.download_ref(repo, &refname, depth, creds, timeout)
+    }
+
+    /// Fetches one ref (`refs/heads/…` or `refs/tags/…`) to `depth`.
+    fn download_ref(
+        &self,
+        repo: &Repository,
+        refname: &str,
+        depth: u32,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<()> {
         let refspec = format!("+{refname}:{refname}");
         let mut opts = FetchOptions::new();
         opts.remote_callbacks(auth::remote_callbacks(creds, Instant::now() + timeout))

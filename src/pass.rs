@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use git2::{Oid, Repository};
 
 use crate::config::Service;
 use crate::deploy;
@@ -126,9 +127,8 @@ fn reconcile(
     result
 }
 
-/// Package, release, mounts, state, action: in that order, so the unit is
-/// only told about files that are already in place, and the state never
-/// claims a release the mounts do not show.
+/// Moves the service to the fetched head, or, while it is frozen or
+/// pinned, keeps its deployed commit (still verifying and repairing mounts).
 fn deploy(
     svc: &Service,
     mirror: &Mirror,
@@ -137,9 +137,8 @@ fn deploy(
     sd: &StateDir,
     state: &mut State,
 ) -> Result<Outcome> {
-    let head = fetched.head;
     state.upstream = Some(UpstreamSeen {
-        commit: head.to_string(),
+        commit: fetched.head.to_string(),
         fetched: now_unix(),
     });
     let mut notes: Vec<String> = fetched
@@ -147,6 +146,41 @@ fn deploy(
         .iter()
         .map(|r| format!("mirror rebuilt: {r}"))
         .collect();
+    let target = match (&state.hold, &state.deployed) {
+        (Some(hold), Some(deployed)) => {
+            notes.push(format!(
+                "{} ({}): not following upstream",
+                hold.kind.as_str(),
+                hold.reason
+            ));
+            if deployed.commit != fetched.head.to_string() {
+                notes.push(format!(
+                    "upstream is at {}",
+                    crate::cli::short(&fetched.head.to_string())
+                ));
+            }
+            Oid::from_str(&deployed.commit)
+                .with_context(|| format!("reading deployed commit {:?}", deployed.commit))?
+        }
+        _ => fetched.head,
+    };
+    let repo = mirror.open()?;
+    apply(svc, state_dir, sd, state, Some(&repo), target, notes)
+}
+
+/// Package, release, mounts, state, action: in that order, so the unit is
+/// only told about files that are already in place, and the state never
+/// claims a release the mounts do not show. `repo` may be missing when the
+/// release of `target` is already on disk (an offline rollback).
+pub(crate) fn apply(
+    svc: &Service,
+    state_dir: &Path,
+    sd: &StateDir,
+    state: &mut State,
+    repo: Option<&Repository>,
+    target: Oid,
+    mut notes: Vec<String>,
+) -> Result<Outcome> {
     if let Some(pkg) = &svc.package {
         if package::ensure(pkg)? {
             notes.push(format!("installed package {pkg}"));
@@ -154,18 +188,17 @@ fn deploy(
     }
     let releases = Releases::new(&service_dir(svc, state_dir));
     let owner = svc.user.as_deref().map(Owner::lookup).transpose()?;
-    let repo = mirror.open()?;
-    let path = releases.materialize(&repo, head, &svc.dirs, owner)?;
-    let name = file_name(&path)?;
+    let name = Releases::name(target, &svc.dirs);
+    let path = match repo {
+        Some(repo) => releases.materialize(repo, target, &svc.dirs, owner)?,
+        None if releases.exists(&name) => releases.path(&name),
+        None => anyhow::bail!("commit {target} has no local release and the mirror is unavailable"),
+    };
     let previous = state.deployed.clone();
     let same_release = previous.as_ref().is_some_and(|d| d.release == name);
-    let changed = !same_release
-        && deploy::content_changed(
-            &repo,
-            previous.as_ref().map(|d| d.commit.as_str()),
-            head,
-            svc,
-        );
+    let from = previous.as_ref().map(|d| d.commit.as_str());
+    let changed =
+        !same_release && repo.is_none_or(|r| deploy::content_changed(r, from, target, svc));
 
     for dropped in deploy::unmount_dropped(svc, &state.mounts)? {
         notes.push(format!(
@@ -179,7 +212,7 @@ fn deploy(
     if !same_release {
         releases.touch(&name)?;
         state.deployed = Some(Deployed {
-            commit: head.to_string(),
+            commit: target.to_string(),
             release: name.clone(),
             time: now_unix(),
         });
@@ -195,7 +228,7 @@ fn deploy(
     }
     Ok(Outcome {
         from: previous.map(|d| d.commit),
-        to: head.to_string(),
+        to: target.to_string(),
         new_release: !same_release,
         notes,
     })
@@ -279,15 +312,9 @@ fn restore_one(svc: &Service, state_dir: &Path) -> Result<Outcome> {
 
 /// Serializes everything that changes one service: passes, restores and
 /// operator commands.
-fn lock_service(sd: &StateDir, svc: &Service) -> Result<Lock> {
+pub(crate) fn lock_service(sd: &StateDir, svc: &Service) -> Result<Lock> {
     let what = format!("service {}", svc.name);
     Lock::acquire(&sd.lock_path(), SERVICE_LOCK_TIMEOUT, &what)
-}
-
-fn file_name(path: &Path) -> Result<String> {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .with_context(|| format!("release path {} has no name", path.display()))
 }
 
 /// Deletes mirrors no service of this machine uses any more (after a branch

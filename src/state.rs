@@ -38,6 +38,38 @@ pub struct State {
     /// pass runs it again even if nothing else changed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub action_pending: bool,
+    /// Set while the service does not follow upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+}
+
+/// Why a service stays on its deployed commit instead of following upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub kind: HoldKind,
+    /// The operator's words, or what put the hold in place.
+    pub reason: String,
+    /// Unix time the hold began.
+    pub since: u64,
+}
+
+/// A freeze keeps whatever is deployed; a pin holds a commit a rollback
+/// chose. Both end with `unfreeze` or `forward`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldKind {
+    Frozen,
+    Pinned,
+}
+
+impl HoldKind {
+    /// The word status and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldKind::Frozen => "frozen",
+            HoldKind::Pinned => "pinned",
+        }
+    }
 }
 
 /// A deployed release.

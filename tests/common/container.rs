@@ -12,8 +12,9 @@
 //! ```
 //!
 //! How a machine is built (see [`LAUNCHER`]):
-//! - its disk is an overlay: `lowerdir=/` (the host's root filesystem, so the
-//!   project's `target/debug/provision` is visible inside at the same path),
+//! - its disk is an overlay: `lowerdir=/` (the host's root filesystem), with
+//!   the project directory bound read-only at its own path on top, so
+//!   `target/debug/provision` is visible inside wherever the checkout is,
 //!   plus a per-machine `upperdir`/`workdir` under
 //!   `/var/tmp/provision-machines/<hostname>-XXXXXX/`. The upperdir survives
 //!   [`Machine::poweroff`], so [`Machine::boot_again`] is a reboot: files
@@ -79,7 +80,7 @@ const INSIDE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sb
 const SYSTEMD: &str = "/lib/systemd/systemd";
 
 /// Run as `/bin/sh -c LAUNCHER launcher UPPER WORK ROOT HOSTNAME CGROUP
-/// MACHINES_DIR` by
+/// MACHINES_DIR PROJECT_DIR` by
 /// `unshare --pid --fork --mount --uts --ipc --propagation private`, i.e. as
 /// PID 1 of the new PID namespace, in a private mount namespace. Builds the
 /// machine's root under ROOT and `exec`s systemd there (so systemd stays PID 1
@@ -91,7 +92,7 @@ const SYSTEMD: &str = "/lib/systemd/systemd";
 /// sees a whole (controller-less) unified hierarchy of its own.
 const LAUNCHER: &str = r#"
 set -eu
-upper=$1 work=$2 root=$3 name=$4 cg=$5 machines=$6
+upper=$1 work=$2 root=$3 name=$4 cg=$5 machines=$6 project=$7
 
 echo 0 > "$cg/cgroup.procs"
 
@@ -129,6 +130,13 @@ mount -t tmpfs -o ro,mode=755,size=4k tmpfs "$root$machines"
 
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$root/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
+
+# The project (and so the binary under test) at its own path, read-only,
+# wherever it is checked out (even under /tmp, which is fresh inside) and
+# never a stale copy cached by the overlay after a rebuild.
+mkdir -p "$root$project"
+mount --bind "$project" "$root$project"
+mount -o remount,bind,ro "$root$project"
 
 hostname "$name"
 echo "launcher: starting systemd in $root as $name"
@@ -780,6 +788,7 @@ impl Machine {
         .arg(&self.hostname)
         .arg(&cgroup)
         .arg(MACHINES_DIR)
+        .arg(env!("CARGO_MANIFEST_DIR"))
         .env_clear()
         .env("PATH", INSIDE_PATH)
         .env("LANG", "C.UTF-8")

@@ -1,0 +1,106 @@
+//! Recent commits of a service's branch, as the local mirror knows them,
+//! with what is deployed, what upstream is at, and what can be rolled back
+//! to without network.
+
+use std::path::Path;
+
+use anyhow::Result;
+use git2::{Oid, Repository};
+use serde::Serialize;
+
+use crate::config::Service;
+use crate::pass;
+use crate::release::Releases;
+use crate::state::StateDir;
+
+/// One commit of the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub commit: String,
+    /// Committer time, Unix seconds; 0 when only the release is known.
+    pub time: i64,
+    pub author: String,
+    pub subject: String,
+    /// The commit serving now.
+    pub deployed: bool,
+    /// The branch head as of the last fetch.
+    pub upstream: bool,
+    /// A release of it is kept: rolling back is instant.
+    pub release: bool,
+    /// Rolling back to it needs no network (a kept release, or in the mirror).
+    pub offline: bool,
+}
+
+/// Up to `limit` commits from the branch head, first-parent, plus the
+/// deployed commit when it is not among them (after a force-push, say).
+/// Reading it takes no lock and no network.
+pub fn list(svc: &Service, state_dir: &Path, limit: usize) -> Result<Vec<Entry>> {
+    let state = StateDir::new(state_dir, &svc.name).load()?;
+    let deployed = state.deployed.map(|d| d.commit);
+    let releases = Releases::new(&pass::service_dir(svc, state_dir));
+    let kept: Vec<String> = releases
+        .list()?
+        .into_iter()
+        .filter_map(|n| n.split('-').next().map(str::to_string))
+        .collect();
+    let mirror = pass::mirror_of(svc, state_dir);
+    let repo = mirror.open().ok();
+    let head = mirror.head().ok().flatten();
+    let mut entries = Vec::new();
+    if let (Some(repo), Some(head)) = (&repo, head) {
+        let mut next = repo.find_commit(head).ok();
+        while let Some(c) = next.filter(|_| entries.len() < limit) {
+            entries.push(entry(&c));
+            next = c.parent(0).ok();
+        }
+    }
+    if let Some(d) = &deployed {
+        if !entries.iter().any(|e| &e.commit == d) {
+            entries.insert(
+                0,
+                repo.as_ref()
+                    .and_then(|r| find(r, d))
+                    .unwrap_or_else(|| bare(d)),
+            );
+        }
+    }
+    for e in &mut entries {
+        e.deployed = deployed.as_deref() == Some(e.commit.as_str());
+        e.upstream = head.is_some_and(|h| h.to_string() == e.commit);
+        e.release = kept.contains(&e.commit);
+        e.offline = e.release || e.time != 0;
+    }
+    Ok(entries)
+}
+
+fn find(repo: &Repository, commit: &str) -> Option<Entry> {
+    let oid = Oid::from_str(commit).ok()?;
+    repo.find_commit(oid).ok().map(|c| entry(&c))
+}
+
+fn entry(c: &git2::Commit<'_>) -> Entry {
+    Entry {
+        commit: c.id().to_string(),
+        time: c.time().seconds(),
+        author: c.author().name().unwrap_or("?").to_string(),
+        subject: c.summary().unwrap_or("").to_string(),
+        deployed: false,
+        upstream: false,
+        release: false,
+        offline: false,
+    }
+}
+
+/// A commit known only from its release (not in the mirror any more).
+fn bare(commit: &str) -> Entry {
+    Entry {
+        commit: commit.to_string(),
+        time: 0,
+        author: String::new(),
+        subject: "(not in the local mirror)".to_string(),
+        deployed: false,
+        upstream: false,
+        release: false,
+        offline: false,
+    }
+}

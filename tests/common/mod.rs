@@ -883,3 +883,4 @@ impl Upstream {
 }
 
 pub mod container;
+pub mod host;

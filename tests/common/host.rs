@@ -1,0 +1,130 @@
+//! A scratch host for integration tests that run the provision binary
+//! directly (no systemd): its own config, state dir and mount root, and each
+//! run in a private mount namespace.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::Upstream;
+
+/// A scratch machine: config file, state dir, and the binary to run.
+pub struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    pub fn new() -> Host {
+        Host {
+            dir: tempfile::tempdir().expect("creating host tempdir"),
+        }
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// Writes the config with every `local` moved under this host's scratch
+    /// root, so mount points are created there and not on the real `/etc`.
+    pub fn write_config(&self, text: &str) {
+        let root = self.dir.path().join("root");
+        let text = text.replace("local = \"/", &format!("local = \"{}/", root.display()));
+        fs::write(self.config_path(), text).expect("writing config");
+    }
+
+    /// Runs provision in a private mount namespace: its bind mounts vanish
+    /// when it exits (as after a reboot) and never touch the test host.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--"])
+            .arg(env!("CARGO_BIN_EXE_provision"))
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(["--machine", "test-host"])
+            .args(args)
+            .output()
+            .expect("running provision")
+    }
+
+    /// Runs `provision sync`, asserting its exit code; returns stdout+stderr.
+    pub fn sync(&self, expect_code: i32) -> String {
+        let out = self.run(&["sync"]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(expect_code), "sync output:\n{text}");
+        text
+    }
+
+    /// The release directory currently recorded as deployed for `name`.
+    pub fn deployed(&self, name: &str) -> PathBuf {
+        let state = self.state_json(name);
+        let release = state["deployed"]["release"]
+            .as_str()
+            .expect("a deployed release")
+            .to_string();
+        self.state().join(name).join("releases").join(release)
+    }
+
+    pub fn state_json(&self, name: &str) -> serde_json::Value {
+        let text = fs::read_to_string(self.state().join(name).join("state.json"))
+            .expect("reading state.json");
+        serde_json::from_str(&text).expect("state.json parses")
+    }
+
+    pub fn mirrors(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.state().join(".mirrors"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "git"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// One service `app` following `url`, mounting `app/etc` and the single file `app/default`.
+pub fn app_config(url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[services]]
+machine = "test-host"
+service = "app"
+upstream = "{url}"
+{extra}
+dirs = [
+  {{ local = "/etc/app", link = "app/etc" }},
+  {{ local = "/etc/default/app", link = "app/default", file = true }},
+]
+"#
+    )
+}
+
+pub fn seed(up: &Upstream) -> String {
+    up.commit(
+        "main",
+        &[
+            ("app/etc/app.conf", Some("port = 1\n")),
+            ("app/etc/conf.d/extra.conf", Some("x\n")),
+            ("app/default", Some("OPTS=-v\n")),
+            ("other/secret.conf", Some("not for app\n")),
+        ],
+        "seed",
+    )
+}
+
+/// Reads a file the test expects to exist.
+pub fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}

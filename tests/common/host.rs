@@ -8,6 +8,10 @@ use std::process::{Command, Output};
 
 use super::Upstream;
 
+/// The binary under test (set by cargo for integration tests only; this
+/// module is also compiled into the demo example, which does not use Host).
+const BIN: Option<&str> = option_env!("CARGO_BIN_EXE_provision");
+
 /// A scratch machine: config file, state dir, and the binary to run.
 pub struct Host {
     dir: tempfile::TempDir,
@@ -41,7 +45,7 @@ impl Host {
     pub fn run(&self, args: &[&str]) -> Output {
         Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--"])
-            .arg(env!("CARGO_BIN_EXE_provision"))
+            .arg(BIN.expect("Host runs in integration tests, where cargo names the binary"))
             .arg("--config")
             .arg(self.config_path())
             .arg("--state-dir")

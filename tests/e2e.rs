@@ -296,3 +296,101 @@ fn after_a_reboot_mounts_are_restored_offline_before_the_service_starts() {
         Some("greeting = deployed\n")
     );
 }
+
+#[test]
+fn rollback_reloads_once_stays_pinned_under_the_timer_and_forward_returns() {
+    need!();
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    seed(&up);
+    up.commit(
+        "main",
+        &[("web/etc/web.conf", Some("greeting = two\n"))],
+        "web: two",
+    );
+    let m = Machine::boot("node5");
+    install(&m, &config("node5", &up, false));
+    start_units(&m, &["web", "other"]);
+    sync(&m, 0);
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = two\n")
+    );
+    let before = reloads(&m, "web");
+
+    let (code, out) = m.sh_status(&format!("{BIN} rollback web HEAD~1"));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = one\n")
+    );
+    assert_eq!(reloads(&m, "web"), before + 1, "the rollback reloads once");
+
+    // Upstream moves on while the timer runs passes: the pin holds.
+    up.commit(
+        "main",
+        &[("web/etc/web.conf", Some("greeting = three\n"))],
+        "web: three",
+    );
+    m.sh("systemctl start provision@web.timer");
+    m.wait_until(
+        Duration::from_secs(30),
+        "a timer pass runs while pinned",
+        || {
+            m.journal("provision@web.service")
+                .contains("pinned (rollback to")
+        },
+    );
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = one\n")
+    );
+    assert_eq!(reloads(&m, "web"), before + 1, "no reload while pinned");
+
+    let (code, out) = m.sh_status(&format!("{BIN} forward web"));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = three\n")
+    );
+    assert_eq!(reloads(&m, "web"), before + 2);
+}
+
+#[test]
+fn a_freeze_survives_a_reboot() {
+    need!();
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    seed(&up);
+    let mut m = Machine::boot("node6");
+    install(&m, &config("node6", &up, false));
+    m.sh("systemctl enable web.service other.service");
+    start_units(&m, &["web", "other"]);
+    sync(&m, 0);
+    m.sh(&format!("{BIN} freeze web --reason 'change freeze'"));
+    m.poweroff();
+    m.boot_again();
+    up.commit(
+        "main",
+        &[("web/etc/web.conf", Some("greeting = after\n"))],
+        "web: after",
+    );
+    let out = sync(&m, 0);
+    assert!(
+        out.contains("web: up to date") && out.contains("frozen (change freeze)"),
+        "{out}"
+    );
+    assert!(out.contains("other: deployed"), "only web is frozen: {out}");
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = one\n")
+    );
+    let (_, history) = m.sh_status(&format!("{BIN} history web"));
+    assert!(
+        history
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with('^') && l.contains("web: after")),
+        "{history}"
+    );
+}

@@ -337,3 +337,30 @@ fn concurrent_rollback_and_sync_leave_a_consistent_state() {
         "no half-written release left"
     );
 }
+
+#[test]
+fn a_command_waits_for_a_running_pass_and_says_so() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    history_of(&up, 2);
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), ""));
+    h.sync(0);
+    // Another process (here flock(1), standing in for a timer run) holds
+    // the service lock for a second.
+    let lock = h.state().join("app/lock");
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "1"])
+        .spawn()
+        .expect("starting flock");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = expect(&h, &["rollback", "app", "HEAD~1"], 0);
+    assert!(
+        out.contains("waiting for service app: another provision process holds"),
+        "{out}"
+    );
+    assert_eq!(conf(&h), "port = 1\n");
+    holder.wait().expect("flock exits");
+}

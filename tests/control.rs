@@ -49,15 +49,21 @@ fn history_of(up: &common::Upstream, n: usize) -> Vec<String> {
     commits
 }
 
+/// A host following `up` (with `extra` config lines) after its first pass.
+fn synced(up: &common::Upstream, extra: &str) -> Host {
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), extra));
+    h.sync(0);
+    h
+}
+
 #[test]
 fn rollback_pins_until_forward() {
     need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let commits = history_of(&up, 3);
-    let h = Host::new();
-    h.write_config(&app_config(&up.url(), ""));
-    h.sync(0);
+    let h = synced(&up, "");
     assert_eq!(conf(&h), "port = 3\n");
 
     let out = expect(&h, &["rollback", "app", "HEAD~1"], 0);
@@ -103,9 +109,7 @@ fn freeze_keeps_the_deployed_commit_and_unfreeze_follows_again() {
     let d = GitDaemon::start();
     let up = d.repo("r");
     history_of(&up, 2);
-    let h = Host::new();
-    h.write_config(&app_config(&up.url(), ""));
-    h.sync(0);
+    let h = synced(&up, "");
     let out = expect(&h, &["freeze", "app", "--reason", "incident 42"], 0);
     assert!(out.contains("app: frozen at"), "{out}");
     up.commit(
@@ -194,9 +198,7 @@ fn bad_revisions_and_unknown_commits_are_clear_errors() {
     let d = GitDaemon::start();
     let up = d.repo("r");
     history_of(&up, 2);
-    let h = Host::new();
-    h.write_config(&app_config(&up.url(), ""));
-    h.sync(0);
+    let h = synced(&up, "");
     let out = expect(&h, &["rollback", "app", "HEAD~x"], 2);
     assert!(out.contains("not a revision"), "{out}");
     let out = expect(&h, &["rollback", "nope", "HEAD~1"], 2);
@@ -218,9 +220,7 @@ fn history_marks_deployed_upstream_and_kept_releases() {
     let d = GitDaemon::start();
     let up = d.repo("r");
     let commits = history_of(&up, 3);
-    let h = Host::new();
-    h.write_config(&app_config(&up.url(), ""));
-    h.sync(0);
+    let h = synced(&up, "");
     expect(&h, &["rollback", "app", "HEAD~1"], 0);
 
     let out = expect(&h, &["history", "app"], 0);
@@ -256,9 +256,7 @@ fn state_survives_a_deleted_mirror_and_corrupt_state_is_reported_not_reset() {
     let d = GitDaemon::start();
     let up = d.repo("r");
     history_of(&up, 2);
-    let h = Host::new();
-    h.write_config(&app_config(&up.url(), ""));
-    h.sync(0);
+    let h = synced(&up, "");
     expect(&h, &["freeze", "app"], 0);
     for m in h.mirrors() {
         fs::remove_dir_all(&m).expect("removing mirror");
@@ -288,9 +286,7 @@ fn concurrent_rollback_and_sync_leave_a_consistent_state() {
     let d = GitDaemon::start();
     let up = d.repo("r");
     let commits = history_of(&up, 3);
-    let h = Host::new();
-    h.write_config(&app_config(&up.url(), ""));
-    h.sync(0);
+    let h = synced(&up, "");
     std::thread::scope(|s| {
         let syncs = s.spawn(|| {
             (0..10)
@@ -344,9 +340,7 @@ fn a_command_waits_for_a_running_pass_and_says_so() {
     let d = GitDaemon::start();
     let up = d.repo("r");
     history_of(&up, 2);
-    let h = Host::new();
-    h.write_config(&app_config(&up.url(), ""));
-    h.sync(0);
+    let h = synced(&up, "");
     // Another process (here flock(1), standing in for a timer run) holds
     // the service lock for a second.
     let lock = h.state().join("app/lock");

@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 
-use super::under_ci;
+use super::{is_executable, under_ci};
 use nix::unistd::Pid;
 
 /// Where machine directories (upperdir, workdir, root mountpoint, logs) live.
@@ -298,12 +298,6 @@ fn find_exe(name: &str) -> Option<PathBuf> {
     dirs.into_iter()
         .map(|d| d.join(name))
         .find(|p| is_executable(p))
-}
-
-fn is_executable(path: &Path) -> bool {
-    fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
 }
 
 /// The host's cgroup2 mount: `/sys/fs/cgroup` (unified host) or

@@ -44,22 +44,6 @@ pub fn mount_release(svc: &Service, release: &Path, owner: Option<Owner>) -> Res
         .collect()
 }
 
-/// Whether every mount of `svc` shows `release` right now.
-pub fn mounts_ok(svc: &Service, release: &Path) -> Result<bool> {
-    for d in &svc.dirs {
-        let w = Wanted {
-            local: &d.local,
-            source: release.join(&d.link),
-            file: d.file,
-            readonly: d.readonly,
-        };
-        if mount::inspect(&w)? != Before::Correct {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 /// Removes mounts provision made earlier on paths no longer in `dirs`.
 pub fn unmount_dropped(svc: &Service, previously: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut dropped = Vec::new();

@@ -381,21 +381,6 @@ pub fn remove_unused(base: &Path, used: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Total bytes of regular files under `dir`, for reports and tests.
-pub fn disk_usage(dir: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => disk_usage(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
-            _ => 0,
-        })
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! leaves a stale lock behind.
 
 use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +14,6 @@ use nix::fcntl::{Flock, FlockArg};
 #[derive(Debug)]
 pub struct Lock {
     _flock: Flock<File>,
-    path: PathBuf,
 }
 
 impl Lock {
@@ -30,12 +29,7 @@ impl Lock {
         let mut told = false;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(flock) => {
-                    return Ok(Lock {
-                        _flock: flock,
-                        path: path.to_path_buf(),
-                    })
-                }
+                Ok(flock) => return Ok(Lock { _flock: flock }),
                 Err((f, nix::errno::Errno::EWOULDBLOCK)) => file = f,
                 Err((_, e)) => {
                     return Err(e).with_context(|| format!("locking {}", path.display()))
@@ -57,11 +51,6 @@ impl Lock {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

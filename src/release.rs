@@ -63,11 +63,6 @@ impl Releases {
         }
     }
 
-    /// The directory holding all releases.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The release name for `commit` with these `dirs`.
     pub fn name(commit: Oid, dirs: &[Dir]) -> String {
         format!("{commit}-{}", fingerprint(dirs))

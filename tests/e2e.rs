@@ -190,6 +190,35 @@ fn sync_provisions_updates_once_and_leaves_unchanged_services_alone() {
         "single-file mount updated"
     );
     assert_eq!(reloads(&m, "web"), 3);
+
+    let (code, out) = m.sh_status("touch /etc/other/new-file");
+    assert_ne!(code, 0, "readonly = true gives a read-only mount");
+    assert!(out.contains("Read-only file system"), "{out}");
+
+    // A mount removed by hand is repaired by the next pass, and the service
+    // is told (it may have read the directory underneath meanwhile).
+    m.sh("umount /etc/web");
+    assert_eq!(m.read("/etc/web/web.conf"), None);
+    let out = sync(&m, 0);
+    assert!(out.contains("web: mounted /etc/web"), "{out}");
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = two\n")
+    );
+    assert_eq!(reloads(&m, "web"), 4);
+
+    // A path dropped from `dirs` is unmounted, not left on an old release.
+    let dropped = "  { local = \"/etc/default/web\", link = \"web/default\", file = true },\n";
+    let without_default = config("node1", &up, false).replace(dropped, "");
+    assert!(
+        !without_default.contains("/etc/default/web"),
+        "{without_default}"
+    );
+    m.put("/etc/provision/config.toml", &without_default, 0o644);
+    let out = sync(&m, 0);
+    assert!(out.contains("web: unmounted /etc/default/web"), "{out}");
+    let (code, _) = m.sh_status("findmnt /etc/default/web");
+    assert_ne!(code, 0, "no mount left on /etc/default/web");
 }
 
 #[test]

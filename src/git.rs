@@ -98,12 +98,8 @@ impl Mirror {
     /// Fetches the branch to `depth` commits, under the mirror lock, and
     /// rebuilds the mirror when it is unusable or has grown too many packs.
     pub fn fetch(&self, depth: u32, creds: &Credentials, timeout: Duration) -> Result<Fetched> {
-        let _lock = Lock::acquire(&self.lock_path(), LOCK_TIMEOUT, "the mirror")?;
-        let depth = if self.upstream.supports_shallow() {
-            depth
-        } else {
-            0
-        };
+        let _lock = self.lock()?;
+        let depth = self.bounded(depth);
         let rebuild = match self.try_fetch(&self.path, depth, creds, timeout) {
             Ok(head) if pack_count(&self.path) <= MAX_PACKS => {
                 return Ok(Fetched {
@@ -128,22 +124,17 @@ impl Mirror {
     /// how a rollback reaches a commit older than the configured depth. The
     /// extra history is dropped again by the next compaction rebuild.
     pub fn deepen(&self, depth: u32, creds: &Credentials, timeout: Duration) -> Result<Oid> {
-        let _lock = Lock::acquire(&self.lock_path(), LOCK_TIMEOUT, "the mirror")?;
-        let depth = if self.upstream.supports_shallow() {
-            depth
-        } else {
-            0
-        };
+        let _lock = self.lock()?;
+        let depth = self.bounded(depth);
         self.rebuild(depth, creds, timeout)
     }
 
     /// Fetches tag `tag` (tags are otherwise never fetched) and returns the
     /// commit it points to.
     pub fn fetch_tag(&self, tag: &str, creds: &Credentials, timeout: Duration) -> Result<Oid> {
-        let _lock = Lock::acquire(&self.lock_path(), LOCK_TIMEOUT, "the mirror")?;
+        let _lock = self.lock()?;
         let repo = open_or_init(&self.path)?;
-        let creds = creds.clone().with_env_defaults();
-        auth::set_network_timeouts(timeout.min(Duration::from_secs(15)), timeout)?;
+        let creds = network_setup(creds, timeout)?;
         let refname = format!("refs/tags/{tag}");
         let depth = u32::from(self.upstream.supports_shallow());
         self.download_ref(&repo, &refname, depth, &creds, timeout)?;
@@ -157,6 +148,20 @@ impl Mirror {
             .peel_to_commit()
             .with_context(|| format!("reading the commit of tag {tag:?}"))?;
         Ok(commit.id())
+    }
+
+    /// Serializes every change to this mirror between processes.
+    fn lock(&self) -> Result<Lock> {
+        Lock::acquire(&self.lock_path(), LOCK_TIMEOUT, "the mirror")
+    }
+
+    /// `depth`, or 0 (everything) where libgit2 cannot fetch shallow.
+    fn bounded(&self, depth: u32) -> u32 {
+        if self.upstream.supports_shallow() {
+            depth
+        } else {
+            0
+        }
     }
 
     /// Fetches into a fresh repository beside the mirror and swaps it in
@@ -189,8 +194,7 @@ impl Mirror {
         timeout: Duration,
     ) -> Result<Oid> {
         let repo = open_or_init(path)?;
-        let creds = creds.clone().with_env_defaults();
-        auth::set_network_timeouts(timeout.min(Duration::from_secs(15)), timeout)?;
+        let creds = network_setup(creds, timeout)?;
         let remote_head = self.advertised_head(&repo, &creds, timeout)?;
         let refname = self.refname();
         let local = repo.refname_to_id(&refname).ok();
@@ -269,6 +273,13 @@ impl Mirror {
             .fetch(&[refspec.as_str()], Some(&mut opts), None)
             .map_err(|e| fetch_error(e, &self.upstream.url, &self.branch))
     }
+}
+
+/// Credentials with env defaults applied, and libgit2's timeouts set, for
+/// one network operation.
+fn network_setup(creds: &Credentials, timeout: Duration) -> Result<Credentials> {
+    auth::set_network_timeouts(timeout.min(Duration::from_secs(15)), timeout)?;
+    Ok(creds.clone().with_env_defaults())
 }
 
 /// Opens a bare repository, creating it when missing.

@@ -260,8 +260,7 @@ fn print_service(svc: &Service) {
 
 /// `provision sync [NAME...]`
 fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
-    let config = Config::load(&cli.config)?;
-    let id = identity(cli)?;
+    let (config, id) = machine_config(cli)?;
     let all = config.services_for(&id);
     let selected = select(&all, &opts.names, &id)?;
     let reports = pass::sync(&selected, &all, &cli.state_dir);
@@ -270,8 +269,7 @@ fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
 
 /// `provision mount [NAME...]`
 fn mount(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
-    let config = Config::load(&cli.config)?;
-    let id = identity(cli)?;
+    let (config, id) = machine_config(cli)?;
     let all = config.services_for(&id);
     let selected = select(&all, &opts.names, &id)?;
     let reports = pass::restore(&selected, &cli.state_dir);

@@ -8,7 +8,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 CARGO ?= cargo
 # Debian packages the tests and the demo use (real git daemon, real sshd).
-APT_PACKAGES := git pkg-config libssl-dev openssh-server
+APT_PACKAGES := git pkg-config libssl-dev openssh-server prometheus prometheus-node-exporter
 
 .PHONY: all build release deps test lint unit demo install clean
 

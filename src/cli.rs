@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Config, Service, Transport};
+use crate::config::{self, Config, DriftPolicy, Service, Transport};
 use crate::control;
 use crate::machine::Identity;
 use crate::pass;
@@ -55,6 +55,10 @@ pub struct Cli {
     )]
     pub state_dir: PathBuf,
 
+    /// Write provision.prom here instead of the config's `metrics_dir`.
+    #[arg(long, env = "PROVISION_METRICS_DIR", value_name = "DIR", global = true)]
+    pub metrics_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -74,12 +78,29 @@ pub enum Command {
     /// fails keeps its last good release; the others still converge. Exits
     /// 0 when every service succeeded, 1 when any failed.
     Sync(SyncOpts),
+    /// Show each service: deployed and upstream commit, drift, mounts, unit.
+    ///
+    /// One row per service of this machine (or per NAME): its state
+    /// (following, frozen or pinned), deployed commit, upstream commit as of
+    /// the last fetch and its age, whether they are in sync, how many files
+    /// drifted from the deployed commit, whether the mounts are right, the
+    /// unit's ActiveState, and the last pass. Drift, mounts and the unit are
+    /// looked at now. Needs no network and waits for no lock.
+    Status(StatusOpts),
+    /// Show local changes to the deployed files as a unified diff.
+    ///
+    /// Compares the files under the service's mounted paths with the
+    /// deployed commit. With --upstream, shows instead what the next pass
+    /// would bring: the deployed commit against the upstream head as of the
+    /// last fetch. Exits 0 when there is no difference, 1 when there is one,
+    /// 2 on error (like `git diff --exit-code`).
+    Diff(DiffOpts),
     /// Restore the mounts of the deployed releases, without network.
     ///
     /// Run at boot by provision-mount@NAME.service, before the service
     /// itself starts: bind mounts do not survive a reboot, the releases do.
     /// Never fetches, never runs an action.
-    Mount(SyncOpts),
+    Mount(MountOpts),
     /// Stop following upstream: keep the deployed commit.
     ///
     /// Passes still fetch (to report how far behind the service is) and
@@ -176,6 +197,39 @@ pub struct SyncOpts {
     /// Services to reconcile (default: all of this machine's).
     #[arg(value_name = "NAME")]
     pub names: Vec<String>,
+    /// Discard local changes to the deployed files in this pass, even for a
+    /// service whose drift policy is warn.
+    #[arg(long)]
+    pub discard_drift: bool,
+}
+
+/// Options of `mount`.
+#[derive(Debug, Args)]
+pub struct MountOpts {
+    /// Services whose mounts to restore (default: all of this machine's).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+/// Options of `status`.
+#[derive(Debug, Args)]
+pub struct StatusOpts {
+    /// Services to show (default: all of this machine's).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Print the documented JSON document (with a `schema` version).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `diff`.
+#[derive(Debug, Args)]
+pub struct DiffOpts {
+    /// The service's name.
+    pub name: String,
+    /// Show what the next pass would bring from upstream instead.
+    #[arg(long)]
+    pub upstream: bool,
 }
 
 /// An error that is the caller's fault, reported with exit code 2.
@@ -196,6 +250,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(_) => check(&cli),
         Command::Sync(opts) => sync(&cli, opts),
         Command::Mount(opts) => mount(&cli, opts),
+        Command::Status(opts) => status(&cli, opts),
+        Command::Diff(opts) => diff(&cli, opts),
         Command::Generate(opts) => generate(&cli, opts),
         Command::Freeze(opts) => freeze(&cli, opts),
         Command::Unfreeze(opts) => unfreeze(&cli, opts),
@@ -263,12 +319,66 @@ fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
     let all = config.services_for(&id);
     let selected = select(&all, &opts.names, &id)?;
-    let reports = pass::sync(&selected, &all, &cli.state_dir);
-    Ok(print_reports(reports, PASS_FAILED))
+    let policy = opts.discard_drift.then_some(DriftPolicy::Restore);
+    let reports = pass::sync(&selected, &all, &cli.state_dir, policy);
+    let code = print_reports(reports, PASS_FAILED);
+    publish_metrics(cli, &config, &all);
+    Ok(code)
+}
+
+/// `provision status [NAME...] [--json]`
+fn status(cli: &Cli, opts: &StatusOpts) -> Result<ExitCode> {
+    let (config, id) = machine_config(cli)?;
+    let all = config.services_for(&id);
+    let selected = select(&all, &opts.names, &id)?;
+    let report = crate::status::collect(&selected, &cli.state_dir, id.name());
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::status::table(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `provision diff NAME [--upstream]`: exit 0 no difference, 1 difference,
+/// 2 error.
+fn diff(cli: &Cli, opts: &DiffOpts) -> Result<ExitCode> {
+    let (config, id) = machine_config(cli)?;
+    let svc = one(&config, &id, &opts.name)?;
+    let text = if opts.upstream {
+        crate::diff::upstream(svc, &cli.state_dir)
+    } else {
+        crate::diff::local(svc, &cli.state_dir)
+    };
+    match text {
+        Ok(t) if t.is_empty() => Ok(ExitCode::SUCCESS),
+        Ok(t) => {
+            print!("{t}");
+            Ok(ExitCode::from(EXIT_FAILED))
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Ok(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+/// Rewrites the metrics file after a command changed something. A failure
+/// is reported but does not change the command's exit code: the deployment
+/// itself is done.
+fn publish_metrics(cli: &Cli, config: &Config, services: &[&Service]) {
+    let (dir, create) = match &cli.metrics_dir {
+        Some(d) => (d.clone(), true),
+        None => config.metrics_dir(),
+    };
+    let target = crate::metrics::Target { dir, create };
+    if let Err(e) = crate::metrics::publish(services, &cli.state_dir, &target) {
+        eprintln!("warning: writing metrics: {e:#}");
+    }
 }
 
 /// `provision mount [NAME...]`
-fn mount(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
+fn mount(cli: &Cli, opts: &MountOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
     let all = config.services_for(&id);
     let selected = select(&all, &opts.names, &id)?;
@@ -311,6 +421,7 @@ fn freeze(cli: &Cli, opts: &FreezeOpts) -> Result<ExitCode> {
         "{}",
         control::freeze(svc, &cli.state_dir, opts.reason.as_deref())?
     );
+    publish_metrics(cli, &config, &config.services_for(&id));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -319,6 +430,7 @@ fn unfreeze(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
     let svc = one(&config, &id, &opts.name)?;
     println!("{}", control::unfreeze(svc, &cli.state_dir)?);
+    publish_metrics(cli, &config, &config.services_for(&id));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -332,6 +444,7 @@ fn rollback(cli: &Cli, opts: &RollbackOpts) -> Result<ExitCode> {
         outcome: control::rollback(svc, &cli.state_dir, &rev, &opts.rev),
     };
     let code = print_reports(vec![report], "rollback failed");
+    publish_metrics(cli, &config, &config.services_for(&id));
     if code == ExitCode::SUCCESS {
         println!(
             "{}: pinned; `provision forward {}` follows upstream again",
@@ -347,7 +460,9 @@ fn forward(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
     let svc = one(&config, &id, &opts.name)?;
     let all = config.services_for(&id);
     let report = control::forward(svc, &all, &cli.state_dir)?;
-    Ok(print_reports(vec![report], PASS_FAILED))
+    let code = print_reports(vec![report], PASS_FAILED);
+    publish_metrics(cli, &config, &all);
+    Ok(code)
 }
 
 /// `provision history NAME [--json]`

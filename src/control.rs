@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::Service;
+use crate::config::{DriftPolicy, Service};
 use crate::pass::{self, Outcome, Report};
 use crate::release::Releases;
 use crate::rev::{Lookup, Rev};
@@ -80,15 +80,13 @@ pub fn rollback(svc: &Service, state_dir: &Path, rev: &Rev, text: &str) -> Resul
         reason: format!("rollback to {short} ({text})"),
         since: now_unix(),
     });
-    let result = pass::apply(
-        svc,
-        state_dir,
-        &sd,
-        &mut state,
-        repo.as_ref(),
+    // An explicit rollback is the operator's decision: local edits go.
+    let plan = pass::Plan {
+        repo: repo.as_ref(),
         target,
-        Vec::new(),
-    );
+        policy: DriftPolicy::Restore,
+    };
+    let result = pass::apply(svc, state_dir, &sd, &mut state, &plan, Vec::new());
     let switched = state
         .deployed
         .as_ref()
@@ -104,7 +102,7 @@ pub fn rollback(svc: &Service, state_dir: &Path, rev: &Rev, text: &str) -> Resul
 /// Ends a freeze or pin and runs a pass for this service now.
 pub fn forward(svc: &Service, all: &[&Service], state_dir: &Path) -> Result<Report> {
     unfreeze(svc, state_dir)?;
-    let mut reports = pass::sync(&[svc], all, state_dir);
+    let mut reports = pass::sync(&[svc], all, state_dir, None);
     reports
         .pop()
         .ok_or_else(|| anyhow::anyhow!("no pass report for {}", svc.name))

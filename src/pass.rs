@@ -7,16 +7,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use git2::{Oid, Repository};
 
-use crate::config::Service;
+use crate::config::{DriftPolicy, Service};
 use crate::deploy;
+use crate::drift::{self, Drifted};
 use crate::git::{self, Mirror};
 use crate::lock::Lock;
 use crate::mount::Before;
+use crate::observe;
 use crate::package;
 use crate::release::{Owner, Releases};
 use crate::state::{Deployed, PassRecord, State, StateDir, UpstreamSeen};
@@ -62,17 +64,25 @@ pub struct Outcome {
 }
 
 /// Runs one pass over `selected`. `all` are every service of this machine,
-/// used to know which mirrors are still in use.
-pub fn sync(selected: &[&Service], all: &[&Service], state_dir: &Path) -> Vec<Report> {
+/// used to know which mirrors are still in use. `drift` overrides each
+/// service's drift policy for this pass (`sync --discard-drift`).
+pub fn sync(
+    selected: &[&Service],
+    all: &[&Service],
+    state_dir: &Path,
+    drift: Option<DriftPolicy>,
+) -> Vec<Report> {
+    let start = Instant::now();
     let fetched = fetch_all(selected, state_dir);
     let reports = selected
         .iter()
         .map(|svc| {
             let mirror = mirror_of(svc, state_dir);
             let fetch = &fetched[&mirror.path];
+            let policy = drift.unwrap_or(svc.drift);
             Report {
                 service: svc.name.clone(),
-                outcome: reconcile(svc, &mirror, fetch, state_dir),
+                outcome: reconcile(svc, &mirror, fetch, state_dir, policy, start),
             }
         })
         .collect();
@@ -104,25 +114,38 @@ fn fetch_all(
 }
 
 /// Brings one service to the fetched head, under the service lock, and
-/// records the outcome.
+/// records the outcome with what the host shows at the end of the pass.
 fn reconcile(
     svc: &Service,
     mirror: &Mirror,
     fetched: &Result<git::Fetched, String>,
     state_dir: &Path,
+    policy: DriftPolicy,
+    start: Instant,
 ) -> Result<Outcome> {
     let sd = StateDir::new(state_dir, &svc.name);
     let _lock = lock_service(&sd, svc)?;
     let mut state = sd.load()?;
     let result = match fetched {
-        Ok(f) => deploy(svc, mirror, f, state_dir, &sd, &mut state),
+        Ok(f) => deploy(svc, mirror, f, state_dir, &sd, &mut state, policy),
         Err(e) => Err(anyhow::anyhow!("{e}")),
     };
+    let now = now_unix();
+    let seen = observe::observe(svc, state_dir, &state, mirror.open().ok().as_ref());
     state.last_pass = Some(PassRecord {
-        time: now_unix(),
+        time: now,
         ok: result.is_ok(),
         error: result.as_ref().err().map(|e| format!("{e:#}")),
+        duration_ms: u64::try_from(start.elapsed().as_millis()).ok(),
+        drift_files: seen.drift_count().map(|n| n as u64),
+        mounts_ok: state.deployed.as_ref().map(|_| seen.mounts_ok()),
+        unit_state: seen.unit_state,
     });
+    if result.is_ok() {
+        state.counters.last_success = Some(now);
+    } else {
+        state.counters.pass_failures += 1;
+    }
     sd.save(&state)?;
     result
 }
@@ -136,6 +159,7 @@ fn deploy(
     state_dir: &Path,
     sd: &StateDir,
     state: &mut State,
+    policy: DriftPolicy,
 ) -> Result<Outcome> {
     state.upstream = Some(UpstreamSeen {
         commit: fetched.head.to_string(),
@@ -165,22 +189,35 @@ fn deploy(
         _ => fetched.head,
     };
     let repo = mirror.open()?;
-    apply(svc, state_dir, sd, state, Some(&repo), target, notes)
+    let plan = Plan {
+        repo: Some(&repo),
+        target,
+        policy,
+    };
+    apply(svc, state_dir, sd, state, &plan, notes)
+}
+
+/// What [`apply`] deploys, and how it treats local edits.
+pub(crate) struct Plan<'a> {
+    /// The mirror; may be missing when the release of `target` is already
+    /// on disk (an offline rollback).
+    pub repo: Option<&'a Repository>,
+    pub target: Oid,
+    pub policy: DriftPolicy,
 }
 
 /// Package, release, mounts, state, action: in that order, so the unit is
 /// only told about files that are already in place, and the state never
-/// claims a release the mounts do not show. `repo` may be missing when the
-/// release of `target` is already on disk (an offline rollback).
+/// claims a release the mounts do not show.
 pub(crate) fn apply(
     svc: &Service,
     state_dir: &Path,
     sd: &StateDir,
     state: &mut State,
-    repo: Option<&Repository>,
-    target: Oid,
+    plan: &Plan<'_>,
     mut notes: Vec<String>,
 ) -> Result<Outcome> {
+    let (repo, target) = (plan.repo, plan.target);
     if let Some(pkg) = &svc.package {
         if package::ensure(pkg)? {
             notes.push(format!("installed package {pkg}"));
@@ -189,13 +226,28 @@ pub(crate) fn apply(
     let releases = Releases::new(&service_dir(svc, state_dir));
     let owner = svc.user.as_deref().map(Owner::lookup).transpose()?;
     let name = Releases::name(target, &svc.dirs);
+    let previous = state.deployed.clone();
+    let same_release = previous.as_ref().is_some_and(|d| d.release == name);
+    let rewrite = match &previous {
+        Some(prev) if releases.exists(&prev.release) => {
+            let drifted = observe::drift(svc, state_dir, prev, repo).unwrap_or_else(|e| {
+                notes.push(format!("could not check for local changes: {e:#}"));
+                Vec::new()
+            });
+            let old = releases.path(&prev.release);
+            resolve_drift(svc, plan, &old, same_release, &drifted, &mut notes)?
+        }
+        _ => false,
+    };
     let path = match repo {
+        Some(repo) if rewrite => releases.rewrite(repo, target, &svc.dirs, owner)?,
         Some(repo) => releases.materialize(repo, target, &svc.dirs, owner)?,
+        None if rewrite => anyhow::bail!(
+            "cannot restore the locally changed files of {target}: the mirror is unavailable"
+        ),
         None if releases.exists(&name) => releases.path(&name),
         None => anyhow::bail!("commit {target} has no local release and the mirror is unavailable"),
     };
-    let previous = state.deployed.clone();
-    let same_release = previous.as_ref().is_some_and(|d| d.release == name);
     let from = previous.as_ref().map(|d| d.commit.as_str());
     let changed =
         !same_release && repo.is_none_or(|r| deploy::content_changed(r, from, target, svc));
@@ -207,6 +259,7 @@ pub(crate) fn apply(
         ));
     }
     let befores = deploy::mount_release(svc, &path, owner)?;
+    releases.remove_replaced()?;
     notes.extend(mount_notes(svc, &befores, same_release));
     state.mounts = svc.dirs.iter().map(|d| d.local.clone()).collect();
     if !same_release {
@@ -234,15 +287,89 @@ pub(crate) fn apply(
     })
 }
 
+/// Decides what local edits to the deployed release mean for this pass.
+/// Returns whether the release must be rewritten from Git; fails when the
+/// policy is `warn` and deploying would overwrite an edit.
+fn resolve_drift(
+    svc: &Service,
+    plan: &Plan<'_>,
+    old: &Path,
+    same_release: bool,
+    drifted: &[Drifted],
+    notes: &mut Vec<String>,
+) -> Result<bool> {
+    if drifted.is_empty() {
+        return Ok(false);
+    }
+    let n = drifted.len();
+    let list = summarize(&observe::drift_lines(svc, drifted));
+    let short = crate::cli::short(&plan.target.to_string());
+    match (plan.policy, same_release) {
+        (DriftPolicy::Restore, true) => {
+            notes.push(format!(
+                "restored {n} locally changed path(s) from git: {list}"
+            ));
+            Ok(true)
+        }
+        (DriftPolicy::Restore, false) => {
+            notes.push(format!(
+                "discarded {n} local change(s) with the old release: {list}"
+            ));
+            Ok(false)
+        }
+        (DriftPolicy::Warn, true) => {
+            notes.push(format!(
+                "drift (policy warn): {n} local change(s) kept: {list}; `provision diff {}` shows them",
+                svc.name
+            ));
+            Ok(false)
+        }
+        (DriftPolicy::Warn, false) => {
+            let adopted = match plan.repo {
+                Some(repo) => drift::adopted_by(repo, plan.target, old, drifted)?,
+                None => false,
+            };
+            anyhow::ensure!(
+                adopted,
+                "not deploying {short}: it would overwrite {n} local change(s) ({list}) and the drift policy is warn; \
+                 revert them (`provision diff {name}` shows them), commit them upstream, \
+                 or run `provision sync --discard-drift {name}`",
+                name = svc.name
+            );
+            notes.push(format!(
+                "local change(s) {list} are in {short}: deploying it"
+            ));
+            Ok(false)
+        }
+    }
+}
+
+/// The first few items of a list, and how many more there are.
+fn summarize(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    s
+}
+
 /// Runs the action with `action_pending` recorded first, so a crash or a
 /// failure mid-action is retried by the next pass.
 fn act(svc: &Service, sd: &StateDir, state: &mut State, notes: &mut Vec<String>) -> Result<()> {
-    if svc.action.is_none() {
+    let Some(action) = svc.action else {
         return Ok(());
-    }
+    };
     state.action_pending = true;
     sd.save(state)?;
-    let outcome = deploy::run_action(svc)?;
+    let result = deploy::run_action(svc);
+    state.counters.action(action.as_str(), result.is_ok());
+    let outcome = result?;
     state.action_pending = false;
     if let (Some(a), Some(o)) = (svc.action, outcome) {
         notes.push(format!(

@@ -23,11 +23,15 @@ use git2::{FileMode, ObjectType, Oid, Repository, Tree, TreeEntry};
 use nix::unistd::{Gid, Uid};
 
 use crate::config::Dir;
+use crate::drift::{Kind, Manifest};
 use crate::util::{remove_tree, sync_dir};
 
 /// Directory of a service's releases, below its service directory.
 pub const RELEASES_DIR: &str = "releases";
 const TMP_PREFIX: &str = ".tmp-";
+const REPLACED_PREFIX: &str = ".replaced-";
+/// Directory of the releases' manifests, below the service directory.
+pub const MANIFESTS_DIR: &str = "manifests";
 
 /// Owner given to every file of a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +57,7 @@ impl Owner {
 #[derive(Debug, Clone)]
 pub struct Releases {
     dir: PathBuf,
+    manifests: PathBuf,
 }
 
 impl Releases {
@@ -60,6 +65,7 @@ impl Releases {
     pub fn new(service_dir: &Path) -> Releases {
         Releases {
             dir: service_dir.join(RELEASES_DIR),
+            manifests: service_dir.join(MANIFESTS_DIR),
         }
     }
 
@@ -91,6 +97,62 @@ impl Releases {
         if dest.is_dir() {
             return Ok(dest);
         }
+        let tmp = self.write_tmp(repo, commit, dirs, owner, &name)?;
+        rename(&tmp, &dest)?;
+        sync_dir(&self.dir)?;
+        Ok(dest)
+    }
+
+    /// Writes the release of `commit` afresh and puts it in place of the
+    /// existing one, which stays (renamed, still mounted) until
+    /// [`Releases::remove_replaced`] runs after the mounts moved over: local
+    /// edits to the old copy are discarded without the mounted paths ever
+    /// showing a missing or half-written tree.
+    pub fn rewrite(
+        &self,
+        repo: &Repository,
+        commit: Oid,
+        dirs: &[Dir],
+        owner: Option<Owner>,
+    ) -> Result<PathBuf> {
+        let name = Releases::name(commit, dirs);
+        let dest = self.path(&name);
+        let tmp = self.write_tmp(repo, commit, dirs, owner, &name)?;
+        if dest.exists() {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            rename(
+                &dest,
+                &self.dir.join(format!("{REPLACED_PREFIX}{name}-{stamp}")),
+            )?;
+        }
+        rename(&tmp, &dest)?;
+        sync_dir(&self.dir)?;
+        Ok(dest)
+    }
+
+    /// Deletes the copies [`Releases::rewrite`] replaced. Only call once every
+    /// mount shows the current release, or a mounted tree would be emptied.
+    pub fn remove_replaced(&self) -> Result<()> {
+        for e in read_dir(&self.dir)? {
+            if e.file_name().to_string_lossy().starts_with(REPLACED_PREFIX) {
+                remove_tree(&e.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the release under a temporary name, with its manifest.
+    fn write_tmp(
+        &self,
+        repo: &Repository,
+        commit: Oid,
+        dirs: &[Dir],
+        owner: Option<Owner>,
+        name: &str,
+    ) -> Result<PathBuf> {
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
         self.remove_partial()?;
@@ -102,7 +164,9 @@ impl Releases {
         let mut w = Writer {
             repo,
             root: tmp.clone(),
+            release: tmp.clone(),
             owner,
+            manifest: Manifest::default(),
         };
         w.mkdir(&tmp)?;
         for d in dirs {
@@ -110,10 +174,32 @@ impl Releases {
                 .with_context(|| format!("materializing {:?} of commit {commit}", d.link))?;
         }
         w.sync_tree(&tmp)?;
-        fs::rename(&tmp, &dest)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
-        sync_dir(&self.dir)?;
-        Ok(dest)
+        w.manifest.write(&self.manifest_path(name))?;
+        Ok(tmp)
+    }
+
+    /// Where the manifest of release `name` is kept: outside it, since the
+    /// release itself holds repository content only.
+    pub fn manifest_path(&self, name: &str) -> PathBuf {
+        self.manifests.join(name)
+    }
+
+    /// The manifest of release `name` of `commit`: the one written with it,
+    /// or, for a release written without one, rebuilt from `repo`.
+    pub fn manifest(
+        &self,
+        name: &str,
+        repo: Option<&Repository>,
+        commit: Oid,
+        dirs: &[Dir],
+    ) -> Result<Manifest> {
+        if let Some(m) = Manifest::read(&self.manifest_path(name))? {
+            return Ok(m);
+        }
+        let repo = repo.with_context(|| {
+            format!("release {name} has no manifest and the mirror is unavailable")
+        })?;
+        Manifest::from_tree(repo, commit, dirs)
     }
 
     /// Removes half-written releases left by an interrupted pass.
@@ -173,8 +259,25 @@ impl Releases {
                 removed.push(name);
             }
         }
+        self.remove_orphan_manifests()?;
         Ok(removed)
     }
+
+    /// Manifests whose release is gone (pruned, or never renamed into place).
+    fn remove_orphan_manifests(&self) -> Result<()> {
+        for e in read_dir(&self.manifests)? {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && !self.exists(&name) {
+                fs::remove_file(e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
@@ -207,7 +310,11 @@ struct Writer<'a> {
     /// own directory, which is what symlinks are resolved against once it is
     /// mounted on the host.
     root: PathBuf,
+    /// The release directory being written, which manifest paths are
+    /// relative to.
+    release: PathBuf,
     owner: Option<Owner>,
+    manifest: Manifest,
 }
 
 impl Writer<'_> {
@@ -249,6 +356,7 @@ impl Writer<'_> {
             .find_tree(entry.id())
             .with_context(|| format!("reading tree {}", entry.id()))?;
         self.mkdir(dest)?;
+        self.record(dest, Kind::Dir, Oid::zero())?;
         for child in tree.iter() {
             let child_dest = dest.join(entry_name(child.name_bytes())?);
             self.entry(&child, &child_dest)?;
@@ -263,14 +371,16 @@ impl Writer<'_> {
         }
         if mode == i32::from(FileMode::Commit) {
             // A submodule: like a plain checkout without `submodule update`.
-            return self.mkdir(dest);
+            self.mkdir(dest)?;
+            return self.record(dest, Kind::Dir, Oid::zero());
         }
         let blob = self
             .repo
             .find_blob(entry.id())
             .with_context(|| format!("reading blob {}", entry.id()))?;
         if mode == i32::from(FileMode::Link) {
-            return self.symlink(blob.content(), dest);
+            self.symlink(blob.content(), dest)?;
+            return self.record(dest, Kind::Symlink, entry.id());
         }
         let perm = if mode == i32::from(FileMode::BlobExecutable) {
             0o755
@@ -282,7 +392,17 @@ impl Writer<'_> {
             .with_context(|| format!("writing {}", dest.display()))?;
         f.set_permissions(fs::Permissions::from_mode(perm))
             .with_context(|| format!("setting mode of {}", dest.display()))?;
-        self.chown(dest)
+        self.chown(dest)?;
+        self.record(dest, Kind::of_mode(mode), entry.id())
+    }
+
+    /// Adds a just-written path to the manifest (after its owner is set,
+    /// since that changes its ctime).
+    fn record(&mut self, dest: &Path, kind: Kind, oid: Oid) -> Result<()> {
+        let rel = dest
+            .strip_prefix(&self.release)
+            .context("path inside release")?;
+        self.manifest.record(rel, kind, oid, dest)
     }
 
     /// Creates a symlink whose target stays inside the release.

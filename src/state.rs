@@ -6,6 +6,7 @@
 //! an error, never silently reset: losing it would lose the operator's
 //! decisions about the service.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -41,6 +42,36 @@ pub struct State {
     /// Set while the service does not follow upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,
+    /// Totals kept across runs, for the metrics' counters.
+    #[serde(default)]
+    pub counters: Counters,
+}
+
+/// Counts that only grow (Prometheus counters), and the last success.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Passes that ended in an error.
+    #[serde(default)]
+    pub pass_failures: u64,
+    /// Unix time of the last pass that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<u64>,
+    /// Actions run, by action (`reload`...) and result (`ok` | `failed`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub actions: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl Counters {
+    /// Counts one run of `action` that ended `ok` or not.
+    pub fn action(&mut self, action: &str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        *self
+            .actions
+            .entry(action.to_string())
+            .or_default()
+            .entry(result.to_string())
+            .or_default() += 1;
+    }
 }
 
 /// Why a service stays on its deployed commit instead of following upstream.
@@ -90,13 +121,26 @@ pub struct UpstreamSeen {
     pub fetched: u64,
 }
 
-/// When the last pass ran and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// When the last pass ran, how it ended, and what it saw of the host at its
+/// end (for metrics, which are written without looking at the host again).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PassRecord {
     pub time: u64,
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Wall time of the pass for this service, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Files of the deployed release that differ from its commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_files: Option<u64>,
+    /// Whether every bind mount showed the deployed release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mounts_ok: Option<bool>,
+    /// The unit's ActiveState, when systemd could be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit_state: Option<String>,
 }
 
 /// Where a service's state and lock live.

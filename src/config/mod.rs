@@ -32,6 +32,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the generated timer runs a pass when `interval` is not set.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 
+/// Where metrics go when `metrics_dir` is not set: Debian's directory for
+/// node_exporter's textfile collector.
+pub const DEFAULT_METRICS_DIR: &str = "/var/lib/prometheus/node-exporter";
+
 /// A validated configuration file.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -41,6 +45,8 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Things that are accepted but worth telling the operator about.
     pub warnings: Vec<Diagnostic>,
+    /// `[global] metrics_dir` when set; see [`Config::metrics_dir`].
+    pub metrics_dir: Option<PathBuf>,
 }
 
 /// One `[[services]]` entry with `[global]` defaults applied.
@@ -74,6 +80,40 @@ pub struct Service {
     pub timeout: Duration,
     /// How often the service's timer runs a pass.
     pub interval: Duration,
+    /// What a pass does about local edits to the deployed files.
+    pub drift: DriftPolicy,
+}
+
+/// What a pass does when the files of the deployed release were changed on
+/// this machine (edited, added or deleted through the mounted path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftPolicy {
+    /// The repository is the truth: rewrite the release from Git and remount.
+    Restore,
+    /// Keep the local edits, report them, and do not deploy a commit that
+    /// would overwrite them until they are reverted or committed upstream.
+    Warn,
+}
+
+impl DriftPolicy {
+    /// Parses a config value.
+    pub fn parse(s: &str) -> Result<DriftPolicy, String> {
+        match s {
+            "restore" => Ok(DriftPolicy::Restore),
+            "warn" => Ok(DriftPolicy::Warn),
+            other => Err(format!(
+                "unknown drift policy {other:?}; expected \"restore\" or \"warn\""
+            )),
+        }
+    }
+
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftPolicy::Restore => "restore",
+            DriftPolicy::Warn => "warn",
+        }
+    }
 }
 
 /// One bind mount of a repository path onto a local path.
@@ -229,6 +269,7 @@ impl Config {
         let mut errors = parsed.errors;
         let mut warnings = parsed.warnings;
         let services = validate::resolve(&loc, &parsed.global, &parsed.services, &mut errors);
+        let metrics_dir = validate::metrics_dir(&loc, parsed.metrics_dir.as_ref(), &mut errors);
         validate::check_machine_conflicts(&loc, &services, &mut errors);
         warnings.sort_by_key(|d| d.line);
         if errors.is_empty() {
@@ -236,10 +277,21 @@ impl Config {
                 path: path.to_path_buf(),
                 services: services.into_iter().map(|(s, _)| s).collect(),
                 warnings,
+                metrics_dir,
             })
         } else {
             errors.sort_by_key(|d| (d.line == 0, d.line, d.column));
             Err(ConfigErrors(errors))
+        }
+    }
+
+    /// The textfile-collector directory metrics are written to, and whether
+    /// the config named it. A directory the config did not name is only used
+    /// when it exists (node_exporter is installed); a named one is created.
+    pub fn metrics_dir(&self) -> (PathBuf, bool) {
+        match &self.metrics_dir {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_METRICS_DIR), false),
         }
     }
 

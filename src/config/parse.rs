@@ -32,6 +32,7 @@ pub(super) struct RawSettings {
     pub https_user: Option<Sp<String>>,
     pub https_token_file: Option<Sp<String>>,
     pub interval: Option<Sp<String>>,
+    pub drift: Option<Sp<String>>,
 }
 
 /// One `[[services]]` table.
@@ -62,6 +63,8 @@ pub(super) struct RawDir {
 #[derive(Debug, Default)]
 pub(super) struct Parsed {
     pub global: RawSettings,
+    /// `[global] metrics_dir`: global only, it names one file for the machine.
+    pub metrics_dir: Option<Sp<String>>,
     pub services: Vec<RawService>,
     pub errors: Vec<Diagnostic>,
     pub warnings: Vec<Diagnostic>,
@@ -109,7 +112,7 @@ impl<'a> Locator<'a> {
 }
 
 const GLOBAL: &str = "[global]";
-const SHARED_KEYS: [&str; 13] = [
+const SHARED_KEYS: [&str; 14] = [
     "upstream",
     "branch",
     "user",
@@ -123,10 +126,13 @@ const SHARED_KEYS: [&str; 13] = [
     "https_user",
     "https_token_file",
     "interval",
+    "drift",
 ];
 /// Accepted for gitopper compatibility and otherwise ignored.
 const IGNORED_KEYS: [&str; 1] = ["keys"];
 const SERVICE_KEYS: [&str; 4] = ["machine", "service", "name", "dirs"];
+/// Keys only `[global]` has: they concern the machine, not one service.
+const GLOBAL_KEYS: [&str; 1] = ["metrics_dir"];
 const DIR_KEYS: [&str; 5] = ["local", "link", "file", "single", "readonly"];
 
 /// Walks `text` (read from `file`) into raw settings and diagnostics.
@@ -177,8 +183,17 @@ impl Walker<'_, '_> {
         let mut settings = RawSettings::default();
         for (key, v) in table.iter() {
             let name = key.get_ref().as_ref();
+            if name == "metrics_dir" {
+                self.out.metrics_dir = self.string(v, GLOBAL, name);
+                continue;
+            }
             if !self.shared_key(&mut settings, GLOBAL, name, v) {
-                let allowed: Vec<&str> = SHARED_KEYS.iter().chain(&IGNORED_KEYS).copied().collect();
+                let allowed: Vec<&str> = SHARED_KEYS
+                    .iter()
+                    .chain(&GLOBAL_KEYS)
+                    .chain(&IGNORED_KEYS)
+                    .copied()
+                    .collect();
                 let mut msg = format!("unknown key; expected one of: {}", allowed.join(", "));
                 if SERVICE_KEYS.contains(&name) {
                     msg = format!("`{name}` belongs in a [[services]] table, not in [global]");
@@ -222,6 +237,10 @@ impl Walker<'_, '_> {
                 "service" => svc.service = self.string(v, &ctx, name),
                 "name" => svc.name = self.string(v, &ctx, name),
                 "dirs" => svc.dirs = self.dirs(v, &ctx),
+                _ if GLOBAL_KEYS.contains(&name) => {
+                    let msg = format!("`{name}` is a machine-wide setting: it belongs in [global]");
+                    self.error(&key.span(), &ctx, name, msg);
+                }
                 _ => {
                     if !self.shared_key(&mut svc.settings, &ctx, name, v) {
                         let allowed: Vec<&str> = SERVICE_KEYS
@@ -251,6 +270,7 @@ impl Walker<'_, '_> {
             "ssh_known_hosts" => &mut s.ssh_known_hosts,
             "https_user" => &mut s.https_user,
             "https_token_file" => &mut s.https_token_file,
+            "drift" => &mut s.drift,
             "depth" => {
                 s.depth = self.integer(v, ctx, key);
                 return true;

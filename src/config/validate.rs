@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::parse::{Locator, RawDir, RawService, RawSettings, Sp};
-use super::{Action, Diagnostic, Dir, Service, Transport, Upstream};
+use super::{Action, Diagnostic, Dir, DriftPolicy, Service, Transport, Upstream};
 use crate::auth::Credentials;
 
 /// Mounting over these (or `/`) would take the machine down with the repo.
@@ -109,6 +109,7 @@ impl Resolver<'_> {
         let package = self.word(s.package.as_ref(), "package");
         let credentials = self.credentials(&s);
         let interval = self.interval(s.interval.as_ref());
+        let drift = self.drift(s.drift.as_ref());
         let dirs = self.dirs(raw);
         let machine = machine.and_then(|m| self.machine(m));
         Some(Service {
@@ -129,6 +130,7 @@ impl Resolver<'_> {
             credentials: credentials?,
             timeout: Duration::from_secs(timeout?),
             interval: interval?,
+            drift: drift?,
         })
     }
 
@@ -313,6 +315,15 @@ impl Resolver<'_> {
         }
     }
 
+    fn drift(&mut self, v: Option<&Sp<String>>) -> Option<DriftPolicy> {
+        let Some(v) = v else {
+            return Some(DriftPolicy::Restore);
+        };
+        DriftPolicy::parse(&v.value)
+            .map_err(|m| self.err(Some(&v.span), "drift", m))
+            .ok()
+    }
+
     fn credentials(&mut self, s: &RawSettings) -> Option<Credentials> {
         let mut path = |v: &Option<Sp<String>>, key: &str| -> Option<Option<PathBuf>> {
             match v {
@@ -428,6 +439,22 @@ pub(crate) fn parse_span(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// `[global] metrics_dir`, which must be an absolute path when given.
+pub(super) fn metrics_dir(
+    loc: &Locator<'_>,
+    raw: Option<&Sp<String>>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<PathBuf> {
+    let raw = raw?;
+    match check_local(&raw.value) {
+        Ok(p) => Some(p),
+        Err(m) => {
+            errors.push(loc.diag(Some(&raw.span), "[global]", "metrics_dir", m));
+            None
+        }
+    }
+}
+
 /// A service's own settings over `[global]`'s.
 fn merge(s: &RawSettings, g: &RawSettings) -> RawSettings {
     fn pick<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
@@ -447,6 +474,7 @@ fn merge(s: &RawSettings, g: &RawSettings) -> RawSettings {
         https_user: pick(&s.https_user, &g.https_user),
         https_token_file: pick(&s.https_token_file, &g.https_token_file),
         interval: pick(&s.interval, &g.interval),
+        drift: pick(&s.drift, &g.drift),
     }
 }
 

@@ -28,6 +28,11 @@ impl Host {
         self.dir.path().join("state")
     }
 
+    /// Where this host's provision.prom is written.
+    pub fn metrics_dir(&self) -> PathBuf {
+        self.dir.path().join("metrics")
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
     }
@@ -50,6 +55,8 @@ impl Host {
             .arg(self.config_path())
             .arg("--state-dir")
             .arg(self.state())
+            .arg("--metrics-dir")
+            .arg(self.metrics_dir())
             .args(["--machine", "test-host"])
             .args(args)
             .output()

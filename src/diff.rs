@@ -1,0 +1,186 @@
+//! `provision diff`: unified diffs of what differs from the deployed commit
+//! on this machine, or of what the next pass would bring from upstream.
+//!
+//! Paths are shown where the service reads them (`a/etc/grafana/x.ini`),
+//! not where the release lives, since that is what the operator knows.
+//! Both diffs read Git objects from the local mirror only: no network.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use git2::{DiffOptions, Oid, Patch, Repository, Tree};
+
+use crate::config::Service;
+use crate::drift::{self, Change, Kind};
+use crate::observe;
+use crate::pass::{mirror_of, service_dir};
+use crate::release::Releases;
+use crate::state::StateDir;
+
+/// The diff of local changes against the deployed commit ("" when none).
+pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {
+    let state = StateDir::new(state_dir, &svc.name).load()?;
+    let Some(deployed) = &state.deployed else {
+        return Ok(String::new());
+    };
+    let repo = mirror_of(svc, state_dir).open().ok();
+    let drifted = observe::drift(svc, state_dir, deployed, repo.as_ref())?;
+    if drifted.is_empty() {
+        return Ok(String::new());
+    }
+    let repo = repo.context("the local mirror is missing; run `provision sync` to fetch it")?;
+    let commit = Oid::from_str(&deployed.commit)?;
+    let releases = Releases::new(&service_dir(svc, state_dir));
+    let manifest = releases.manifest(&deployed.release, Some(&repo), commit, &svc.dirs)?;
+    let release = releases.path(&deployed.release);
+    let mut out = String::new();
+    for d in &drifted {
+        let label = drift::local_path(&svc.dirs, &d.rel);
+        let expected = manifest.get(&d.rel).filter(|e| e.kind != Kind::Dir);
+        let old = match expected {
+            Some(e) if d.change != Change::Added => Some(blob(&repo, e.oid)?),
+            _ => None,
+        };
+        let new = match d.change {
+            Change::Deleted => None,
+            _ => read_local(&release.join(&d.rel))?,
+        };
+        out.push_str(&patch(&label, old.as_deref(), new.as_deref())?);
+        if let (Some(e), Change::Modified) = (expected, d.change) {
+            out.push_str(&mode_note(&label, e.kind, &release.join(&d.rel)));
+        }
+    }
+    Ok(out)
+}
+
+/// The diff from the deployed commit to the upstream head as of the last
+/// fetch, limited to what the service mounts ("" when none).
+pub fn upstream(svc: &Service, state_dir: &Path) -> Result<String> {
+    let state = StateDir::new(state_dir, &svc.name).load()?;
+    let up = state
+        .upstream
+        .as_ref()
+        .context("upstream has not been fetched yet; run `provision sync`")?;
+    let repo = mirror_of(svc, state_dir)
+        .open()
+        .context("the local mirror is missing; run `provision sync` to fetch it")?;
+    let tree_of = |commit: &str| -> Result<Tree<'_>> {
+        let oid = Oid::from_str(commit)?;
+        repo.find_commit(oid)
+            .and_then(|c| c.tree())
+            .with_context(|| format!("commit {commit} is not in the local mirror"))
+    };
+    let new = tree_of(&up.commit)?;
+    let old = state
+        .deployed
+        .as_ref()
+        .map(|d| tree_of(&d.commit))
+        .transpose()?;
+    let mut out = String::new();
+    for d in &svc.dirs {
+        let old_id = old
+            .as_ref()
+            .and_then(|t| t.get_path(Path::new(&d.link)).ok());
+        let new_id = new.get_path(Path::new(&d.link)).ok();
+        if d.file {
+            let label = d.local.clone();
+            let content = |e: Option<git2::TreeEntry<'_>>| -> Result<Option<Vec<u8>>> {
+                e.map(|e| blob(&repo, e.id())).transpose()
+            };
+            if old_id.as_ref().map(|e| e.id()) != new_id.as_ref().map(|e| e.id()) {
+                out.push_str(&patch(
+                    &label,
+                    content(old_id)?.as_deref(),
+                    content(new_id)?.as_deref(),
+                )?);
+            }
+            continue;
+        }
+        let subtree = |e: Option<git2::TreeEntry<'_>>| -> Option<Tree<'_>> {
+            e.and_then(|e| repo.find_tree(e.id()).ok())
+        };
+        let (a, b) = (subtree(old_id), subtree(new_id));
+        let diff = repo
+            .diff_tree_to_tree(a.as_ref(), b.as_ref(), Some(&mut DiffOptions::new()))
+            .context("comparing trees")?;
+        for delta in diff.deltas() {
+            let rel = delta.new_file().path().or(delta.old_file().path());
+            let label = rel.map_or(d.local.clone(), |r| d.local.join(r));
+            let content = |f: git2::DiffFile<'_>| -> Result<Option<Vec<u8>>> {
+                if f.exists() {
+                    blob(&repo, f.id()).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let (o, n) = (content(delta.old_file())?, content(delta.new_file())?);
+            out.push_str(&patch(&label, o.as_deref(), n.as_deref())?);
+        }
+    }
+    Ok(out)
+}
+
+fn blob(repo: &Repository, oid: Oid) -> Result<Vec<u8>> {
+    repo.find_blob(oid)
+        .map(|b| b.content().to_vec())
+        .with_context(|| {
+            format!("object {oid} is not in the local mirror; run `provision sync` to fetch it")
+        })
+}
+
+/// A file's content, or a symlink's target; `None` for a directory.
+fn read_local(path: &Path) -> Result<Option<Vec<u8>>> {
+    let md = fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if md.is_dir() {
+        return Ok(None);
+    }
+    if md.file_type().is_symlink() {
+        let t = fs::read_link(path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok(Some(t.as_os_str().as_bytes().to_vec()));
+    }
+    fs::read(path)
+        .map(Some)
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// One file's unified diff, `git diff` style, with `label` as its path.
+fn patch(label: &Path, old: Option<&[u8]>, new: Option<&[u8]>) -> Result<String> {
+    let name = label.to_string_lossy();
+    let name = name.trim_start_matches('/');
+    let mut opts = DiffOptions::new();
+    let mut p = Patch::from_buffers(
+        old.unwrap_or_default(),
+        old.map(|_| Path::new(name)),
+        new.unwrap_or_default(),
+        new.map(|_| Path::new(name)),
+        Some(&mut opts),
+    )
+    .with_context(|| format!("diffing {}", label.display()))?;
+    let mut text = String::from_utf8_lossy(&p.to_buf()?).into_owned();
+    if text.is_empty() && old.is_some() != new.is_some() {
+        let what = if old.is_none() { "added" } else { "deleted" };
+        let _ = writeln!(text, "diff --git a/{name} b/{name}\n{what} (empty)");
+    }
+    Ok(text)
+}
+
+/// A line about changed permissions, which a content diff does not show.
+fn mode_note(label: &Path, kind: Kind, path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    if !matches!(kind, Kind::File | Kind::Exec) {
+        return String::new();
+    }
+    let expected = kind.perm();
+    match fs::symlink_metadata(path) {
+        Ok(md) if md.is_file() && md.mode() & 0o7777 != expected => format!(
+            "mode of {}: {:o} in git, {:o} here\n",
+            label.display(),
+            expected,
+            md.mode() & 0o7777
+        ),
+        _ => String::new(),
+    }
+}

@@ -1,0 +1,153 @@
+//! What this machine shows now for one service, compared with what
+//! provision deployed: drifted files, mounts, and the unit's state.
+//!
+//! Used at the end of every pass (its findings go into the state file and
+//! from there into the metrics) and live by `provision status`. Nothing here
+//! changes the host, takes a lock or touches the network.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use git2::{Oid, Repository};
+
+use crate::config::Service;
+use crate::drift::{self, Drifted};
+use crate::mount::{self, Before, Wanted};
+use crate::pass::service_dir;
+use crate::release::Releases;
+use crate::state::{Deployed, State};
+use crate::systemd;
+
+/// The host as seen for one service.
+#[derive(Debug)]
+pub struct Observation {
+    /// Drifted files of the deployed release (empty when nothing is deployed).
+    pub drift: Result<Vec<Drifted>>,
+    /// One check per `dirs` entry (empty when nothing is deployed).
+    pub mounts: Vec<MountCheck>,
+    /// The unit's ActiveState, or `None` when systemd cannot be asked.
+    pub unit_state: Option<String>,
+}
+
+impl Observation {
+    /// Whether every mount shows the deployed release.
+    pub fn mounts_ok(&self) -> bool {
+        self.mounts.iter().all(|m| m.state == MountState::Ok)
+    }
+
+    /// Drifted files, counting an unreadable release as unknown.
+    pub fn drift_count(&self) -> Option<usize> {
+        self.drift.as_ref().ok().map(Vec::len)
+    }
+}
+
+/// What one mount point shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountCheck {
+    pub local: PathBuf,
+    pub state: MountState,
+}
+
+/// The state of one mount point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountState {
+    /// The deployed release, with the configured read-only flag.
+    Ok,
+    /// Nothing is mounted there.
+    Missing,
+    /// Something else is mounted there (another release, a stranger, or
+    /// the right tree with the wrong read-only flag).
+    Other,
+    /// It could not be checked (for example the release is gone).
+    Error(String),
+}
+
+impl MountState {
+    /// The word status prints.
+    pub fn as_str(&self) -> &str {
+        match self {
+            MountState::Ok => "ok",
+            MountState::Missing => "missing",
+            MountState::Other => "other",
+            MountState::Error(_) => "error",
+        }
+    }
+}
+
+/// Looks at the host for `svc`, as recorded in `state`.
+pub fn observe(
+    svc: &Service,
+    state_dir: &Path,
+    state: &State,
+    repo: Option<&Repository>,
+) -> Observation {
+    let (drift, mounts) = match &state.deployed {
+        Some(d) => (drift(svc, state_dir, d, repo), mounts(svc, state_dir, d)),
+        None => (Ok(Vec::new()), Vec::new()),
+    };
+    Observation {
+        drift,
+        mounts,
+        unit_state: systemd::active_state(&svc.unit).ok(),
+    }
+}
+
+/// The files of the deployed release that differ from its commit.
+pub fn drift(
+    svc: &Service,
+    state_dir: &Path,
+    deployed: &Deployed,
+    repo: Option<&Repository>,
+) -> Result<Vec<Drifted>> {
+    let releases = Releases::new(&service_dir(svc, state_dir));
+    let path = releases.path(&deployed.release);
+    anyhow::ensure!(
+        path.is_dir(),
+        "deployed release {} is missing",
+        path.display()
+    );
+    let commit = Oid::from_str(&deployed.commit)
+        .with_context(|| format!("reading deployed commit {:?}", deployed.commit))?;
+    let manifest = releases.manifest(&deployed.release, repo, commit, &svc.dirs)?;
+    drift::scan(&path, &manifest, &svc.dirs)
+}
+
+/// Checks each mount of `svc` against the deployed release.
+pub fn mounts(svc: &Service, state_dir: &Path, deployed: &Deployed) -> Vec<MountCheck> {
+    let release = Releases::new(&service_dir(svc, state_dir)).path(&deployed.release);
+    svc.dirs
+        .iter()
+        .map(|d| {
+            let w = Wanted {
+                local: &d.local,
+                source: release.join(&d.link),
+                file: d.file,
+                readonly: d.readonly,
+            };
+            let state = match mount::inspect(&w) {
+                Ok(Before::Correct) => MountState::Ok,
+                Ok(Before::Missing) => MountState::Missing,
+                Ok(Before::Other) => MountState::Other,
+                Err(e) => MountState::Error(format!("{e:#}")),
+            };
+            MountCheck {
+                local: d.local.clone(),
+                state,
+            }
+        })
+        .collect()
+}
+
+/// Drifted paths as the operator knows them: where they appear on the host.
+pub fn drift_lines(svc: &Service, drifted: &[Drifted]) -> Vec<String> {
+    drifted
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}",
+                d.change.as_str(),
+                drift::local_path(&svc.dirs, &d.rel).display()
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,346 @@
+//! `provision status`: one row per service, from the state files and a live
+//! look at the host (drift, mounts, the unit). Needs no network and takes no
+//! lock: state files are replaced atomically, so reading one mid-pass sees
+//! the state before or after it.
+//!
+//! The JSON form is an interface: its `schema` number changes whenever a
+//! field is removed or changes meaning (adding fields does not).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::config::Service;
+use crate::observe::{self, MountState};
+use crate::pass::mirror_of;
+use crate::state::{State, StateDir};
+use crate::util::now_unix;
+
+/// Version of the `status --json` document.
+pub const SCHEMA: u32 = 1;
+
+/// The whole `status --json` document.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub machine: String,
+    /// Unix time the report was made.
+    pub time: u64,
+    pub services: Vec<ServiceStatus>,
+}
+
+/// One service.
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub unit: String,
+    /// `following`, `frozen` or `pinned`; `unknown` when the state file
+    /// cannot be read.
+    pub state: String,
+    pub hold: Option<HoldStatus>,
+    pub deployed: Option<CommitAt>,
+    /// The branch head as of the last successful fetch.
+    pub upstream: Option<CommitAt>,
+    /// Deployed equals upstream; `None` until both are known.
+    pub in_sync: Option<bool>,
+    pub drift: DriftStatus,
+    pub mounts: Vec<MountStatus>,
+    /// Every mount shows the deployed release; `None` when nothing is deployed.
+    pub mounts_ok: Option<bool>,
+    /// The unit's ActiveState; `None` when systemd cannot be asked.
+    pub unit_state: Option<String>,
+    pub last_pass: Option<PassStatus>,
+    /// Why the state file could not be read.
+    pub state_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HoldStatus {
+    pub kind: String,
+    pub reason: String,
+    pub since: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CommitAt {
+    pub commit: String,
+    /// Deployment time, or fetch time for upstream.
+    pub time: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DriftStatus {
+    /// `restore` or `warn`.
+    pub policy: String,
+    /// Changed paths; `None` when they could not be determined.
+    pub count: Option<usize>,
+    pub files: Vec<DriftedFile>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DriftedFile {
+    /// Where the file appears on this machine.
+    pub path: String,
+    /// `modified`, `added` or `deleted`.
+    pub change: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MountStatus {
+    pub local: String,
+    /// `ok`, `missing`, `other` or `error`.
+    pub state: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PassStatus {
+    pub time: u64,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub duration_ms: Option<u64>,
+}
+
+/// Collects the status of `services`.
+pub fn collect(services: &[&Service], state_dir: &Path, machine: &str) -> Report {
+    Report {
+        schema: SCHEMA,
+        machine: machine.to_string(),
+        time: now_unix(),
+        services: services.iter().map(|s| one(s, state_dir)).collect(),
+    }
+}
+
+fn one(svc: &Service, state_dir: &Path) -> ServiceStatus {
+    let loaded = StateDir::new(state_dir, &svc.name).load();
+    let state_error = loaded.as_ref().err().map(|e| format!("{e:#}"));
+    let state = loaded.unwrap_or_default();
+    let repo = mirror_of(svc, state_dir).open().ok();
+    let seen = observe::observe(svc, state_dir, &state, repo.as_ref());
+    let drift = match &seen.drift {
+        Ok(d) => DriftStatus {
+            policy: svc.drift.as_str().into(),
+            count: Some(d.len()),
+            files: d
+                .iter()
+                .map(|f| DriftedFile {
+                    path: crate::drift::local_path(&svc.dirs, &f.rel)
+                        .display()
+                        .to_string(),
+                    change: f.change.as_str().into(),
+                })
+                .collect(),
+            error: None,
+        },
+        Err(e) => DriftStatus {
+            policy: svc.drift.as_str().into(),
+            count: None,
+            files: Vec::new(),
+            error: Some(format!("{e:#}")),
+        },
+    };
+    ServiceStatus {
+        name: svc.name.clone(),
+        unit: svc.unit.clone(),
+        state: match (&state_error, &state.hold) {
+            (Some(_), _) => "unknown".into(),
+            (None, Some(h)) => h.kind.as_str().into(),
+            (None, None) => "following".into(),
+        },
+        hold: state.hold.as_ref().map(|h| HoldStatus {
+            kind: h.kind.as_str().into(),
+            reason: h.reason.clone(),
+            since: h.since,
+        }),
+        in_sync: in_sync(&state),
+        deployed: state.deployed.as_ref().map(|d| CommitAt {
+            commit: d.commit.clone(),
+            time: d.time,
+        }),
+        upstream: state.upstream.as_ref().map(|u| CommitAt {
+            commit: u.commit.clone(),
+            time: u.fetched,
+        }),
+        drift,
+        mounts_ok: state.deployed.as_ref().map(|_| seen.mounts_ok()),
+        mounts: seen
+            .mounts
+            .iter()
+            .map(|m| MountStatus {
+                local: m.local.display().to_string(),
+                state: m.state.as_str().into(),
+                error: match &m.state {
+                    MountState::Error(e) => Some(e.clone()),
+                    _ => None,
+                },
+            })
+            .collect(),
+        unit_state: seen.unit_state,
+        last_pass: state.last_pass.as_ref().map(|p| PassStatus {
+            time: p.time,
+            ok: p.ok,
+            error: p.error.clone(),
+            duration_ms: p.duration_ms,
+        }),
+        state_error,
+    }
+}
+
+fn in_sync(state: &State) -> Option<bool> {
+    match (&state.deployed, &state.upstream) {
+        (Some(d), Some(u)) => Some(d.commit == u.commit),
+        _ => None,
+    }
+}
+
+/// The human form: an aligned table, then one line per thing worth a look
+/// (holds, failures, drifted files, broken mounts).
+pub fn table(report: &Report) -> String {
+    let now = report.time;
+    let header = [
+        "SERVICE",
+        "UNIT",
+        "STATE",
+        "DEPLOYED",
+        "UPSTREAM",
+        "SYNC",
+        "DRIFT",
+        "MOUNTS",
+        "ACTIVE",
+        "LAST PASS",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    let mut details = Vec::new();
+    for s in &report.services {
+        rows.push(row(s, now));
+        details.extend(detail_lines(s, now));
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    for d in details {
+        out.push_str(&d);
+        out.push('\n');
+    }
+    out
+}
+
+fn row(s: &ServiceStatus, now: u64) -> Vec<String> {
+    let short = |c: &Option<CommitAt>| {
+        c.as_ref()
+            .map_or("-".into(), |c| crate::cli::short(&c.commit))
+    };
+    let upstream = match &s.upstream {
+        Some(u) => format!(
+            "{} ({} ago)",
+            crate::cli::short(&u.commit),
+            ago(now, u.time)
+        ),
+        None => "-".into(),
+    };
+    let yes_no = |b: Option<bool>, yes: &str, no: &str| match b {
+        Some(true) => yes.to_string(),
+        Some(false) => no.to_string(),
+        None => "-".to_string(),
+    };
+    let drift = s.drift.count.map_or("?".into(), |n| n.to_string());
+    let mounts = match s.mounts_ok {
+        None => "-".to_string(),
+        Some(true) => "ok".to_string(),
+        Some(false) => {
+            let ok = s.mounts.iter().filter(|m| m.state == "ok").count();
+            format!("{ok}/{}", s.mounts.len())
+        }
+    };
+    let last = match &s.last_pass {
+        Some(p) => format!(
+            "{} ago {}",
+            ago(now, p.time),
+            if p.ok { "ok" } else { "FAILED" }
+        ),
+        None => "never".into(),
+    };
+    vec![
+        s.name.clone(),
+        s.unit.clone(),
+        s.state.clone(),
+        short(&s.deployed),
+        upstream,
+        yes_no(s.in_sync, "yes", "no"),
+        drift,
+        mounts,
+        s.unit_state.clone().unwrap_or_else(|| "?".into()),
+        last,
+    ]
+}
+
+fn detail_lines(s: &ServiceStatus, now: u64) -> Vec<String> {
+    let n = &s.name;
+    let mut out = Vec::new();
+    if let Some(e) = &s.state_error {
+        out.push(format!("{n}: state unreadable: {e}"));
+    }
+    if let Some(h) = &s.hold {
+        out.push(format!(
+            "{n}: {} since {} ({} ago): {}",
+            h.kind,
+            crate::util::format_utc(i64::try_from(h.since).unwrap_or(0)),
+            ago(now, h.since),
+            h.reason
+        ));
+    }
+    if let Some(p) = s.last_pass.as_ref().filter(|p| !p.ok) {
+        let e = p.error.as_deref().unwrap_or("unknown error");
+        out.push(format!("{n}: last pass failed: {e}"));
+    }
+    if let Some(e) = &s.drift.error {
+        out.push(format!("{n}: drift unknown: {e}"));
+    }
+    for f in &s.drift.files {
+        out.push(format!("{n}: drift: {} {}", f.change, f.path));
+    }
+    for m in s.mounts.iter().filter(|m| m.state != "ok") {
+        let why = m
+            .error
+            .as_deref()
+            .map_or(String::new(), |e| format!(": {e}"));
+        out.push(format!("{n}: mount {}: {}{why}", m.local, m.state));
+    }
+    out
+}
+
+/// A compact age: `42s`, `5m`, `3h`, `2d`.
+pub fn ago(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_compact() {
+        assert_eq!(ago(100, 58), "42s");
+        assert_eq!(ago(1000, 700), "5m");
+        assert_eq!(ago(20_000, 0), "5h");
+        assert_eq!(ago(200_000, 0), "2d");
+        assert_eq!(ago(0, 10), "0s");
+    }
+}

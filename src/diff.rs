@@ -160,9 +160,17 @@ fn patch(label: &Path, old: Option<&[u8]>, new: Option<&[u8]>) -> Result<String>
     )
     .with_context(|| format!("diffing {}", label.display()))?;
     let mut text = String::from_utf8_lossy(&p.to_buf()?).into_owned();
+    // Buffers carry no notion of a missing side: say so as `git diff` does,
+    // so that the output applies with `git apply` or `patch`.
+    if old.is_none() {
+        text = text.replacen(&format!("--- a/{name}\n"), "--- /dev/null\n", 1);
+    }
+    if new.is_none() {
+        text = text.replacen(&format!("+++ b/{name}\n"), "+++ /dev/null\n", 1);
+    }
     if text.is_empty() && old.is_some() != new.is_some() {
-        let what = if old.is_none() { "added" } else { "deleted" };
-        let _ = writeln!(text, "diff --git a/{name} b/{name}\n{what} (empty)");
+        let what = if old.is_none() { "new" } else { "deleted" };
+        let _ = writeln!(text, "diff --git a/{name} b/{name}\n{what} empty file");
     }
     Ok(text)
 }

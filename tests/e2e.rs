@@ -423,3 +423,184 @@ fn a_freeze_survives_a_reboot() {
         "{history}"
     );
 }
+
+const METRICS: &str = "/var/lib/prometheus/node-exporter/provision.prom";
+
+/// `config` writing metrics where node_exporter reads them, with
+/// `policy` as web's drift policy.
+fn observed_config(host: &str, up: &Upstream, policy: &str) -> String {
+    config(host, up, false)
+        .replacen(
+            "[global]\n",
+            "[global]\nmetrics_dir = \"/var/lib/prometheus/node-exporter\"\n",
+            1,
+        )
+        .replacen(
+            "service = \"web\"\n",
+            &format!("service = \"web\"\ndrift = \"{policy}\"\n"),
+            1,
+        )
+}
+
+/// web's entry of `provision status --json`.
+fn web_status(m: &Machine) -> serde_json::Value {
+    let (code, out) = m.sh_status(&format!("{BIN} status --json web 2>/dev/null"));
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    v["services"][0].clone()
+}
+
+/// The value of web's sample of `metric` (optionally with more labels).
+fn web_metric(m: &Machine, metric: &str, labels: &str) -> Option<f64> {
+    let text = m.read(METRICS).expect("metrics file");
+    let series = format!("{metric}{{service=\"web\"{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series).and_then(|v| v.parse().ok()))
+}
+
+#[test]
+fn drift_through_etc_is_shown_diffed_and_restored_and_mounts_and_units_watched() {
+    need!();
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    let first = seed(&up);
+    let m = Machine::boot("watch1");
+    install(&m, &observed_config("watch1", &up, "restore"));
+    start_units(&m, &["web", "other"]);
+    sync(&m, 0);
+    assert_eq!(web_metric(&m, "provision_unit_active", ""), Some(1.0));
+    assert_eq!(web_metric(&m, "provision_mounts_ok", ""), Some(1.0));
+    let reloads_before = reloads(&m, "web");
+
+    // An edit through the mounted path is drift: status, diff, metrics.
+    m.sh("echo 'greeting = local' > /etc/web/web.conf");
+    let s = web_status(&m);
+    assert_eq!(s["drift"]["count"], 1, "{s}");
+    assert_eq!(s["drift"]["files"][0]["path"], "/etc/web/web.conf");
+    assert_eq!(s["unit_state"], "active");
+    assert_eq!(s["mounts_ok"], true);
+    let (code, diff) = m.sh_status(&format!("{BIN} diff web"));
+    assert_eq!(code, 1, "{diff}");
+    assert!(
+        diff.contains("-greeting = one\n+greeting = local"),
+        "{diff}"
+    );
+
+    let out = sync(&m, 0);
+    assert!(
+        out.contains("web: restored 1 locally changed path(s)"),
+        "{out}"
+    );
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = one\n")
+    );
+    assert_eq!(reloads(&m, "web"), reloads_before + 1, "the unit is told");
+    assert_eq!(web_metric(&m, "provision_drift_files", ""), Some(0.0));
+    assert_eq!(
+        web_metric(
+            &m,
+            "provision_actions_total",
+            ",action=\"reload\",result=\"ok\""
+        ),
+        Some((reloads_before + 1) as f64)
+    );
+    assert_eq!(m.sh_status(&format!("{BIN} diff web")).0, 0);
+
+    // A mount removed by hand shows in status until the next pass.
+    m.sh("umount /etc/web");
+    let s = web_status(&m);
+    assert_eq!(s["mounts_ok"], false);
+    assert_eq!(s["mounts"][0]["state"], "missing");
+    let table = m.sh(&format!("{BIN} status web"));
+    assert!(table.contains("1/2"), "{table}");
+    assert!(table.contains("web: mount /etc/web: missing"), "{table}");
+    sync(&m, 0);
+    assert_eq!(web_status(&m)["mounts_ok"], true);
+
+    // A stopped unit is seen by status and by the next pass's metrics.
+    m.sh("systemctl stop web");
+    assert_eq!(web_status(&m)["unit_state"], "inactive");
+    sync(&m, 0);
+    assert_eq!(web_metric(&m, "provision_unit_active", ""), Some(0.0));
+    m.sh("systemctl start web");
+
+    // Frozen while upstream moves: behind in status and in metrics.
+    m.sh(&format!("{BIN} freeze web --reason audit"));
+    let second = up.commit(
+        "main",
+        &[("web/etc/web.conf", Some("greeting = two\n"))],
+        "two",
+    );
+    sync(&m, 0);
+    let s = web_status(&m);
+    assert_eq!(s["state"], "frozen");
+    assert_eq!(s["in_sync"], false);
+    assert_eq!(s["deployed"]["commit"], first.as_str());
+    assert_eq!(s["upstream"]["commit"], second.as_str());
+    assert_eq!(web_metric(&m, "provision_in_sync", ""), Some(0.0));
+    assert_eq!(web_metric(&m, "provision_frozen", ""), Some(1.0));
+    assert_eq!(
+        web_metric(
+            &m,
+            "provision_upstream_commit_info",
+            &format!(",commit=\"{second}\"")
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn warn_policy_keeps_an_edit_made_through_etc_and_reports_it() {
+    need!();
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    let first = seed(&up);
+    let m = Machine::boot("warn1");
+    install(&m, &observed_config("warn1", &up, "warn"));
+    start_units(&m, &["web", "other"]);
+    sync(&m, 0);
+    let reloads_before = reloads(&m, "web");
+
+    m.sh("echo 'greeting = local' > /etc/web/web.conf");
+    let out = sync(&m, 0);
+    assert!(
+        out.contains("web: drift (policy warn): 1 local change(s) kept"),
+        "{out}"
+    );
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = local\n")
+    );
+    assert_eq!(
+        reloads(&m, "web"),
+        reloads_before,
+        "nothing to tell the unit"
+    );
+    assert_eq!(web_metric(&m, "provision_drift_files", ""), Some(1.0));
+
+    up.commit(
+        "main",
+        &[("web/etc/web.conf", Some("greeting = two\n"))],
+        "two",
+    );
+    let out = sync(&m, 1);
+    assert!(
+        out.contains("web: pass failed, last good release kept: not deploying"),
+        "{out}"
+    );
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("greeting = local\n")
+    );
+    let s = web_status(&m);
+    assert_eq!(s["deployed"]["commit"], first.as_str());
+    assert_eq!(s["in_sync"], false);
+    assert_eq!(s["drift"]["count"], 1);
+    assert_eq!(web_metric(&m, "provision_last_pass_success", ""), Some(0.0));
+    assert_eq!(
+        web_metric(&m, "provision_pass_failures_total", ""),
+        Some(1.0)
+    );
+    assert_eq!(web_metric(&m, "provision_drift_files", ""), Some(1.0));
+}

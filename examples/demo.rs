@@ -14,6 +14,9 @@ use common::GitDaemon;
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo/repo");
 
+/// Where the demo machine's provision writes its metrics.
+const METRICS: &str = "/var/lib/prometheus/node-exporter/provision.prom";
+
 fn step(text: &str) {
     println!("\n\x1b[1m== {text}\x1b[0m");
 }
@@ -66,7 +69,7 @@ fn main() {
         0o644,
     );
     let config = format!(
-        "[[services]]\nmachine = \"demo-host\"\nservice = \"web\"\nupstream = \"{}\"\naction = \"reload\"\ndirs = [\n  {{ local = \"/etc/web\", link = \"web/etc\" }},\n  {{ local = \"/etc/default/web\", link = \"web/default/web\", file = true }},\n]\n",
+        "[global]\nmetrics_dir = \"/var/lib/prometheus/node-exporter\"\n\n[[services]]\nmachine = \"demo-host\"\nservice = \"web\"\nupstream = \"{}\"\naction = \"reload\"\ndirs = [\n  {{ local = \"/etc/web\", link = \"web/etc\" }},\n  {{ local = \"/etc/default/web\", link = \"web/default/web\", file = true }},\n]\n",
         up.url()
     );
     m.put("/etc/provision/config.toml", &config, 0o644);
@@ -97,6 +100,22 @@ fn main() {
     step("nothing changed: a no-op pass touches nothing");
     show(&m, &format!("{bin} sync"));
     show(&m, "wc -l < /var/log/web.reloads");
+
+    step(
+        "someone edits /etc/web by hand: status and diff show the drift, the next pass restores it",
+    );
+    show(
+        &m,
+        "echo 'greeting = edited on the box' > /etc/web/web.conf",
+    );
+    show(&m, &format!("{bin} status"));
+    show(&m, &format!("{bin} diff web"));
+    show(&m, &format!("{bin} sync"));
+    show(&m, "grep greeting /etc/web/web.conf");
+    show(
+        &m,
+        &format!("grep -E '^provision_(in_sync|drift_files|deployed_commit_info)' {METRICS}"),
+    );
 
     step("the server goes away and the machine reboots: mounts come back from the local release");
     daemon.stop();

@@ -260,7 +260,11 @@ pub(crate) fn apply(
     }
     let befores = deploy::mount_release(svc, &path, owner)?;
     releases.remove_replaced()?;
-    notes.extend(mount_notes(svc, &befores, same_release));
+    if rewrite {
+        notes.push("remounted the restored release".to_string());
+    } else {
+        notes.extend(mount_notes(svc, &befores, same_release));
+    }
     state.mounts = svc.dirs.iter().map(|d| d.local.clone()).collect();
     if !same_release {
         releases.touch(&name)?;

@@ -246,6 +246,7 @@ impl std::error::Error for UsageError {}
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    require_root(&cli.command)?;
     match &cli.command {
         Command::Check(_) => check(&cli),
         Command::Sync(opts) => sync(&cli, opts),
@@ -259,6 +260,31 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Forward(opts) => forward(&cli, opts),
         Command::History(opts) => history(&cli, opts),
     }
+}
+
+/// Commands that change the machine (mounts, units, state) need root; say
+/// so up front instead of failing halfway with a bare EPERM. The read-only
+/// commands work for anyone who can read the state directory.
+fn require_root(command: &Command) -> Result<()> {
+    let verb = match command {
+        Command::Sync(_) => "sync",
+        Command::Mount(_) => "mount",
+        Command::Freeze(_) => "freeze",
+        Command::Unfreeze(_) => "unfreeze",
+        Command::Rollback(_) => "rollback",
+        Command::Forward(_) => "forward",
+        Command::Check(_)
+        | Command::Status(_)
+        | Command::Diff(_)
+        | Command::History(_)
+        | Command::Generate(_) => return Ok(()),
+    };
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    bail!(UsageError(format!(
+        "provision {verb} changes this machine (bind mounts, units, state) and must run as root; try sudo"
+    )))
 }
 
 fn identity(cli: &Cli) -> Result<Identity> {

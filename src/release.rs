@@ -168,13 +168,15 @@ impl Releases {
             owner,
             manifest: Manifest::default(),
         };
-        w.mkdir(&tmp)?;
-        for d in dirs {
-            w.link(&tree, d)
-                .with_context(|| format!("materializing {:?} of commit {commit}", d.link))?;
+        let written = w
+            .write(&tree, commit, dirs, &tmp)
+            .and_then(|()| w.manifest.write(&self.manifest_path(name)));
+        if let Err(e) = written {
+            // Free the space at once: on a full disk the state file and
+            // the metrics that report this failure need it.
+            let _ = remove_tree(&tmp);
+            return Err(e);
         }
-        w.sync_tree(&tmp)?;
-        w.manifest.write(&self.manifest_path(name))?;
         Ok(tmp)
     }
 
@@ -318,6 +320,16 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// Writes every `dirs` entry of `tree` into the new release at `tmp`.
+    fn write(&mut self, tree: &Tree<'_>, commit: Oid, dirs: &[Dir], tmp: &Path) -> Result<()> {
+        self.mkdir(tmp)?;
+        for d in dirs {
+            self.link(tree, d)
+                .with_context(|| format!("materializing {:?} of commit {commit}", d.link))?;
+        }
+        self.sync_tree(tmp)
+    }
+
     /// Writes the `link` path of `tree` into the release at the same path.
     fn link(&mut self, tree: &Tree<'_>, d: &Dir) -> Result<()> {
         let entry = tree.get_path(Path::new(&d.link)).map_err(|_| {

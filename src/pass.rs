@@ -146,8 +146,13 @@ fn reconcile(
     } else {
         state.counters.pass_failures += 1;
     }
-    sd.save(&state)?;
-    result
+    match (result, sd.save(&state)) {
+        (result, Ok(())) => result,
+        // Keep the pass's own error first: it is the cause (a full disk
+        // fails both).
+        (Err(e), Err(save)) => Err(e.context(format!("also, saving the state failed: {save:#}"))),
+        (Ok(_), Err(save)) => Err(save),
+    }
 }
 
 /// Moves the service to the fetched head, or, while it is frozen or

@@ -555,6 +555,12 @@ fn print_reports(reports: Vec<pass::Report>, failure: &str) -> ExitCode {
                 }
                 o.notes.iter().for_each(|n| println!("{name}: {n}"));
             }
+            Err(e) if e.downcast_ref::<pass::ActionPending>().is_some() => {
+                // The new files are in place: "last good release kept" would be false.
+                failed += 1;
+                let label = failure.split(',').next().unwrap_or(failure);
+                eprintln!("{name}: {label}: {e:#}");
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("{name}: {failure}: {e:#}");

@@ -378,7 +378,12 @@ fn act(svc: &Service, sd: &StateDir, state: &mut State, notes: &mut Vec<String>)
     sd.save(state)?;
     let result = deploy::run_action(svc);
     state.counters.action(action.as_str(), result.is_ok());
-    let outcome = result?;
+    let outcome = result.map_err(|e| {
+        e.context(ActionPending {
+            commit: state.deployed.as_ref().map(|d| d.commit.clone()),
+            action: action.as_str(),
+        })
+    })?;
     state.action_pending = false;
     if let (Some(a), Some(o)) = (svc.action, outcome) {
         notes.push(format!(
@@ -390,6 +395,25 @@ fn act(svc: &Service, sd: &StateDir, state: &mut State, notes: &mut Vec<String>)
         ));
     }
     Ok(())
+}
+
+/// The error context of a pass whose files are in place but whose action
+/// failed: the new release is deployed (not the last good one kept), and
+/// the action is retried by the next pass.
+#[derive(Debug)]
+pub struct ActionPending {
+    pub commit: Option<String>,
+    pub action: &'static str,
+}
+
+impl std::fmt::Display for ActionPending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.commit {
+            Some(c) => write!(f, "the files of {} are in place", crate::cli::short(c))?,
+            None => f.write_str("the files are in place")?,
+        }
+        write!(f, "; the {} is retried by the next pass", self.action)
+    }
 }
 
 fn mount_notes(svc: &Service, befores: &[Before], same_release: bool) -> Vec<String> {

@@ -192,7 +192,8 @@ impl StateDir {
         })?;
         if state.version > VERSION {
             bail!(
-                "state file {} has version {}, newer than this provision understands ({VERSION}); upgrade provision",
+                "state file {} has version {}, newer than this provision understands ({VERSION}); \
+                 upgrade provision, or remove the file to start afresh (it is not reset automatically)",
                 path.display(),
                 state.version
             );

@@ -108,8 +108,8 @@ impl Mirror {
                 })
             }
             Ok(_) => format!("more than {MAX_PACKS} packs accumulated"),
-            Err(e) if is_network(&e) => return Err(e),
-            Err(e) => format!("{e:#}"),
+            Err(e) if is_network(&e) => return Err(explain_timeout(e, timeout)),
+            Err(e) => format!("its objects or refs were unusable ({e:#})"),
         };
         let head = self
             .rebuild(depth, creds, timeout)
@@ -311,6 +311,19 @@ fn branch_missing(url: &str, branch: &str) -> anyhow::Error {
     anyhow::Error::new(ServerError(format!(
         "branch {branch:?} does not exist on {url}"
     )))
+}
+
+/// Says which setting ran out when the server stopped answering: libgit2
+/// only reports a socket timeout.
+fn explain_timeout(e: anyhow::Error, timeout: Duration) -> anyhow::Error {
+    if format!("{e:#}").contains("timed out") {
+        e.context(format!(
+            "the server did not answer within {} s (the service's `timeout`)",
+            timeout.as_secs()
+        ))
+    } else {
+        e
+    }
 }
 
 /// Names the URL and branch in a fetch error and keeps libgit2's class so

@@ -1,0 +1,1300 @@
+//! Faults a machine meets in production, each produced for real: a git
+//! server that is down, refuses, hangs or rejects our key; a branch deleted
+//! or rewritten upstream; a commit without the service's path; a full disk;
+//! a damaged mirror or state file; and, on a real systemd, a missing D-Bus,
+//! unit or package manager and a failing action.
+//!
+//! For every fault that fails a pass the same things are checked: stderr
+//! names the cause, the exit code is 1, `status --json` and the metrics file
+//! show the failure, the deployment that was serving is untouched, and the
+//! next pass after the fault is gone converges on the upstream head.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use common::container::Machine;
+use common::host::{app_config, read, seed, Host};
+use common::{GitDaemon, Upstream};
+
+macro_rules! need_git {
+    () => {
+        if !common::require_tool("git") || !common::require_tool("git-daemon") {
+            return;
+        }
+    };
+}
+
+/// What `sync` prints for a service whose pass failed.
+const APP_FAILED: &str = "app: pass failed, last good release kept";
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn both(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out))
+}
+
+/// `app`'s entry of `provision status --json`.
+fn status(h: &Host) -> serde_json::Value {
+    let out = h.run(&["status", "--json", "app"]);
+    assert_eq!(out.status.code(), Some(0), "status:\n{}", both(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    v["services"][0].clone()
+}
+
+fn metrics(h: &Host) -> String {
+    read(&h.metrics_dir().join("provision.prom"))
+}
+
+/// The value of `app`'s sample of `metric` (`labels`: further labels, each
+/// starting with a comma), if the file has one.
+fn sample(metrics: &str, metric: &str, labels: &str) -> Option<f64> {
+    let series = format!("{metric}{{service=\"app\"{labels}}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series).and_then(|v| v.parse().ok()))
+}
+
+/// Every entry under `dir` with its type, mode and content (or link
+/// target), to prove a release was not touched.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
+        let entries =
+            fs::read_dir(dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
+        for e in entries {
+            let path = e.expect("reading a directory entry").path();
+            let meta = fs::symlink_metadata(&path)
+                .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+            let rel = path.strip_prefix(root).expect("below root").to_path_buf();
+            let mode = meta.permissions().mode();
+            if meta.is_dir() {
+                out.insert(rel, format!("dir {mode:o}"));
+                walk(root, &path, out);
+            } else if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).expect("reading a symlink");
+                out.insert(rel, format!("symlink -> {}", target.display()));
+            } else {
+                out.insert(rel, format!("file {mode:o} {}", read(&path)));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    assert!(!out.is_empty(), "{} is empty", dir.display());
+    out
+}
+
+/// What serves `app` before a fault, for comparison after the failed pass.
+struct Serving {
+    commit: String,
+    release: PathBuf,
+    files: BTreeMap<PathBuf, String>,
+    failures: f64,
+}
+
+/// The deployment serving now; `base` is the service's `mount` (the state
+/// dir unless configured).
+fn serving(h: &Host, base: &Path) -> Serving {
+    let st = h.state_json("app");
+    let commit = st["deployed"]["commit"]
+        .as_str()
+        .expect("a deployed commit")
+        .to_string();
+    let release = base.join("app/releases").join(
+        st["deployed"]["release"]
+            .as_str()
+            .expect("a deployed release"),
+    );
+    let failures = sample(&metrics(h), "provision_pass_failures_total", "")
+        .expect("provision_pass_failures_total in the metrics");
+    Serving {
+        commit,
+        files: tree(&release),
+        release,
+        failures,
+    }
+}
+
+/// Runs a pass that must fail because of the fault, and checks what an
+/// operator relies on: exit 1, every word of `causes` on stderr and in
+/// `status --json`, the failure in the metrics, and the serving release
+/// untouched. Returns stderr.
+fn fails_and_keeps_serving(h: &Host, before: &Serving, causes: &[&str]) -> String {
+    let out = h.run(&["sync"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "sync:\n{}", both(&out));
+    assert!(err.contains(APP_FAILED), "{err}");
+    for cause in causes {
+        assert!(err.contains(cause), "stderr does not say {cause:?}:\n{err}");
+    }
+
+    let s = status(h);
+    assert_eq!(s["last_pass"]["ok"], false, "{s}");
+    let recorded = s["last_pass"]["error"].as_str().unwrap_or_default();
+    for cause in causes {
+        assert!(
+            recorded.contains(cause),
+            "status does not say {cause:?}: {s}"
+        );
+    }
+    assert_eq!(s["deployed"]["commit"], before.commit.as_str(), "{s}");
+
+    let m = metrics(h);
+    assert_eq!(
+        sample(&m, "provision_last_pass_success", ""),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "provision_pass_failures_total", ""),
+        Some(before.failures + 1.0),
+        "{m}"
+    );
+
+    assert_eq!(
+        h.state_json("app")["deployed"]["commit"],
+        before.commit.as_str()
+    );
+    assert_eq!(
+        tree(&before.release),
+        before.files,
+        "the serving release {} changed",
+        before.release.display()
+    );
+    err
+}
+
+/// Runs a pass that must succeed and deploy the head of `branch`, shown as
+/// such in the state, status and metrics. Returns stdout and stderr.
+fn converges(h: &Host, up: &Upstream, branch: &str) -> String {
+    let out = h.sync(0);
+    let head = up.head(branch);
+    assert!(!out.contains("pass failed"), "{out}");
+    assert_eq!(
+        h.state_json("app")["deployed"]["commit"],
+        head.as_str(),
+        "{out}"
+    );
+    let s = status(h);
+    assert_eq!(s["last_pass"]["ok"], true, "{s}");
+    assert_eq!(s["in_sync"], true, "{s}");
+    assert_eq!(s["upstream"]["commit"], head.as_str(), "{s}");
+    let m = metrics(h);
+    assert_eq!(
+        sample(&m, "provision_last_pass_success", ""),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "provision_in_sync", ""), Some(1.0), "{m}");
+    out
+}
+
+/// A host following `up`'s `main` with `extra` config, after a first pass
+/// that deployed the seed.
+fn deployed_host(up: &Upstream, extra: &str) -> Host {
+    seed(up);
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), extra));
+    h.sync(0);
+    h
+}
+
+fn bump(up: &Upstream, text: &str) -> String {
+    up.commit("main", &[("app/etc/app.conf", Some(text))], "bump")
+}
+
+/// A TCP server on a fixed loopback address that is not a git server: it
+/// accepts every connection and then either closes it at once or holds it
+/// open without ever writing a byte. Stopped (listener closed, connections
+/// dropped) on drop.
+struct FakeServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    CloseAtOnce,
+    NeverAnswer,
+}
+
+impl FakeServer {
+    fn on_port(port: u16, behaviour: Behaviour) -> FakeServer {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let listener = TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("binding {addr} for a fake server: {e}"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                match (conn, behaviour) {
+                    (Ok(c), Behaviour::NeverAnswer) => held.push(c),
+                    (Ok(c), Behaviour::CloseAtOnce) => drop(c),
+                    (Err(_), _) => {}
+                }
+            }
+        });
+        FakeServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The git server
+// ---------------------------------------------------------------------------
+
+#[test]
+fn server_down_fails_the_pass_and_the_restarted_server_converges() {
+    need_git!();
+    let mut d = GitDaemon::start();
+    let up = d.repo("r");
+    let h = deployed_host(&up, "timeout = 5");
+    let before = serving(&h, &h.state());
+    d.stop();
+    bump(&up, "port = 2\n");
+    let err = fails_and_keeps_serving(&h, &before, &[&up.url(), "Connection refused"]);
+    assert!(!err.contains("rebuil"), "the mirror is not to blame: {err}");
+    d.start_again();
+    converges(&h, &up, "main");
+    assert_eq!(
+        read(&h.deployed("app").join("app/etc/app.conf")),
+        "port = 2\n"
+    );
+}
+
+#[test]
+fn a_repository_gone_from_the_server_is_named_and_converges_when_back() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let h = deployed_host(&up, "");
+    let before = serving(&h, &h.state());
+    bump(&up, "port = 2\n");
+    let away = d.base().join("r.git.away");
+    fs::rename(up.bare(), &away).expect("moving the repository away");
+    let err = fails_and_keeps_serving(&h, &before, &[&up.url(), "/r.git"]);
+    assert!(!err.contains("rebuil"), "the mirror is not to blame: {err}");
+    fs::rename(&away, up.bare()).expect("moving the repository back");
+    converges(&h, &up, "main");
+}
+
+#[test]
+fn a_server_that_closes_every_connection_fails_the_pass_and_converges_after() {
+    need_git!();
+    let mut d = GitDaemon::start();
+    let up = d.repo("r");
+    let h = deployed_host(&up, "timeout = 5");
+    let before = serving(&h, &h.state());
+    bump(&up, "port = 2\n");
+    d.stop();
+    let closing = FakeServer::on_port(d.port(), Behaviour::CloseAtOnce);
+    let err = fails_and_keeps_serving(&h, &before, &[&up.url()]);
+    // libgit2's words, depending on whether the close raced our request.
+    assert!(
+        err.contains("could not read refs from remote repository")
+            || err.contains("Connection reset by peer"),
+        "{err}"
+    );
+    assert!(!err.contains("rebuil"), "the mirror is not to blame: {err}");
+    drop(closing);
+    d.start_again();
+    converges(&h, &up, "main");
+}
+
+#[test]
+fn a_hanging_server_times_out_naming_the_timeout_and_converges_after() {
+    need_git!();
+    let mut d = GitDaemon::start();
+    let up = d.repo("r");
+    let h = deployed_host(&up, "timeout = 2");
+    let before = serving(&h, &h.state());
+    bump(&up, "port = 2\n");
+    d.stop();
+    let silent = FakeServer::on_port(d.port(), Behaviour::NeverAnswer);
+    let err = fails_and_keeps_serving(
+        &h,
+        &before,
+        &[&up.url(), "timed out", "did not answer within 2 s"],
+    );
+    assert!(!err.contains("rebuil"), "the mirror is not to blame: {err}");
+    drop(silent);
+    d.start_again();
+    converges(&h, &up, "main");
+}
+
+/// A real sshd on 127.0.0.1 serving the daemon's repositories over ssh, with
+/// its own host key and one client key in `authorized_keys`. Killed on drop.
+struct Sshd {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    /// Starts one, or returns None (after saying why) when sshd or
+    /// ssh-keygen is missing outside CI.
+    fn start() -> Option<Sshd> {
+        if !common::require_tool("sshd") || !common::require_tool("ssh-keygen") {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("sshd tempdir");
+        for key in ["host_key", "client_key", "other_key"] {
+            common::run(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C", "faults", "-f"])
+                    .arg(dir.path().join(key)),
+            );
+        }
+        fs::copy(
+            dir.path().join("client_key.pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .expect("writing authorized_keys");
+        // sshd insists on its privilege separation directory.
+        fs::create_dir_all("/run/sshd").expect("creating /run/sshd");
+        let sshd = common::find_tool("sshd").expect("sshd was found above");
+        for _ in 0..5 {
+            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .and_then(|l| l.local_addr())
+                .expect("probing a free port")
+                .port();
+            let config = format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+                 StrictModes no\nUsePAM no\nPermitRootLogin yes\nPidFile none\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n",
+                dir.path().join("host_key").display(),
+                dir.path().join("authorized_keys").display(),
+            );
+            fs::write(dir.path().join("sshd_config"), config).expect("writing sshd_config");
+            let log = fs::File::create(dir.path().join("sshd.log")).expect("creating sshd log");
+            let mut child = Command::new(&sshd)
+                .args(["-D", "-e", "-f"])
+                .arg(dir.path().join("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("starting sshd");
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until && matches!(child.try_wait(), Ok(None)) {
+                if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                    return Some(Sshd { child, port, dir });
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "sshd did not start; its log:\n{}",
+            fs::read_to_string(dir.path().join("sshd.log")).unwrap_or_default()
+        );
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `ssh://root@127.0.0.1:PORT/abs/path` of a bare repository.
+    fn url(&self, bare: &Path) -> String {
+        format!("ssh://root@127.0.0.1:{}{}", self.port, bare.display())
+    }
+
+    /// A known_hosts file holding this server's host key.
+    fn known_hosts(&self) -> PathBuf {
+        let key = read(&self.path("host_key.pub"));
+        let key: Vec<&str> = key.split_whitespace().take(2).collect();
+        let path = self.path("known_hosts");
+        fs::write(
+            &path,
+            format!("[127.0.0.1]:{} {}\n", self.port, key.join(" ")),
+        )
+        .expect("writing known_hosts");
+        path
+    }
+
+    /// Makes the server accept only the key in `name.pub`.
+    fn authorize(&self, name: &str) {
+        fs::copy(
+            self.path(&format!("{name}.pub")),
+            self.path("authorized_keys"),
+        )
+        .expect("replacing authorized_keys");
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_rejected_ssh_key_fails_the_pass_naming_the_key_and_converges_when_accepted() {
+    need_git!();
+    let Some(sshd) = Sshd::start() else { return };
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    seed(&up);
+    let url = sshd.url(up.bare());
+    let key = sshd.path("client_key");
+    let h = Host::new();
+    h.write_config(&app_config(
+        &url,
+        &format!(
+            "timeout = 10\nssh_key = \"{}\"\nssh_known_hosts = \"{}\"",
+            key.display(),
+            sshd.known_hosts().display()
+        ),
+    ));
+    h.sync(0);
+    let before = serving(&h, &h.state());
+    bump(&up, "port = 2\n");
+    // The server no longer accepts this machine's key.
+    sshd.authorize("other_key");
+    let err = fails_and_keeps_serving(
+        &h,
+        &before,
+        &[
+            "ssh authentication was rejected",
+            &url,
+            &key.display().to_string(),
+        ],
+    );
+    assert!(!err.contains("rebuil"), "the mirror is not to blame: {err}");
+    sshd.authorize("client_key");
+    converges(&h, &up, "main");
+}
+
+// ---------------------------------------------------------------------------
+// What upstream does to the branch
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_deleted_branch_fails_the_pass_naming_it_and_converges_when_pushed_again() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    seed(&up);
+    up.commit("feature", &[("app/etc/app.conf", Some("f\n"))], "feature");
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), "branch = \"feature\""));
+    h.sync(0);
+    let before = serving(&h, &h.state());
+    up.delete_branch("feature");
+    let err = fails_and_keeps_serving(
+        &h,
+        &before,
+        &["branch \"feature\" does not exist", &up.url()],
+    );
+    assert!(
+        !err.contains("rebuil"),
+        "a missing branch is not a broken mirror: {err}"
+    );
+    up.commit(
+        "feature",
+        &[("app/etc/app.conf", Some("f2\n"))],
+        "feature again",
+    );
+    converges(&h, &up, "feature");
+    assert_eq!(read(&h.deployed("app").join("app/etc/app.conf")), "f2\n");
+}
+
+/// Not a fault: provision follows the branch wherever it goes, so a rewrite
+/// of its whole history deploys like any push, and the release of the
+/// vanished history stays available for a rollback.
+#[test]
+fn a_force_push_to_unrelated_history_is_followed_keeping_the_old_release_for_rollback() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let h = deployed_host(&up, "");
+    let before = serving(&h, &h.state());
+    let new = up.force_push_unrelated(
+        "main",
+        &[("app/etc/app.conf", "rewritten\n"), ("app/default", "D\n")],
+        "rewrite",
+    );
+    let out = converges(&h, &up, "main");
+    assert!(
+        out.contains(&format!("app: deployed {}", &new[..10])),
+        "{out}"
+    );
+    assert_eq!(
+        read(&h.deployed("app").join("app/etc/app.conf")),
+        "rewritten\n"
+    );
+    assert_eq!(
+        sample(&metrics(&h), "provision_pass_failures_total", ""),
+        Some(before.failures)
+    );
+    assert_eq!(
+        tree(&before.release),
+        before.files,
+        "the old release is kept"
+    );
+
+    let back = h.run(&["rollback", "app", &before.commit]);
+    assert_eq!(back.status.code(), Some(0), "{}", both(&back));
+    assert_eq!(
+        h.state_json("app")["deployed"]["commit"],
+        before.commit.as_str()
+    );
+    assert_eq!(h.deployed("app"), before.release);
+    assert_eq!(
+        read(&h.deployed("app").join("app/etc/app.conf")),
+        "port = 1\n"
+    );
+}
+
+#[test]
+fn a_commit_without_the_link_path_fails_naming_it_and_a_restoring_commit_converges() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let h = deployed_host(&up, "");
+    let before = serving(&h, &h.state());
+    up.commit("main", &[("app/etc", None)], "drop app/etc");
+    fails_and_keeps_serving(
+        &h,
+        &before,
+        &["\"app/etc\" does not exist in the repository"],
+    );
+    up.commit(
+        "main",
+        &[("app/etc/app.conf", Some("restored\n"))],
+        "restore app/etc",
+    );
+    converges(&h, &up, "main");
+    assert_eq!(
+        read(&h.deployed("app").join("app/etc/app.conf")),
+        "restored\n"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The machine's own disk
+// ---------------------------------------------------------------------------
+
+/// A small tmpfs mounted on a fresh directory; unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tmpfs mount point");
+        common::run(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path()),
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("--lazy")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Names under `dir` starting with `prefix`.
+fn entries_starting(dir: &Path, prefix: &str) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .map(|e| {
+            e.expect("directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn a_full_disk_fails_the_release_write_leaving_no_partial_release_and_converges_after() {
+    need_git!();
+    let disk = Tmpfs::mount("2m");
+    let base = disk.path();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let h = deployed_host(&up, &format!("mount = \"{}\"", base.display()));
+    let before = serving(&h, base);
+    assert!(
+        !h.state().join("app/releases").exists(),
+        "releases live on the configured mount"
+    );
+    // Compresses to a few KiB in the mirror, takes 4 MiB as a release file.
+    let big = "0123456789abcdef".repeat(256 * 1024);
+    up.commit("main", &[("app/etc/big.conf", Some(&big))], "big file");
+    fails_and_keeps_serving(&h, &before, &["No space left on device", "big.conf"]);
+    assert_eq!(
+        entries_starting(&base.join("app/releases"), ".tmp-"),
+        Vec::<String>::new(),
+        "the half-written release was removed"
+    );
+    up.commit("main", &[("app/etc/big.conf", None)], "drop the big file");
+    converges(&h, &up, "main");
+    let now = serving(&h, base);
+    assert_eq!(read(&now.release.join("app/etc/app.conf")), "port = 1\n");
+    assert!(!now.release.join("app/etc/big.conf").exists());
+}
+
+// ---------------------------------------------------------------------------
+// Damaged local files
+// ---------------------------------------------------------------------------
+
+/// Every file in the mirror's pack directory with this extension.
+fn pack_files(mirror: &Path, ext: &str) -> Vec<PathBuf> {
+    let files: Vec<PathBuf> = fs::read_dir(mirror.join("objects/pack"))
+        .expect("listing the mirror's packs")
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    assert!(!files.is_empty(), "no .{ext} in {}", mirror.display());
+    files
+}
+
+/// Truncates a file to half its length.
+fn halve(path: &Path) {
+    let len = fs::metadata(path).expect("stat").len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len / 2))
+        .unwrap_or_else(|e| panic!("truncating {}: {e}", path.display()));
+}
+
+/// tests/sync.rs covers packs and refs destroyed together with a new
+/// upstream commit; these are the other ways a mirror breaks. Each pass
+/// must repair it by itself and succeed, with no failure counted.
+#[test]
+fn a_damaged_mirror_is_repaired_by_the_next_pass_without_failing_it() {
+    need_git!();
+    struct Case {
+        what: &'static str,
+        damage: fn(&Path),
+        upstream_moves: bool,
+        says_rebuilt: bool,
+    }
+    let cases = [
+        Case {
+            what: "pack data cut in half, index intact, upstream unchanged",
+            damage: |m| pack_files(m, "pack").iter().for_each(|p| halve(p)),
+            upstream_moves: false,
+            says_rebuilt: true,
+        },
+        Case {
+            what: "packs and indexes emptied, refs intact, upstream moved",
+            damage: |m| {
+                for p in pack_files(m, "pack").iter().chain(&pack_files(m, "idx")) {
+                    fs::write(p, b"").expect("emptying a pack file");
+                }
+            },
+            upstream_moves: true,
+            says_rebuilt: true,
+        },
+        Case {
+            what: "refs deleted, objects intact, upstream unchanged",
+            damage: |m| {
+                fs::remove_dir_all(m.join("refs")).expect("removing refs");
+                let _ = fs::remove_file(m.join("packed-refs"));
+            },
+            upstream_moves: false,
+            says_rebuilt: true,
+        },
+        Case {
+            what: "shallow boundary file deleted, upstream moved",
+            damage: |m| fs::remove_file(m.join("shallow")).expect("removing shallow"),
+            upstream_moves: true,
+            says_rebuilt: true,
+        },
+        Case {
+            what: "mirror replaced by an empty directory",
+            damage: |m| {
+                fs::remove_dir_all(m).expect("removing the mirror");
+                fs::create_dir(m).expect("creating an empty mirror dir");
+            },
+            upstream_moves: true,
+            says_rebuilt: false,
+        },
+    ];
+    for case in cases {
+        let d = GitDaemon::start();
+        let up = d.repo("r");
+        seed(&up);
+        // More history than `depth`, so the mirror is shallow.
+        up.commit_many("main", 5);
+        let h = Host::new();
+        h.write_config(&app_config(&up.url(), ""));
+        h.sync(0);
+        let failures = sample(&metrics(&h), "provision_pass_failures_total", "");
+        let mirrors = h.mirrors();
+        assert_eq!(mirrors.len(), 1, "{}", case.what);
+        (case.damage)(&mirrors[0]);
+        if case.upstream_moves {
+            bump(&up, "after damage\n");
+        }
+        let out = converges(&h, &up, "main");
+        assert_eq!(
+            out.contains("mirror rebuilt"),
+            case.says_rebuilt,
+            "{}: {out}",
+            case.what
+        );
+        let conf = if case.upstream_moves {
+            "after damage\n"
+        } else {
+            "port = 1\n"
+        };
+        assert_eq!(
+            read(&h.deployed("app").join("app/etc/app.conf")),
+            conf,
+            "{}",
+            case.what
+        );
+        assert_eq!(
+            sample(&metrics(&h), "provision_pass_failures_total", ""),
+            failures,
+            "{}: no failure counted",
+            case.what
+        );
+        // Repaired for good: the following pass has nothing to fix.
+        let again = converges(&h, &up, "main");
+        assert!(!again.contains("rebuil"), "{}: {again}", case.what);
+        assert!(again.contains("app: up to date"), "{}: {again}", case.what);
+    }
+}
+
+#[test]
+fn an_unreadable_state_file_fails_the_pass_unchanged_until_the_operator_acts() {
+    need_git!();
+    struct Case {
+        what: &'static str,
+        content: &'static str,
+        says: &'static [&'static str],
+        /// The operator's fix: put the good file back, or remove it.
+        restore: bool,
+    }
+    let cases = [
+        Case {
+            what: "corrupt",
+            content: "{\"version\": 1, \"deployed\": {\"commit\": ",
+            says: &["is corrupt", "not reset"],
+            restore: true,
+        },
+        Case {
+            what: "from a newer version",
+            content: "{\"version\": 99}",
+            says: &["version 99", "newer", "not reset"],
+            restore: false,
+        },
+    ];
+    for case in cases {
+        let d = GitDaemon::start();
+        let up = d.repo("r");
+        let h = deployed_host(&up, "");
+        let before = serving(&h, &h.state());
+        let file = h.state().join("app/state.json");
+        let good = fs::read(&file).expect("reading state.json");
+        fs::write(&file, case.content).expect("damaging state.json");
+        bump(&up, "port = 2\n");
+
+        let out = h.run(&["sync"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{}: {}", case.what, both(&out));
+        let report = report_of(&err, "app");
+        assert!(report.starts_with(APP_FAILED), "{}: {err}", case.what);
+        assert!(
+            report.contains(&file.display().to_string()),
+            "{}: {err}",
+            case.what
+        );
+        assert_eq!(
+            fs::read_to_string(&file).expect("reading state.json"),
+            case.content,
+            "{}: the state file is left as it was",
+            case.what
+        );
+        let s = status(&h);
+        assert_eq!(s["state"], "unknown", "{}: {s}", case.what);
+        let state_error = s["state_error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            state_error.contains(&file.display().to_string()),
+            "{}: {s}",
+            case.what
+        );
+        let m = metrics(&h);
+        assert_eq!(
+            sample(&m, "provision_state_readable", ""),
+            Some(0.0),
+            "{}: {m}",
+            case.what
+        );
+        assert_eq!(
+            tree(&before.release),
+            before.files,
+            "{}: release changed",
+            case.what
+        );
+
+        if case.restore {
+            fs::write(&file, &good).expect("restoring state.json");
+        } else {
+            fs::remove_file(&file).expect("removing state.json");
+        }
+        converges(&h, &up, "main");
+        assert_eq!(
+            sample(&metrics(&h), "provision_state_readable", ""),
+            Some(1.0)
+        );
+        assert_eq!(
+            read(&h.deployed("app").join("app/etc/app.conf")),
+            "port = 2\n"
+        );
+
+        // Last, so that everything above is checked whatever the wording.
+        for word in case.says {
+            assert!(
+                report.contains(word) && state_error.contains(word),
+                "{}: the error does not say {word:?}:\n{report}",
+                case.what
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// systemd, D-Bus and the package manager, on a real systemd (PID 1 in a
+// namespace container)
+// ---------------------------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_provision");
+const MACHINE_METRICS: &str = "/var/lib/provision-metrics/provision.prom";
+
+macro_rules! need_machine {
+    () => {
+        if !common::require_tool("git-daemon") || !common::container::require_containers() {
+            return;
+        }
+    };
+}
+
+/// A unit that counts its reloads in /var/log/NAME.reloads; `reload` is its
+/// ExecReload= (None: the counting one).
+fn counting_unit(name: &str, reload: Option<&str>) -> String {
+    let counting = format!("/bin/sh -c 'echo reload >> /var/log/{name}.reloads'");
+    format!(
+        "[Service]\nExecStart=/bin/sleep infinity\nExecReload={}\n",
+        reload.unwrap_or(&counting)
+    )
+}
+
+fn reloads(m: &Machine, name: &str) -> usize {
+    m.read(&format!("/var/log/{name}.reloads"))
+        .map_or(0, |t| t.lines().count())
+}
+
+/// A config for `host` following `url`: one service per `(unit, extra)`,
+/// named after its unit and mounting `/etc/UNIT` from `UNIT/` in Git.
+fn machine_config(host: &str, url: &str, services: &[(&str, &str)]) -> String {
+    let mut c =
+        format!("[global]\nupstream = \"{url}\"\nmetrics_dir = \"/var/lib/provision-metrics\"\n");
+    for (unit, extra) in services {
+        c.push_str(&format!(
+            "\n[[services]]\nmachine = \"{host}\"\nservice = \"{unit}\"\n{extra}\n\
+             dirs = [ {{ local = \"/etc/{unit}\", link = \"{unit}\" }} ]\n"
+        ));
+    }
+    c
+}
+
+/// `provision sync` inside: (exit code, stdout, stderr).
+fn machine_sync(m: &Machine) -> (i32, String, String) {
+    let out = m.exec(&[BIN, "sync"]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr(&out),
+    )
+}
+
+/// `name`'s entry of `provision status --json` inside.
+fn machine_status(m: &Machine, name: &str) -> serde_json::Value {
+    let out = m.exec(&[BIN, "status", "--json", name]);
+    assert_eq!(out.status.code(), Some(0), "status:\n{}", both(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    v["services"][0].clone()
+}
+
+/// `name`'s sample of `metric` (with further `labels`) in the machine's
+/// metrics file.
+fn machine_sample(m: &Machine, name: &str, metric: &str, labels: &str) -> Option<f64> {
+    let text = m.read(MACHINE_METRICS).expect("the metrics file");
+    let series = format!("{metric}{{service=\"{name}\"{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series).and_then(|v| v.parse().ok()))
+}
+
+/// `name`'s report in the output of a pass: its line and the indented lines
+/// continuing it.
+fn report_of(output: &str, name: &str) -> String {
+    let prefix = format!("{name}: ");
+    let mut lines = output.lines().skip_while(|l| !l.starts_with(&prefix));
+    let Some(first) = lines.next() else {
+        panic!("no report for {name} in:\n{output}")
+    };
+    let mut report = first.to_string();
+    for l in lines.take_while(|l| l.starts_with(' ')) {
+        report.push('\n');
+        report.push_str(l);
+    }
+    report
+}
+
+/// Checks what an operator sees of `name`'s failed pass: its report on
+/// stderr (`err`) names every `cause`, status and metrics show the failure,
+/// and the failure counter is now `failures`. Returns the report.
+fn machine_failure_shown(
+    m: &Machine,
+    name: &str,
+    err: &str,
+    causes: &[&str],
+    failures: f64,
+) -> String {
+    let report = report_of(err, name);
+    assert!(report.starts_with(&format!("{name}: pass failed")), "{err}");
+    for cause in causes {
+        assert!(
+            report.contains(cause),
+            "{name}'s report does not say {cause:?}:\n{err}"
+        );
+    }
+    let s = machine_status(m, name);
+    assert_eq!(s["last_pass"]["ok"], false, "{s}");
+    let recorded = s["last_pass"]["error"].as_str().unwrap_or_default();
+    for cause in causes {
+        assert!(
+            recorded.contains(cause),
+            "status does not say {cause:?}: {s}"
+        );
+    }
+    assert_eq!(
+        machine_sample(m, name, "provision_last_pass_success", ""),
+        Some(0.0)
+    );
+    assert_eq!(
+        machine_sample(m, name, "provision_pass_failures_total", ""),
+        Some(failures)
+    );
+    report
+}
+
+/// A pass whose action failed has already mounted the new files: its
+/// report must not tell the operator the old release is still serving.
+/// Checked last in a test, so that everything else is checked too.
+fn does_not_claim_the_old_release(reports: &[String]) {
+    for report in reports {
+        assert!(
+            !report.contains("last good release kept"),
+            "the new files are mounted, yet the report says the last good release was kept:\n{report}"
+        );
+    }
+}
+
+const RELOAD_OK: &str = ",action=\"reload\",result=\"ok\"";
+const RELOAD_FAILED: &str = ",action=\"reload\",result=\"failed\"";
+
+#[test]
+fn without_d_bus_the_files_are_deployed_and_the_reload_runs_once_when_it_is_back() {
+    need_machine!();
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    up.commit("main", &[("web/web.conf", Some("one\n"))], "seed");
+    let m = Machine::boot("fault-bus");
+    m.put(
+        "/etc/systemd/system/web.service",
+        &counting_unit("web", None),
+        0o644,
+    );
+    let config = machine_config("fault-bus", &up.url(), &[("web", "action = \"reload\"")]);
+    m.put("/etc/provision/config.toml", &config, 0o644);
+    m.sh("systemctl daemon-reload && systemctl start web");
+    let (code, out, err) = machine_sync(&m);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(reloads(&m, "web"), 1);
+
+    m.sh("systemctl stop dbus.socket dbus.service");
+    let two = up.commit("main", &[("web/web.conf", Some("two\n"))], "two");
+    let (code, out, err) = machine_sync(&m);
+    assert_eq!(code, 1, "{out}{err}");
+    let report = machine_failure_shown(
+        &m,
+        "web",
+        &err,
+        &[
+            "running reload on unit web.service",
+            "cannot reach systemd over D-Bus",
+        ],
+        1.0,
+    );
+    assert_eq!(
+        m.read("/etc/web/web.conf").as_deref(),
+        Some("two\n"),
+        "the files are in place; only the reload is missing"
+    );
+    assert_eq!(
+        machine_status(&m, "web")["deployed"]["commit"],
+        two.as_str()
+    );
+    assert_eq!(reloads(&m, "web"), 1);
+    assert_eq!(
+        machine_sample(&m, "web", "provision_actions_total", RELOAD_FAILED),
+        Some(1.0)
+    );
+
+    m.sh("systemctl start dbus.socket dbus.service");
+    let (code, out, err) = machine_sync(&m);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("web: reload web.service: done, unit active"),
+        "{out}"
+    );
+    assert_eq!(reloads(&m, "web"), 2, "the missed reload ran once");
+    assert_eq!(machine_status(&m, "web")["last_pass"]["ok"], true);
+    assert_eq!(
+        machine_sample(&m, "web", "provision_actions_total", RELOAD_OK),
+        Some(2.0)
+    );
+    let (code, out, err) = machine_sync(&m);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(reloads(&m, "web"), 2, "and only once");
+    does_not_claim_the_old_release(&[report]);
+}
+
+#[test]
+fn a_missing_unit_or_a_failing_reload_is_named_and_retried_once_fixed() {
+    need_machine!();
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    up.commit(
+        "main",
+        &[
+            ("nosuch/nosuch.conf", Some("n\n")),
+            ("bad/bad.conf", Some("b\n")),
+        ],
+        "seed",
+    );
+    let m = Machine::boot("fault-unit");
+    m.put(
+        "/etc/systemd/system/bad.service",
+        &counting_unit("bad", Some("/bin/false")),
+        0o644,
+    );
+    let reload = "action = \"reload\"";
+    let config = machine_config(
+        "fault-unit",
+        &up.url(),
+        &[("nosuch", reload), ("bad", reload)],
+    );
+    m.put("/etc/provision/config.toml", &config, 0o644);
+    m.sh("systemctl daemon-reload && systemctl start bad");
+
+    let (code, out, err) = machine_sync(&m);
+    assert_eq!(code, 1, "{out}{err}");
+    let missing =
+        machine_failure_shown(&m, "nosuch", &err, &["unit nosuch.service not found"], 1.0);
+    let failing = machine_failure_shown(
+        &m,
+        "bad",
+        &err,
+        &[
+            "reload of unit bad.service finished with result \"failed\"",
+            "journalctl -u bad.service",
+        ],
+        1.0,
+    );
+    for name in ["nosuch", "bad"] {
+        assert_eq!(
+            machine_sample(&m, name, "provision_actions_total", RELOAD_FAILED),
+            Some(1.0),
+            "{name}"
+        );
+    }
+    assert_eq!(m.read("/etc/nosuch/nosuch.conf").as_deref(), Some("n\n"));
+    assert_eq!(m.read("/etc/bad/bad.conf").as_deref(), Some("b\n"));
+
+    // The operator installs the missing unit and repairs the broken one.
+    m.put(
+        "/etc/systemd/system/nosuch.service",
+        &counting_unit("nosuch", None),
+        0o644,
+    );
+    m.put(
+        "/etc/systemd/system/bad.service",
+        &counting_unit("bad", None),
+        0o644,
+    );
+    m.sh("systemctl daemon-reload && systemctl start nosuch");
+    let (code, out, err) = machine_sync(&m);
+    assert_eq!(code, 0, "{out}{err}");
+    for name in ["nosuch", "bad"] {
+        assert_eq!(reloads(&m, name), 1, "{name}: the pending reload ran once");
+        assert_eq!(machine_status(&m, name)["last_pass"]["ok"], true, "{name}");
+        assert_eq!(
+            machine_sample(&m, name, "provision_actions_total", RELOAD_OK),
+            Some(1.0)
+        );
+        assert_eq!(
+            machine_sample(&m, name, "provision_actions_total", RELOAD_FAILED),
+            Some(1.0)
+        );
+    }
+    does_not_claim_the_old_release(&[missing, failing]);
+}
+
+/// Builds an empty package `fault-demo` and makes it the only thing apt
+/// knows about, from a local repository: no network needed to install it.
+fn local_apt_repository(m: &Machine) {
+    m.sh(
+        "set -e
+         repo=/var/tmp/fault-repo
+         mkdir -p $repo/build/DEBIAN
+         printf 'Package: fault-demo\\nVersion: 1.0\\nArchitecture: all\\nMaintainer: Faults <faults@example.invalid>\\nDescription: empty package\\n' > $repo/build/DEBIAN/control
+         dpkg-deb --build $repo/build $repo/fault-demo_1.0_all.deb >/dev/null
+         cd $repo
+         { dpkg-deb -f fault-demo_1.0_all.deb
+           echo Filename: ./fault-demo_1.0_all.deb
+           echo Size: $(stat -c %s fault-demo_1.0_all.deb)
+           echo SHA256: $(sha256sum fault-demo_1.0_all.deb | cut -d' ' -f1)
+           echo; } > Packages
+         rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*
+         echo 'deb [trusted=yes] file:/var/tmp/fault-repo ./' > /etc/apt/sources.list.d/fault.list
+         apt-get update -qq",
+    );
+}
+
+#[test]
+fn a_missing_package_manager_or_unknown_package_fails_before_anything_is_deployed() {
+    need_machine!();
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    up.commit(
+        "main",
+        &[
+            ("demo/demo.conf", Some("d\n")),
+            ("ghost/ghost.conf", Some("g\n")),
+        ],
+        "seed",
+    );
+    let m = Machine::boot("fault-pkg");
+    local_apt_repository(&m);
+    let services = |ghost_package: &str| {
+        machine_config(
+            "fault-pkg",
+            &up.url(),
+            &[
+                ("demo", "package = \"fault-demo\""),
+                ("ghost", &format!("package = \"{ghost_package}\"")),
+            ],
+        )
+    };
+    m.put(
+        "/etc/provision/config.toml",
+        &services("no-such-package-xyz"),
+        0o644,
+    );
+    let nothing_deployed = |name: &str| {
+        assert_eq!(m.read(&format!("/etc/{name}/{name}.conf")), None, "{name}");
+        let s = machine_status(&m, name);
+        assert!(s["deployed"].is_null(), "{name}: {s}");
+        assert_eq!(
+            machine_sample(&m, name, "provision_deployed_commit_info", ""),
+            None
+        );
+    };
+
+    // A machine without any package manager.
+    m.sh("mv /usr/bin/apt-get /usr/bin/apt-get.away");
+    let (code, out, err) = machine_sync(&m);
+    assert_eq!(code, 1, "{out}{err}");
+    for name in ["demo", "ghost"] {
+        machine_failure_shown(
+            &m,
+            name,
+            &err,
+            &["no supported package manager found", "apt-get"],
+            1.0,
+        );
+        nothing_deployed(name);
+    }
+
+    // apt-get is back: demo's package installs; ghost's does not exist.
+    m.sh("mv /usr/bin/apt-get.away /usr/bin/apt-get");
+    let (code, out, err) = machine_sync(&m);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("demo: installed package fault-demo"), "{out}");
+    assert_eq!(m.read("/etc/demo/demo.conf").as_deref(), Some("d\n"));
+    assert_eq!(machine_status(&m, "demo")["last_pass"]["ok"], true);
+    machine_failure_shown(
+        &m,
+        "ghost",
+        &err,
+        &[
+            "installing package \"no-such-package-xyz\" with apt-get",
+            "Unable to locate package",
+        ],
+        2.0,
+    );
+    nothing_deployed("ghost");
+
+    // The operator names a package that exists.
+    m.put("/etc/provision/config.toml", &services("fault-demo"), 0o644);
+    let (code, out, err) = machine_sync(&m);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(m.read("/etc/ghost/ghost.conf").as_deref(), Some("g\n"));
+    assert_eq!(
+        machine_sample(&m, "ghost", "provision_last_pass_success", ""),
+        Some(1.0)
+    );
+}

@@ -165,6 +165,7 @@ impl Releases {
             repo,
             root: tmp.clone(),
             release: tmp.clone(),
+            link_tree: None,
             owner,
             manifest: Manifest::default(),
         };
@@ -315,6 +316,9 @@ struct Writer<'a> {
     /// The release directory being written, which manifest paths are
     /// relative to.
     release: PathBuf,
+    /// While a directory `link` is written, its tree: symlinks are resolved
+    /// through it, following the symlinks it holds, as the kernel will.
+    link_tree: Option<Oid>,
     owner: Option<Owner>,
     manifest: Manifest,
 }
@@ -341,11 +345,26 @@ impl Writer<'_> {
         let dest = self.root.join(&d.link);
         let parent = dest.parent().context("link has a parent")?;
         self.mkdirs(parent)?;
+        let what = if entry.filemode() == i32::from(FileMode::Link) {
+            Some("a symbolic link (never followed)")
+        } else if entry.filemode() == i32::from(FileMode::Commit) {
+            Some("a submodule (its files are not in this repository)")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            bail!(
+                "{:?} is {what}; a link must be a directory, or a regular file with file = true",
+                d.link
+            );
+        }
         match (entry.kind(), d.file) {
             (Some(ObjectType::Tree), false) => {
                 let release_root = std::mem::replace(&mut self.root, dest.clone());
+                self.link_tree = Some(entry.id());
                 let r = self.tree(&entry, &dest);
                 self.root = release_root;
+                self.link_tree = None;
                 r
             }
             (Some(ObjectType::Blob), true) if entry.filemode() != i32::from(FileMode::Link) => {
@@ -369,8 +388,12 @@ impl Writer<'_> {
             .with_context(|| format!("reading tree {}", entry.id()))?;
         self.mkdir(dest)?;
         self.record(dest, Kind::Dir, Oid::zero())?;
+        let mut seen = std::collections::HashSet::new();
         for child in tree.iter() {
             let child_dest = dest.join(entry_name(child.name_bytes())?);
+            if !seen.insert(child.name_bytes().to_vec()) {
+                bail!("refusing duplicate tree entry {}", child_dest.display());
+            }
             self.entry(&child, &child_dest)?;
         }
         Ok(())
@@ -399,7 +422,12 @@ impl Writer<'_> {
         } else {
             0o644
         };
-        let mut f = File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+        // create_new: O_EXCL never follows a symlink nor reuses a path.
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .with_context(|| format!("creating {}", dest.display()))?;
         f.write_all(blob.content())
             .with_context(|| format!("writing {}", dest.display()))?;
         f.set_permissions(fs::Permissions::from_mode(perm))
@@ -423,7 +451,11 @@ impl Writer<'_> {
         let rel = dest
             .strip_prefix(&self.root)
             .context("symlink inside release")?;
-        if !stays_inside(rel, target) {
+        let inside = match self.link_tree {
+            Some(id) => resolves_inside(&self.repo.find_tree(id)?, self.repo, rel, target)?,
+            None => stays_inside(rel, target),
+        };
+        if !inside {
             bail!(
                 "refusing symlink {} -> {}: it points outside the service's files",
                 rel.display(),
@@ -495,6 +527,70 @@ fn entry_name(name: &[u8]) -> Result<&OsStr> {
     Ok(OsStr::from_bytes(name))
 }
 
+/// Whether `target`, a symlink at `link` (relative to the link's root),
+/// resolves inside that root, following the symlinks of `tree` (the link's
+/// tree) on the way as the kernel will: `d/up -> ..` is inside, but
+/// `esc -> d/up/..` is not. A component missing from the tree is a plain
+/// name (a dangling link stays dangling).
+fn resolves_inside(tree: &Tree<'_>, repo: &Repository, link: &Path, target: &Path) -> Result<bool> {
+    const MAX_HOPS: usize = 64;
+    if target.is_absolute() {
+        return Ok(false);
+    }
+    let mut at: Vec<PathBuf> = link
+        .parent()
+        .map(|p| {
+            p.components()
+                .map(|c| PathBuf::from(c.as_os_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut todo: Vec<PathBuf> = target
+        .components()
+        .rev()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        match c.as_os_str().as_bytes() {
+            b"" | b"." => {}
+            b".." => {
+                if at.pop().is_none() {
+                    return Ok(false);
+                }
+            }
+            _ => {
+                at.push(c);
+                let here: PathBuf = at.iter().collect();
+                let Ok(e) = tree.get_path(&here) else {
+                    continue;
+                };
+                if e.filemode() != i32::from(FileMode::Link) {
+                    continue;
+                }
+                hops += 1;
+                if hops > MAX_HOPS {
+                    // More than the kernel follows (40): it never
+                    // resolves (ELOOP), so it leads nowhere.
+                    return Ok(true);
+                }
+                let blob = repo.find_blob(e.id())?;
+                let next = Path::new(OsStr::from_bytes(blob.content()));
+                if next.is_absolute() {
+                    return Ok(false);
+                }
+                at.pop();
+                todo.extend(
+                    next.components()
+                        .rev()
+                        .map(|c| PathBuf::from(c.as_os_str())),
+                );
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// Whether `target`, a symlink at `link` (relative to the release root),
 /// resolves inside the release, judged lexically: absolute targets and any
 /// `..` that climbs above the root are refused.
@@ -531,6 +627,16 @@ mod tests {
         ));
         assert!(!stays_inside(Path::new("a"), Path::new("/etc/shadow")));
         assert!(!stays_inside(Path::new("app/a"), Path::new("x/../../../y")));
+    }
+
+    #[test]
+    fn entry_names_must_be_one_path_component() {
+        for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
+            assert!(entry_name(bad).is_err(), "{bad:?}");
+        }
+        for good in [&b"..."[..], b"a\nb", b"\xff", b"-rf"] {
+            assert!(entry_name(good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]

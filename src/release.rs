@@ -14,6 +14,7 @@
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -495,22 +496,15 @@ impl Writer<'_> {
         .with_context(|| format!("changing owner of {}", path.display()))
     }
 
-    /// Flushes every file of the release before it is renamed into place, so
-    /// a power loss cannot leave a complete-looking release with empty files.
+    /// Flushes the release before it is renamed into place, so a power loss
+    /// cannot leave a complete-looking release with empty files. One
+    /// `syncfs` of the release's filesystem instead of an fsync per file:
+    /// a release of 10,000 files would otherwise cost 10,000 journal
+    /// commits.
     fn sync_tree(&self, dir: &Path) -> Result<()> {
-        for e in read_dir(dir)? {
-            let ft = e
-                .file_type()
-                .with_context(|| format!("reading {}", e.path().display()))?;
-            if ft.is_dir() {
-                self.sync_tree(&e.path())?;
-            } else if ft.is_file() {
-                File::open(e.path())
-                    .and_then(|f| f.sync_all())
-                    .with_context(|| format!("syncing {}", e.path().display()))?;
-            }
-        }
-        sync_dir(dir)
+        let d = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        nix::unistd::syncfs(d.as_raw_fd())
+            .with_context(|| format!("syncing the filesystem of {}", dir.display()))
     }
 }
 

@@ -9,6 +9,8 @@ DESTDIR ?=
 CARGO ?= cargo
 # Debian packages the tests and the demo use (real git daemon, real sshd).
 APT_PACKAGES := git pkg-config libssl-dev openssh-server prometheus prometheus-node-exporter
+# The peers `make bench` compares provision with, and an independent timer.
+BENCH_APT_PACKAGES := ansible-core hyperfine
 
 .PHONY: all build release deps test lint unit demo install clean
 
@@ -40,6 +42,13 @@ test: lint unit
 demo: deps release
 	@$(CARGO) run --quiet --release --example demo -- $(CURDIR)/target/release/provision
 
+# Measures provision's reconcile pass against the git CLI, ansible-pull and
+# the one-round-trip floor, and writes docs/BENCHMARKS.md. Not part of test.
+.PHONY: bench
+bench: deps release
+	@bash scripts/deps.sh $(BENCH_APT_PACKAGES)
+	$(CARGO) bench --bench reconcile -- --out $(CURDIR)/docs/BENCHMARKS.md
+
 UNITDIR ?= /etc/systemd/system
 GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators
 UNITS := provision@.service provision@.timer provision-mount@.service
@@ -54,3 +63,30 @@ install: release
 
 clean:
 	$(CARGO) clean
+
+# Fuzzing of the config parser; long, so not part of `make test` (which runs
+# the bounded property test tests/config_fuzz.rs). First coverage-guided with
+# libFuzzer through cargo-fuzz, on the stable toolchain: RUSTC_BOOTSTRAP lets
+# cargo-fuzz pass its -Z flags. No sanitizer (the parser is safe Rust); debug
+# assertions on, so an arithmetic overflow is a crash. Corpus and crash
+# artifacts stay in fuzz/ (ignored by git). Then the property test's
+# structure-aware and mutation generators with many cases and a fresh seed.
+#   make fuzz FUZZ_SECONDS=600 FUZZ_ITERS=200000 FUZZ_SEED=42
+FUZZ_SECONDS ?= 300
+FUZZ_ITERS ?= 50000
+FUZZ_SEED ?= $(shell date +%s)
+CARGO_FUZZ_VERSION := 0.13.2
+
+.PHONY: fuzz
+fuzz: deps
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked --version $(CARGO_FUZZ_VERSION) cargo-fuzz
+	@mkdir -p fuzz/corpus/config
+	@cp examples/config.toml fuzz/corpus/config/example-config.toml
+	@cp fuzz/seeds/*.toml fuzz/corpus/config/
+	@status=0; \
+	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none --debug-assertions config fuzz/corpus/config -- \
+		-max_total_time=$(FUZZ_SECONDS) -dict=fuzz/config.dict -max_len=8192 -print_final_stats=1 || status=1; \
+	echo "corpus: $$(ls fuzz/corpus/config | wc -l) inputs in fuzz/corpus/config"; \
+	PROVISION_FUZZ_ITERS=$(FUZZ_ITERS) PROVISION_FUZZ_SEED=$(FUZZ_SEED) \
+		$(CARGO) test --test config_fuzz -- --nocapture || status=1; \
+	exit $$status

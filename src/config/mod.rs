@@ -229,7 +229,7 @@ impl fmt::Display for Diagnostic {
         }
         write!(f, ": {}", self.context)?;
         if !self.key.is_empty() {
-            write!(f, ": key `{}`", self.key)?;
+            write!(f, ": key `{}`", printable(&self.key))?;
         }
         write!(f, ": {}", self.message)
     }
@@ -251,6 +251,20 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+/// Text from the file as it may be shown on a terminal: control characters
+/// escaped, so a crafted name cannot split or fake lines of a report.
+pub(crate) fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
 
 impl Config {
     /// Reads and validates `path`. An unreadable file is an ordinary error;

@@ -52,6 +52,8 @@ pub(super) struct RawService {
 /// One entry of `dirs`.
 #[derive(Debug, Clone, Default)]
 pub(super) struct RawDir {
+    /// Position in the `dirs` array as written, for messages.
+    pub index: usize,
     pub span: Range<usize>,
     pub local: Option<Sp<String>>,
     pub link: Option<Sp<String>>,
@@ -316,7 +318,7 @@ impl Walker<'_, '_> {
         for (i, item) in items.iter().enumerate() {
             let key = format!("dirs[{i}]");
             if let Some(table) = self.table(item, ctx, &key) {
-                dirs.push(self.dir(item.span(), table, ctx, &key));
+                dirs.push(self.dir(i, item.span(), table, ctx, &key));
             }
         }
         Some(Sp {
@@ -325,8 +327,16 @@ impl Walker<'_, '_> {
         })
     }
 
-    fn dir(&mut self, span: Range<usize>, table: &DeTable<'_>, ctx: &str, prefix: &str) -> RawDir {
+    fn dir(
+        &mut self,
+        index: usize,
+        span: Range<usize>,
+        table: &DeTable<'_>,
+        ctx: &str,
+        prefix: &str,
+    ) -> RawDir {
         let mut dir = RawDir {
+            index,
             span,
             ..RawDir::default()
         };
@@ -429,7 +439,7 @@ fn service_context(index: usize, item: &DeValue<'_>) -> String {
         _ => None,
     };
     match label("name").or_else(|| label("service")) {
-        Some(name) => format!("services[{index}] ({name})"),
+        Some(name) => format!("services[{index}] ({})", super::printable(&name)),
         None => format!("services[{index}]"),
     }
 }

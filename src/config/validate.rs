@@ -242,6 +242,7 @@ impl Resolver<'_> {
         let refname = format!("refs/heads/{}", b.value);
         if b.value.is_empty()
             || b.value.starts_with('-')
+            || b.value.contains('\0')
             || !git2::Reference::is_valid_name(&refname)
         {
             self.err(
@@ -358,8 +359,8 @@ impl Resolver<'_> {
         }
         let mut out = Vec::new();
         let mut ok = true;
-        for (i, d) in dirs.value.iter().enumerate() {
-            match self.dir(i, d) {
+        for d in &dirs.value {
+            match self.dir(d.index, d) {
                 Some(d) => out.push(d),
                 None => ok = false,
             }

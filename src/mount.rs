@@ -56,11 +56,16 @@ pub fn inspect(w: &Wanted<'_>) -> Result<Before> {
         Err(_) => return Ok(Before::Other),
     };
     let same = here.dev() == src.dev() && here.ino() == src.ino();
-    Ok(if same && top.readonly == w.readonly {
-        Before::Correct
-    } else {
-        Before::Other
-    })
+    // More than one layer is the leftover of an interrupted switch: the
+    // stale layer pins an old release, so it is not correct even when the
+    // top shows the wanted one.
+    Ok(
+        if same && top.readonly == w.readonly && layers_at(w.local)? == 1 {
+            Before::Correct
+        } else {
+            Before::Other
+        },
+    )
 }
 
 /// Makes `local` show `source`, creating `local` when missing, and says
@@ -145,6 +150,13 @@ fn attach(w: &Wanted<'_>) -> Result<()> {
 
 /// Replaces whatever is mounted on `local` with `source`.
 fn switch(w: &Wanted<'_>) -> Result<()> {
+    // A switch killed between mounting beneath and detaching the old top
+    // leaves two layers. Drop the upper ones first (each is a whole
+    // release): mounting beneath again would leave the stale layer at the
+    // bottom for good, and the release it shows could never be removed.
+    while layers_at(w.local)? > 1 {
+        umount2(w.local, MntFlags::MNT_DETACH).context("detaching a stale layer")?;
+    }
     match switch_beneath(w) {
         Ok(()) => Ok(()),
         // ENOSYS/EINVAL: no open_tree or no MOVE_MOUNT_BENEATH (Linux < 6.5).
@@ -242,6 +254,17 @@ pub fn mount_at(path: &Path) -> Result<Option<MountEntry>> {
     let text =
         fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     Ok(parse_mountinfo(&text, path))
+}
+
+/// How many mounts are stacked on `path` (0: not a mount point).
+fn layers_at(path: &Path) -> Result<usize> {
+    let text =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let want = path.as_os_str().as_encoded_bytes();
+    Ok(text
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|p| unescape(p) == want))
+        .count())
 }
 
 /// Finds the top entry for `path`: later lines stack on earlier ones, so

@@ -28,7 +28,33 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     drop(f);
     fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    remove_stale_tmp(dir, &name.to_string_lossy());
     sync_dir(dir)
+}
+
+/// Removes the temp files of earlier writes of `name` whose writer died
+/// before renaming them (a process killed mid-write). A temp file of a live
+/// process is left alone: it may be writing right now.
+fn remove_stale_tmp(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp.");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH);
+        if gone {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Makes a rename or create inside `dir` durable.

@@ -430,7 +430,10 @@ fn generate(cli: &Cli, opts: &GenerateOpts) -> Result<ExitCode> {
 
 /// The config and this machine's identity, for the per-service commands.
 fn machine_config(cli: &Cli) -> Result<(Config, Identity)> {
-    Ok((Config::load(&cli.config)?, identity(cli)?))
+    let config = Config::load(&cli.config)?;
+    let id = identity(cli)?;
+    crate::git::init(config.services_for(&id).into_iter().map(|s| &s.upstream));
+    Ok((config, id))
 }
 
 /// The service called `name` on this machine (a usage error otherwise).

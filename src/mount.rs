@@ -14,10 +14,12 @@
 //! (two syscalls) `local` shows the directory underneath.
 
 use std::ffi::CString;
-use std::fs;
+use std::fs::{self, File};
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -251,20 +253,57 @@ pub struct MountEntry {
 
 /// The top-most mount whose mount point is `path`, if any.
 pub fn mount_at(path: &Path) -> Result<Option<MountEntry>> {
-    let text =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&text, path))
+    Ok(parse_mountinfo(&mountinfo()?, path))
 }
 
 /// How many mounts are stacked on `path` (0: not a mount point).
 fn layers_at(path: &Path) -> Result<usize> {
-    let text =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let text = mountinfo()?;
     let want = path.as_os_str().as_encoded_bytes();
     Ok(text
         .lines()
         .filter(|l| l.split(' ').nth(4).is_some_and(|p| unescape(p) == want))
         .count())
+}
+
+/// This process's mount table, read again only when it changed.
+///
+/// The kernel formats the whole table (every mount of the namespace) on
+/// each read of /proc/self/mountinfo, and a pass looks at each service's
+/// mounts several times: read afresh every time, that cost grew with
+/// services times mounts. The open file reports any change to the
+/// namespace's mounts, by this process or another, as POLLPRI on poll(2);
+/// without one the text read last is still the table.
+fn mountinfo() -> Result<Arc<str>> {
+    struct Table {
+        file: File,
+        text: Arc<str>,
+    }
+    static TABLE: Mutex<Option<Table>> = Mutex::new(None);
+    let mut table = TABLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(t) = table.as_mut() {
+        let mut fd = libc::pollfd {
+            fd: t.file.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a zero timeout only asks.
+        let n = unsafe { libc::poll(&mut fd, 1, 0) };
+        if n == 0 {
+            return Ok(Arc::clone(&t.text));
+        }
+        // A change (or a failed poll): read the table again.
+    }
+    let mut file = File::open("/proc/self/mountinfo").context("opening /proc/self/mountinfo")?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .context("reading /proc/self/mountinfo")?;
+    let text: Arc<str> = text.into();
+    *table = Some(Table {
+        file,
+        text: Arc::clone(&text),
+    });
+    Ok(text)
 }
 
 /// Finds the top entry for `path`: later lines stack on earlier ones, so

@@ -243,7 +243,7 @@ impl Resolver<'_> {
         if b.value.is_empty()
             || b.value.starts_with('-')
             || b.value.contains('\0')
-            || !git2::Reference::is_valid_name(&refname)
+            || !valid_refname(&refname)
         {
             self.err(
                 Some(&b.span),
@@ -698,5 +698,90 @@ fn overlap(a: &Path, b: &Path) -> Option<&'static str> {
         Some("contains")
     } else {
         None
+    }
+}
+
+/// Git's rules for a reference name (`git check-ref-format`), checked here
+/// rather than by libgit2: any git2 call initializes libgit2, and with it
+/// OpenSSL's CA bundle, before the pass knows whether it needs TLS.
+fn valid_refname(name: &str) -> bool {
+    name != "@"
+        && !name.starts_with('/')
+        && !name.ends_with('/')
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && !name.contains("//")
+        && !name.contains("@{")
+        && !name
+            .chars()
+            .any(|c| c.is_ascii_control() || " ~^:?*[\\".contains(c))
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && !part.starts_with('.') && !part.ends_with(".lock"))
+}
+
+#[cfg(test)]
+mod refname_tests {
+    /// The same verdict as libgit2's on names that break each rule, and on
+    /// every printable character in a few positions.
+    #[test]
+    fn same_verdict_as_libgit2() {
+        let mut names: Vec<String> = [
+            "main",
+            "a/b",
+            "feature/x-1",
+            ".hidden",
+            "a/.b",
+            "a..b",
+            "a.lock",
+            "a/b.lock",
+            "a.lock/b",
+            "a/",
+            "/a",
+            "a//b",
+            "a.",
+            "a@{b",
+            "@",
+            "a@b",
+            "a b",
+            "a~b",
+            "a^b",
+            "a:b",
+            "a?b",
+            "a*b",
+            "a[b",
+            "a\\b",
+            "a\tb",
+            "a\u{7f}b",
+            "é",
+            "a/b/c.d",
+            "-x",
+            "v1.0",
+            "a.b.c",
+            "a/.lock",
+            ".lock",
+            "a..",
+            "release/2024.01",
+            "a@",
+            "@a",
+            "a{b",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for c in (0x20u8..0x7f).map(char::from) {
+            names.push(format!("a{c}b"));
+            names.push(format!("{c}ab"));
+            names.push(format!("ab{c}"));
+            names.push(format!("a/{c}b"));
+        }
+        for n in names {
+            let full = format!("refs/heads/{n}");
+            assert_eq!(
+                super::valid_refname(&full),
+                git2::Reference::is_valid_name(&full),
+                "{full:?}"
+            );
+        }
     }
 }

@@ -28,15 +28,16 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     drop(f);
     fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    remove_stale_tmp(dir, &name.to_string_lossy());
+    remove_stale_tmp(dir);
     sync_dir(dir)
 }
 
-/// Removes the temp files of earlier writes of `name` whose writer died
-/// before renaming them (a process killed mid-write). A temp file of a live
-/// process is left alone: it may be writing right now.
-fn remove_stale_tmp(dir: &Path, name: &str) {
-    let prefix = format!(".{name}.tmp.");
+/// Removes the temp files in `dir` of earlier atomic writes whose writer
+/// died before renaming them (a process killed mid-write), whatever file
+/// they were for: a release's manifest, say, is never written again once a
+/// newer commit replaced it. A temp file of a live process is left alone:
+/// it may be writing right now.
+fn remove_stale_tmp(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
@@ -44,8 +45,9 @@ fn remove_stale_tmp(dir: &Path, name: &str) {
         let file = e.file_name();
         let Some(pid) = file
             .to_str()
-            .and_then(|f| f.strip_prefix(&prefix))
-            .and_then(|p| p.parse::<i32>().ok())
+            .filter(|f| f.starts_with('.'))
+            .and_then(|f| f.rsplit_once(".tmp."))
+            .and_then(|(_, p)| p.parse::<i32>().ok())
         else {
             continue;
         };

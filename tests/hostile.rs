@@ -683,6 +683,22 @@ fn assert_tree(path: &Path, node: &Node, case: &str) {
 /// One named case of a group.
 type NamedCase<'a> = (&'a str, Box<dyn FnOnce() + 'a>);
 
+/// A case that pushes `hostile` as the app's tree and expects it refused
+/// with every one of `needles` in the message.
+fn refusal<'a>(
+    d: &'a GitDaemon,
+    s: &'a Sentinel,
+    label: &'static str,
+    hostile: Node,
+    needles: &'static [&'static str],
+) -> NamedCase<'a> {
+    let b: Box<dyn FnOnce() + 'a> = Box::new(move || {
+        let c = attempt(d, label, hostile);
+        assert_refused(&c, s, needles);
+    });
+    (label, b)
+}
+
 /// Runs every case, reporting all failures at the end instead of stopping
 /// at the first, so one run shows the whole picture.
 fn run_cases(cases: Vec<NamedCase<'_>>) {
@@ -707,14 +723,7 @@ fn symlinks_leaving_their_link_are_refused() {
     need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
-    let refuse = |label: &'static str, hostile: Node, needles: &'static [&'static str]| {
-        let (d, s) = (&d, &s);
-        let b: Box<dyn FnOnce()> = Box::new(move || {
-            let c = attempt(d, label, hostile);
-            assert_refused(&c, s, needles);
-        });
-        (label, b)
-    };
+    let refuse = |label, hostile, needles| refusal(&d, &s, label, hostile, needles);
     let etc_with = |name: &str, target: String| {
         let mut entries = vec![(name.to_string(), Node::Link(target.into_bytes()))];
         entries.push(("app.conf".to_string(), file("port = 2\n")));
@@ -891,14 +900,7 @@ fn a_link_of_the_wrong_kind_is_refused() {
     need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
-    let refuse = |label: &'static str, hostile: Node, needles: &'static [&'static str]| {
-        let (d, s) = (&d, &s);
-        let b: Box<dyn FnOnce()> = Box::new(move || {
-            let c = attempt(d, label, hostile);
-            assert_refused(&c, s, needles);
-        });
-        (label, b)
-    };
+    let refuse = |label, hostile, needles| refusal(&d, &s, label, hostile, needles);
     run_cases(vec![
         refuse(
             "a directory link that is a file",

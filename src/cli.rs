@@ -246,7 +246,7 @@ impl std::error::Error for UsageError {}
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    require_root(&cli.command)?;
+    require_root(&cli)?;
     match &cli.command {
         Command::Check(_) => check(&cli),
         Command::Sync(opts) => sync(&cli, opts),
@@ -264,8 +264,29 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Commands that change the machine (mounts, units, state) need root; say
 /// so up front instead of failing halfway with a bare EPERM. The read-only
-/// commands work for anyone who can read the state directory.
-fn require_root(command: &Command) -> Result<()> {
+/// commands work for anyone who can read the state directory, which is
+/// root's alone unless the operator opened it.
+fn require_root(cli: &Cli) -> Result<()> {
+    let command = &cli.command;
+    let reader = match command {
+        Command::Status(_) => Some("status"),
+        Command::Diff(_) => Some("diff"),
+        Command::History(_) => Some("history"),
+        _ => None,
+    };
+    if let Some(verb) = reader {
+        let denied = nix::unistd::access(
+            &cli.state_dir,
+            nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK,
+        ) == Err(nix::errno::Errno::EACCES);
+        if denied {
+            bail!(UsageError(format!(
+                "provision {verb} reads the state in {}, which is root's alone (it names every \
+                 deployed path and sits beside the mirrors, which may hold secrets); try sudo",
+                cli.state_dir.display()
+            )));
+        }
+    }
     let verb = match command {
         Command::Sync(_) => "sync",
         Command::Mount(_) => "mount",

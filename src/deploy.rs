@@ -12,7 +12,6 @@ use git2::{Oid, Repository};
 
 use crate::config::Service;
 use crate::mount::{self, Before, Wanted};
-use crate::release::Owner;
 use crate::systemd::{self, ActionOutcome};
 
 /// How long a unit's action job may take before the pass gives up on it.
@@ -29,7 +28,7 @@ const UNIT_DIRS: [&str; 4] = [
 
 /// Mounts every `dirs` entry of `svc` from `release` and says what each
 /// mount point showed before.
-pub fn mount_release(svc: &Service, release: &Path, owner: Option<Owner>) -> Result<Vec<Before>> {
+pub fn mount_release(svc: &Service, release: &Path) -> Result<Vec<Before>> {
     svc.dirs
         .iter()
         .map(|d| {
@@ -38,8 +37,9 @@ pub fn mount_release(svc: &Service, release: &Path, owner: Option<Owner>) -> Res
                 source: release.join(&d.link),
                 file: d.file,
                 readonly: d.readonly,
+                allow_writable_parents: d.allow_writable_parents,
             };
-            mount::ensure(&w, owner)
+            mount::ensure(&w)
         })
         .collect()
 }

@@ -5,8 +5,9 @@
 //! not where the release lives, since that is what the operator knows.
 //! Both diffs read Git objects from the local mirror only: no network.
 
+use std::ffi::OsStr;
 use std::fmt::Write as _;
-use std::fs;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -14,6 +15,7 @@ use anyhow::{Context, Result};
 use git2::{DiffOptions, Oid, Patch, Repository, Tree};
 
 use crate::config::Service;
+use crate::dirfd;
 use crate::drift::{self, Change, Kind};
 use crate::observe;
 use crate::pass::{mirror_of, service_dir};
@@ -35,7 +37,7 @@ pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {
     let commit = Oid::from_str(&deployed.commit)?;
     let releases = Releases::new(&service_dir(svc, state_dir));
     let manifest = releases.manifest(&deployed.release, Some(&repo), commit, &svc.dirs)?;
-    let release = releases.path(&deployed.release);
+    let release = dirfd::Dir::open(&releases.path(&deployed.release))?;
     let mut out = String::new();
     for d in &drifted {
         let label = drift::local_path(&svc.dirs, &d.rel);
@@ -44,13 +46,20 @@ pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {
             Some(e) if d.change != Change::Added => Some(blob(&repo, e.oid)?),
             _ => None,
         };
-        let new = match d.change {
+        let local = match d.change {
             Change::Deleted => None,
-            _ => read_local(&release.join(&d.rel))?,
+            _ => drift::parent_of(&release, &d.rel)?,
+        };
+        let new = match &local {
+            Some((dir, name)) => read_local(dir, name)?,
+            None => None,
         };
         out.push_str(&patch(&label, old.as_deref(), new.as_deref())?);
-        if let (Some(e), Change::Modified) = (expected, d.change) {
-            out.push_str(&mode_note(&label, e.kind, &release.join(&d.rel)));
+        let dir = svc.dirs.iter().find(|x| d.rel.starts_with(&x.link));
+        if let (Some(e), Change::Modified, Some((parent, name)), Some(dir)) =
+            (expected, d.change, &local, dir)
+        {
+            out.push_str(&mode_note(&label, e.kind.perm(dir), e.kind, parent, name));
         }
     }
     Ok(out)
@@ -131,19 +140,24 @@ fn blob(repo: &Repository, oid: Oid) -> Result<Vec<u8>> {
         })
 }
 
-/// A file's content, or a symlink's target; `None` for a directory.
-fn read_local(path: &Path) -> Result<Option<Vec<u8>>> {
-    let md = fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+/// The content of the file `name` of `dir`, or a symlink's target; `None`
+/// for a directory or something gone. Read through the descriptor, never
+/// through a symlink, so the diff never shows a file outside the release.
+fn read_local(dir: &dirfd::Dir, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    let Some(md) = dir.meta(name)? else {
+        return Ok(None);
+    };
     if md.is_dir() {
         return Ok(None);
     }
-    if md.file_type().is_symlink() {
-        let t = fs::read_link(path).with_context(|| format!("reading {}", path.display()))?;
-        return Ok(Some(t.as_os_str().as_bytes().to_vec()));
+    if md.is_symlink() {
+        return Ok(Some(dir.readlink(name)?.as_bytes().to_vec()));
     }
-    fs::read(path)
-        .map(Some)
-        .with_context(|| format!("reading {}", path.display()))
+    let mut data = Vec::new();
+    dir.open_file(Path::new(name))?
+        .read_to_end(&mut data)
+        .with_context(|| format!("reading {}", dir.path().join(name).display()))?;
+    Ok(Some(data))
 }
 
 /// One file's unified diff, `git diff` style, with `label` as its path.
@@ -176,18 +190,16 @@ fn patch(label: &Path, old: Option<&[u8]>, new: Option<&[u8]>) -> Result<String>
 }
 
 /// A line about changed permissions, which a content diff does not show.
-fn mode_note(label: &Path, kind: Kind, path: &Path) -> String {
-    use std::os::unix::fs::MetadataExt;
+fn mode_note(label: &Path, expected: u32, kind: Kind, dir: &dirfd::Dir, name: &OsStr) -> String {
     if !matches!(kind, Kind::File | Kind::Exec) {
         return String::new();
     }
-    let expected = kind.perm();
-    match fs::symlink_metadata(path) {
-        Ok(md) if md.is_file() && md.mode() & 0o7777 != expected => format!(
-            "mode of {}: {:o} in git, {:o} here\n",
+    match dir.meta(name) {
+        Ok(Some(md)) if md.is_file() && md.perm != expected => format!(
+            "mode of {}: {:o} configured, {:o} here\n",
             label.display(),
             expected,
-            md.mode() & 0o7777
+            md.perm
         ),
         _ => String::new(),
     }

@@ -14,17 +14,19 @@
 //! release holds repository content only.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use git2::{FileMode, ObjectType, Oid, Repository};
+use sha1::{Digest, Sha1};
 
 use crate::config::Dir;
-use crate::util::write_atomic;
+use crate::dirfd::{self, Meta};
+use crate::util::{write_atomic, Visibility};
 
 const HEADER: &[u8] = b"provision-manifest 1\n";
 
@@ -71,11 +73,11 @@ impl Kind {
         }
     }
 
-    /// The permission bits a release gives this kind.
-    pub fn perm(self) -> u32 {
+    /// The permission bits a release gives this kind under `d`'s `mode`.
+    pub fn perm(self, d: &Dir) -> u32 {
         match self {
-            Kind::File => 0o644,
-            Kind::Exec | Kind::Dir => 0o755,
+            Kind::File => d.perm(false),
+            Kind::Exec | Kind::Dir => d.perm(true),
             Kind::Symlink => 0o777,
         }
     }
@@ -91,12 +93,12 @@ pub struct Stat {
 }
 
 impl Stat {
-    fn of(md: &fs::Metadata) -> Stat {
+    fn of(md: &Meta) -> Stat {
         Stat {
-            size: md.size(),
-            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-            ino: md.ino(),
+            size: md.size,
+            mtime_ns: md.mtime_ns,
+            ctime_ns: md.ctime_ns,
+            ino: md.ino,
         }
     }
 }
@@ -118,19 +120,17 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Records `path` (at `rel` in the release) just after it was written.
-    pub fn record(&mut self, rel: &Path, kind: Kind, oid: Oid, path: &Path) -> Result<()> {
-        let md = fs::symlink_metadata(path)
-            .with_context(|| format!("reading {} after writing it", path.display()))?;
+    /// Records the path at `rel` in the release just after it was written,
+    /// with what `lstat` said of it then.
+    pub fn record(&mut self, rel: &Path, kind: Kind, oid: Oid, md: &Meta) {
         self.entries.insert(
             rel.to_path_buf(),
             Entry {
                 kind,
                 oid,
-                stat: Stat::of(&md),
+                stat: Stat::of(md),
             },
         );
-        Ok(())
     }
 
     /// The entry at `rel`.
@@ -152,7 +152,7 @@ impl Manifest {
             out.extend_from_slice(rel.as_os_str().as_bytes());
             out.push(0);
         }
-        write_atomic(path, &out)
+        write_atomic(path, &out, Visibility::Private)
     }
 
     /// Reads a manifest; `None` when there is none (a release written by an
@@ -274,18 +274,28 @@ pub struct Drifted {
 
 /// Compares the release at `release` with its manifest, for every `dirs`
 /// entry. Paths are reported in release order.
+///
+/// The scan never leaves the release: it descends through directory
+/// descriptors and follows no symlink. It fails closed: a path it cannot
+/// read (a symlink on the way, a name too long, an I/O error) is reported
+/// as modified, never taken as clean.
 pub fn scan(release: &Path, manifest: &Manifest, dirs: &[Dir]) -> Result<Vec<Drifted>> {
+    let root = dirfd::Dir::open(release)?;
     let mut out = Vec::new();
     for d in dirs {
         let rel = PathBuf::from(&d.link);
         let mut seen = BTreeSet::new();
         let mut s = Scan {
-            release,
+            dir: d,
             manifest,
             out: &mut out,
             seen: &mut seen,
         };
-        s.path(&rel)?;
+        match parent_of(&root, &rel) {
+            Ok(Some((parent, name))) => s.path(&parent, &name, &rel),
+            Ok(None) => {}
+            Err(_) => s.push(&rel, Change::Modified),
+        }
         for (p, e) in manifest.under(&rel) {
             if !seen.contains(p) && reportable_deletion(manifest, p, e) {
                 out.push(Drifted {
@@ -300,6 +310,21 @@ pub fn scan(release: &Path, manifest: &Manifest, dirs: &[Dir]) -> Result<Vec<Dri
     Ok(out)
 }
 
+/// The directory holding `rel` inside the release, opened without
+/// following symlinks, and `rel`'s last name; `None` when a directory on
+/// the way is missing.
+pub fn parent_of(root: &dirfd::Dir, rel: &Path) -> Result<Option<(dirfd::Dir, OsString)>> {
+    let name = rel
+        .file_name()
+        .with_context(|| format!("{} has no name", rel.display()))?
+        .to_os_string();
+    let parent = match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => root.dir_opt(p)?,
+        None => Some(root.dir(Path::new("."))?),
+    };
+    Ok(parent.map(|p| (p, name)))
+}
+
 /// A deleted directory is reported through its files; only an empty one
 /// (a submodule's) is reported itself.
 fn reportable_deletion(manifest: &Manifest, p: &Path, e: &Entry) -> bool {
@@ -307,19 +332,26 @@ fn reportable_deletion(manifest: &Manifest, p: &Path, e: &Entry) -> bool {
 }
 
 struct Scan<'a> {
-    release: &'a Path,
+    /// The `dirs` entry scanned, for the modes it expects.
+    dir: &'a Dir,
     manifest: &'a Manifest,
     out: &'a mut Vec<Drifted>,
     seen: &'a mut BTreeSet<PathBuf>,
 }
 
 impl Scan<'_> {
-    fn path(&mut self, rel: &Path) -> Result<()> {
-        let path = self.release.join(rel);
-        let md = match fs::symlink_metadata(&path) {
-            Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    /// Compares the entry `name` of `parent` (at `rel` in the release);
+    /// what cannot be read counts as modified.
+    fn path(&mut self, parent: &dirfd::Dir, name: &OsStr, rel: &Path) {
+        if self.compare(parent, name, rel).is_err() {
+            self.seen.insert(rel.to_path_buf());
+            self.push(rel, Change::Modified);
+        }
+    }
+
+    fn compare(&mut self, parent: &dirfd::Dir, name: &OsStr, rel: &Path) -> Result<()> {
+        let Some(md) = parent.meta(name)? else {
+            return Ok(());
         };
         let expected = self.manifest.get(rel);
         if expected.is_some() {
@@ -328,15 +360,20 @@ impl Scan<'_> {
         match expected {
             None if md.is_dir() => {
                 let before = self.out.len();
-                self.children(rel, &path)?;
+                self.children(parent, name, rel)?;
                 if self.out.len() == before {
                     self.push(rel, Change::Added);
                 }
             }
             None => self.push(rel, Change::Added),
-            Some(e) if e.kind == Kind::Dir && md.is_dir() => self.children(rel, &path)?,
+            Some(e) if e.kind == Kind::Dir && md.is_dir() => {
+                if md.perm != e.kind.perm(self.dir) {
+                    self.push(rel, Change::Modified);
+                }
+                self.children(parent, name, rel)?;
+            }
             Some(e) => {
-                if !same(e, &md, &path)? {
+                if !same(e, &md, parent, name, self.dir)? {
                     self.push(rel, Change::Modified);
                 }
             }
@@ -344,11 +381,10 @@ impl Scan<'_> {
         Ok(())
     }
 
-    fn children(&mut self, rel: &Path, path: &Path) -> Result<()> {
-        let rd = fs::read_dir(path).with_context(|| format!("listing {}", path.display()))?;
-        for e in rd {
-            let e = e.with_context(|| format!("listing {}", path.display()))?;
-            self.path(&rel.join(e.file_name()))?;
+    fn children(&mut self, parent: &dirfd::Dir, name: &OsStr, rel: &Path) -> Result<()> {
+        let dir = parent.dir(Path::new(name))?;
+        for e in dir.entries()? {
+            self.path(&dir, &e, &rel.join(&e));
         }
         Ok(())
     }
@@ -361,35 +397,60 @@ impl Scan<'_> {
     }
 }
 
-/// Whether the file at `path` (with metadata `md`) still is `e`.
-fn same(e: &Entry, md: &fs::Metadata, path: &Path) -> Result<bool> {
-    let ft = md.file_type();
+/// Whether the entry `name` of `parent` (with metadata `md`) still is `e`,
+/// with the modes `d` gives.
+fn same(e: &Entry, md: &Meta, parent: &dirfd::Dir, name: &OsStr, d: &Dir) -> Result<bool> {
     let kind_ok = match e.kind {
-        Kind::File | Kind::Exec => ft.is_file(),
-        Kind::Symlink => ft.is_symlink(),
-        Kind::Dir => ft.is_dir(),
+        Kind::File | Kind::Exec => md.is_file(),
+        Kind::Symlink => md.is_symlink(),
+        Kind::Dir => md.is_dir(),
     };
     if !kind_ok {
+        return Ok(false);
+    }
+    if e.kind != Kind::Symlink && md.perm != e.kind.perm(d) {
         return Ok(false);
     }
     if e.stat != Stat::default() && e.stat == Stat::of(md) {
         return Ok(true);
     }
-    if e.kind != Kind::Symlink && md.mode() & 0o7777 != e.kind.perm() {
-        return Ok(false);
-    }
-    Ok(blob_id(path, e.kind)? == e.oid)
+    Ok(blob_id(parent, name, e.kind)? == e.oid)
 }
 
-/// The Git blob id of the file or symlink at `path`.
-pub fn blob_id(path: &Path, kind: Kind) -> Result<Oid> {
-    let oid = if kind == Kind::Symlink {
-        let target = fs::read_link(path).with_context(|| format!("reading {}", path.display()))?;
-        Oid::hash_object(ObjectType::Blob, target.as_os_str().as_bytes())
-    } else {
-        Oid::hash_file(ObjectType::Blob, path)
-    };
-    oid.with_context(|| format!("hashing {}", path.display()))
+/// The Git blob id of the file or symlink `name` in `dir`, read through
+/// the descriptor (never through a symlink).
+pub fn blob_id(dir: &dirfd::Dir, name: &OsStr, kind: Kind) -> Result<Oid> {
+    if kind == Kind::Symlink {
+        let target = dir.readlink(name)?;
+        return Oid::hash_object(ObjectType::Blob, target.as_bytes())
+            .with_context(|| format!("hashing {}", dir.path().join(name).display()));
+    }
+    let mut f = dir.open_file(Path::new(name))?;
+    let size = f
+        .metadata()
+        .with_context(|| format!("reading {}", dir.path().join(name).display()))?
+        .len();
+    let mut h = Sha1::new();
+    h.update(format!("blob {size}\0").as_bytes());
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", dir.path().join(name).display()))?;
+        if n == 0 {
+            break;
+        }
+        read += n as u64;
+        h.update(&buf[..n]);
+    }
+    if read != size {
+        bail!(
+            "{} changed while it was read",
+            dir.path().join(name).display()
+        );
+    }
+    Oid::from_bytes(&h.finalize()).context("making a blob id")
 }
 
 /// Where `rel` (a release path) appears on this machine, through the mount
@@ -414,30 +475,38 @@ pub fn adopted_by(
     target: Oid,
     release: &Path,
     drifted: &[Drifted],
+    dirs: &[Dir],
 ) -> Result<bool> {
     let tree = repo
         .find_commit(target)
         .and_then(|c| c.tree())
         .with_context(|| format!("reading tree of commit {target}"))?;
+    let root = dirfd::Dir::open(release)?;
     for d in drifted {
-        let path = release.join(&d.rel);
         let entry = tree.get_path(&d.rel).ok();
         let kept = match (d.change, entry) {
             (Change::Deleted, None) => true,
             (Change::Deleted, Some(_)) | (_, None) => false,
             (_, Some(entry)) => {
                 let kind = Kind::of_mode(entry.filemode());
-                match fs::symlink_metadata(&path) {
-                    Ok(md) if kind == Kind::Dir => md.is_dir(),
-                    Ok(md) => {
+                let Some(dir) = dirs.iter().find(|x| d.rel.starts_with(&x.link)) else {
+                    return Ok(false);
+                };
+                let found = parent_of(&root, &d.rel)
+                    .ok()
+                    .flatten()
+                    .and_then(|(p, n)| p.meta(&n).ok().flatten().map(|m| (p, n, m)));
+                match found {
+                    Some((_, _, md)) if kind == Kind::Dir => md.is_dir(),
+                    Some((parent, name, md)) => {
                         let e = Entry {
                             kind,
                             oid: entry.id(),
                             stat: Stat::default(),
                         };
-                        same(&e, &md, &path)?
+                        same(&e, &md, &parent, &name, dir).unwrap_or(false)
                     }
-                    Err(_) => false,
+                    None => false,
                 }
             }
         };
@@ -452,6 +521,25 @@ pub fn adopted_by(
 mod tests {
     use super::*;
 
+    fn meta_of(p: &Path) -> Meta {
+        let dir = dirfd::Dir::open(p.parent().expect("parent")).expect("open");
+        dir.meta(p.file_name().expect("name"))
+            .expect("lstat")
+            .expect("exists")
+    }
+
+    fn app_dir() -> Dir {
+        Dir {
+            local: "/etc/app".into(),
+            link: "app".into(),
+            file: false,
+            readonly: false,
+            mode: crate::config::DEFAULT_FILE_MODE,
+            group: None,
+            allow_writable_parents: false,
+        }
+    }
+
     #[test]
     fn manifest_round_trips_odd_names() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -459,9 +547,8 @@ mod tests {
         fs::write(&f, "x").expect("write");
         let mut m = Manifest::default();
         let odd = PathBuf::from(OsStr::from_bytes(b"app/a b\nc\xff"));
-        m.record(&odd, Kind::File, Oid::zero(), &f).expect("record");
-        m.record(Path::new("app"), Kind::Dir, Oid::zero(), dir.path())
-            .expect("record");
+        m.record(&odd, Kind::File, Oid::zero(), &meta_of(&f));
+        m.record(Path::new("app"), Kind::Dir, Oid::zero(), &meta_of(dir.path()));
         let path = dir.path().join("manifest");
         m.write(&path).expect("write");
         assert_eq!(Manifest::read(&path).expect("read"), Some(m));
@@ -488,19 +575,17 @@ mod tests {
             fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
                 .expect("chmod");
             let oid = Oid::hash_object(ObjectType::Blob, body.as_bytes()).expect("hash");
-            m.record(Path::new(name), Kind::File, oid, &p)
-                .expect("record");
+            m.record(Path::new(name), Kind::File, oid, &meta_of(&p));
         }
         for d in ["app", "app/sub"] {
-            m.record(Path::new(d), Kind::Dir, Oid::zero(), &rel.join(d))
-                .expect("record");
+            fs::set_permissions(
+                rel.join(d),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .expect("chmod");
+            m.record(Path::new(d), Kind::Dir, Oid::zero(), &meta_of(&rel.join(d)));
         }
-        let dirs = [Dir {
-            local: "/etc/app".into(),
-            link: "app".into(),
-            file: false,
-            readonly: false,
-        }];
+        let dirs = [app_dir()];
         assert_eq!(scan(rel, &m, &dirs).expect("scan"), vec![]);
         fs::write(rel.join("app/a"), "edited").expect("edit");
         fs::remove_file(rel.join("app/sub/c")).expect("rm");
@@ -517,6 +602,43 @@ mod tests {
                 ("/etc/app/new".to_string(), Change::Added),
                 ("/etc/app/sub/c".to_string(), Change::Deleted),
             ]
+        );
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_a_directory_is_drift_not_a_way_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rel = dir.path().join("rel");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(rel.join("app/sub")).expect("mkdir");
+        fs::create_dir_all(&outside).expect("mkdir");
+        fs::write(outside.join("c"), "c").expect("write");
+        let mut m = Manifest::default();
+        let p = rel.join("app/sub/c");
+        fs::write(&p, "c").expect("write");
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod");
+        let oid = Oid::hash_object(ObjectType::Blob, b"c").expect("hash");
+        m.record(Path::new("app/sub/c"), Kind::File, oid, &meta_of(&p));
+        for d in ["app", "app/sub"] {
+            fs::set_permissions(
+                rel.join(d),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .expect("chmod");
+            m.record(Path::new(d), Kind::Dir, Oid::zero(), &meta_of(&rel.join(d)));
+        }
+        let dirs = [app_dir()];
+        assert_eq!(scan(&rel, &m, &dirs).expect("scan"), vec![]);
+        fs::remove_dir_all(rel.join("app/sub")).expect("rm");
+        std::os::unix::fs::symlink(&outside, rel.join("app/sub")).expect("ln");
+        let found = scan(&rel, &m, &dirs).expect("scan");
+        assert!(
+            found.contains(&Drifted {
+                rel: "app/sub".into(),
+                change: Change::Modified
+            }),
+            "{found:?}"
         );
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod deploy;
 pub mod diff;
+pub mod dirfd;
 pub mod drift;
 pub mod git;
 pub mod history;

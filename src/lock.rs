@@ -22,7 +22,9 @@ impl Lock {
     /// operator whose command waits for a timer run knows why.
     pub fn acquire(path: &Path, timeout: Duration, what: &str) -> Result<Lock> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            // Lock files live in the state dir and beside the mirrors:
+            // both are root's alone.
+            crate::dirfd::Dir::create(dir, 0o700)?;
         }
         let mut file = open(path)?;
         let start = Instant::now();
@@ -55,10 +57,14 @@ impl Lock {
 }
 
 fn open(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NOFOLLOW: a symlink planted at the name is never opened through.
     OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .with_context(|| format!("opening lock file {}", path.display()))
 }

@@ -21,7 +21,7 @@ use anyhow::Result;
 use crate::config::Service;
 use crate::lock::Lock;
 use crate::state::{State, StateDir};
-use crate::util::write_atomic;
+use crate::util::{write_atomic, Visibility};
 
 /// The file node_exporter reads.
 pub const FILE: &str = "provision.prom";
@@ -55,7 +55,7 @@ pub fn publish(
         .map(|s| StateDir::new(state_dir, &s.name).load())
         .collect();
     let path = target.dir.join(FILE);
-    write_atomic(&path, render(services, &states).as_bytes())?;
+    write_atomic(&path, render(services, &states).as_bytes(), Visibility::Public)?;
     Ok(Some(path))
 }
 

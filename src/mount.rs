@@ -13,18 +13,18 @@
 //! is detached and the new one mounted right after: for that short window
 //! (two syscalls) `local` shows the directory underneath.
 
-use std::ffi::CString;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{bail, Context, Result};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
+use rustix::io::Errno;
+use rustix::mount::{MoveMountFlags, OpenTreeFlags, UnmountFlags};
 
-use crate::release::Owner;
+use crate::dirfd::{self, Meta};
 
 /// What a mount looked like before [`ensure`] made it right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,25 +44,177 @@ pub struct Wanted<'a> {
     pub source: PathBuf,
     pub file: bool,
     pub readonly: bool,
+    /// Work beneath directories other users can write (never following a
+    /// symlink); otherwise such a `local` is refused.
+    pub allow_writable_parents: bool,
+}
+
+/// The mount point `local`, held by descriptors: its parent directory,
+/// reached from `/` without following any symlink, and `local` itself.
+struct Target {
+    parent: dirfd::Dir,
+    name: std::ffi::OsString,
+    /// `O_PATH` descriptor of `local`: the root of its top mount when
+    /// something is mounted there.
+    fd: OwnedFd,
+}
+
+impl Target {
+    /// Opens `local`; `None` when it does not exist (and `create` is not
+    /// set). With `create`, missing directories on the way are created
+    /// (root's, 0755) and then `local` itself: an empty directory, or an
+    /// empty file for a single-file mount, root's too.
+    fn open(w: &Wanted<'_>, create: bool) -> Result<Option<Target>> {
+        let parent_path = w.local.parent().context("mount point has a parent")?;
+        let name = w
+            .local
+            .file_name()
+            .context("mount point has a name")?
+            .to_os_string();
+        let parent = if w.allow_writable_parents {
+            if create {
+                dirfd::Dir::create(parent_path, 0o755)?
+            } else {
+                match dirfd::Dir::open_opt(parent_path)? {
+                    Some(d) => d,
+                    None => return Ok(None),
+                }
+            }
+        } else {
+            match dirfd::Dir::open_trusted(parent_path, create) {
+                Ok(d) => d,
+                Err(_) if !create && !parent_path.exists() => return Ok(None),
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "mount point {} (set allow_writable_parents = true in its dirs entry \
+                             to mount there anyway)",
+                            w.local.display()
+                        )
+                    })
+                }
+            }
+        };
+        let meta = match parent.meta(&name)? {
+            Some(m) => m,
+            None if create => {
+                make_mount_point(&parent, &name, w.file)?;
+                parent
+                    .meta(&name)?
+                    .with_context(|| format!("{} vanished", w.local.display()))?
+            }
+            None => return Ok(None),
+        };
+        check_kind(w, &meta)?;
+        let fd = parent.open_path(Path::new(&name))?;
+        Ok(Some(Target { parent, name, fd }))
+    }
+
+    /// Opens `local` again (after a mount or unmount changed what it shows).
+    fn reopen(&mut self) -> Result<()> {
+        self.fd = self.parent.open_path(Path::new(&self.name))?;
+        Ok(())
+    }
+
+    /// The mount whose root `local` is, if any.
+    fn mount(&self) -> Result<Option<u64>> {
+        let st = rustix::fs::statx(
+            &self.fd,
+            "",
+            AtFlags::EMPTY_PATH,
+            StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
+        )
+        .context("statx of the mount point")?;
+        if !st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
+            bail!("this kernel does not report mount roots (statx STATX_ATTR_MOUNT_ROOT, Linux 5.8)");
+        }
+        Ok(st
+            .stx_attributes
+            .contains(StatxAttributes::MOUNT_ROOT)
+            .then_some(st.stx_mnt_id))
+    }
+
+    /// `/proc/self/fd/N` for the mount point: it names exactly the mount
+    /// the descriptor holds, whatever happens to the path meanwhile.
+    fn proc_path(&self) -> String {
+        format!("/proc/self/fd/{}", self.fd.as_raw_fd())
+    }
+
+    /// Detaches the top mount at `local` (the one the descriptor holds).
+    fn unmount_top(&mut self) -> Result<()> {
+        rustix::mount::unmount(self.proc_path().as_str(), UnmountFlags::DETACH)
+            .context("unmounting")?;
+        self.reopen()
+    }
+}
+
+/// Refuses a mount point of the wrong kind; a symlink is never mounted
+/// over, since the mount would land on whatever it points to.
+fn check_kind(w: &Wanted<'_>, m: &Meta) -> Result<()> {
+    if m.is_symlink() {
+        bail!(
+            "{} is a symlink; refusing to mount over its target",
+            w.local.display()
+        );
+    }
+    if w.file && m.is_dir() {
+        bail!(
+            "{} is a directory but the repository path is a file",
+            w.local.display()
+        );
+    }
+    if !w.file && !m.is_dir() {
+        bail!(
+            "{} is a file but the repository path is a directory",
+            w.local.display()
+        );
+    }
+    Ok(())
+}
+
+/// Creates an empty mount point `name` in `parent`, root's.
+fn make_mount_point(parent: &dirfd::Dir, name: &std::ffi::OsStr, file: bool) -> Result<()> {
+    if file {
+        parent.create_file(name, 0o644).map(drop)
+    } else {
+        parent.mkdir(name, 0o755).map(drop)
+    }
+}
+
+/// The release path, opened without following any symlink.
+fn open_source(source: &Path) -> Result<(OwnedFd, Meta)> {
+    let parent = dirfd::Dir::open(source.parent().context("release path has a parent")?)?;
+    let name = source.file_name().context("release path has a name")?;
+    let meta = parent
+        .meta(name)?
+        .with_context(|| format!("release path {} is missing", source.display()))?;
+    let fd = parent.open_path(Path::new(name))?;
+    Ok((fd, meta))
 }
 
 /// Inspects `local` without changing anything.
 pub fn inspect(w: &Wanted<'_>) -> Result<Before> {
-    let src = fs::metadata(&w.source)
-        .with_context(|| format!("reading release path {}", w.source.display()))?;
-    let Some(top) = mount_at(w.local)? else {
+    let (_, src) = open_source(&w.source)?;
+    let Some(t) = Target::open(w, false)? else {
         return Ok(Before::Missing);
     };
-    let here = match fs::metadata(w.local) {
-        Ok(m) => m,
-        Err(_) => return Ok(Before::Other),
+    inspect_target(w, &t, &src)
+}
+
+fn inspect_target(w: &Wanted<'_>, t: &Target, src: &Meta) -> Result<Before> {
+    let Some(id) = t.mount()? else {
+        return Ok(Before::Missing);
     };
-    let same = here.dev() == src.dev() && here.ino() == src.ino();
+    let here = rustix::fs::fstat(&t.fd).context("reading the mount point")?;
+    #[allow(clippy::unnecessary_cast)]
+    let same = here.st_dev as u64 == src.dev && here.st_ino as u64 == src.ino;
+    let table = mountinfo()?;
+    let readonly = entry(&table, id).is_some_and(|e| e.readonly);
     // More than one layer is the leftover of an interrupted switch: the
     // stale layer pins an old release, so it is not correct even when the
     // top shows the wanted one.
     Ok(
-        if same && top.readonly == w.readonly && layers_at(w.local)? == 1 {
+        if same && readonly == w.readonly && layers(&table, id) == 1 {
             Before::Correct
         } else {
             Before::Other
@@ -72,17 +224,16 @@ pub fn inspect(w: &Wanted<'_>) -> Result<Before> {
 
 /// Makes `local` show `source`, creating `local` when missing, and says
 /// what was there before.
-pub fn ensure(w: &Wanted<'_>, owner: Option<Owner>) -> Result<Before> {
-    let before = inspect(w)?;
+pub fn ensure(w: &Wanted<'_>) -> Result<Before> {
+    let (src_fd, src) = open_source(&w.source)?;
+    let mut t = Target::open(w, true)?.context("mount point")?;
+    let before = inspect_target(w, &t, &src)?;
     match before {
         Before::Correct => {}
-        Before::Missing => {
-            create_target(w, owner)?;
-            attach(w).with_context(|| {
-                format!("mounting {} on {}", w.source.display(), w.local.display())
-            })?;
-        }
-        Before::Other => switch(w).with_context(|| {
+        Before::Missing => attach(w, &src_fd, &t).with_context(|| {
+            format!("mounting {} on {}", w.source.display(), w.local.display())
+        })?,
+        Before::Other => switch(w, &src_fd, &mut t).with_context(|| {
             format!("switching {} to {}", w.local.display(), w.source.display())
         })?,
     }
@@ -91,113 +242,91 @@ pub fn ensure(w: &Wanted<'_>, owner: Option<Owner>) -> Result<Before> {
 
 /// Removes provision's mount from `local` (all stacked layers of it).
 pub fn detach(local: &Path) -> Result<()> {
-    while mount_at(local)?.is_some() {
-        umount2(local, MntFlags::MNT_DETACH)
+    let parent_path = local.parent().context("mount point has a parent")?;
+    let Some(parent) = dirfd::Dir::open_opt(parent_path)? else {
+        return Ok(());
+    };
+    let name = local.file_name().context("mount point has a name")?;
+    match parent.meta(name)? {
+        None => return Ok(()),
+        Some(m) if m.is_symlink() => {
+            bail!("{} is a symlink; refusing to unmount through it", local.display())
+        }
+        Some(_) => {}
+    }
+    let mut t = Target {
+        fd: parent.open_path(Path::new(name))?,
+        parent,
+        name: name.to_os_string(),
+    };
+    while t.mount()?.is_some() {
+        t.unmount_top()
             .with_context(|| format!("unmounting {}", local.display()))?;
     }
     Ok(())
 }
 
-/// Creates a missing mount point: a directory, or an empty file for a
-/// single-file mount, owned by the service user. A symlink is refused: the
-/// mount would land on whatever it points to.
-fn create_target(w: &Wanted<'_>, owner: Option<Owner>) -> Result<()> {
-    match fs::symlink_metadata(w.local) {
-        Ok(m) if m.file_type().is_symlink() => bail!(
-            "{} is a symlink; refusing to mount over its target",
-            w.local.display()
-        ),
-        Ok(m) if w.file && m.is_dir() => bail!(
-            "{} is a directory but the repository path is a file",
-            w.local.display()
-        ),
-        Ok(m) if !w.file && !m.is_dir() => bail!(
-            "{} is a file but the repository path is a directory",
-            w.local.display()
-        ),
-        Ok(_) => return Ok(()),
-        Err(_) => {}
+/// A detached copy of the release path, read-only when wanted.
+fn clone_source(w: &Wanted<'_>, src: &OwnedFd) -> Result<OwnedFd> {
+    let tree = rustix::mount::open_tree(
+        src,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH,
+    )
+    .context("cloning the release path (open_tree)")?;
+    if w.readonly {
+        set_readonly(&tree).context("making the mount read-only")?;
     }
-    let parent = w.local.parent().context("mount point has a parent")?;
-    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    if w.file {
-        fs::File::create(w.local).with_context(|| format!("creating {}", w.local.display()))?;
-    } else {
-        fs::create_dir(w.local).with_context(|| format!("creating {}", w.local.display()))?;
-    }
-    if let Some(o) = owner {
-        nix::unistd::chown(w.local, Some(o.uid), Some(o.gid))
-            .with_context(|| format!("changing owner of {}", w.local.display()))?;
-    }
-    Ok(())
+    Ok(tree)
 }
 
-/// A fresh bind mount on an unmounted `local`.
-fn attach(w: &Wanted<'_>) -> Result<()> {
-    mount(
-        Some(&w.source),
-        w.local,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
+/// A fresh bind mount on an unmounted `local`, by descriptor.
+fn attach(w: &Wanted<'_>, src: &OwnedFd, t: &Target) -> Result<()> {
+    let tree = clone_source(w, src)?;
+    rustix::mount::move_mount(
+        &tree,
+        "",
+        &t.fd,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
-    .context("bind mount")?;
-    if w.readonly {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        mount(None::<&str>, w.local, None::<&str>, flags, None::<&str>)
-            .context("making the mount read-only")?;
-    }
-    Ok(())
+    .context("bind mount (move_mount)")
 }
 
 /// Replaces whatever is mounted on `local` with `source`.
-fn switch(w: &Wanted<'_>) -> Result<()> {
+fn switch(w: &Wanted<'_>, src: &OwnedFd, t: &mut Target) -> Result<()> {
     // A switch killed between mounting beneath and detaching the old top
     // leaves two layers. Drop the upper ones first (each is a whole
     // release): mounting beneath again would leave the stale layer at the
     // bottom for good, and the release it shows could never be removed.
-    while layers_at(w.local)? > 1 {
-        umount2(w.local, MntFlags::MNT_DETACH).context("detaching a stale layer")?;
+    while let Some(id) = t.mount()? {
+        if layers(&mountinfo()?, id) <= 1 {
+            break;
+        }
+        t.unmount_top().context("detaching a stale layer")?;
     }
-    match switch_beneath(w) {
-        Ok(()) => Ok(()),
-        // ENOSYS/EINVAL: no open_tree or no MOVE_MOUNT_BENEATH (Linux < 6.5).
-        Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EINVAL) => {
-            umount2(w.local, MntFlags::MNT_DETACH).context("unmounting the old release")?;
-            attach(w)
+    let tree = clone_source(w, src)?;
+    let beneath = rustix::mount::move_mount(
+        &tree,
+        "",
+        &t.fd,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
+            | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH
+            | MoveMountFlags::MOVE_MOUNT_BENEATH,
+    );
+    match beneath {
+        Ok(()) => t.unmount_top().context("detaching the old release"),
+        // EINVAL: no MOVE_MOUNT_BENEATH (Linux < 6.5).
+        Err(Errno::INVAL) => {
+            t.unmount_top().context("unmounting the old release")?;
+            attach(w, src, t)
         }
         Err(e) => Err(e).context("mounting the new release beneath the old one"),
     }
 }
 
-/// The atomic switch: clone the source as a detached mount, slide it under
-/// the current top mount of `local`, then detach the top.
-fn switch_beneath(w: &Wanted<'_>) -> std::result::Result<(), nix::errno::Errno> {
-    let tree = open_tree(&w.source)?;
-    if w.readonly {
-        set_readonly(&tree)?;
-    }
-    move_mount_beneath(&tree, w.local)?;
-    umount2(w.local, MntFlags::MNT_DETACH)
-}
-
-fn cstr(p: &Path) -> std::result::Result<CString, nix::errno::Errno> {
-    CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| nix::errno::Errno::EINVAL)
-}
-
-fn open_tree(source: &Path) -> std::result::Result<OwnedFd, nix::errno::Errno> {
-    let path = cstr(source)?;
-    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC as libc::c_uint;
-    // SAFETY: valid C string; the returned fd is owned below.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    // SAFETY: the kernel returned a new descriptor we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn set_readonly(tree: &OwnedFd) -> std::result::Result<(), nix::errno::Errno> {
+fn set_readonly(tree: &OwnedFd) -> std::result::Result<(), Errno> {
     let attr = libc::mount_attr {
         attr_set: libc::MOUNT_ATTR_RDONLY,
         attr_clr: 0,
@@ -209,7 +338,7 @@ fn set_readonly(tree: &OwnedFd) -> std::result::Result<(), nix::errno::Errno> {
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
+            tree.as_fd().as_raw_fd(),
             empty.as_ptr(),
             libc::AT_EMPTY_PATH,
             &attr as *const libc::mount_attr,
@@ -217,53 +346,42 @@ fn set_readonly(tree: &OwnedFd) -> std::result::Result<(), nix::errno::Errno> {
         )
     };
     if rc < 0 {
-        Err(nix::errno::Errno::last())
+        Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)))
     } else {
         Ok(())
     }
 }
 
-fn move_mount_beneath(tree: &OwnedFd, target: &Path) -> std::result::Result<(), nix::errno::Errno> {
-    let to = cstr(target)?;
-    let empty = c"";
-    let flags = libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_BENEATH;
-    // SAFETY: valid fd and C strings.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            flags,
-        )
-    };
-    if rc < 0 {
-        Err(nix::errno::Errno::last())
-    } else {
-        Ok(())
-    }
-}
-
-/// The top mount at exactly `path`, from this process's mountinfo.
+/// One line of the mount table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    pub id: u64,
+    pub parent: u64,
+    /// Where it is mounted, as the kernel names it.
+    pub point: Vec<u8>,
     pub readonly: bool,
 }
 
-/// The top-most mount whose mount point is `path`, if any.
-pub fn mount_at(path: &Path) -> Result<Option<MountEntry>> {
-    Ok(parse_mountinfo(&mountinfo()?, path))
+/// The entry of mount `id`.
+fn entry(table: &str, id: u64) -> Option<MountEntry> {
+    table.lines().filter_map(parse_line).find(|e| e.id == id)
 }
 
-/// How many mounts are stacked on `path` (0: not a mount point).
-fn layers_at(path: &Path) -> Result<usize> {
-    let text = mountinfo()?;
-    let want = path.as_os_str().as_encoded_bytes();
-    Ok(text
-        .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|p| unescape(p) == want))
-        .count())
+/// How many mounts are stacked where mount `id` is (1: just it): its
+/// parents, by ID, mounted at the very same place.
+fn layers(table: &str, id: u64) -> usize {
+    let entries: Vec<MountEntry> = table.lines().filter_map(parse_line).collect();
+    let by_id = |id: u64| entries.iter().find(|e| e.id == id);
+    let Some(top) = by_id(id) else {
+        return 1;
+    };
+    let mut n = 1;
+    let mut at = top;
+    while let Some(p) = by_id(at.parent).filter(|p| p.id != at.id && p.point == top.point) {
+        n += 1;
+        at = p;
+    }
+    n
 }
 
 /// This process's mount table, read again only when it changed.
@@ -306,17 +424,18 @@ fn mountinfo() -> Result<Arc<str>> {
     Ok(text)
 }
 
-/// Finds the top entry for `path`: later lines stack on earlier ones, so
-/// the last matching line wins.
-fn parse_mountinfo(text: &str, path: &Path) -> Option<MountEntry> {
-    let want = path.as_os_str().as_encoded_bytes();
-    text.lines().rev().find_map(|line| {
-        let mut f = line.split(' ');
-        let point = f.nth(4)?;
-        let opts = f.next()?;
-        (unescape(point) == want).then(|| MountEntry {
-            readonly: opts.split(',').any(|o| o == "ro"),
-        })
+/// Parses one line of /proc/self/mountinfo.
+fn parse_line(line: &str) -> Option<MountEntry> {
+    let mut f = line.split(' ');
+    let id = f.next()?.parse().ok()?;
+    let parent = f.next()?.parse().ok()?;
+    let point = f.nth(2)?;
+    let opts = f.next()?;
+    Some(MountEntry {
+        id,
+        parent,
+        point: unescape(point),
+        readonly: opts.split(',').any(|o| o == "ro"),
     })
 }
 
@@ -352,15 +471,13 @@ mod tests {
 ";
 
     #[test]
-    fn mountinfo_top_entry_and_escapes() {
-        assert_eq!(
-            parse_mountinfo(INFO, Path::new("/etc/app")),
-            Some(MountEntry { readonly: true })
-        );
-        assert_eq!(
-            parse_mountinfo(INFO, Path::new("/etc/with space")),
-            Some(MountEntry { readonly: false })
-        );
-        assert_eq!(parse_mountinfo(INFO, Path::new("/etc")), None);
+    fn mountinfo_entries_layers_and_escapes() {
+        let top = entry(INFO, 41).expect("41");
+        assert!(top.readonly);
+        assert_eq!(top.point, b"/etc/app");
+        assert_eq!(layers(INFO, 41), 2);
+        assert_eq!(layers(INFO, 40), 1);
+        assert_eq!(entry(INFO, 42).expect("42").point, b"/etc/with space");
+        assert_eq!(entry(INFO, 7), None);
     }
 }

@@ -123,6 +123,7 @@ pub fn mounts(svc: &Service, state_dir: &Path, deployed: &Deployed) -> Vec<Mount
                 source: release.join(&d.link),
                 file: d.file,
                 readonly: d.readonly,
+                allow_writable_parents: d.allow_writable_parents,
             };
             let state = match mount::inspect(&w) {
                 Ok(Before::Correct) => MountState::Ok,

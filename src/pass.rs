@@ -20,7 +20,7 @@ use crate::lock::Lock;
 use crate::mount::Before;
 use crate::observe;
 use crate::package;
-use crate::release::{Owner, Releases};
+use crate::release::Releases;
 use crate::state::{Deployed, PassRecord, State, StateDir, UpstreamSeen};
 use crate::util::now_unix;
 
@@ -229,15 +229,22 @@ pub(crate) fn apply(
         }
     }
     let releases = Releases::new(&service_dir(svc, state_dir));
-    let owner = svc.user.as_deref().map(Owner::lookup).transpose()?;
-    let name = Releases::name(target, &svc.dirs);
+    let name = Releases::name(target, svc);
     let previous = state.deployed.clone();
     let same_release = previous.as_ref().is_some_and(|d| d.release == name);
     let rewrite = match &previous {
         Some(prev) if releases.exists(&prev.release) => {
+            // Fail closed: a release whose files cannot be checked is
+            // treated as changed everywhere, never as clean.
             let drifted = observe::drift(svc, state_dir, prev, repo).unwrap_or_else(|e| {
                 notes.push(format!("could not check for local changes: {e:#}"));
-                Vec::new()
+                svc.dirs
+                    .iter()
+                    .map(|d| Drifted {
+                        rel: PathBuf::from(&d.link),
+                        change: drift::Change::Modified,
+                    })
+                    .collect()
             });
             let old = releases.path(&prev.release);
             resolve_drift(svc, plan, &old, same_release, &drifted, &mut notes)?
@@ -245,8 +252,8 @@ pub(crate) fn apply(
         _ => false,
     };
     let path = match repo {
-        Some(repo) if rewrite => releases.rewrite(repo, target, &svc.dirs, owner)?,
-        Some(repo) => releases.materialize(repo, target, &svc.dirs, owner)?,
+        Some(repo) if rewrite => releases.rewrite(repo, target, svc)?,
+        Some(repo) => releases.materialize(repo, target, svc)?,
         None if rewrite => anyhow::bail!(
             "cannot restore the locally changed files of {target}: the mirror is unavailable"
         ),
@@ -263,7 +270,7 @@ pub(crate) fn apply(
             dropped.display()
         ));
     }
-    let befores = deploy::mount_release(svc, &path, owner)?;
+    let befores = deploy::mount_release(svc, &path)?;
     releases.remove_replaced()?;
     if rewrite {
         notes.push("remounted the restored release".to_string());
@@ -335,7 +342,7 @@ fn resolve_drift(
         }
         (DriftPolicy::Warn, false) => {
             let adopted = match plan.repo {
-                Some(repo) => drift::adopted_by(repo, plan.target, old, drifted)?,
+                Some(repo) => drift::adopted_by(repo, plan.target, old, drifted, &svc.dirs)?,
                 None => false,
             };
             anyhow::ensure!(
@@ -459,8 +466,7 @@ fn restore_one(svc: &Service, state_dir: &Path) -> Result<Outcome> {
         "deployed release {} is missing; run provision sync",
         release.display()
     );
-    let owner = svc.user.as_deref().map(Owner::lookup).transpose()?;
-    let befores = deploy::mount_release(svc, &release, owner)?;
+    let befores = deploy::mount_release(svc, &release)?;
     let notes = mount_notes(svc, &befores, true);
     Ok(Outcome {
         from: Some(deployed.commit.clone()),

@@ -12,20 +12,18 @@
 //! cannot make the host mount or expose arbitrary host paths.
 
 use std::ffi::OsStr;
-use std::fs::{self, File};
-use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use git2::{FileMode, ObjectType, Oid, Repository, Tree, TreeEntry};
+use git2::{FileMode, ObjectType, Odb, Oid, Repository, Tree, TreeEntry};
 use nix::unistd::{Gid, Uid};
 
-use crate::config::Dir;
+use crate::config::{Dir, Limits, Service, DEFAULT_FILE_MODE};
+use crate::dirfd;
 use crate::drift::{Kind, Manifest};
-use crate::util::{remove_tree, sync_dir};
 
 /// Directory of a service's releases, below its service directory.
 pub const RELEASES_DIR: &str = "releases";
@@ -33,6 +31,10 @@ const TMP_PREFIX: &str = ".tmp-";
 const REPLACED_PREFIX: &str = ".replaced-";
 /// Directory of the releases' manifests, below the service directory.
 pub const MANIFESTS_DIR: &str = "manifests";
+/// Mode of the service directory and of `releases/`: root's alone. Services
+/// reach their files through the bind mounts, whose path lookups start at
+/// the mounted directory and never cross these.
+const PRIVATE_DIR: u32 = 0o700;
 
 /// Owner given to every file of a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,9 +56,58 @@ impl Owner {
     }
 }
 
+/// Who owns the files of one `dirs` entry, and their permission bits.
+///
+/// A writable entry (`readonly = false`) of a service with a `user` belongs
+/// to that user, who may edit it (drift then reports the edit). Everything
+/// else belongs to root, so `readonly` holds against the service's own user
+/// too; the group is `group`, else the user's primary group, else root's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits of regular files.
+    pub mode: u32,
+}
+
+impl Access {
+    /// The access of `d` for a service run by `user`.
+    pub fn of(d: &Dir, user: Option<Owner>) -> Result<Access> {
+        let group = match &d.group {
+            Some(g) => Some(
+                nix::unistd::Group::from_name(g)
+                    .with_context(|| format!("looking up group {g:?}"))?
+                    .with_context(|| format!("group {g:?} does not exist on this machine"))?
+                    .gid,
+            ),
+            None => None,
+        };
+        let uid = match user {
+            Some(u) if !d.readonly => u.uid.as_raw(),
+            _ => 0,
+        };
+        let gid = group.or(user.map(|u| u.gid)).map_or(0, Gid::as_raw);
+        Ok(Access {
+            uid,
+            gid,
+            mode: d.mode,
+        })
+    }
+
+    /// Permission bits for `kind`.
+    fn perm(&self, kind: Kind) -> u32 {
+        match kind {
+            Kind::File => self.mode,
+            Kind::Exec | Kind::Dir => self.mode | ((self.mode & 0o444) >> 2),
+            Kind::Symlink => 0o777,
+        }
+    }
+}
+
 /// The releases of one service.
 #[derive(Debug, Clone)]
 pub struct Releases {
+    service_dir: PathBuf,
     dir: PathBuf,
     manifests: PathBuf,
 }
@@ -65,14 +116,15 @@ impl Releases {
     /// Releases kept under `service_dir/releases`.
     pub fn new(service_dir: &Path) -> Releases {
         Releases {
+            service_dir: service_dir.to_path_buf(),
             dir: service_dir.join(RELEASES_DIR),
             manifests: service_dir.join(MANIFESTS_DIR),
         }
     }
 
-    /// The release name for `commit` with these `dirs`.
-    pub fn name(commit: Oid, dirs: &[Dir]) -> String {
-        format!("{commit}-{}", fingerprint(dirs))
+    /// The release name for `commit` with the service's `dirs`.
+    pub fn name(commit: Oid, svc: &Service) -> String {
+        format!("{commit}-{}", fingerprint(&svc.dirs, svc.user.as_deref()))
     }
 
     /// Path of a release by name.
@@ -82,26 +134,45 @@ impl Releases {
 
     /// Whether a complete release of that name exists.
     pub fn exists(&self, name: &str) -> bool {
-        self.path(name).is_dir()
+        matches!(
+            dirfd::Dir::open_opt(&self.dir).map(|d| d.and_then(|d| d.dir_opt(Path::new(name)).ok().flatten())),
+            Ok(Some(_))
+        )
     }
 
-    /// Writes the release of `commit` unless it exists; returns its path.
-    pub fn materialize(
-        &self,
-        repo: &Repository,
-        commit: Oid,
-        dirs: &[Dir],
-        owner: Option<Owner>,
-    ) -> Result<PathBuf> {
-        let name = Releases::name(commit, dirs);
-        let dest = self.path(&name);
-        if dest.is_dir() {
-            return Ok(dest);
+    /// Opens `releases/`, creating it and the service directory (root's
+    /// alone) when missing, and taking away any access others had to them.
+    fn open(&self) -> Result<dirfd::Dir> {
+        let service = dirfd::Dir::create(&self.service_dir, PRIVATE_DIR)?;
+        let releases = service.ensure_dir(OsStr::new(RELEASES_DIR), PRIVATE_DIR)?;
+        for d in [&service, &releases] {
+            let m = d.meta_self()?;
+            if m.uid != 0 {
+                bail!(
+                    "{} belongs to uid {}, not root; refusing to write releases there",
+                    d.path().display(),
+                    m.uid
+                );
+            }
+            if m.perm != PRIVATE_DIR {
+                d.chmod(PRIVATE_DIR)?;
+            }
         }
-        let tmp = self.write_tmp(repo, commit, dirs, owner, &name)?;
-        rename(&tmp, &dest)?;
-        sync_dir(&self.dir)?;
-        Ok(dest)
+        Ok(releases)
+    }
+
+    /// Writes the release of `commit` for `svc` unless it exists; returns
+    /// its path.
+    pub fn materialize(&self, repo: &Repository, commit: Oid, svc: &Service) -> Result<PathBuf> {
+        let name = Releases::name(commit, svc);
+        let releases = self.open()?;
+        if releases.dir_opt(Path::new(&name))?.is_some() {
+            return Ok(self.path(&name));
+        }
+        let tmp = self.write_tmp(&releases, repo, commit, svc, &name)?;
+        releases.rename(&tmp, &releases, OsStr::new(&name))?;
+        releases.sync()?;
+        Ok(self.path(&name))
     }
 
     /// Writes the release of `commit` afresh and puts it in place of the
@@ -109,74 +180,88 @@ impl Releases {
     /// [`Releases::remove_replaced`] runs after the mounts moved over: local
     /// edits to the old copy are discarded without the mounted paths ever
     /// showing a missing or half-written tree.
-    pub fn rewrite(
-        &self,
-        repo: &Repository,
-        commit: Oid,
-        dirs: &[Dir],
-        owner: Option<Owner>,
-    ) -> Result<PathBuf> {
-        let name = Releases::name(commit, dirs);
-        let dest = self.path(&name);
-        let tmp = self.write_tmp(repo, commit, dirs, owner, &name)?;
-        if dest.exists() {
+    pub fn rewrite(&self, repo: &Repository, commit: Oid, svc: &Service) -> Result<PathBuf> {
+        let name = Releases::name(commit, svc);
+        let releases = self.open()?;
+        let tmp = self.write_tmp(&releases, repo, commit, svc, &name)?;
+        if releases.meta(OsStr::new(&name))?.is_some() {
             let stamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_nanos();
-            rename(
-                &dest,
-                &self.dir.join(format!("{REPLACED_PREFIX}{name}-{stamp}")),
-            )?;
+            let aside = format!("{REPLACED_PREFIX}{name}-{stamp}");
+            releases.rename(OsStr::new(&name), &releases, OsStr::new(&aside))?;
         }
-        rename(&tmp, &dest)?;
-        sync_dir(&self.dir)?;
-        Ok(dest)
+        releases.rename(&tmp, &releases, OsStr::new(&name))?;
+        releases.sync()?;
+        Ok(self.path(&name))
     }
 
     /// Deletes the copies [`Releases::rewrite`] replaced. Only call once every
     /// mount shows the current release, or a mounted tree would be emptied.
     pub fn remove_replaced(&self) -> Result<()> {
-        for e in read_dir(&self.dir)? {
-            if e.file_name().to_string_lossy().starts_with(REPLACED_PREFIX) {
-                remove_tree(&e.path())?;
+        self.remove_prefixed(REPLACED_PREFIX)
+    }
+
+    /// Removes the entries of `releases/` whose name starts with `prefix`.
+    fn remove_prefixed(&self, prefix: &str) -> Result<()> {
+        let Some(releases) = dirfd::Dir::open_opt(&self.dir)? else {
+            return Ok(());
+        };
+        for e in releases.entries()? {
+            if e.as_bytes().starts_with(prefix.as_bytes()) {
+                releases.remove_tree(&e)?;
             }
         }
         Ok(())
     }
 
-    /// Writes the release under a temporary name, with its manifest.
+    /// Writes the release under a temporary name, with its manifest, and
+    /// returns that name. The temporary directory is root's alone (0700,
+    /// inside `releases/`, itself 0700) from creation to rename, so no user
+    /// can reach any file of it while it is written; every file is created
+    /// through the descriptor of its directory, `O_EXCL|O_NOFOLLOW`.
     fn write_tmp(
         &self,
+        releases: &dirfd::Dir,
         repo: &Repository,
         commit: Oid,
-        dirs: &[Dir],
-        owner: Option<Owner>,
+        svc: &Service,
         name: &str,
-    ) -> Result<PathBuf> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
-        self.remove_partial()?;
-        let tmp = self.dir.join(format!("{TMP_PREFIX}{name}"));
+    ) -> Result<std::ffi::OsString> {
+        self.remove_prefixed(TMP_PREFIX)?;
         let tree = repo
             .find_commit(commit)
             .and_then(|c| c.tree())
             .with_context(|| format!("reading tree of commit {commit}"))?;
+        let odb = repo.odb().context("opening the mirror's object database")?;
+        check_limits(repo, &odb, &tree, commit, &svc.dirs, &svc.limits)?;
+        let user = svc.user.as_deref().map(Owner::lookup).transpose()?;
+        let tmp = std::ffi::OsString::from(format!("{TMP_PREFIX}{name}"));
+        let root = releases.mkdir(&tmp, PRIVATE_DIR)?;
         let mut w = Writer {
             repo,
-            root: tmp.clone(),
-            release: tmp.clone(),
+            odb: &odb,
+            link_root: PathBuf::new(),
             link_tree: None,
-            owner,
+            access: Access {
+                uid: 0,
+                gid: 0,
+                mode: DEFAULT_FILE_MODE,
+            },
             manifest: Manifest::default(),
         };
         let written = w
-            .write(&tree, commit, dirs, &tmp)
+            .write(&tree, commit, &svc.dirs, user, &root)
+            // Private until complete; then it looks like any tree (its
+            // parent, `releases/`, stays root's alone).
+            .and_then(|()| root.chmod(0o755))
+            .and_then(|()| root.syncfs())
             .and_then(|()| w.manifest.write(&self.manifest_path(name)));
         if let Err(e) = written {
             // Free the space at once: on a full disk the state file and
             // the metrics that report this failure need it.
-            let _ = remove_tree(&tmp);
+            let _ = releases.remove_tree(&tmp);
             return Err(e);
         }
         Ok(tmp)
@@ -206,30 +291,22 @@ impl Releases {
         Manifest::from_tree(repo, commit, dirs)
     }
 
-    /// Removes half-written releases left by an interrupted pass.
-    fn remove_partial(&self) -> Result<()> {
-        for e in read_dir(&self.dir)? {
-            if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                remove_tree(&e.path())?;
-            }
-        }
-        Ok(())
-    }
-
     /// Complete releases, newest first (by the time they were last deployed,
     /// which [`Releases::touch`] records in the directory's mtime).
     pub fn list(&self) -> Result<Vec<String>> {
+        let Some(releases) = dirfd::Dir::open_opt(&self.dir)? else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
-        for e in read_dir(&self.dir)? {
-            let name = e.file_name().to_string_lossy().into_owned();
+        for e in releases.entries()? {
+            let name = e.to_string_lossy().into_owned();
             if name.starts_with('.') {
                 continue;
             }
-            let mtime = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .with_context(|| format!("reading {}", e.path().display()))?;
-            out.push((mtime, name));
+            let Some(m) = releases.meta(&e)? else {
+                continue;
+            };
+            out.push((m.mtime_ns, name));
         }
         out.sort_by(|a, b| b.cmp(a));
         Ok(out.into_iter().map(|(_, n)| n).collect())
@@ -237,30 +314,39 @@ impl Releases {
 
     /// Marks a release as just deployed, for [`Releases::prune`]'s order.
     pub fn touch(&self, name: &str) -> Result<()> {
-        let path = self.path(name);
-        let now = nix::sys::time::TimeSpec::from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
-        nix::sys::stat::utimensat(
-            None,
-            &path,
-            &now,
-            &now,
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        let releases = dirfd::Dir::open(&self.dir)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let ts = rustix::fs::Timespec {
+            tv_sec: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: now.subsec_nanos().into(),
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        };
+        rustix::fs::utimensat(
+            releases.fd(),
+            name,
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
         )
-        .with_context(|| format!("touching {}", path.display()))
+        .with_context(|| format!("touching {}", self.path(name).display()))
     }
 
     /// Keeps the `keep` most recently deployed releases and always `current`;
     /// deletes the rest. Returns the names removed.
     pub fn prune(&self, keep: usize, current: &str) -> Result<Vec<String>> {
         let mut removed = Vec::new();
-        for (i, name) in self.list()?.into_iter().enumerate() {
-            if i >= keep && name != current {
-                remove_tree(&self.path(&name))?;
-                removed.push(name);
+        let list = self.list()?;
+        if list.len() > keep {
+            let releases = dirfd::Dir::open(&self.dir)?;
+            for (i, name) in list.into_iter().enumerate() {
+                if i >= keep && name != current {
+                    releases.remove_tree(OsStr::new(&name))?;
+                    removed.push(name);
+                }
             }
         }
         self.remove_orphan_manifests()?;
@@ -269,36 +355,38 @@ impl Releases {
 
     /// Manifests whose release is gone (pruned, or never renamed into place).
     fn remove_orphan_manifests(&self) -> Result<()> {
-        for e in read_dir(&self.manifests)? {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') && !self.exists(&name) {
-                fs::remove_file(e.path())
-                    .with_context(|| format!("removing {}", e.path().display()))?;
+        let Some(manifests) = dirfd::Dir::open_opt(&self.manifests)? else {
+            return Ok(());
+        };
+        let Some(releases) = dirfd::Dir::open_opt(&self.dir)? else {
+            return Ok(());
+        };
+        for e in manifests.entries()? {
+            if !e.as_bytes().starts_with(b".") && releases.meta(&e)?.is_none() {
+                manifests.remove_file(&e)?;
             }
         }
         Ok(())
     }
 }
 
-fn rename(from: &Path, to: &Path) -> Result<()> {
-    fs::rename(from, to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))
-}
-
-fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
-    match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .collect::<std::io::Result<Vec<_>>>()
-            .with_context(|| format!("listing {}", dir.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).with_context(|| format!("listing {}", dir.display())),
-    }
-}
-
-/// A short, stable digest of what a service mounts.
-pub fn fingerprint(dirs: &[Dir]) -> String {
+/// A short, stable digest of what a service mounts and who owns it. Mode
+/// and group enter only when set, and the user only when there is one, so
+/// that adding them makes a new release (written with the new owners and
+/// modes) while the names of releases without them stay as they were.
+pub fn fingerprint(dirs: &[Dir], user: Option<&str>) -> String {
     let mut links: Vec<String> = dirs
         .iter()
-        .map(|d| format!("{}\0{}", d.link, d.file))
+        .map(|d| {
+            let mut s = format!("{}\0{}", d.link, d.file);
+            if d.mode != DEFAULT_FILE_MODE || d.group.is_some() {
+                s.push_str(&format!("\0{:o}\0{}", d.mode, d.group.as_deref().unwrap_or("")));
+            }
+            if let Some(u) = user {
+                s.push_str(&format!("\0user={u}\0{}", d.readonly));
+            }
+            s
+        })
         .collect();
     links.sort();
     let oid = Oid::hash_object(ObjectType::Blob, links.join("\n").as_bytes())
@@ -307,45 +395,146 @@ pub fn fingerprint(dirs: &[Dir]) -> String {
     oid.chars().take(8).collect()
 }
 
-/// Writes git objects into one temporary release directory.
+/// Refuses a commit whose files for `dirs` exceed `limits`, before anything
+/// is written: sizes come from the object headers, so a small pack that
+/// inflates into a huge blob is never inflated.
+fn check_limits(
+    repo: &Repository,
+    odb: &Odb<'_>,
+    tree: &Tree<'_>,
+    commit: Oid,
+    dirs: &[Dir],
+    limits: &Limits,
+) -> Result<()> {
+    let mut count = Count::default();
+    for d in dirs {
+        let Ok(entry) = tree.get_path(Path::new(&d.link)) else {
+            continue; // reported with its own message when written
+        };
+        count.entry(repo, odb, &entry, Path::new(&d.link), limits, commit)?;
+    }
+    Ok(())
+}
+
+/// Running totals of [`check_limits`].
+#[derive(Default)]
+struct Count {
+    files: u64,
+    bytes: u64,
+}
+
+impl Count {
+    fn entry(
+        &mut self,
+        repo: &Repository,
+        odb: &Odb<'_>,
+        entry: &TreeEntry<'_>,
+        rel: &Path,
+        limits: &Limits,
+        commit: Oid,
+    ) -> Result<()> {
+        self.files += 1;
+        if self.files > limits.max_files {
+            bail!(
+                "commit {commit} has more than {} files for this service (max_files); refusing to write it",
+                limits.max_files
+            );
+        }
+        let mode = entry.filemode();
+        if mode == i32::from(FileMode::Tree) {
+            let tree = repo
+                .find_tree(entry.id())
+                .with_context(|| format!("reading tree {}", entry.id()))?;
+            for child in tree.iter() {
+                let name = OsStr::from_bytes(child.name_bytes());
+                self.entry(repo, odb, &child, &rel.join(name), limits, commit)?;
+            }
+            return Ok(());
+        }
+        if mode != i32::from(FileMode::Blob) && mode != i32::from(FileMode::BlobExecutable) {
+            return Ok(());
+        }
+        let (size, _) = odb
+            .read_header(entry.id())
+            .with_context(|| format!("reading the header of blob {}", entry.id()))?;
+        let size = size as u64;
+        if size > limits.max_file_size {
+            bail!(
+                "{} in commit {commit} is {}, more than max_file_size ({}); refusing to write it",
+                rel.display(),
+                human(size),
+                human(limits.max_file_size)
+            );
+        }
+        self.bytes += size;
+        if self.bytes > limits.max_release_size {
+            bail!(
+                "the service's files in commit {commit} add up to more than max_release_size ({}); refusing to write them",
+                human(limits.max_release_size)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A byte count for messages: `256.0 MiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Writes git objects into one temporary release directory, always through
+/// the descriptor of the directory being filled.
 struct Writer<'a> {
     repo: &'a Repository,
-    /// The directory being written; while a `link` is written, that link's
-    /// own directory, which is what symlinks are resolved against once it is
-    /// mounted on the host.
-    root: PathBuf,
-    /// The release directory being written, which manifest paths are
-    /// relative to.
-    release: PathBuf,
+    odb: &'a Odb<'a>,
+    /// While a `link` is written, its path in the release: symlinks are
+    /// judged against it, since that is what is mounted on the host.
+    link_root: PathBuf,
     /// While a directory `link` is written, its tree: symlinks are resolved
     /// through it, following the symlinks it holds, as the kernel will.
     link_tree: Option<Oid>,
-    owner: Option<Owner>,
+    /// Owner and mode of the link being written.
+    access: Access,
     manifest: Manifest,
 }
 
 impl Writer<'_> {
-    /// Writes every `dirs` entry of `tree` into the new release at `tmp`.
-    fn write(&mut self, tree: &Tree<'_>, commit: Oid, dirs: &[Dir], tmp: &Path) -> Result<()> {
-        self.mkdir(tmp)?;
+    /// Writes every `dirs` entry of `tree` into the new release `root`.
+    fn write(
+        &mut self,
+        tree: &Tree<'_>,
+        commit: Oid,
+        dirs: &[Dir],
+        user: Option<Owner>,
+        root: &dirfd::Dir,
+    ) -> Result<()> {
         for d in dirs {
-            self.link(tree, d)
+            self.access = Access::of(d, user)?;
+            self.link(tree, d, root)
                 .with_context(|| format!("materializing {:?} of commit {commit}", d.link))?;
         }
-        self.sync_tree(tmp)
+        Ok(())
     }
 
     /// Writes the `link` path of `tree` into the release at the same path.
-    fn link(&mut self, tree: &Tree<'_>, d: &Dir) -> Result<()> {
+    fn link(&mut self, tree: &Tree<'_>, d: &Dir, root: &dirfd::Dir) -> Result<()> {
         let entry = tree.get_path(Path::new(&d.link)).map_err(|_| {
             anyhow::anyhow!(
                 "path {:?} does not exist in the repository (or a parent of it is not a directory)",
                 d.link
             )
         })?;
-        let dest = self.root.join(&d.link);
-        let parent = dest.parent().context("link has a parent")?;
-        self.mkdirs(parent)?;
         let what = if entry.filemode() == i32::from(FileMode::Link) {
             Some("a symbolic link (never followed)")
         } else if entry.filemode() == i32::from(FileMode::Commit) {
@@ -359,18 +548,23 @@ impl Writer<'_> {
                 d.link
             );
         }
+        let rel = PathBuf::from(&d.link);
+        let name = rel.file_name().context("link has a name")?.to_os_string();
+        // The link's parents exist only inside the release: root's, 0755.
+        let mut parent = root.dir(Path::new("."))?;
+        for c in rel.parent().into_iter().flat_map(Path::components) {
+            parent = parent.ensure_dir(c.as_os_str(), 0o755)?;
+        }
         match (entry.kind(), d.file) {
             (Some(ObjectType::Tree), false) => {
-                let release_root = std::mem::replace(&mut self.root, dest.clone());
+                self.link_root = rel.clone();
                 self.link_tree = Some(entry.id());
-                let r = self.tree(&entry, &dest);
-                self.root = release_root;
+                let r = self.tree(&entry, &parent, &name, &rel);
+                self.link_root = PathBuf::new();
                 self.link_tree = None;
                 r
             }
-            (Some(ObjectType::Blob), true) if entry.filemode() != i32::from(FileMode::Link) => {
-                self.entry(&entry, &dest)
-            }
+            (Some(ObjectType::Blob), true) => self.entry(&entry, &parent, &name, &rel),
             (_, true) => bail!(
                 "{:?} is configured with file = true but is not a regular file in the repository",
                 d.link
@@ -382,129 +576,152 @@ impl Writer<'_> {
         }
     }
 
-    fn tree(&mut self, entry: &TreeEntry<'_>, dest: &Path) -> Result<()> {
+    /// Creates directory `name` in `parent` and writes `entry`'s tree into it.
+    fn tree(
+        &mut self,
+        entry: &TreeEntry<'_>,
+        parent: &dirfd::Dir,
+        name: &OsStr,
+        rel: &Path,
+    ) -> Result<()> {
         let tree = self
             .repo
             .find_tree(entry.id())
             .with_context(|| format!("reading tree {}", entry.id()))?;
-        self.mkdir(dest)?;
-        self.record(dest, Kind::Dir, Oid::zero())?;
+        let dir = self.mkdir(parent, name, rel)?;
         let mut seen = std::collections::HashSet::new();
         for child in tree.iter() {
-            let child_dest = dest.join(entry_name(child.name_bytes())?);
+            let child_name = entry_name(child.name_bytes())?;
+            let child_rel = rel.join(child_name);
             if !seen.insert(child.name_bytes().to_vec()) {
-                bail!("refusing duplicate tree entry {}", child_dest.display());
+                bail!("refusing duplicate tree entry {}", child_rel.display());
             }
-            self.entry(&child, &child_dest)?;
+            self.entry(&child, &dir, child_name, &child_rel)?;
         }
         Ok(())
     }
 
-    fn entry(&mut self, entry: &TreeEntry<'_>, dest: &Path) -> Result<()> {
+    /// Writes one tree entry as `name` in `dir` (`rel` in the release).
+    fn entry(
+        &mut self,
+        entry: &TreeEntry<'_>,
+        dir: &dirfd::Dir,
+        name: &OsStr,
+        rel: &Path,
+    ) -> Result<()> {
         let mode = entry.filemode();
         if mode == i32::from(FileMode::Tree) {
-            return self.tree(entry, dest);
+            return self.tree(entry, dir, name, rel);
         }
         if mode == i32::from(FileMode::Commit) {
             // A submodule: like a plain checkout without `submodule update`.
-            self.mkdir(dest)?;
-            return self.record(dest, Kind::Dir, Oid::zero());
+            self.mkdir(dir, name, rel)?;
+            return Ok(());
+        }
+        if mode == i32::from(FileMode::Link) {
+            let blob = self
+                .repo
+                .find_blob(entry.id())
+                .with_context(|| format!("reading blob {}", entry.id()))?;
+            self.symlink(blob.content(), dir, name, rel)?;
+            return self.record(dir, name, rel, Kind::Symlink, entry.id());
+        }
+        let kind = Kind::of_mode(mode);
+        let mut f = dir.create_file(name, self.access.perm(kind))?;
+        self.copy_blob(entry.id(), &mut f)
+            .with_context(|| format!("writing {}", dir.path().join(name).display()))?;
+        self.chown_file(&f, dir, name)?;
+        drop(f);
+        self.record(dir, name, rel, kind, entry.id())
+    }
+
+    /// Streams blob `id` into `f` without holding it whole in memory where
+    /// the object database can stream it (loose objects); packed objects
+    /// are read whole, which [`check_limits`] bounds by `max_file_size`.
+    fn copy_blob(&self, id: Oid, f: &mut File) -> Result<()> {
+        if let Ok((mut reader, _, _)) = self.odb.reader(id) {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = reader.read(&mut buf).context("reading blob")?;
+                if n == 0 {
+                    return Ok(());
+                }
+                f.write_all(&buf[..n])?;
+            }
         }
         let blob = self
             .repo
-            .find_blob(entry.id())
-            .with_context(|| format!("reading blob {}", entry.id()))?;
-        if mode == i32::from(FileMode::Link) {
-            self.symlink(blob.content(), dest)?;
-            return self.record(dest, Kind::Symlink, entry.id());
+            .find_blob(id)
+            .with_context(|| format!("reading blob {id}"))?;
+        f.write_all(blob.content())?;
+        Ok(())
+    }
+
+    fn chown_file(&self, f: &File, dir: &dirfd::Dir, name: &OsStr) -> Result<()> {
+        if self.access.uid == 0 && self.access.gid == 0 {
+            return Ok(());
         }
-        let perm = if mode == i32::from(FileMode::BlobExecutable) {
-            0o755
-        } else {
-            0o644
-        };
-        // create_new: O_EXCL never follows a symlink nor reuses a path.
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(dest)
-            .with_context(|| format!("creating {}", dest.display()))?;
-        f.write_all(blob.content())
-            .with_context(|| format!("writing {}", dest.display()))?;
-        f.set_permissions(fs::Permissions::from_mode(perm))
-            .with_context(|| format!("setting mode of {}", dest.display()))?;
-        self.chown(dest)?;
-        self.record(dest, Kind::of_mode(mode), entry.id())
+        nix::unistd::fchown(
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            Some(Uid::from_raw(self.access.uid)),
+            Some(Gid::from_raw(self.access.gid)),
+        )
+        .with_context(|| format!("changing owner of {}", dir.path().join(name).display()))?;
+        // chown clears nothing we set (no set-id bits), but say the mode
+        // again in case a filesystem did.
+        Ok(())
     }
 
     /// Adds a just-written path to the manifest (after its owner is set,
     /// since that changes its ctime).
-    fn record(&mut self, dest: &Path, kind: Kind, oid: Oid) -> Result<()> {
-        let rel = dest
-            .strip_prefix(&self.release)
-            .context("path inside release")?;
-        self.manifest.record(rel, kind, oid, dest)
+    fn record(
+        &mut self,
+        dir: &dirfd::Dir,
+        name: &OsStr,
+        rel: &Path,
+        kind: Kind,
+        oid: Oid,
+    ) -> Result<()> {
+        let meta = dir
+            .meta(name)?
+            .with_context(|| format!("{} vanished after writing it", rel.display()))?;
+        self.manifest.record(rel, kind, oid, &meta);
+        Ok(())
     }
 
     /// Creates a symlink whose target stays inside the release.
-    fn symlink(&mut self, target: &[u8], dest: &Path) -> Result<()> {
+    fn symlink(&mut self, target: &[u8], dir: &dirfd::Dir, name: &OsStr, rel: &Path) -> Result<()> {
         let target = Path::new(OsStr::from_bytes(target));
-        let rel = dest
-            .strip_prefix(&self.root)
-            .context("symlink inside release")?;
+        let in_link = rel
+            .strip_prefix(&self.link_root)
+            .context("symlink inside its link")?;
         let inside = match self.link_tree {
-            Some(id) => resolves_inside(&self.repo.find_tree(id)?, self.repo, rel, target)?,
+            Some(id) => resolves_inside(&self.repo.find_tree(id)?, self.repo, in_link, target)?,
             None => stays_inside(rel, target),
         };
         if !inside {
             bail!(
                 "refusing symlink {} -> {}: it points outside the service's files",
-                rel.display(),
+                in_link.display(),
                 target.display()
             );
         }
-        symlink(target, dest).with_context(|| format!("creating symlink {}", dest.display()))?;
-        self.chown(dest)
-    }
-
-    fn mkdir(&mut self, dir: &Path) -> Result<()> {
-        fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("setting mode of {}", dir.display()))?;
-        self.chown(dir)
-    }
-
-    fn mkdirs(&mut self, dir: &Path) -> Result<()> {
-        if dir.is_dir() {
-            return Ok(());
+        dir.symlink(target.as_os_str(), name)?;
+        if self.access.uid != 0 || self.access.gid != 0 {
+            dir.chown(name, self.access.uid, self.access.gid)?;
         }
-        if let Some(parent) = dir.parent() {
-            self.mkdirs(parent)?;
+        Ok(())
+    }
+
+    /// Creates directory `name` in `parent` with the link's owner and mode,
+    /// records it, and opens it.
+    fn mkdir(&mut self, parent: &dirfd::Dir, name: &OsStr, rel: &Path) -> Result<dirfd::Dir> {
+        let dir = parent.mkdir(name, self.access.perm(Kind::Dir))?;
+        if self.access.uid != 0 || self.access.gid != 0 {
+            dir.chown_self(self.access.uid, self.access.gid)?;
         }
-        self.mkdir(dir)
-    }
-
-    fn chown(&self, path: &Path) -> Result<()> {
-        let Some(o) = self.owner else { return Ok(()) };
-        nix::unistd::fchownat(
-            None,
-            path,
-            Some(o.uid),
-            Some(o.gid),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .with_context(|| format!("changing owner of {}", path.display()))
-    }
-
-    /// Flushes the release before it is renamed into place, so a power loss
-    /// cannot leave a complete-looking release with empty files. One
-    /// `syncfs` of the release's filesystem instead of an fsync per file:
-    /// a release of 10,000 files would otherwise cost 10,000 journal
-    /// commits.
-    fn sync_tree(&self, dir: &Path) -> Result<()> {
-        let d = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-        nix::unistd::syncfs(d.as_raw_fd())
-            .with_context(|| format!("syncing the filesystem of {}", dir.display()))
+        self.record(parent, name, rel, Kind::Dir, Oid::zero())?;
+        Ok(dir)
     }
 }
 
@@ -640,12 +857,23 @@ mod tests {
             link: link.into(),
             file,
             readonly: false,
+            mode: DEFAULT_FILE_MODE,
+            group: None,
+            allow_writable_parents: false,
         };
+        let f = |dirs: &[Dir]| fingerprint(dirs, None);
         assert_eq!(
-            fingerprint(&[d("a", false), d("b", true)]),
-            fingerprint(&[d("b", true), d("a", false)])
+            f(&[d("a", false), d("b", true)]),
+            f(&[d("b", true), d("a", false)])
         );
-        assert_ne!(fingerprint(&[d("a", false)]), fingerprint(&[d("a", true)]));
-        assert_ne!(fingerprint(&[d("a", false)]), fingerprint(&[d("b", false)]));
+        assert_ne!(f(&[d("a", false)]), f(&[d("a", true)]));
+        assert_ne!(f(&[d("a", false)]), f(&[d("b", false)]));
+        // Names of releases written before modes and owners existed stay.
+        let before = Oid::hash_object(ObjectType::Blob, b"a\0false").expect("hash");
+        assert_eq!(f(&[d("a", false)]), before.to_string()[..8]);
+        let mut private = d("a", false);
+        private.mode = 0o640;
+        assert_ne!(f(&[private]), f(&[d("a", false)]));
+        assert_ne!(fingerprint(&[d("a", false)], Some("daemon")), f(&[d("a", false)]));
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::util::write_atomic;
+use crate::util::{write_atomic, Visibility};
 
 /// Version of the state file format written by this binary.
 pub const VERSION: u32 = 1;
@@ -207,7 +207,7 @@ impl StateDir {
         state.version = VERSION;
         let mut text = serde_json::to_string_pretty(&state).context("serializing state")?;
         text.push('\n');
-        write_atomic(&self.file(), text.as_bytes())
+        write_atomic(&self.file(), text.as_bytes(), Visibility::Private)
     }
 }
 

@@ -1,62 +1,59 @@
 //! Small filesystem helpers shared by the modules that write state.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+
+use crate::dirfd::Dir;
+
+/// Who may read a file provision writes, and the directories it creates
+/// on the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Root only (0700 directories, 0600 files): state, manifests. They name
+    /// every deployed path and carry error messages, and their directories
+    /// hold the mirrors and releases, which may carry secrets.
+    Private,
+    /// Readable by all (0755 directories, 0644 files): the metrics file,
+    /// which node_exporter reads as another user.
+    Public,
+}
+
+impl Visibility {
+    fn modes(self) -> (u32, u32) {
+        match self {
+            Visibility::Private => (0o700, 0o600),
+            Visibility::Public => (0o755, 0o644),
+        }
+    }
+}
 
 /// Replaces `path` with `data` so that a reader (or a crash) sees either the
-/// old or the new content, never a mix: write a temp file beside it, fsync,
-/// rename, fsync the directory.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+/// old or the new content, never a mix, through a descriptor of its
+/// directory (see [`Dir::write_atomic`]): the directory is opened without
+/// following symlinks, missing ones are created. A private file's directory
+/// must belong to root and be writable by nobody else.
+pub fn write_atomic(path: &Path, data: &[u8], vis: Visibility) -> Result<()> {
     let dir = path
         .parent()
         .context("atomic write needs a parent directory")?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path.file_name().context("atomic write needs a file name")?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("syncing {}", tmp.display()))?;
-    drop(f);
-    fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    remove_stale_tmp(dir);
-    sync_dir(dir)
-}
-
-/// Removes the temp files in `dir` of earlier atomic writes whose writer
-/// died before renaming them (a process killed mid-write), whatever file
-/// they were for: a release's manifest, say, is never written again once a
-/// newer commit replaced it. A temp file of a live process is left alone:
-/// it may be writing right now.
-fn remove_stale_tmp(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let file = e.file_name();
-        let Some(pid) = file
-            .to_str()
-            .filter(|f| f.starts_with('.'))
-            .and_then(|f| f.rsplit_once(".tmp."))
-            .and_then(|(_, p)| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-            == Err(nix::errno::Errno::ESRCH);
-        if gone {
-            let _ = fs::remove_file(e.path());
+    let (dir_mode, file_mode) = vis.modes();
+    let d = Dir::create(dir, dir_mode)?;
+    if vis == Visibility::Private {
+        let m = d.meta_self()?;
+        if m.writable_by_others(None) {
+            bail!(
+                "refusing to write {}: its directory belongs to uid {} with mode {:o}; \
+                 it must belong to root and be writable by nobody else",
+                path.display(),
+                m.uid,
+                m.perm
+            );
         }
     }
+    d.write_atomic(name, data, file_mode)
 }
 
 /// Makes a rename or create inside `dir` durable.

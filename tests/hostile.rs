@@ -1502,7 +1502,8 @@ fn commands_that_change_the_machine_need_root() {
     );
     assert!(!h.dir.path().join("metrics/provision.prom.tmp").exists());
 
-    // Reading stays open to anyone who can read the files.
+    // `check` reads only the config; the state is root's alone (0700):
+    // the reading commands say so instead of showing an empty machine.
     let out = h.command(true, &["check"]);
     assert_eq!(
         out.status.code(),
@@ -1510,29 +1511,27 @@ fn commands_that_change_the_machine_need_root() {
         "check as nobody: {}",
         text(&out)
     );
-    let out = h.command(true, &["status", "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "status as nobody: {}",
-        text(&out)
-    );
+    let mode = fs::metadata(h.state()).expect("state dir").mode() & 0o7777;
+    assert_eq!(mode, 0o700, "the state dir is root's alone");
+    for args in [
+        &["status", "--json"][..],
+        &["history", "app"][..],
+        &["diff", "app"][..],
+    ] {
+        let out = h.command(true, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} as nobody: {}", text(&out));
+        assert!(
+            err.contains("root's alone") && err.contains(&h.state().display().to_string()),
+            "{args:?} as nobody names the state dir and why:\n{err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+    }
+    // As root they work.
+    let out = h.command(false, &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "status as root: {}", text(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
     assert_eq!(v["services"][0]["deployed"]["commit"], head.as_str());
     assert_eq!(v["services"][0]["drift"]["count"], 0, "{v}");
-    let out = h.command(true, &["history", "app"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "history as nobody: {}",
-        text(&out)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&head[..10]),
-        "{}",
-        text(&out)
-    );
-    let out = h.command(true, &["diff", "app"]);
-    assert_eq!(out.status.code(), Some(0), "diff as nobody: {}", text(&out));
     assert_eq!(describe_tree(&h.state()), state_before);
 }

@@ -82,6 +82,34 @@ pub struct Service {
     pub interval: Duration,
     /// What a pass does about local edits to the deployed files.
     pub drift: DriftPolicy,
+    /// Bounds on what a repository may make this machine store.
+    pub limits: Limits,
+}
+
+/// Bounds on what one commit and one fetch may cost this machine: a
+/// repository is not trusted, and a few hundred kilobytes of pack can
+/// expand into gigabytes or a hundred thousand inodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest single file of a release, in bytes.
+    pub max_file_size: u64,
+    /// Most entries (files, directories, symlinks) in one release.
+    pub max_files: u64,
+    /// Largest total of file sizes in one release, in bytes.
+    pub max_release_size: u64,
+    /// Most bytes one fetch may receive.
+    pub max_fetch_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_file_size: 64 << 20,
+            max_files: 50_000,
+            max_release_size: 1 << 30,
+            max_fetch_bytes: 1 << 30,
+        }
+    }
 }
 
 /// What a pass does when the files of the deployed release were changed on
@@ -125,8 +153,31 @@ pub struct Dir {
     pub link: String,
     /// The link is a single file rather than a directory.
     pub file: bool,
-    /// Mount read-only.
+    /// Mount read-only; the files then belong to root even when the
+    /// service has a `user`, so the user cannot change them either.
     pub readonly: bool,
+    /// Permission bits of regular files (directories and executables get
+    /// `x` wherever `r` is set). 0644 by default.
+    pub mode: u32,
+    /// Group owning the files, instead of the user's (or root's).
+    pub group: Option<String>,
+    /// Mount even when a directory above `local` is writable by a user
+    /// other than root (never through a symlink).
+    pub allow_writable_parents: bool,
+}
+
+/// File mode of a release's regular files unless `mode` says otherwise.
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+
+impl Dir {
+    /// The permission bits of a file, or of a directory (`exec` set).
+    pub fn perm(&self, exec: bool) -> u32 {
+        if exec {
+            self.mode | ((self.mode & 0o444) >> 2)
+        } else {
+            self.mode
+        }
+    }
 }
 
 /// What is done to a unit after its files changed.

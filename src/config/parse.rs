@@ -33,6 +33,10 @@ pub(super) struct RawSettings {
     pub https_token_file: Option<Sp<String>>,
     pub interval: Option<Sp<String>>,
     pub drift: Option<Sp<String>>,
+    pub max_file_size: Option<Sp<String>>,
+    pub max_files: Option<Sp<i64>>,
+    pub max_release_size: Option<Sp<String>>,
+    pub max_fetch_bytes: Option<Sp<String>>,
 }
 
 /// One `[[services]]` table.
@@ -59,6 +63,9 @@ pub(super) struct RawDir {
     pub link: Option<Sp<String>>,
     pub file: Option<Sp<bool>>,
     pub readonly: Option<Sp<bool>>,
+    pub mode: Option<Sp<String>>,
+    pub group: Option<Sp<String>>,
+    pub allow_writable_parents: Option<Sp<bool>>,
 }
 
 /// The result of walking a file: raw values plus everything wrong so far.
@@ -114,7 +121,7 @@ impl<'a> Locator<'a> {
 }
 
 const GLOBAL: &str = "[global]";
-const SHARED_KEYS: [&str; 14] = [
+const SHARED_KEYS: [&str; 18] = [
     "upstream",
     "branch",
     "user",
@@ -129,13 +136,26 @@ const SHARED_KEYS: [&str; 14] = [
     "https_token_file",
     "interval",
     "drift",
+    "max_file_size",
+    "max_files",
+    "max_release_size",
+    "max_fetch_bytes",
 ];
 /// Accepted for gitopper compatibility and otherwise ignored.
 const IGNORED_KEYS: [&str; 1] = ["keys"];
 const SERVICE_KEYS: [&str; 4] = ["machine", "service", "name", "dirs"];
 /// Keys only `[global]` has: they concern the machine, not one service.
 const GLOBAL_KEYS: [&str; 1] = ["metrics_dir"];
-const DIR_KEYS: [&str; 5] = ["local", "link", "file", "single", "readonly"];
+const DIR_KEYS: [&str; 8] = [
+    "local",
+    "link",
+    "file",
+    "single",
+    "readonly",
+    "mode",
+    "group",
+    "allow_writable_parents",
+];
 
 /// Walks `text` (read from `file`) into raw settings and diagnostics.
 pub(super) fn parse(loc: &Locator<'_>, text: &str) -> Parsed {
@@ -283,13 +303,24 @@ impl Walker<'_, '_> {
             }
             "interval" => {
                 // Seconds as an integer, or a span such as "5m" or "1h 30m".
-                s.interval = match v.get_ref() {
-                    DeValue::Integer(_) => self.integer(v, ctx, key).map(|i| Sp {
-                        value: i.value.to_string(),
-                        span: i.span,
-                    }),
-                    _ => self.string(v, ctx, key),
-                };
+                s.interval = self.string_or_integer(v, ctx, key);
+                return true;
+            }
+            "max_files" => {
+                s.max_files = self.integer(v, ctx, key);
+                return true;
+            }
+            // Bytes as an integer, or a size such as "64MiB" or "1 GiB".
+            "max_file_size" => {
+                s.max_file_size = self.string_or_integer(v, ctx, key);
+                return true;
+            }
+            "max_release_size" => {
+                s.max_release_size = self.string_or_integer(v, ctx, key);
+                return true;
+            }
+            "max_fetch_bytes" => {
+                s.max_fetch_bytes = self.string_or_integer(v, ctx, key);
                 return true;
             }
             "keys" => {
@@ -349,6 +380,13 @@ impl Walker<'_, '_> {
                 // gitopper calls a single-file mount `single`.
                 "file" | "single" => dir.file = self.boolean(v, ctx, &full).or(dir.file.take()),
                 "readonly" => dir.readonly = self.boolean(v, ctx, &full),
+                // An octal string ("0640"): TOML integers have no octal
+                // reading a reader would expect of a file mode.
+                "mode" => dir.mode = self.string(v, ctx, &full),
+                "group" => dir.group = self.string(v, ctx, &full),
+                "allow_writable_parents" => {
+                    dir.allow_writable_parents = self.boolean(v, ctx, &full)
+                }
                 _ => self.unknown(key.span(), ctx, &full, &DIR_KEYS),
             }
         }
@@ -385,6 +423,17 @@ impl Walker<'_, '_> {
                 );
                 None
             }
+        }
+    }
+
+    /// A string, or an integer kept as its decimal text.
+    fn string_or_integer(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<String>> {
+        match v.get_ref() {
+            DeValue::Integer(_) => self.integer(v, ctx, key).map(|i| Sp {
+                value: i.value.to_string(),
+                span: i.span,
+            }),
+            _ => self.string(v, ctx, key),
         }
     }
 

@@ -254,7 +254,7 @@ fn bad_configs() -> Vec<(String, &'static str, &'static str)> {
             "must not be empty",
         ),
         (
-            s("").replace("link = \"app\"", "link = \"app\", mode = 1"),
+            s("").replace("link = \"app\"", "link = \"app\", owner = 1"),
             "dirs[0].mode",
             "unknown key",
         ),

@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::parse::{Locator, RawDir, RawService, RawSettings, Sp};
-use super::{Action, Diagnostic, Dir, DriftPolicy, Service, Transport, Upstream};
+use super::{Action, Diagnostic, Dir, DriftPolicy, Limits, Service, Transport, Upstream};
 use crate::auth::Credentials;
 
 /// Mounting over these (or `/`) would take the machine down with the repo.
@@ -106,10 +106,11 @@ impl Resolver<'_> {
         );
         let mount = s.mount.as_ref().and_then(|m| self.abs_path(m, "mount"));
         let user = self.word(s.user.as_ref(), "user");
-        let package = self.word(s.package.as_ref(), "package");
+        let package = self.package(s.package.as_ref());
         let credentials = self.credentials(&s);
         let interval = self.interval(s.interval.as_ref());
         let drift = self.drift(s.drift.as_ref());
+        let limits = self.limits(&s);
         let dirs = self.dirs(raw);
         let machine = machine.and_then(|m| self.machine(m));
         Some(Service {
@@ -131,6 +132,7 @@ impl Resolver<'_> {
             timeout: Duration::from_secs(timeout?),
             interval: interval?,
             drift: drift?,
+            limits: limits?,
         })
     }
 
@@ -316,6 +318,57 @@ impl Resolver<'_> {
         }
     }
 
+    fn limits(&mut self, s: &RawSettings) -> Option<Limits> {
+        let d = Limits::default();
+        let max_file_size = self.size(s.max_file_size.as_ref(), "max_file_size", d.max_file_size);
+        let max_release_size = self.size(
+            s.max_release_size.as_ref(),
+            "max_release_size",
+            d.max_release_size,
+        );
+        let max_fetch_bytes =
+            self.size(s.max_fetch_bytes.as_ref(), "max_fetch_bytes", d.max_fetch_bytes);
+        let max_files = self.positive(s.max_files.as_ref(), "max_files", d.max_files);
+        Some(Limits {
+            max_file_size: max_file_size?,
+            max_files: max_files?,
+            max_release_size: max_release_size?,
+            max_fetch_bytes: max_fetch_bytes?,
+        })
+    }
+
+    fn size(&mut self, v: Option<&Sp<String>>, key: &str, default: u64) -> Option<u64> {
+        let Some(v) = v else { return Some(default) };
+        match parse_size(&v.value) {
+            Ok(n) if n > 0 => Some(n),
+            Ok(_) => {
+                self.err(Some(&v.span), key, "must be at least 1 byte");
+                None
+            }
+            Err(m) => {
+                self.err(Some(&v.span), key, m);
+                None
+            }
+        }
+    }
+
+    /// A package name as the package managers read it: a name only, never
+    /// an option, a removal (`!pkg` for zypper and apk, a trailing `-` for
+    /// apt-get) or a version pin.
+    fn package(&mut self, v: Option<&Sp<String>>) -> Option<Option<String>> {
+        let name = self.word(v, "package")?;
+        let (Some(name), Some(v)) = (name, v) else {
+            return Some(None);
+        };
+        match check_package(&name) {
+            Ok(()) => Some(Some(name)),
+            Err(m) => {
+                self.err(Some(&v.span), "package", m);
+                None
+            }
+        }
+    }
+
     fn drift(&mut self, v: Option<&Sp<String>>) -> Option<DriftPolicy> {
         let Some(v) = v else {
             return Some(DriftPolicy::Restore);
@@ -396,11 +449,28 @@ impl Resolver<'_> {
                 }
             },
         };
+        let mode = match &d.mode {
+            None => Some(super::DEFAULT_FILE_MODE),
+            Some(m) => match parse_mode(&m.value) {
+                Ok(v) => Some(v),
+                Err(msg) => {
+                    self.err(Some(&m.span), &key("mode"), msg);
+                    None
+                }
+            },
+        };
+        let group = match &d.group {
+            None => Some(None),
+            Some(g) => self.word(Some(g), &key("group")),
+        };
         Some(Dir {
             local: local?,
             link: link?,
             file: d.file.as_ref().is_some_and(|f| f.value),
             readonly: d.readonly.as_ref().is_some_and(|r| r.value),
+            mode: mode?,
+            group: group?,
+            allow_writable_parents: d.allow_writable_parents.as_ref().is_some_and(|a| a.value),
         })
     }
 }
@@ -440,6 +510,72 @@ pub(crate) fn parse_span(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// A size in bytes ("1048576") or with a unit ("64MiB", "1 GiB", "500KB";
+/// K, M and G are powers of 1024 with or without `i`/`B`).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a size; write bytes or e.g. \"64MiB\", \"1GiB\"");
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..digits].parse().map_err(|_| bad())?;
+    let shift = match t[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+/// A file mode as an octal string: permission bits only (no set-id or
+/// sticky bit, which a repository must not be able to hand out), and
+/// readable by the owner.
+pub(crate) fn parse_mode(s: &str) -> Result<u32, String> {
+    let bad = || format!("{s:?} is not a file mode; write octal permission bits such as \"0640\"");
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 4 {
+        return Err(bad());
+    }
+    let m = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
+    if m & !0o777 != 0 {
+        return Err(format!(
+            "{s:?} sets set-id or sticky bits; only permission bits (at most 0777) are allowed"
+        ));
+    }
+    if m & 0o400 == 0 {
+        return Err(format!("{s:?} does not let the owner read the files"));
+    }
+    if m & 0o111 != 0 {
+        return Err(format!(
+            "{s:?} sets execute bits; they come from the repository (executable files and directories get x wherever r is set)"
+        ));
+    }
+    Ok(m)
+}
+
+/// Package names in the grammar every supported manager shares (Debian's
+/// policy is the strictest: lowercase letters, digits, `+ - .`, starting
+/// with a letter or digit), plus `:` for an apt architecture (`libc6:i386`);
+/// `-` at the end, `!` or `~` at the start, and `=`, `<` or `>` are refused,
+/// since some managers read them as a removal or a version pin.
+pub(crate) fn check_package(name: &str) -> Result<(), String> {
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let chars_ok = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "+-._:".contains(c));
+    if !first_ok || !chars_ok || name.ends_with('-') {
+        return Err(format!(
+            "{name:?} is not a package name: use letters, digits and \"+-._:\", starting with a letter or digit and not ending with \"-\" \
+             (a version, architecture or removal marker is not accepted)"
+        ));
+    }
+    Ok(())
+}
+
 /// `[global] metrics_dir`, which must be an absolute path when given.
 pub(super) fn metrics_dir(
     loc: &Locator<'_>,
@@ -476,6 +612,10 @@ fn merge(s: &RawSettings, g: &RawSettings) -> RawSettings {
         https_token_file: pick(&s.https_token_file, &g.https_token_file),
         interval: pick(&s.interval, &g.interval),
         drift: pick(&s.drift, &g.drift),
+        max_file_size: pick(&s.max_file_size, &g.max_file_size),
+        max_files: pick(&s.max_files, &g.max_files),
+        max_release_size: pick(&s.max_release_size, &g.max_release_size),
+        max_fetch_bytes: pick(&s.max_fetch_bytes, &g.max_fetch_bytes),
     }
 }
 

@@ -78,6 +78,33 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// One line per secret file that users other than its owner may read
+    /// (mode bits for group or others): anyone on the machine could then
+    /// fetch the repository, or push to it with the same key.
+    pub fn exposure_warnings(&self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let files = [
+            ("ssh_key", self.ssh_key.as_ref()),
+            ("https_token_file", self.https_token_file.as_ref()),
+        ];
+        files
+            .into_iter()
+            .filter_map(|(key, path)| {
+                let path = path?;
+                let mode = fs::metadata(path).ok()?.mode() & 0o777;
+                (mode & 0o077 != 0).then(|| {
+                    format!(
+                        "{key} {} is readable by group or others (mode {mode:04o}); \
+                         run chmod 600 on it",
+                        path.display()
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
 /// Set `field` from the environment variable `name` when it is unset.
 fn fill<T>(field: &mut Option<T>, name: &str, convert: impl FnOnce(OsString) -> T) {
     if field.is_none() {
@@ -95,7 +122,39 @@ fn fill<T>(field: &mut Option<T>, name: &str, convert: impl FnOnce(OsString) -> 
 /// Build a fresh set for every fetch: it counts credential attempts so that a
 /// rejected credential ends the fetch instead of being retried forever.
 pub fn remote_callbacks<'a>(creds: &'a Credentials, deadline: Instant) -> RemoteCallbacks<'a> {
+    watched_callbacks(creds, deadline, None).0
+}
+
+/// Why a transfer was stopped by provision rather than by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The deadline passed while data was still arriving.
+    Deadline,
+    /// More bytes arrived than the limit allows.
+    TooLarge(u64),
+}
+
+/// Tells, after a failed transfer, whether the callbacks stopped it.
+#[derive(Debug, Clone)]
+pub struct Watch(Rc<FetchState>);
+
+impl Watch {
+    /// What stopped the transfer, if the callbacks did.
+    pub fn stopped(&self) -> Option<Stopped> {
+        self.0.stopped.get()
+    }
+}
+
+/// [`remote_callbacks`] that also stop the transfer once more than
+/// `max_bytes` arrived, and say afterwards why they stopped it: libgit2
+/// reports a callback's refusal only as a cancelled transfer.
+pub fn watched_callbacks<'a>(
+    creds: &'a Credentials,
+    deadline: Instant,
+    max_bytes: Option<u64>,
+) -> (RemoteCallbacks<'a>, Watch) {
     let state = Rc::new(FetchState::default());
+    let watch = Watch(Rc::clone(&state));
     let mut callbacks = RemoteCallbacks::new();
     let s = Rc::clone(&state);
     callbacks.certificate_check(move |cert, host| Ok(s.record_host_key(cert, host)));
@@ -105,9 +164,16 @@ pub fn remote_callbacks<'a>(creds: &'a Credentials, deadline: Instant) -> Remote
             .map_err(|e| callback_error(&e))
     });
     let s = Rc::clone(&state);
-    callbacks.transfer_progress(move |_| s.may_continue(deadline));
+    callbacks.transfer_progress(move |p| {
+        let received = p.received_bytes() as u64;
+        if let Some(max) = max_bytes.filter(|max| received > *max) {
+            s.stopped.set(Some(Stopped::TooLarge(max)));
+            return false;
+        }
+        s.may_continue(deadline)
+    });
     callbacks.sideband_progress(move |_| state.may_continue(deadline));
-    callbacks
+    (callbacks, watch)
 }
 
 /// Set libgit2's process-wide connect and I/O timeouts, so that a server that
@@ -172,6 +238,7 @@ struct FetchState {
     host_verified: Cell<bool>,
     ssh_attempts: Cell<u32>,
     https_attempts: Cell<u32>,
+    stopped: Cell<Option<Stopped>>,
 }
 
 impl FetchState {
@@ -203,7 +270,11 @@ impl FetchState {
     /// ssh host key that was presented but not checked.
     fn may_continue(&self, deadline: Instant) -> bool {
         let unchecked = self.presented.borrow().is_some() && !self.host_verified.get();
-        Instant::now() <= deadline && !unchecked
+        let late = Instant::now() > deadline;
+        if late {
+            self.stopped.set(Some(Stopped::Deadline));
+        }
+        !late && !unchecked
     }
 
     /// Credentials callback: check the host key (ssh), then hand out the one

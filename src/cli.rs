@@ -337,10 +337,24 @@ fn check(cli: &Cli) -> Result<ExitCode> {
         mine.len(),
         id.name()
     );
-    for svc in mine {
+    for svc in &mine {
         print_service(svc);
     }
+    for w in secret_warnings(&mine) {
+        eprintln!("warning: {w}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exposed secret files of `services`, each named once.
+fn secret_warnings(services: &[&Service]) -> Vec<String> {
+    let mut out: Vec<String> = services
+        .iter()
+        .flat_map(|s| s.credentials.clone().with_env_defaults().exposure_warnings())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn print_service(svc: &Service) {
@@ -367,6 +381,9 @@ fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
     let all = config.services_for(&id);
     let selected = select(&all, &opts.names, &id)?;
     let policy = opts.discard_drift.then_some(DriftPolicy::Restore);
+    for w in secret_warnings(&selected) {
+        eprintln!("warning: {w}");
+    }
     let reports = pass::sync(&selected, &all, &cli.state_dir, policy);
     let code = print_reports(reports, PASS_FAILED);
     publish_metrics(cli, &config, &all);

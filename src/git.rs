@@ -79,6 +79,8 @@ pub struct Mirror {
     pub path: PathBuf,
     pub upstream: Upstream,
     pub branch: String,
+    /// Most bytes one fetch may receive (the service's `max_fetch_bytes`).
+    pub max_fetch_bytes: u64,
 }
 
 impl Mirror {
@@ -98,6 +100,7 @@ impl Mirror {
                 .join(format!("{slug}-{}.git", &hash[..12.min(hash.len())])),
             upstream: upstream.clone(),
             branch: branch.to_string(),
+            max_fetch_bytes: crate::config::Limits::default().max_fetch_bytes,
         }
     }
 
@@ -291,7 +294,12 @@ impl Mirror {
     ) -> Result<()> {
         let refspec = format!("+{refname}:{refname}");
         let mut opts = FetchOptions::new();
-        opts.remote_callbacks(auth::remote_callbacks(creds, Instant::now() + timeout))
+        let (callbacks, watch) = auth::watched_callbacks(
+            creds,
+            Instant::now() + timeout,
+            Some(self.max_fetch_bytes),
+        );
+        opts.remote_callbacks(callbacks)
             .download_tags(AutotagOption::None)
             .update_fetchhead(false);
         if depth > 0 {
@@ -300,9 +308,27 @@ impl Mirror {
         let mut remote = repo
             .remote_anonymous(&self.upstream.url)
             .with_context(|| format!("preparing fetch of {}", self.upstream.url))?;
-        remote
-            .fetch(&[refspec.as_str()], Some(&mut opts), None)
-            .map_err(|e| fetch_error(e, &self.upstream.url, &self.branch))
+        let fetched = remote.fetch(&[refspec.as_str()], Some(&mut opts), None);
+        drop(opts);
+        fetched.map_err(|e| match watch.stopped() {
+            // Stopped by us: the server, not the mirror, is at fault, so
+            // the mirror is kept (not rebuilt and downloaded again).
+            Some(why) => anyhow::Error::new(ServerError(match why {
+                auth::Stopped::Deadline => format!(
+                    "the download did not finish within {} s (the service's `timeout`); stopped it",
+                    timeout.as_secs()
+                ),
+                auth::Stopped::TooLarge(max) => format!(
+                    "the server sent more than {} (the service's `max_fetch_bytes`); stopped the download",
+                    crate::release::human(max)
+                ),
+            }))
+            .context(format!(
+                "fetching branch {:?} from {}",
+                self.branch, self.upstream.url
+            )),
+            None => fetch_error(e, &self.upstream.url, &self.branch),
+        })
     }
 }
 
@@ -320,7 +346,10 @@ fn open_or_init(path: &Path) -> Result<Repository> {
             .with_context(|| format!("opening mirror {}", path.display()));
     }
     remove_tree(path)?;
-    fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    if let Some(parent) = path.parent() {
+        crate::util::private_dir(parent)?;
+    }
+    crate::dirfd::Dir::create(path, 0o700)?;
     Repository::init_bare(path).with_context(|| format!("creating mirror {}", path.display()))
 }
 

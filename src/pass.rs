@@ -40,7 +40,9 @@ pub fn base_dir(svc: &Service, state_dir: &Path) -> PathBuf {
 
 /// The mirror a service fetches through.
 pub fn mirror_of(svc: &Service, state_dir: &Path) -> Mirror {
-    Mirror::new(&base_dir(svc, state_dir), &svc.upstream, &svc.branch)
+    let mut m = Mirror::new(&base_dir(svc, state_dir), &svc.upstream, &svc.branch);
+    m.max_fetch_bytes = svc.limits.max_fetch_bytes;
+    m
 }
 
 /// What a pass did to one service.
@@ -73,6 +75,16 @@ pub fn sync(
     drift: Option<DriftPolicy>,
 ) -> Vec<Report> {
     let start = Instant::now();
+    if let Err(e) = crate::util::private_dir(state_dir) {
+        let e = format!("{e:#}");
+        return selected
+            .iter()
+            .map(|svc| Report {
+                service: svc.name.clone(),
+                outcome: Err(anyhow::anyhow!("{e}")),
+            })
+            .collect();
+    }
     let fetched = fetch_all(selected, state_dir);
     let reports = selected
         .iter()
@@ -99,8 +111,10 @@ fn fetch_all(
     let mut groups: BTreeMap<PathBuf, (Mirror, u32, &Service)> = BTreeMap::new();
     for svc in services {
         let m = mirror_of(svc, state_dir);
+        let max_bytes = m.max_fetch_bytes;
         let e = groups.entry(m.path.clone()).or_insert((m, svc.depth, svc));
         e.1 = e.1.max(svc.depth);
+        e.0.max_fetch_bytes = e.0.max_fetch_bytes.max(max_bytes);
     }
     groups
         .into_iter()

@@ -56,6 +56,26 @@ pub fn write_atomic(path: &Path, data: &[u8], vis: Visibility) -> Result<()> {
     d.write_atomic(name, data, file_mode)
 }
 
+/// Opens (creating when missing) a directory that must be root's alone: the
+/// state directory, a service's directory, the mirrors. Directories of an
+/// earlier version, created 0755, are closed (0700) here; one that belongs
+/// to another user is refused.
+pub fn private_dir(path: &Path) -> Result<Dir> {
+    let d = Dir::create(path, 0o700)?;
+    let m = d.meta_self()?;
+    if m.uid != 0 {
+        bail!(
+            "{} belongs to uid {}, not root; refusing to keep provision's state there",
+            path.display(),
+            m.uid
+        );
+    }
+    if m.perm != 0o700 {
+        d.chmod(0o700)?;
+    }
+    Ok(d)
+}
+
 /// Makes a rename or create inside `dir` durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

@@ -255,9 +255,34 @@ fn bad_configs() -> Vec<(String, &'static str, &'static str)> {
         ),
         (
             s("").replace("link = \"app\"", "link = \"app\", owner = 1"),
-            "dirs[0].mode",
+            "dirs[0].owner",
             "unknown key",
         ),
+        (
+            s("").replace("link = \"app\"", "link = \"app\", mode = \"4755\""),
+            "dirs[0].mode",
+            "set-id",
+        ),
+        (
+            s("").replace("link = \"app\"", "link = \"app\", mode = \"0750\""),
+            "dirs[0].mode",
+            "execute bits",
+        ),
+        (
+            s("").replace("link = \"app\"", "link = \"app\", mode = \"rw\""),
+            "dirs[0].mode",
+            "not a file mode",
+        ),
+        (
+            s("package = \"openssh-client-\""),
+            "package",
+            "not a package name",
+        ),
+        (s("package = \"!nginx\""), "package", "not a package name"),
+        (s("package = \"nginx=1.2\""), "package", "not a package name"),
+        (s("max_file_size = \"lots\""), "max_file_size", "not a size"),
+        (s("max_fetch_bytes = 0"), "max_fetch_bytes", "at least 1 byte"),
+        (s("max_files = 0"), "max_files", "at least 1"),
         (
             s("").replace("link = \"app\"", "link = \"app\", file = \"yes\""),
             "dirs[0].file",
@@ -395,4 +420,25 @@ fn service_selection_by_machine() {
     let picked = c.services_for(&crate::machine::Identity::named("m2"));
     assert_eq!(picked.len(), 1);
     assert_eq!(picked[0].name, "b");
+}
+
+#[test]
+fn limits_modes_and_groups_are_read() {
+    let text = "[global]\nmax_file_size = \"1MiB\"\nmax_fetch_bytes = 5000\n\n\
+        [[services]]\nmachine = \"m1\"\nservice = \"app\"\nupstream = \"git://127.0.0.1/r.git\"\n\
+        max_files = 10\npackage = \"libc6:i386\"\n\
+        dirs = [{ local = \"/etc/app\", link = \"app\", mode = \"0640\", group = \"adm\", allow_writable_parents = true }]\n";
+    let c = parse(text).expect("valid");
+    let s = &c.services[0];
+    assert_eq!(s.limits.max_file_size, 1 << 20);
+    assert_eq!(s.limits.max_fetch_bytes, 5000);
+    assert_eq!(s.limits.max_files, 10);
+    assert_eq!(s.limits.max_release_size, 1 << 30, "default");
+    let d = &s.dirs[0];
+    assert_eq!((d.mode, d.perm(true)), (0o640, 0o750));
+    assert_eq!(d.group.as_deref(), Some("adm"));
+    assert!(d.allow_writable_parents);
+    let plain = parse(&service_with("")).expect("valid");
+    assert_eq!(plain.services[0].dirs[0].mode, 0o644);
+    assert_eq!(plain.services[0].limits.max_file_size, 64 << 20);
 }

@@ -8,7 +8,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 CARGO ?= cargo
 # Debian packages the tests and the demo use (real git daemon, real sshd).
-APT_PACKAGES := git pkg-config libssl-dev openssh-server prometheus prometheus-node-exporter strace
+APT_PACKAGES := git pkg-config libssl-dev openssh-server prometheus prometheus-node-exporter strace python3
 # The peers `make bench` compares provision with, and an independent timer.
 BENCH_APT_PACKAGES := ansible-core hyperfine
 

@@ -350,7 +350,12 @@ fn check(cli: &Cli) -> Result<ExitCode> {
 fn secret_warnings(services: &[&Service]) -> Vec<String> {
     let mut out: Vec<String> = services
         .iter()
-        .flat_map(|s| s.credentials.clone().with_env_defaults().exposure_warnings())
+        .flat_map(|s| {
+            s.credentials
+                .clone()
+                .with_env_defaults()
+                .exposure_warnings()
+        })
         .collect();
     out.sort();
     out.dedup();

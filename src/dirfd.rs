@@ -182,14 +182,11 @@ impl Dir {
     pub fn open_trusted(path: &Path, create: bool) -> Result<Dir> {
         let mut d = Dir::open(Path::new("/"))?;
         for name in names(path)? {
-            let next = if create {
-                d.ensure_dir(name, 0o755)?
-            } else {
-                d.dir(Path::new(name))?
-            };
+            // Judged before anything below it is opened or created: what a
+            // user may swap is refused whatever it holds right now.
             let here = d.meta_self()?;
-            let child = next.meta_self()?;
-            if here.writable_by_others(Some(&child)) {
+            let child = d.meta(name)?;
+            if here.writable_by_others(child.as_ref()) {
                 bail!(
                     "{} can be changed by a user other than root (owner uid {}, mode {:o}); \
                      refusing to work beneath it",
@@ -198,7 +195,11 @@ impl Dir {
                     here.perm
                 );
             }
-            d = next;
+            d = if create {
+                d.ensure_dir(name, 0o755)?
+            } else {
+                d.dir(Path::new(name))?
+            };
         }
         Ok(d)
     }
@@ -340,8 +341,8 @@ impl Dir {
     /// The names in this directory, without `.` and `..`.
     pub fn entries(&self) -> Result<Vec<OsString>> {
         let listing = || format!("listing {}", self.path.display());
-        let fd = rustix::fs::openat(&self.fd, ".", dir_flags(), Mode::empty())
-            .with_context(listing)?;
+        let fd =
+            rustix::fs::openat(&self.fd, ".", dir_flags(), Mode::empty()).with_context(listing)?;
         let dir = rustix::fs::Dir::new(fd).with_context(listing)?;
         let mut out = Vec::new();
         for e in dir {

@@ -310,19 +310,22 @@ pub fn scan(release: &Path, manifest: &Manifest, dirs: &[Dir]) -> Result<Vec<Dri
     Ok(out)
 }
 
-/// The directory holding `rel` inside the release, opened without
-/// following symlinks, and `rel`'s last name; `None` when a directory on
-/// the way is missing.
+/// The directory holding `rel` inside the release, opened one component
+/// at a time without following symlinks (so no depth is too deep), and
+/// `rel`'s last name; `None` when a directory on the way is missing.
 pub fn parent_of(root: &dirfd::Dir, rel: &Path) -> Result<Option<(dirfd::Dir, OsString)>> {
     let name = rel
         .file_name()
         .with_context(|| format!("{} has no name", rel.display()))?
         .to_os_string();
-    let parent = match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(p) => root.dir_opt(p)?,
-        None => Some(root.dir(Path::new("."))?),
-    };
-    Ok(parent.map(|p| (p, name)))
+    let mut dir = root.dir(Path::new("."))?;
+    for c in rel.parent().into_iter().flat_map(Path::components) {
+        match dir.dir_opt(Path::new(c.as_os_str()))? {
+            Some(d) => dir = d,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some((dir, name)))
 }
 
 /// A deleted directory is reported through its files; only an empty one
@@ -548,7 +551,12 @@ mod tests {
         let mut m = Manifest::default();
         let odd = PathBuf::from(OsStr::from_bytes(b"app/a b\nc\xff"));
         m.record(&odd, Kind::File, Oid::zero(), &meta_of(&f));
-        m.record(Path::new("app"), Kind::Dir, Oid::zero(), &meta_of(dir.path()));
+        m.record(
+            Path::new("app"),
+            Kind::Dir,
+            Oid::zero(),
+            &meta_of(dir.path()),
+        );
         let path = dir.path().join("manifest");
         m.write(&path).expect("write");
         assert_eq!(Manifest::read(&path).expect("read"), Some(m));

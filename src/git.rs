@@ -294,11 +294,8 @@ impl Mirror {
     ) -> Result<()> {
         let refspec = format!("+{refname}:{refname}");
         let mut opts = FetchOptions::new();
-        let (callbacks, watch) = auth::watched_callbacks(
-            creds,
-            Instant::now() + timeout,
-            Some(self.max_fetch_bytes),
-        );
+        let (callbacks, watch) =
+            auth::watched_callbacks(creds, Instant::now() + timeout, Some(self.max_fetch_bytes));
         opts.remote_callbacks(callbacks)
             .download_tags(AutotagOption::None)
             .update_fetchhead(false);

@@ -23,8 +23,8 @@ impl Lock {
     pub fn acquire(path: &Path, timeout: Duration, what: &str) -> Result<Lock> {
         if let Some(dir) = path.parent() {
             // Lock files live in the state dir and beside the mirrors:
-            // both are root's alone.
-            crate::dirfd::Dir::create(dir, 0o700)?;
+            // both are root's alone, and one of a user is refused.
+            crate::util::private_dir(dir)?;
         }
         let mut file = open(path)?;
         let start = Instant::now();

@@ -55,7 +55,11 @@ pub fn publish(
         .map(|s| StateDir::new(state_dir, &s.name).load())
         .collect();
     let path = target.dir.join(FILE);
-    write_atomic(&path, render(services, &states).as_bytes(), Visibility::Public)?;
+    write_atomic(
+        &path,
+        render(services, &states).as_bytes(),
+        Visibility::Public,
+    )?;
     Ok(Some(path))
 }
 

@@ -126,7 +126,9 @@ impl Target {
         )
         .context("statx of the mount point")?;
         if !st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
-            bail!("this kernel does not report mount roots (statx STATX_ATTR_MOUNT_ROOT, Linux 5.8)");
+            bail!(
+                "this kernel does not report mount roots (statx STATX_ATTR_MOUNT_ROOT, Linux 5.8)"
+            );
         }
         Ok(st
             .stx_attributes
@@ -230,9 +232,8 @@ pub fn ensure(w: &Wanted<'_>) -> Result<Before> {
     let before = inspect_target(w, &t, &src)?;
     match before {
         Before::Correct => {}
-        Before::Missing => attach(w, &src_fd, &t).with_context(|| {
-            format!("mounting {} on {}", w.source.display(), w.local.display())
-        })?,
+        Before::Missing => attach(w, &src_fd, &t)
+            .with_context(|| format!("mounting {} on {}", w.source.display(), w.local.display()))?,
         Before::Other => switch(w, &src_fd, &mut t).with_context(|| {
             format!("switching {} to {}", w.local.display(), w.source.display())
         })?,
@@ -250,7 +251,10 @@ pub fn detach(local: &Path) -> Result<()> {
     match parent.meta(name)? {
         None => return Ok(()),
         Some(m) if m.is_symlink() => {
-            bail!("{} is a symlink; refusing to unmount through it", local.display())
+            bail!(
+                "{} is a symlink; refusing to unmount through it",
+                local.display()
+            )
         }
         Some(_) => {}
     }
@@ -271,7 +275,9 @@ fn clone_source(w: &Wanted<'_>, src: &OwnedFd) -> Result<OwnedFd> {
     let tree = rustix::mount::open_tree(
         src,
         "",
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH,
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
     )
     .context("cloning the release path (open_tree)")?;
     if w.readonly {
@@ -346,7 +352,9 @@ fn set_readonly(tree: &OwnedFd) -> std::result::Result<(), Errno> {
         )
     };
     if rc < 0 {
-        Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)))
+        Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        ))
     } else {
         Ok(())
     }

@@ -135,7 +135,8 @@ impl Releases {
     /// Whether a complete release of that name exists.
     pub fn exists(&self, name: &str) -> bool {
         matches!(
-            dirfd::Dir::open_opt(&self.dir).map(|d| d.and_then(|d| d.dir_opt(Path::new(name)).ok().flatten())),
+            dirfd::Dir::open_opt(&self.dir)
+                .map(|d| d.and_then(|d| d.dir_opt(Path::new(name)).ok().flatten())),
             Ok(Some(_))
         )
     }
@@ -380,7 +381,11 @@ pub fn fingerprint(dirs: &[Dir], user: Option<&str>) -> String {
         .map(|d| {
             let mut s = format!("{}\0{}", d.link, d.file);
             if d.mode != DEFAULT_FILE_MODE || d.group.is_some() {
-                s.push_str(&format!("\0{:o}\0{}", d.mode, d.group.as_deref().unwrap_or("")));
+                s.push_str(&format!(
+                    "\0{:o}\0{}",
+                    d.mode,
+                    d.group.as_deref().unwrap_or("")
+                ));
             }
             if let Some(u) = user {
                 s.push_str(&format!("\0user={u}\0{}", d.readonly));
@@ -874,6 +879,9 @@ mod tests {
         let mut private = d("a", false);
         private.mode = 0o640;
         assert_ne!(f(&[private]), f(&[d("a", false)]));
-        assert_ne!(fingerprint(&[d("a", false)], Some("daemon")), f(&[d("a", false)]));
+        assert_ne!(
+            fingerprint(&[d("a", false)], Some("daemon")),
+            f(&[d("a", false)])
+        );
     }
 }

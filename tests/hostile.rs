@@ -462,6 +462,17 @@ fn attempt_with(
     via: Via,
     build: impl FnOnce(&Repository) -> Node,
 ) -> (Case, Node) {
+    attempt_configured(d, label, via, "", build)
+}
+
+/// Like [`attempt_with`], with `extra` lines in the service's config.
+fn attempt_configured(
+    d: &GitDaemon,
+    label: &str,
+    via: Via,
+    extra: &str,
+    build: impl FnOnce(&Repository) -> Node,
+) -> (Case, Node) {
     static REPOS: AtomicUsize = AtomicUsize::new(0);
     let up = d.repo(&format!("r{}", REPOS.fetch_add(1, Ordering::SeqCst)));
     let repo = Repository::open_bare(up.bare()).expect("opening the bare repository");
@@ -475,7 +486,7 @@ fn attempt_with(
         Via::Path => up.bare().display().to_string(),
     };
     let h = Host::new();
-    h.write_config(&app_config(&url, ""));
+    h.write_config(&app_config(&url, extra));
     h.sync(0);
     let base_release = h.deployed("app");
     let base_deployed = h.state_json("app")["deployed"].clone();
@@ -1231,6 +1242,151 @@ fn ten_thousand_files_in_one_directory_deploy() {
 }
 
 // ---------------------------------------------------------------------------
+// Limits: what a small pack may cost the machine
+// ---------------------------------------------------------------------------
+
+/// A blob of `size` zero bytes written by `git hash-object`, which streams
+/// it: neither the test nor git holds it in memory, and it compresses to a
+/// few hundred kilobytes.
+fn zero_blob(repo: &Repository, size: u64) -> Oid {
+    let git_dir = repo.path().display().to_string();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c {size} /dev/zero | git --git-dir={git_dir} hash-object -w --stdin"
+        ))
+        .output()
+        .expect("running git hash-object");
+    assert!(out.status.success(), "hash-object: {}", text(&out));
+    Oid::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("blob id")
+}
+
+/// Runs `h`'s provision with `args` through a launcher that reports the
+/// peak resident memory of that one process (`wait4`'s rusage); returns
+/// the output and the peak in KiB.
+fn run_measured(h: &Host, args: &[&str]) -> (Output, u64) {
+    const LAUNCHER: &str = "import os, sys\npid = os.fork()\nif pid == 0:\n    os.execvp(sys.argv[1], sys.argv[1:])\n_, st, ru = os.wait4(pid, 0)\nsys.stderr.write('maxrss=%d\\n' % ru.ru_maxrss)\nsys.exit(os.waitstatus_to_exitcode(st))\n";
+    let mut c = Command::new("/usr/bin/python3");
+    c.args([
+        "-c",
+        LAUNCHER,
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        BIN,
+    ])
+    .arg("--config")
+    .arg(h.config_path())
+    .arg("--state-dir")
+    .arg(h.state())
+    .arg("--metrics-dir")
+    .arg(h.metrics_dir())
+    .args(["--machine", "test-host"])
+    .args(args);
+    let out = c.output().expect("running the launcher");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let kib = err
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no maxrss in: {}", text(&out)));
+    (out, kib)
+}
+
+#[test]
+fn a_blob_beyond_max_file_size_is_refused_before_it_is_inflated() {
+    need_git!();
+    let d = GitDaemon::start();
+    let s = Sentinel::new();
+    const SIZE: u64 = 256 << 20;
+    let (c, _) = attempt_with(&d, "a 256 MiB blob", Via::Daemon, |repo| {
+        let oid = zero_blob(repo, SIZE);
+        app(
+            dir(vec![
+                ("app.conf", file("port = 2\n")),
+                ("huge.bin", Node::Blob { oid, size: SIZE }),
+            ]),
+            baseline_default(),
+        )
+    });
+    assert_refused(&c, &s, &["app/etc/huge.bin", "256.0 MiB", "max_file_size"]);
+    // The next pass refuses it again, and never holds the blob in memory.
+    let (out, kib) = run_measured(&c.h, &["sync"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("max_file_size"), "{}", text(&out));
+    assert!(
+        kib < 100 * 1024,
+        "peak memory {kib} KiB for a refused 256 MiB blob"
+    );
+}
+
+#[test]
+fn a_commit_with_more_files_than_max_files_is_refused() {
+    need_git!();
+    let d = GitDaemon::start();
+    let s = Sentinel::new();
+    let many: Vec<(String, Node)> = (0..100_000)
+        .map(|i| (format!("f{i:06}"), file("x\n")))
+        .collect();
+    let hostile = app(
+        dir(vec![("app.conf", file("port = 2\n")), ("many", dir(many))]),
+        baseline_default(),
+    );
+    let c = attempt(&d, "100,000 files", hostile);
+    assert_refused(&c, &s, &["max_files", "50000"]);
+}
+
+#[test]
+fn a_download_beyond_max_fetch_bytes_stops_there_and_keeps_the_mirror() {
+    need_git!();
+    let d = GitDaemon::start();
+    let s = Sentinel::new();
+    let (c, _) = attempt_configured(
+        &d,
+        "an 8 MiB pack",
+        Via::Daemon,
+        "max_fetch_bytes = \"1MiB\"",
+        |repo| {
+            // Incompressible: the pack is as large as the data.
+            let mut data = vec![0u8; 8 << 20];
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            for b in data.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            let oid = repo.blob(&data).expect("writing the blob");
+            app(
+                dir(vec![
+                    ("app.conf", file("port = 2\n")),
+                    ("noise.bin", Node::Blob { oid, size: 8 << 20 }),
+                ]),
+                baseline_default(),
+            )
+        },
+    );
+    assert_refused(&c, &s, &["max_fetch_bytes", "1.0 MiB"]);
+    let all = text(&c.out);
+    assert!(
+        !all.contains("rebuil"),
+        "the mirror is kept, not rebuilt: {all}"
+    );
+    // The next pass stops at the limit again, without a second download.
+    let again = c.h.run(&["sync"]);
+    let all = text(&again);
+    assert_eq!(again.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("max_fetch_bytes") && !all.contains("rebuil"),
+        "{all}"
+    );
+    let mirror: u64 = c.h.mirrors().iter().map(|m| common::dir_size(m)).sum();
+    assert!(mirror < 3 << 20, "no partial pack is kept: {mirror} bytes");
+}
+
+// ---------------------------------------------------------------------------
 // The command line
 // ---------------------------------------------------------------------------
 
@@ -1520,7 +1676,12 @@ fn commands_that_change_the_machine_need_root() {
     ] {
         let out = h.command(true, args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?} as nobody: {}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?} as nobody: {}",
+            text(&out)
+        );
         assert!(
             err.contains("root's alone") && err.contains(&h.state().display().to_string()),
             "{args:?} as nobody names the state dir and why:\n{err}"

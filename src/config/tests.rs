@@ -279,9 +279,17 @@ fn bad_configs() -> Vec<(String, &'static str, &'static str)> {
             "not a package name",
         ),
         (s("package = \"!nginx\""), "package", "not a package name"),
-        (s("package = \"nginx=1.2\""), "package", "not a package name"),
+        (
+            s("package = \"nginx=1.2\""),
+            "package",
+            "not a package name",
+        ),
         (s("max_file_size = \"lots\""), "max_file_size", "not a size"),
-        (s("max_fetch_bytes = 0"), "max_fetch_bytes", "at least 1 byte"),
+        (
+            s("max_fetch_bytes = 0"),
+            "max_fetch_bytes",
+            "at least 1 byte",
+        ),
         (s("max_files = 0"), "max_files", "at least 1"),
         (
             s("").replace("link = \"app\"", "link = \"app\", file = \"yes\""),

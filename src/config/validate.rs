@@ -326,8 +326,11 @@ impl Resolver<'_> {
             "max_release_size",
             d.max_release_size,
         );
-        let max_fetch_bytes =
-            self.size(s.max_fetch_bytes.as_ref(), "max_fetch_bytes", d.max_fetch_bytes);
+        let max_fetch_bytes = self.size(
+            s.max_fetch_bytes.as_ref(),
+            "max_fetch_bytes",
+            d.max_fetch_bytes,
+        );
         let max_files = self.positive(s.max_files.as_ref(), "max_files", d.max_files);
         Some(Limits {
             max_file_size: max_file_size?,

@@ -24,6 +24,42 @@ impl Host {
         }
     }
 
+    /// The host's own directory: config, state, metrics and `root/`.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Where every `local` of the config is moved to (see `write_config`).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// Runs `script` with `sh -e` in one private mount namespace, so that
+    /// mounts made by one command are seen by the next; `$P` is this host's
+    /// provision command line.
+    pub fn script(&self, script: &str) -> Output {
+        let bin = BIN.expect("Host runs in integration tests, where cargo names the binary");
+        let p = format!(
+            "{bin} --config {} --state-dir {} --metrics-dir {} --machine test-host",
+            self.config_path().display(),
+            self.state().display(),
+            self.metrics_dir().display()
+        );
+        Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-ec",
+                script,
+            ])
+            .env("P", p)
+            .output()
+            .expect("running a script")
+    }
+
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }

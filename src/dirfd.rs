@@ -552,6 +552,30 @@ mod tests {
     }
 
     #[test]
+    fn who_may_change_a_directory() {
+        let meta = |uid, perm| Meta {
+            kind: FileType::Directory,
+            perm,
+            uid,
+            gid: 0,
+            size: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            ino: 0,
+            dev: 0,
+        };
+        assert!(!meta(0, 0o755).writable_by_others(None));
+        assert!(meta(1, 0o755).writable_by_others(None), "another owner");
+        assert!(meta(0, 0o775).writable_by_others(None), "group-writable");
+        assert!(meta(0, 0o777).writable_by_others(None), "world-writable");
+        // /tmp: sticky, so root's own entries cannot be renamed by others.
+        let tmp = meta(0, 0o1777);
+        assert!(!tmp.writable_by_others(Some(&meta(0, 0o700))));
+        assert!(tmp.writable_by_others(Some(&meta(1, 0o700))));
+        assert!(tmp.writable_by_others(None));
+    }
+
+    #[test]
     fn remove_tree_does_not_leave_the_directory() {
         let t = tempfile::tempdir().expect("tempdir");
         let outside = t.path().join("outside");

@@ -571,14 +571,13 @@ mod tests {
         assert!(format!("{e:#}").contains("is corrupt"), "{e:#}");
     }
 
-    #[test]
-    fn scan_finds_modified_added_and_deleted_files() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rel = dir.path();
-        fs::create_dir_all(rel.join("app/sub")).expect("mkdir");
+    /// Writes `files` under `rel` (0644, directories 0755) and returns the
+    /// manifest a release writer would have recorded for them.
+    fn written(rel: &Path, files: &[(&str, &str)]) -> Manifest {
         let mut m = Manifest::default();
-        for (name, body) in [("app/a", "a"), ("app/b", "b"), ("app/sub/c", "c")] {
+        for (name, body) in files {
             let p = rel.join(name);
+            fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
             fs::write(&p, body).expect("write");
             fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
                 .expect("chmod");
@@ -593,6 +592,14 @@ mod tests {
             .expect("chmod");
             m.record(Path::new(d), Kind::Dir, Oid::zero(), &meta_of(&rel.join(d)));
         }
+        m
+    }
+
+    #[test]
+    fn scan_finds_modified_added_and_deleted_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rel = dir.path();
+        let m = written(rel, &[("app/a", "a"), ("app/b", "b"), ("app/sub/c", "c")]);
         let dirs = [app_dir()];
         assert_eq!(scan(rel, &m, &dirs).expect("scan"), vec![]);
         fs::write(rel.join("app/a"), "edited").expect("edit");
@@ -618,24 +625,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let rel = dir.path().join("rel");
         let outside = dir.path().join("outside");
-        fs::create_dir_all(rel.join("app/sub")).expect("mkdir");
         fs::create_dir_all(&outside).expect("mkdir");
         fs::write(outside.join("c"), "c").expect("write");
-        let mut m = Manifest::default();
-        let p = rel.join("app/sub/c");
-        fs::write(&p, "c").expect("write");
-        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .expect("chmod");
-        let oid = Oid::hash_object(ObjectType::Blob, b"c").expect("hash");
-        m.record(Path::new("app/sub/c"), Kind::File, oid, &meta_of(&p));
-        for d in ["app", "app/sub"] {
-            fs::set_permissions(
-                rel.join(d),
-                std::os::unix::fs::PermissionsExt::from_mode(0o755),
-            )
-            .expect("chmod");
-            m.record(Path::new(d), Kind::Dir, Oid::zero(), &meta_of(&rel.join(d)));
-        }
+        let m = written(&rel, &[("app/sub/c", "c")]);
         let dirs = [app_dir()];
         assert_eq!(scan(&rel, &m, &dirs).expect("scan"), vec![]);
         fs::remove_dir_all(rel.join("app/sub")).expect("rm");

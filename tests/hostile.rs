@@ -1339,6 +1339,25 @@ fn a_commit_with_more_files_than_max_files_is_refused() {
 }
 
 #[test]
+fn files_adding_up_beyond_max_release_size_are_refused() {
+    need_git!();
+    let d = GitDaemon::start();
+    let s = Sentinel::new();
+    let body = "y".repeat(10 * 1024);
+    let files: Vec<(String, Node)> = (0..5)
+        .map(|i| (format!("part{i}.conf"), file(&format!("{i}{body}"))))
+        .collect();
+    let (c, _) = attempt_configured(
+        &d,
+        "five 10 KiB files",
+        Via::Daemon,
+        "max_release_size = \"32KiB\"",
+        |_| app(dir(files), baseline_default()),
+    );
+    assert_refused(&c, &s, &["max_release_size", "32.0 KiB"]);
+}
+
+#[test]
 fn a_download_beyond_max_fetch_bytes_stops_there_and_keeps_the_mirror() {
     need_git!();
     let d = GitDaemon::start();

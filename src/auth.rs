@@ -885,10 +885,14 @@ mod tests {
         let state = FetchState::default();
         let later = Instant::now() + Duration::from_secs(60);
         assert!(state.may_continue(later));
+        assert_eq!(state.stopped.get(), None);
         let past = Instant::now()
             .checked_sub(Duration::from_millis(1))
             .expect("clock");
         assert!(!state.may_continue(past));
+        // Said afterwards, so the fetch reports a timeout and keeps the
+        // mirror instead of taking the abort for a damaged one.
+        assert_eq!(state.stopped.get(), Some(Stopped::Deadline));
         *state.presented.borrow_mut() = Some(PresentedKey {
             host: "h".into(),
             key_type: "ssh-ed25519".into(),

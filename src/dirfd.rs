@@ -263,16 +263,13 @@ impl Dir {
 
     /// Opens the directory `name`, creating it with `mode` when missing.
     pub fn ensure_dir(&self, name: &OsStr, mode: u32) -> Result<Dir> {
-        match self.dir_opt(Path::new(name))? {
-            Some(d) => Ok(d),
-            None => match self.mkdir(name, mode) {
-                Err(e) if self.dir_opt(Path::new(name)).ok().flatten().is_some() => {
-                    // Created by a concurrent process meanwhile.
-                    drop(e);
-                    self.dir(Path::new(name))
-                }
-                r => r,
-            },
+        if let Some(d) = self.dir_opt(Path::new(name))? {
+            return Ok(d);
+        }
+        match self.mkdir(name, mode) {
+            Ok(d) => Ok(d),
+            // Created by a concurrent process meanwhile: use it.
+            Err(e) => self.dir_opt(Path::new(name))?.ok_or(e),
         }
     }
 

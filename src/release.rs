@@ -671,10 +671,7 @@ impl Writer<'_> {
             Some(Uid::from_raw(self.access.uid)),
             Some(Gid::from_raw(self.access.gid)),
         )
-        .with_context(|| format!("changing owner of {}", dir.path().join(name).display()))?;
-        // chown clears nothing we set (no set-id bits), but say the mode
-        // again in case a filesystem did.
-        Ok(())
+        .with_context(|| format!("changing owner of {}", dir.path().join(name).display()))
     }
 
     /// Adds a just-written path to the manifest (after its owner is set,

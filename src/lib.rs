@@ -1,31 +1,25 @@
 //! provision: pull-based GitOps for ordinary Linux machines.
 //!
 //! One invocation of the binary performs one reconcile pass (or one operator
-//! command). Every module owns one concept of that pass; see `pass` for the
-//! order in which they are used.
+//! command). The crate is layered; a module imports only from layers below
+//! its own (checked by `tests/architecture.rs`):
+//!
+//! | layer | owns |
+//! |---|---|
+//! | `cli` | clap types, dispatch, exit codes, human output |
+//! | `engine` | what changes a machine: the pass, the apply transaction, operator commands |
+//! | `view` | what only looks: observation, status, diff, history, metrics |
+//! | `store` | what provision keeps on disk: state, releases, manifests, drift scans |
+//! | `git` | mirrors, credentials and host keys |
+//! | `host` | the machine: mounts, systemd, packages, processes, identity, users |
+//! | `config` | the configuration file |
+//! | `util` | descriptor-based file operations, locks, small helpers |
 
-pub mod auth;
 pub mod cli;
-pub mod cmd;
 pub mod config;
-pub mod control;
-pub mod deploy;
-pub mod diff;
-pub mod dirfd;
-pub mod drift;
+pub mod engine;
 pub mod git;
-pub mod history;
-pub mod lock;
-pub mod machine;
-pub mod metrics;
-pub mod mount;
-pub mod observe;
-pub mod package;
-pub mod pass;
-pub mod release;
-pub mod rev;
-pub mod state;
-pub mod status;
-pub mod systemd;
-pub mod units;
+pub mod host;
+pub mod store;
 pub mod util;
+pub mod view;

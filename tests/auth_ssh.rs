@@ -1,5 +1,5 @@
 //! Fetches over ssh from a real `sshd` on 127.0.0.1 through the callbacks of
-//! `provision::auth`, to prove that host keys are checked against
+//! `provision::git::auth`, to prove that host keys are checked against
 //! known_hosts (plain and hashed), and that unknown hosts, changed keys and
 //! rejected client keys fail with messages that say what to fix.
 //!
@@ -15,7 +15,8 @@ use std::sync::{mpsc, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use provision::auth::{remote_callbacks, set_network_timeouts, Credentials};
+use provision::config::Credentials;
+use provision::git::auth::{remote_callbacks, set_network_timeouts};
 use tempfile::TempDir;
 
 /// Where Debian's openssh-server puts the daemon.

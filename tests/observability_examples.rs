@@ -560,7 +560,7 @@ fn dashboard_is_importable() {
 
 #[test]
 fn the_documented_list_is_what_provision_writes() {
-    let written: BTreeSet<&str> = provision::metrics::FAMILIES
+    let written: BTreeSet<&str> = provision::view::metrics::FAMILIES
         .iter()
         .map(|(name, _, _)| *name)
         .collect();

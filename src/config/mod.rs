@@ -10,14 +10,15 @@
 //! fixing a config wants every problem at once, each with file, line, column,
 //! service and key.
 
+mod credentials;
 mod parse;
 mod validate;
+
+pub use credentials::Credentials;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use crate::auth::Credentials;
 
 /// Where `provision` looks for its configuration when `-c` is not given.
 pub const DEFAULT_PATH: &str = "/etc/provision/config.toml";
@@ -109,6 +110,16 @@ impl Default for Limits {
             max_release_size: 1 << 30,
             max_fetch_bytes: 1 << 30,
         }
+    }
+}
+
+impl Service {
+    /// The base directory of the service's mirrors and releases: `mount`,
+    /// else the state directory.
+    pub fn base_dir(&self, state_dir: &Path) -> PathBuf {
+        self.mount
+            .clone()
+            .unwrap_or_else(|| state_dir.to_path_buf())
     }
 }
 
@@ -360,12 +371,10 @@ impl Config {
         }
     }
 
-    /// The services whose `machine` is this one, in file order.
-    pub fn services_for(&self, machine: &crate::machine::Identity) -> Vec<&Service> {
-        self.services
-            .iter()
-            .filter(|s| machine.matches(&s.machine))
-            .collect()
+    /// The services whose `machine` value `mine` accepts, in file order
+    /// (see `host::machine::Identity::services`).
+    pub fn services_where(&self, mine: impl Fn(&str) -> bool) -> Vec<&Service> {
+        self.services.iter().filter(|s| mine(&s.machine)).collect()
     }
 }
 

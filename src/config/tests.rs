@@ -425,7 +425,7 @@ fn service_selection_by_machine() {
     let a = service_with("");
     let b = service_with("name = \"b\"").replace("m1", "M2");
     let c = parse(&format!("{a}{b}")).expect("valid");
-    let picked = c.services_for(&crate::machine::Identity::named("m2"));
+    let picked = c.services_where(|m| m == "m2");
     assert_eq!(picked.len(), 1);
     assert_eq!(picked[0].name, "b");
 }

@@ -6,8 +6,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::parse::{Locator, RawDir, RawService, RawSettings, Sp};
+use super::Credentials;
 use super::{Action, Diagnostic, Dir, DriftPolicy, Limits, Service, Transport, Upstream};
-use crate::auth::Credentials;
 
 /// Mounting over these (or `/`) would take the machine down with the repo.
 const FORBIDDEN_LOCALS: [&str; 15] = [

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 
-use crate::cmd;
+use crate::host::process;
 
 /// The package managers provision knows how to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,10 +86,10 @@ impl Manager {
                 }))
             }
             Manager::Dnf | Manager::Zypper => {
-                cmd::succeeds(Command::new("rpm").args(["-q", "--", pkg]))
+                process::succeeds(Command::new("rpm").args(["-q", "--", pkg]))
             }
-            Manager::Pacman => cmd::succeeds(Command::new("pacman").args(["-Q", "--", pkg])),
-            Manager::Apk => cmd::succeeds(Command::new("apk").args(["info", "-e", "--", pkg])),
+            Manager::Pacman => process::succeeds(Command::new("pacman").args(["-Q", "--", pkg])),
+            Manager::Apk => process::succeeds(Command::new("apk").args(["info", "-e", "--", pkg])),
         }
     }
 
@@ -122,7 +122,7 @@ impl Manager {
                 c.args(["add", "--", pkg]);
             }
         }
-        cmd::run(&mut c).map(|_| ())
+        process::run(&mut c).map(|_| ())
     }
 }
 

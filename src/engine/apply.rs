@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 use git2::{Oid, Repository};
 
 use crate::config::Service;
-use crate::mount::{self, Before, Wanted};
-use crate::systemd::{self, ActionOutcome};
+use crate::host::mount::{self, Before, Wanted};
+use crate::host::systemd::{self, ActionOutcome};
 
 /// How long a unit's action job may take before the pass gives up on it.
 pub const ACTION_TIMEOUT: Duration = Duration::from_secs(120);

@@ -11,12 +11,11 @@ use anyhow::{Context, Result};
 use git2::{Oid, Repository};
 
 use crate::config::Service;
-use crate::drift::{self, Drifted};
-use crate::mount::{self, Before, Wanted};
-use crate::pass::service_dir;
-use crate::release::Releases;
-use crate::state::{Deployed, State};
-use crate::systemd;
+use crate::host::mount::{self, Before, Wanted};
+use crate::host::systemd;
+use crate::store::drift::{self, Drifted};
+use crate::store::layout;
+use crate::store::state::{Deployed, State};
 
 /// The host as seen for one service.
 #[derive(Debug)]
@@ -99,7 +98,7 @@ pub fn drift(
     deployed: &Deployed,
     repo: Option<&Repository>,
 ) -> Result<Vec<Drifted>> {
-    let releases = Releases::new(&service_dir(svc, state_dir));
+    let releases = layout::releases(svc, state_dir);
     let path = releases.path(&deployed.release);
     anyhow::ensure!(
         path.is_dir(),
@@ -114,7 +113,7 @@ pub fn drift(
 
 /// Checks each mount of `svc` against the deployed release.
 pub fn mounts(svc: &Service, state_dir: &Path, deployed: &Deployed) -> Vec<MountCheck> {
-    let release = Releases::new(&service_dir(svc, state_dir)).path(&deployed.release);
+    let release = layout::releases(svc, state_dir).path(&deployed.release);
     svc.dirs
         .iter()
         .map(|d| {

@@ -11,11 +11,11 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config, DriftPolicy, Service, Transport};
-use crate::control;
-use crate::machine::Identity;
-use crate::pass;
-use crate::rev::Rev;
-use crate::units;
+use crate::engine::control;
+use crate::engine::pass;
+use crate::engine::rev::Rev;
+use crate::host::generator;
+use crate::host::machine::Identity;
 
 /// How a failed pass is reported: the service keeps serving.
 const PASS_FAILED: &str = "pass failed, last good release kept";
@@ -329,7 +329,7 @@ fn check(cli: &Cli) -> Result<ExitCode> {
         eprintln!("warning: {w}");
     }
     let id = identity(cli)?;
-    let mine = config.services_for(&id);
+    let mine = id.services(&config);
     println!(
         "{}: valid, {} service(s) in total, {} for machine {}",
         config.path.display(),
@@ -383,7 +383,7 @@ fn print_service(svc: &Service) {
 /// `provision sync [NAME...]`
 fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
-    let all = config.services_for(&id);
+    let all = id.services(&config);
     let selected = select(&all, &opts.names, &id)?;
     let policy = opts.discard_drift.then_some(DriftPolicy::Restore);
     for w in secret_warnings(&selected) {
@@ -398,13 +398,13 @@ fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
 /// `provision status [NAME...] [--json]`
 fn status(cli: &Cli, opts: &StatusOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
-    let all = config.services_for(&id);
+    let all = id.services(&config);
     let selected = select(&all, &opts.names, &id)?;
-    let report = crate::status::collect(&selected, &cli.state_dir, id.name());
+    let report = crate::view::status::collect(&selected, &cli.state_dir, id.name());
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", crate::status::table(&report));
+        print!("{}", crate::view::status::table(&report));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -415,9 +415,9 @@ fn diff(cli: &Cli, opts: &DiffOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
     let svc = one(&config, &id, &opts.name)?;
     let text = if opts.upstream {
-        crate::diff::upstream(svc, &cli.state_dir)
+        crate::view::diff::upstream(svc, &cli.state_dir)
     } else {
-        crate::diff::local(svc, &cli.state_dir)
+        crate::view::diff::local(svc, &cli.state_dir)
     };
     match text {
         Ok(t) if t.is_empty() => Ok(ExitCode::SUCCESS),
@@ -440,8 +440,8 @@ fn publish_metrics(cli: &Cli, config: &Config, services: &[&Service]) {
         Some(d) => (d.clone(), true),
         None => config.metrics_dir(),
     };
-    let target = crate::metrics::Target { dir, create };
-    if let Err(e) = crate::metrics::publish(services, &cli.state_dir, &target) {
+    let target = crate::view::metrics::Target { dir, create };
+    if let Err(e) = crate::view::metrics::publish(services, &cli.state_dir, &target) {
         eprintln!("warning: writing metrics: {e:#}");
     }
 }
@@ -449,7 +449,7 @@ fn publish_metrics(cli: &Cli, config: &Config, services: &[&Service]) {
 /// `provision mount [NAME...]`
 fn mount(cli: &Cli, opts: &MountOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
-    let all = config.services_for(&id);
+    let all = id.services(&config);
     let selected = select(&all, &opts.names, &id)?;
     let reports = pass::restore(&selected, &cli.state_dir);
     Ok(print_reports(reports, "restoring mounts failed"))
@@ -466,8 +466,8 @@ fn generate(cli: &Cli, opts: &GenerateOpts) -> Result<ExitCode> {
         }
     };
     let id = identity(cli)?;
-    let services = config.services_for(&id);
-    units::generate(&services, &opts.dir)?;
+    let services = id.services(&config);
+    generator::generate(&services, &opts.dir)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -475,13 +475,13 @@ fn generate(cli: &Cli, opts: &GenerateOpts) -> Result<ExitCode> {
 fn machine_config(cli: &Cli) -> Result<(Config, Identity)> {
     let config = Config::load(&cli.config)?;
     let id = identity(cli)?;
-    crate::git::init(config.services_for(&id).into_iter().map(|s| &s.upstream));
+    crate::git::mirror::init(id.services(&config).into_iter().map(|s| &s.upstream));
     Ok((config, id))
 }
 
 /// The service called `name` on this machine (a usage error otherwise).
 fn one<'a>(config: &'a Config, id: &Identity, name: &str) -> Result<&'a Service> {
-    let all = config.services_for(id);
+    let all = id.services(config);
     Ok(select(&all, &[name.to_string()], id)?[0])
 }
 
@@ -493,7 +493,7 @@ fn freeze(cli: &Cli, opts: &FreezeOpts) -> Result<ExitCode> {
         "{}",
         control::freeze(svc, &cli.state_dir, opts.reason.as_deref())?
     );
-    publish_metrics(cli, &config, &config.services_for(&id));
+    publish_metrics(cli, &config, &id.services(&config));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -502,7 +502,7 @@ fn unfreeze(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
     let svc = one(&config, &id, &opts.name)?;
     println!("{}", control::unfreeze(svc, &cli.state_dir)?);
-    publish_metrics(cli, &config, &config.services_for(&id));
+    publish_metrics(cli, &config, &id.services(&config));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -516,7 +516,7 @@ fn rollback(cli: &Cli, opts: &RollbackOpts) -> Result<ExitCode> {
         outcome: control::rollback(svc, &cli.state_dir, &rev, &opts.rev),
     };
     let code = print_reports(vec![report], "rollback failed");
-    publish_metrics(cli, &config, &config.services_for(&id));
+    publish_metrics(cli, &config, &id.services(&config));
     if code == ExitCode::SUCCESS {
         println!(
             "{}: pinned; `provision forward {}` follows upstream again",
@@ -530,7 +530,7 @@ fn rollback(cli: &Cli, opts: &RollbackOpts) -> Result<ExitCode> {
 fn forward(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
     let svc = one(&config, &id, &opts.name)?;
-    let all = config.services_for(&id);
+    let all = id.services(&config);
     let report = control::forward(svc, &all, &cli.state_dir)?;
     let code = print_reports(vec![report], PASS_FAILED);
     publish_metrics(cli, &config, &all);
@@ -541,7 +541,7 @@ fn forward(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
 fn history(cli: &Cli, opts: &HistoryOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
     let svc = one(&config, &id, &opts.name)?;
-    let entries = crate::history::list(svc, &cli.state_dir, opts.limit)?;
+    let entries = crate::view::history::list(svc, &cli.state_dir, opts.limit)?;
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(ExitCode::SUCCESS);

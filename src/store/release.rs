@@ -22,8 +22,8 @@ use git2::{FileMode, ObjectType, Odb, Oid, Repository, Tree, TreeEntry};
 use nix::unistd::{Gid, Uid};
 
 use crate::config::{Dir, Limits, Service, DEFAULT_FILE_MODE};
-use crate::dirfd;
-use crate::drift::{Kind, Manifest};
+use crate::store::drift::{Kind, Manifest};
+use crate::util::{dirfd, human_size};
 
 /// Directory of a service's releases, below its service directory.
 pub const RELEASES_DIR: &str = "releases";
@@ -467,34 +467,18 @@ impl Count {
             bail!(
                 "{} in commit {commit} is {}, more than max_file_size ({}); refusing to write it",
                 rel.display(),
-                human(size),
-                human(limits.max_file_size)
+                human_size(size),
+                human_size(limits.max_file_size)
             );
         }
         self.bytes += size;
         if self.bytes > limits.max_release_size {
             bail!(
                 "the service's files in commit {commit} add up to more than max_release_size ({}); refusing to write them",
-                human(limits.max_release_size)
+                human_size(limits.max_release_size)
             );
         }
         Ok(())
-    }
-}
-
-/// A byte count for messages: `256.0 MiB`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
     }
 }
 

@@ -25,7 +25,7 @@ use git2::{FileMode, ObjectType, Oid, Repository};
 use sha1::{Digest, Sha1};
 
 use crate::config::Dir;
-use crate::dirfd::{self, Meta};
+use crate::util::dirfd::{self, Meta};
 use crate::util::{write_atomic, Visibility};
 
 const HEADER: &[u8] = b"provision-manifest 1\n";

@@ -6,8 +6,8 @@ use anyhow::{bail, Context, Result};
 use git2::{Oid, Repository};
 
 use crate::config::Service;
-use crate::git::Mirror;
-use crate::release::Releases;
+use crate::git::mirror::Mirror;
+use crate::store::release::Releases;
 
 /// Depths tried, in turn, when a revision is older than the mirror's
 /// history; 0 fetches all of it.

@@ -11,10 +11,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::config::Service;
-use crate::observe::{self, MountState};
-use crate::pass::mirror_of;
-use crate::state::{State, StateDir};
+use crate::git::mirror::Mirror;
+use crate::store::state::{State, StateDir};
 use crate::util::now_unix;
+use crate::view::observe::{self, MountState};
 
 /// Version of the `status --json` document.
 pub const SCHEMA: u32 = 1;
@@ -116,7 +116,7 @@ fn one(svc: &Service, state_dir: &Path) -> ServiceStatus {
     let loaded = StateDir::new(state_dir, &svc.name).load();
     let state_error = loaded.as_ref().err().map(|e| format!("{e:#}"));
     let state = loaded.unwrap_or_default();
-    let repo = mirror_of(svc, state_dir).open().ok();
+    let repo = Mirror::of(svc, state_dir).open().ok();
     let seen = observe::observe(svc, state_dir, &state, repo.as_ref());
     let drift = match &seen.drift {
         Ok(d) => DriftStatus {
@@ -125,7 +125,7 @@ fn one(svc: &Service, state_dir: &Path) -> ServiceStatus {
             files: d
                 .iter()
                 .map(|f| DriftedFile {
-                    path: crate::drift::local_path(&svc.dirs, &f.rel)
+                    path: crate::store::drift::local_path(&svc.dirs, &f.rel)
                         .display()
                         .to_string(),
                     change: f.change.as_str().into(),
@@ -239,12 +239,12 @@ pub fn table(report: &Report) -> String {
 fn row(s: &ServiceStatus, now: u64) -> Vec<String> {
     let short = |c: &Option<CommitAt>| {
         c.as_ref()
-            .map_or("-".into(), |c| crate::cli::short(&c.commit))
+            .map_or("-".into(), |c| crate::store::commit::short(&c.commit))
     };
     let upstream = match &s.upstream {
         Some(u) => format!(
             "{} ({} ago)",
-            crate::cli::short(&u.commit),
+            crate::store::commit::short(&u.commit),
             ago(now, u.time)
         ),
         None => "-".into(),

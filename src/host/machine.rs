@@ -10,6 +10,8 @@ use std::ffi::{CStr, CString};
 
 use anyhow::{Context, Result};
 
+use crate::config::{Config, Service};
+
 /// The names under which this host appears in the config.
 #[derive(Debug)]
 pub struct Identity {
@@ -50,6 +52,11 @@ impl Identity {
     /// The primary name, for messages.
     pub fn name(&self) -> &str {
         self.names.first().map_or("", String::as_str)
+    }
+
+    /// The services of `config` that run on this host, in file order.
+    pub fn services<'a>(&self, config: &'a Config) -> Vec<&'a Service> {
+        config.services_where(|m| self.matches(m))
     }
 
     /// Whether a config `machine` value means this host.

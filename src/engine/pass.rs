@@ -7,43 +7,23 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use git2::{Oid, Repository};
 
 use crate::config::{DriftPolicy, Service};
-use crate::deploy;
-use crate::drift::{self, Drifted};
-use crate::git::{self, Mirror};
-use crate::lock::Lock;
-use crate::mount::Before;
-use crate::observe;
-use crate::package;
-use crate::release::Releases;
-use crate::state::{Deployed, PassRecord, State, StateDir, UpstreamSeen};
+use crate::engine::apply;
+use crate::git::mirror::{self, Mirror};
+use crate::host::mount::Before;
+use crate::host::package;
+use crate::store::commit::short;
+use crate::store::drift::{self, Drifted};
+use crate::store::layout;
+use crate::store::release::Releases;
+use crate::store::state::{Deployed, PassRecord, State, StateDir, UpstreamSeen};
 use crate::util::now_unix;
-
-/// How long a pass waits for another command working on the same service.
-pub const SERVICE_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The directory holding a service's releases: `<mount>/<name>`, where
-/// `mount` defaults to the state directory.
-pub fn service_dir(svc: &Service, state_dir: &Path) -> PathBuf {
-    base_dir(svc, state_dir).join(&svc.name)
-}
-
-/// The base directory of a service's mirrors and releases.
-pub fn base_dir(svc: &Service, state_dir: &Path) -> PathBuf {
-    svc.mount.clone().unwrap_or_else(|| state_dir.to_path_buf())
-}
-
-/// The mirror a service fetches through.
-pub fn mirror_of(svc: &Service, state_dir: &Path) -> Mirror {
-    let mut m = Mirror::new(&base_dir(svc, state_dir), &svc.upstream, &svc.branch);
-    m.max_fetch_bytes = svc.limits.max_fetch_bytes;
-    m
-}
+use crate::view::observe;
 
 /// What a pass did to one service.
 #[derive(Debug)]
@@ -89,7 +69,7 @@ pub fn sync(
     let reports = selected
         .iter()
         .map(|svc| {
-            let mirror = mirror_of(svc, state_dir);
+            let mirror = Mirror::of(svc, state_dir);
             let fetch = &fetched[&mirror.path];
             let policy = drift.unwrap_or(svc.drift);
             Report {
@@ -107,10 +87,10 @@ pub fn sync(
 fn fetch_all(
     services: &[&Service],
     state_dir: &Path,
-) -> BTreeMap<PathBuf, Result<git::Fetched, String>> {
+) -> BTreeMap<PathBuf, Result<mirror::Fetched, String>> {
     let mut groups: BTreeMap<PathBuf, (Mirror, u32, &Service)> = BTreeMap::new();
     for svc in services {
-        let m = mirror_of(svc, state_dir);
+        let m = Mirror::of(svc, state_dir);
         let max_bytes = m.max_fetch_bytes;
         let e = groups.entry(m.path.clone()).or_insert((m, svc.depth, svc));
         e.1 = e.1.max(svc.depth);
@@ -132,13 +112,13 @@ fn fetch_all(
 fn reconcile(
     svc: &Service,
     mirror: &Mirror,
-    fetched: &Result<git::Fetched, String>,
+    fetched: &Result<mirror::Fetched, String>,
     state_dir: &Path,
     policy: DriftPolicy,
     start: Instant,
 ) -> Result<Outcome> {
     let sd = StateDir::new(state_dir, &svc.name);
-    let _lock = lock_service(&sd, svc)?;
+    let _lock = layout::lock_service(&sd, svc)?;
     let mut state = sd.load()?;
     let result = match fetched {
         Ok(f) => deploy(svc, mirror, f, state_dir, &sd, &mut state, policy),
@@ -174,7 +154,7 @@ fn reconcile(
 fn deploy(
     svc: &Service,
     mirror: &Mirror,
-    fetched: &git::Fetched,
+    fetched: &mirror::Fetched,
     state_dir: &Path,
     sd: &StateDir,
     state: &mut State,
@@ -199,7 +179,7 @@ fn deploy(
             if deployed.commit != fetched.head.to_string() {
                 notes.push(format!(
                     "upstream is at {}",
-                    crate::cli::short(&fetched.head.to_string())
+                    short(&fetched.head.to_string())
                 ));
             }
             Oid::from_str(&deployed.commit)
@@ -242,7 +222,7 @@ pub(crate) fn apply(
             notes.push(format!("installed package {pkg}"));
         }
     }
-    let releases = Releases::new(&service_dir(svc, state_dir));
+    let releases = layout::releases(svc, state_dir);
     let name = Releases::name(target, svc);
     let previous = state.deployed.clone();
     let same_release = previous.as_ref().is_some_and(|d| d.release == name);
@@ -276,15 +256,15 @@ pub(crate) fn apply(
     };
     let from = previous.as_ref().map(|d| d.commit.as_str());
     let changed =
-        !same_release && repo.is_none_or(|r| deploy::content_changed(r, from, target, svc));
+        !same_release && repo.is_none_or(|r| apply::content_changed(r, from, target, svc));
 
-    for dropped in deploy::unmount_dropped(svc, &state.mounts)? {
+    for dropped in apply::unmount_dropped(svc, &state.mounts)? {
         notes.push(format!(
             "unmounted {} (no longer in dirs)",
             dropped.display()
         ));
     }
-    let befores = deploy::mount_release(svc, &path)?;
+    let befores = apply::mount_release(svc, &path)?;
     releases.remove_replaced()?;
     if rewrite {
         notes.push("remounted the restored release".to_string());
@@ -333,7 +313,7 @@ fn resolve_drift(
     }
     let n = drifted.len();
     let list = summarize(&observe::drift_lines(svc, drifted));
-    let short = crate::cli::short(&plan.target.to_string());
+    let short = short(&plan.target.to_string());
     match (plan.policy, same_release) {
         (DriftPolicy::Restore, true) => {
             notes.push(format!(
@@ -397,7 +377,7 @@ fn act(svc: &Service, sd: &StateDir, state: &mut State, notes: &mut Vec<String>)
     };
     state.action_pending = true;
     sd.save(state)?;
-    let result = deploy::run_action(svc);
+    let result = apply::run_action(svc);
     state.counters.action(action.as_str(), result.is_ok());
     let outcome = result.map_err(|e| {
         e.context(ActionPending {
@@ -430,7 +410,7 @@ pub struct ActionPending {
 impl std::fmt::Display for ActionPending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.commit {
-            Some(c) => write!(f, "the files of {} are in place", crate::cli::short(c))?,
+            Some(c) => write!(f, "the files of {} are in place", short(c))?,
             None => f.write_str("the files are in place")?,
         }
         write!(f, "; the {} is retried by the next pass", self.action)
@@ -464,7 +444,7 @@ pub fn restore(selected: &[&Service], state_dir: &Path) -> Vec<Report> {
 
 fn restore_one(svc: &Service, state_dir: &Path) -> Result<Outcome> {
     let sd = StateDir::new(state_dir, &svc.name);
-    let _lock = lock_service(&sd, svc)?;
+    let _lock = layout::lock_service(&sd, svc)?;
     let state = sd.load()?;
     let Some(deployed) = state.deployed else {
         return Ok(Outcome {
@@ -474,13 +454,13 @@ fn restore_one(svc: &Service, state_dir: &Path) -> Result<Outcome> {
             notes: Vec::new(),
         });
     };
-    let release = Releases::new(&service_dir(svc, state_dir)).path(&deployed.release);
+    let release = layout::releases(svc, state_dir).path(&deployed.release);
     anyhow::ensure!(
         release.is_dir(),
         "deployed release {} is missing; run provision sync",
         release.display()
     );
-    let befores = deploy::mount_release(svc, &release)?;
+    let befores = apply::mount_release(svc, &release)?;
     let notes = mount_notes(svc, &befores, true);
     Ok(Outcome {
         from: Some(deployed.commit.clone()),
@@ -490,26 +470,19 @@ fn restore_one(svc: &Service, state_dir: &Path) -> Result<Outcome> {
     })
 }
 
-/// Serializes everything that changes one service: passes, restores and
-/// operator commands.
-pub(crate) fn lock_service(sd: &StateDir, svc: &Service) -> Result<Lock> {
-    let what = format!("service {}", svc.name);
-    Lock::acquire(&sd.lock_path(), SERVICE_LOCK_TIMEOUT, &what)
-}
-
 /// Deletes mirrors no service of this machine uses any more (after a branch
 /// or upstream change), skipping any another process is using right now.
 fn remove_unused_mirrors(all: &[&Service], state_dir: &Path) {
     let mut bases: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
     for svc in all {
-        let m = mirror_of(svc, state_dir);
+        let m = Mirror::of(svc, state_dir);
         bases
-            .entry(base_dir(svc, state_dir))
+            .entry(svc.base_dir(state_dir))
             .or_default()
             .push(m.path);
     }
     for (base, used) in bases {
-        if let Err(e) = git::remove_unused(&base, &used) {
+        if let Err(e) = mirror::remove_unused(&base, &used) {
             eprintln!(
                 "warning: cleaning old mirrors under {}: {e:#}",
                 base.display()

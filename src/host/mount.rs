@@ -24,7 +24,7 @@ use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
 use rustix::io::Errno;
 use rustix::mount::{MoveMountFlags, OpenTreeFlags, UnmountFlags};
 
-use crate::dirfd::{self, Meta};
+use crate::util::dirfd::{self, Meta};
 
 /// What a mount looked like before [`ensure`] made it right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

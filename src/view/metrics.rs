@@ -19,8 +19,8 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::config::Service;
-use crate::lock::Lock;
-use crate::state::{State, StateDir};
+use crate::store::state::{State, StateDir};
+use crate::util::lock::Lock;
 use crate::util::{write_atomic, Visibility};
 
 /// The file node_exporter reads.
@@ -313,7 +313,7 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Deployed, Hold, HoldKind, PassRecord, UpstreamSeen};
+    use crate::store::state::{Deployed, Hold, HoldKind, PassRecord, UpstreamSeen};
 
     fn service() -> Service {
         let text = r#"

@@ -9,9 +9,9 @@ use git2::{Oid, Repository};
 use serde::Serialize;
 
 use crate::config::Service;
-use crate::pass;
-use crate::release::Releases;
-use crate::state::StateDir;
+use crate::git::mirror::Mirror;
+use crate::store::layout;
+use crate::store::state::StateDir;
 
 /// One commit of the history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -37,13 +37,13 @@ pub struct Entry {
 pub fn list(svc: &Service, state_dir: &Path, limit: usize) -> Result<Vec<Entry>> {
     let state = StateDir::new(state_dir, &svc.name).load()?;
     let deployed = state.deployed.map(|d| d.commit);
-    let releases = Releases::new(&pass::service_dir(svc, state_dir));
+    let releases = layout::releases(svc, state_dir);
     let kept: Vec<String> = releases
         .list()?
         .into_iter()
         .filter_map(|n| n.split('-').next().map(str::to_string))
         .collect();
-    let mirror = pass::mirror_of(svc, state_dir);
+    let mirror = Mirror::of(svc, state_dir);
     let repo = mirror.open().ok();
     let head = mirror.head().ok().flatten();
     let mut entries = Vec::new();

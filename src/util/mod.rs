@@ -5,7 +5,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::dirfd::Dir;
+pub mod dirfd;
+pub mod lock;
+
+use dirfd::Dir;
 
 /// Who may read a file provision writes, and the directories it creates
 /// on the way.
@@ -89,6 +92,22 @@ pub fn remove_tree(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// A byte count for messages: `256.0 MiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }
 

@@ -8,17 +8,19 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::config::{DriftPolicy, Service};
-use crate::pass::{self, Outcome, Report};
-use crate::release::Releases;
-use crate::rev::{Lookup, Rev};
-use crate::state::{Hold, HoldKind, StateDir};
+use crate::engine::pass::{self, Outcome, Report};
+use crate::engine::rev::{Lookup, Rev};
+use crate::git::mirror::Mirror;
+use crate::store::commit::short;
+use crate::store::layout;
+use crate::store::state::{Hold, HoldKind, StateDir};
 use crate::util::now_unix;
 
 /// Stops following upstream: passes keep the deployed commit (and still
 /// verify its mounts) until `unfreeze` or `forward`.
 pub fn freeze(svc: &Service, state_dir: &Path, reason: Option<&str>) -> Result<String> {
     let sd = StateDir::new(state_dir, &svc.name);
-    let _lock = pass::lock_service(&sd, svc)?;
+    let _lock = layout::lock_service(&sd, svc)?;
     let mut state = sd.load()?;
     let Some(deployed) = &state.deployed else {
         bail!(
@@ -34,17 +36,13 @@ pub fn freeze(svc: &Service, state_dir: &Path, reason: Option<&str>) -> Result<S
         since: now_unix(),
     });
     sd.save(&state)?;
-    Ok(format!(
-        "{}: frozen at {}",
-        svc.name,
-        crate::cli::short(&commit)
-    ))
+    Ok(format!("{}: frozen at {}", svc.name, short(&commit)))
 }
 
 /// Follows upstream again from the next pass.
 pub fn unfreeze(svc: &Service, state_dir: &Path) -> Result<String> {
     let sd = StateDir::new(state_dir, &svc.name);
-    let _lock = pass::lock_service(&sd, svc)?;
+    let _lock = layout::lock_service(&sd, svc)?;
     let mut state = sd.load()?;
     let was = state.hold.take();
     sd.save(&state)?;
@@ -62,10 +60,10 @@ pub fn unfreeze(svc: &Service, state_dir: &Path) -> Result<String> {
 /// revision cannot be found or fetched.
 pub fn rollback(svc: &Service, state_dir: &Path, rev: &Rev, text: &str) -> Result<Outcome> {
     let sd = StateDir::new(state_dir, &svc.name);
-    let _lock = pass::lock_service(&sd, svc)?;
+    let _lock = layout::lock_service(&sd, svc)?;
     let mut state = sd.load()?;
-    let mirror = pass::mirror_of(svc, state_dir);
-    let releases = Releases::new(&pass::service_dir(svc, state_dir));
+    let mirror = Mirror::of(svc, state_dir);
+    let releases = layout::releases(svc, state_dir);
     let lookup = Lookup {
         svc,
         mirror: &mirror,
@@ -74,7 +72,7 @@ pub fn rollback(svc: &Service, state_dir: &Path, rev: &Rev, text: &str) -> Resul
     };
     let target = lookup.resolve(rev).context("nothing changed")?;
     let repo = mirror.open().ok();
-    let short = crate::cli::short(&target.to_string());
+    let short = short(&target.to_string());
     state.hold = Some(Hold {
         kind: HoldKind::Pinned,
         reason: format!("rollback to {short} ({text})"),

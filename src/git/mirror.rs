@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use git2::{AutotagOption, Direction, ErrorClass, FetchOptions, Oid, Repository};
 
-use crate::auth::{self, Credentials};
+use crate::config::Credentials;
 use crate::config::Upstream;
-use crate::lock::Lock;
+use crate::git::auth;
+use crate::util::lock::Lock;
 use crate::util::remove_tree;
 
 /// Directory under a service base (`mount`) holding all mirrors.
@@ -102,6 +103,13 @@ impl Mirror {
             branch: branch.to_string(),
             max_fetch_bytes: crate::config::Limits::default().max_fetch_bytes,
         }
+    }
+
+    /// The mirror `svc` fetches through, bounded by its `max_fetch_bytes`.
+    pub fn of(svc: &crate::config::Service, state_dir: &Path) -> Mirror {
+        let mut m = Mirror::new(&svc.base_dir(state_dir), &svc.upstream, &svc.branch);
+        m.max_fetch_bytes = svc.limits.max_fetch_bytes;
+        m
     }
 
     /// The lock file serializing fetches of this mirror.
@@ -317,7 +325,7 @@ impl Mirror {
                 ),
                 auth::Stopped::TooLarge(max) => format!(
                     "the server sent more than {} (the service's `max_fetch_bytes`); stopped the download",
-                    crate::release::human(max)
+                    crate::util::human_size(max)
                 ),
             }))
             .context(format!(
@@ -346,7 +354,7 @@ fn open_or_init(path: &Path) -> Result<Repository> {
     if let Some(parent) = path.parent() {
         crate::util::private_dir(parent)?;
     }
-    crate::dirfd::Dir::create(path, 0o700)?;
+    crate::util::dirfd::Dir::create(path, 0o700)?;
     Repository::init_bare(path).with_context(|| format!("creating mirror {}", path.display()))
 }
 

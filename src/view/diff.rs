@@ -15,12 +15,12 @@ use anyhow::{Context, Result};
 use git2::{DiffOptions, Oid, Patch, Repository, Tree};
 
 use crate::config::Service;
-use crate::dirfd;
-use crate::drift::{self, Change, Kind};
-use crate::observe;
-use crate::pass::{mirror_of, service_dir};
-use crate::release::Releases;
-use crate::state::StateDir;
+use crate::git::mirror::Mirror;
+use crate::store::drift::{self, Change, Kind};
+use crate::store::layout;
+use crate::store::state::StateDir;
+use crate::util::dirfd;
+use crate::view::observe;
 
 /// The diff of local changes against the deployed commit ("" when none).
 pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {
@@ -28,14 +28,14 @@ pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {
     let Some(deployed) = &state.deployed else {
         return Ok(String::new());
     };
-    let repo = mirror_of(svc, state_dir).open().ok();
+    let repo = Mirror::of(svc, state_dir).open().ok();
     let drifted = observe::drift(svc, state_dir, deployed, repo.as_ref())?;
     if drifted.is_empty() {
         return Ok(String::new());
     }
     let repo = repo.context("the local mirror is missing; run `provision sync` to fetch it")?;
     let commit = Oid::from_str(&deployed.commit)?;
-    let releases = Releases::new(&service_dir(svc, state_dir));
+    let releases = layout::releases(svc, state_dir);
     let manifest = releases.manifest(&deployed.release, Some(&repo), commit, &svc.dirs)?;
     let release = dirfd::Dir::open(&releases.path(&deployed.release))?;
     let mut out = String::new();
@@ -73,7 +73,7 @@ pub fn upstream(svc: &Service, state_dir: &Path) -> Result<String> {
         .upstream
         .as_ref()
         .context("upstream has not been fetched yet; run `provision sync`")?;
-    let repo = mirror_of(svc, state_dir)
+    let repo = Mirror::of(svc, state_dir)
         .open()
         .context("the local mirror is missing; run `provision sync` to fetch it")?;
     let tree_of = |commit: &str| -> Result<Tree<'_>> {

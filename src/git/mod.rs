@@ -1,0 +1,5 @@
+//! Mirrors of upstream branches, and the credentials and host keys used
+//! to fetch them.
+
+pub mod auth;
+pub mod mirror;

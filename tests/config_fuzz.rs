@@ -1787,10 +1787,14 @@ fn expect(m: &Model) -> Expected {
             if own.is_none() && inherited.is_some() {
                 global_inherited[n] = true;
             }
-            match own.or(inherited) {
-                Some(v) => note(&mut e, v, &ctx, key),
-                None if *key == "upstream" => e.errors.push((ctx.clone(), "upstream".into())),
-                None => {}
+            match (own, inherited) {
+                (Some(v), _) => note(&mut e, v, &ctx, key),
+                // A value written in [global] is reported there.
+                (None, Some(v)) => note(&mut e, v, "[global]", key),
+                (None, None) if *key == "upstream" => {
+                    e.errors.push((ctx.clone(), "upstream".into()))
+                }
+                (None, None) => {}
             }
             let good = own.or(inherited).filter(|v| v.class == Class::Good);
             match *key {

@@ -344,7 +344,12 @@ impl Config {
         let parsed = parse::parse(&loc, text);
         let mut errors = parsed.errors;
         let mut warnings = parsed.warnings;
-        let services = validate::resolve(&loc, &parsed.global, &parsed.services, &mut errors);
+        let services = validate::resolve(
+            &loc,
+            (&parsed.global, parsed.global_span.as_ref()),
+            &parsed.services,
+            &mut errors,
+        );
         let metrics_dir = validate::metrics_dir(&loc, parsed.metrics_dir.as_ref(), &mut errors);
         validate::check_machine_conflicts(&loc, &services, &mut errors);
         warnings.sort_by_key(|d| d.line);
@@ -357,6 +362,8 @@ impl Config {
             })
         } else {
             errors.sort_by_key(|d| (d.line == 0, d.line, d.column));
+            // A bad `[global]` value is reported once, not once per service.
+            errors.dedup();
             Err(ConfigErrors(errors))
         }
     }

@@ -72,6 +72,9 @@ pub(super) struct RawDir {
 #[derive(Debug, Default)]
 pub(super) struct Parsed {
     pub global: RawSettings,
+    /// Where `[global]` is in the file: a value from there is reported
+    /// under `[global]`, whichever service it was used for.
+    pub global_span: Option<Range<usize>>,
     /// `[global] metrics_dir`: global only, it names one file for the machine.
     pub metrics_dir: Option<Sp<String>>,
     pub services: Vec<RawService>,
@@ -202,6 +205,10 @@ impl Walker<'_, '_> {
         let Some(table) = self.table(value, GLOBAL, "global") else {
             return;
         };
+        // A `[global]` header's own span may cover the header only: take
+        // every value written in the table.
+        let spans = table.iter().map(|(_, v)| v.span());
+        self.out.global_span = spans.reduce(|a, b| a.start.min(b.start)..a.end.max(b.end));
         let mut settings = RawSettings::default();
         for (key, v) in table.iter() {
             let name = key.get_ref().as_ref();

@@ -450,3 +450,14 @@ fn limits_modes_and_groups_are_read() {
     assert_eq!(plain.services[0].dirs[0].mode, 0o644);
     assert_eq!(plain.services[0].limits.max_file_size, 64 << 20);
 }
+
+#[test]
+fn a_bad_global_value_is_reported_under_global_once() {
+    let text = "[global]\ndepth = 0\n\n[[services]]\nmachine = \"m1\"\nservice = \"a\"\nupstream = \"git://h/r.git\"\ndirs = [{ local = \"/etc/a\", link = \"a\" }]\n\n[[services]]\nmachine = \"m1\"\nservice = \"b\"\nupstream = \"git://h/r.git\"\ndirs = [{ local = \"/etc/b\", link = \"b\" }]\n";
+    let errs = parse(text).expect_err("depth 0").0;
+    assert_eq!(errs.len(), 1, "{}", ConfigErrors(errs.clone()));
+    assert_eq!(
+        errs[0].to_string(),
+        "/etc/provision/config.toml:2:9: [global]: key `depth`: must be at least 1 (found 0)"
+    );
+}

@@ -29,7 +29,7 @@ pub(super) struct Origin {
 /// Services with errors are left out; their errors are added to `errors`.
 pub(super) fn resolve(
     loc: &Locator<'_>,
-    global: &RawSettings,
+    (global, global_span): (&RawSettings, Option<&Range<usize>>),
     services: &[RawService],
     errors: &mut Vec<Diagnostic>,
 ) -> Vec<(Service, Origin)> {
@@ -39,6 +39,7 @@ pub(super) fn resolve(
         let mut r = Resolver {
             loc,
             ctx: &raw.context,
+            global_span,
             errors,
         };
         let svc = r.service(raw, global);
@@ -69,12 +70,20 @@ pub(super) fn resolve(
 struct Resolver<'a> {
     loc: &'a Locator<'a>,
     ctx: &'a str,
+    global_span: Option<&'a Range<usize>>,
     errors: &'a mut Vec<Diagnostic>,
 }
 
 impl Resolver<'_> {
+    /// Reports a problem at `span`: under `[global]` when the value was
+    /// written there, else under the service.
     fn err(&mut self, span: Option<&Range<usize>>, key: &str, msg: impl Into<String>) {
-        let d = self.loc.diag(span, self.ctx, key, msg);
+        let in_global = match (span, self.global_span) {
+            (Some(s), Some(g)) => g.start <= s.start && s.end <= g.end,
+            _ => false,
+        };
+        let ctx = if in_global { "[global]" } else { self.ctx };
+        let d = self.loc.diag(span, ctx, key, msg);
         self.errors.push(d);
     }
 

@@ -1,8 +1,7 @@
-//! Bringing the host to a release: bind mounts, then the unit's action.
-//!
-//! Used by every command that changes what a service sees: a pass, the
-//! boot-time restore and, later, rollbacks. The release is complete before
-//! anything here runs, so a mount only ever switches to a whole tree.
+//! The apply transaction every command that changes a service shares (a
+//! pass, a rollback, a forward, the boot-time restore): package, release,
+//! mounts, state, action, in that order. The release is complete before
+//! any mount switches to it, so a mount only ever shows a whole tree.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,9 +9,17 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use git2::{Oid, Repository};
 
-use crate::config::Service;
+use crate::config::{DriftPolicy, Service};
 use crate::host::mount::{self, Before, Wanted};
+use crate::host::package;
 use crate::host::systemd::{self, ActionOutcome};
+use crate::store::commit::short;
+use crate::store::drift::{self, Drifted};
+use crate::store::layout;
+use crate::store::release::Releases;
+use crate::store::state::{Deployed, HoldKind, State, StateDir};
+use crate::util::now_unix;
+use crate::view::observe;
 
 /// How long a unit's action job may take before the pass gives up on it.
 pub const ACTION_TIMEOUT: Duration = Duration::from_secs(120);
@@ -93,4 +100,300 @@ pub fn run_action(svc: &Service) -> Result<Option<ActionOutcome>> {
         systemd::daemon_reload().context("reloading systemd for changed unit files")?;
     }
     systemd::run_action(&svc.unit, action, ACTION_TIMEOUT).map(Some)
+}
+
+/// What a pass did to one service.
+#[derive(Debug)]
+pub struct Report {
+    pub service: String,
+    /// What the service shows after the command, failed or not.
+    pub serving: Serving,
+    pub outcome: Result<Outcome>,
+}
+
+impl Report {
+    /// A report on a service whose state could not even be read.
+    pub fn unknown(service: &str, outcome: Result<Outcome>) -> Report {
+        Report {
+            service: service.to_string(),
+            serving: Serving::Unknown,
+            outcome,
+        }
+    }
+}
+
+/// What a service shows after a command: a failure means something else
+/// when nothing was ever deployed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serving {
+    /// The release of this commit.
+    Commit(String),
+    /// Nothing was ever deployed.
+    Nothing,
+    /// The state could not be read (the deployment itself is untouched).
+    Unknown,
+}
+
+impl Serving {
+    /// From the state's deployed release.
+    pub fn of(deployed: Option<&Deployed>) -> Serving {
+        deployed.map_or(Serving::Nothing, |d| Serving::Commit(d.commit.clone()))
+    }
+}
+
+/// A successful pass for one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The commit deployed before the pass.
+    pub from: Option<String>,
+    /// The commit deployed now.
+    pub to: String,
+    /// A new release was put in place (another commit, or other `dirs`).
+    pub new_release: bool,
+    /// Human-readable lines about what was done (mounts, action, pruning).
+    pub notes: Vec<String>,
+    /// Set while a freeze or pin keeps the service off upstream.
+    pub held: Option<Held>,
+}
+
+/// A service kept on its commit by a freeze or a pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub kind: HoldKind,
+    /// The upstream head as last fetched.
+    pub upstream: String,
+}
+
+/// What [`apply`] deploys, and how it treats local edits.
+pub(crate) struct Plan<'a> {
+    /// The mirror; may be missing when the release of `target` is already
+    /// on disk (an offline rollback).
+    pub repo: Option<&'a Repository>,
+    pub target: Oid,
+    pub policy: DriftPolicy,
+}
+
+/// Package, release, mounts, state, action: in that order, so the unit is
+/// only told about files that are already in place, and the state never
+/// claims a release the mounts do not show.
+pub(crate) fn apply(
+    svc: &Service,
+    state_dir: &Path,
+    sd: &StateDir,
+    state: &mut State,
+    plan: &Plan<'_>,
+    mut notes: Vec<String>,
+) -> Result<Outcome> {
+    let (repo, target) = (plan.repo, plan.target);
+    if let Some(pkg) = &svc.package {
+        if package::ensure(pkg)? {
+            notes.push(format!("installed package {pkg}"));
+        }
+    }
+    let releases = layout::releases(svc, state_dir);
+    let name = Releases::name(target, svc);
+    let previous = state.deployed.clone();
+    let same_release = previous.as_ref().is_some_and(|d| d.release == name);
+    let rewrite = match &previous {
+        Some(prev) if releases.exists(&prev.release) => {
+            // Fail closed: a release whose files cannot be checked is
+            // treated as changed everywhere, never as clean.
+            let drifted = observe::drift(svc, state_dir, prev, repo).unwrap_or_else(|e| {
+                notes.push(format!("could not check for local changes: {e:#}"));
+                svc.dirs
+                    .iter()
+                    .map(|d| Drifted {
+                        rel: PathBuf::from(&d.link),
+                        change: drift::Change::Modified,
+                    })
+                    .collect()
+            });
+            let old = releases.path(&prev.release);
+            resolve_drift(svc, plan, &old, same_release, &drifted, &mut notes)?
+        }
+        _ => false,
+    };
+    let path = match repo {
+        Some(repo) if rewrite => releases.rewrite(repo, target, svc)?,
+        Some(repo) => releases.materialize(repo, target, svc)?,
+        None if rewrite => anyhow::bail!(
+            "cannot restore the locally changed files of {target}: the mirror is unavailable"
+        ),
+        None if releases.exists(&name) => releases.path(&name),
+        None => anyhow::bail!("commit {target} has no local release and the mirror is unavailable"),
+    };
+    let from = previous.as_ref().map(|d| d.commit.as_str());
+    let changed = !same_release && repo.is_none_or(|r| content_changed(r, from, target, svc));
+
+    for dropped in unmount_dropped(svc, &state.mounts)? {
+        notes.push(format!(
+            "unmounted {} (no longer in dirs)",
+            dropped.display()
+        ));
+    }
+    let befores = mount_release(svc, &path)?;
+    releases.remove_replaced()?;
+    if rewrite {
+        notes.push("remounted the restored release".to_string());
+    } else {
+        notes.extend(mount_notes(svc, &befores, same_release));
+    }
+    state.mounts = svc.dirs.iter().map(|d| d.local.clone()).collect();
+    if !same_release {
+        releases.touch(&name)?;
+        state.deployed = Some(Deployed {
+            commit: target.to_string(),
+            release: name.clone(),
+            time: now_unix(),
+        });
+    }
+    let repaired =
+        befores.contains(&Before::Missing) || (same_release && befores.contains(&Before::Other));
+    if changed || repaired || state.action_pending {
+        act(svc, sd, state, &mut notes)?;
+    }
+    let keep = usize::try_from(svc.depth).unwrap_or(usize::MAX);
+    for removed in releases.prune(keep, &name)? {
+        notes.push(format!("removed old release {removed}"));
+    }
+    Ok(Outcome {
+        from: previous.map(|d| d.commit),
+        to: target.to_string(),
+        new_release: !same_release,
+        notes,
+        held: None,
+    })
+}
+
+/// Decides what local edits to the deployed release mean for this pass.
+/// Returns whether the release must be rewritten from Git; fails when the
+/// policy is `warn` and deploying would overwrite an edit.
+fn resolve_drift(
+    svc: &Service,
+    plan: &Plan<'_>,
+    old: &Path,
+    same_release: bool,
+    drifted: &[Drifted],
+    notes: &mut Vec<String>,
+) -> Result<bool> {
+    if drifted.is_empty() {
+        return Ok(false);
+    }
+    let n = drifted.len();
+    let list = summarize(&observe::drift_lines(svc, drifted));
+    let short = short(&plan.target.to_string());
+    match (plan.policy, same_release) {
+        (DriftPolicy::Restore, true) => {
+            notes.push(format!(
+                "restored {n} locally changed path(s) from git: {list}"
+            ));
+            Ok(true)
+        }
+        (DriftPolicy::Restore, false) => {
+            notes.push(format!(
+                "discarded {n} local change(s) with the old release: {list}"
+            ));
+            Ok(false)
+        }
+        (DriftPolicy::Warn, true) => {
+            notes.push(format!(
+                "drift (policy warn): {n} local change(s) kept: {list}; `provision diff {}` shows them",
+                svc.name
+            ));
+            Ok(false)
+        }
+        (DriftPolicy::Warn, false) => {
+            let adopted = match plan.repo {
+                Some(repo) => drift::adopted_by(repo, plan.target, old, drifted, &svc.dirs)?,
+                None => false,
+            };
+            anyhow::ensure!(
+                adopted,
+                "not deploying {short}: it would overwrite {n} local change(s) ({list}) and the drift policy is warn; \
+                 revert them (`provision diff {name}` shows them), commit them upstream, \
+                 or run `provision sync --discard-drift {name}`",
+                name = svc.name
+            );
+            notes.push(format!(
+                "local change(s) {list} are in {short}: deploying it"
+            ));
+            Ok(false)
+        }
+    }
+}
+
+/// The first few items of a list, and how many more there are.
+fn summarize(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    s
+}
+
+/// Runs the action with `action_pending` recorded first, so a crash or a
+/// failure mid-action is retried by the next pass.
+fn act(svc: &Service, sd: &StateDir, state: &mut State, notes: &mut Vec<String>) -> Result<()> {
+    let Some(action) = svc.action else {
+        return Ok(());
+    };
+    state.action_pending = true;
+    sd.save(state)?;
+    let result = run_action(svc);
+    state.counters.action(action.as_str(), result.is_ok());
+    let outcome = result.map_err(|e| {
+        e.context(ActionPending {
+            commit: state.deployed.as_ref().map(|d| d.commit.clone()),
+            action: action.as_str(),
+        })
+    })?;
+    state.action_pending = false;
+    if let (Some(a), Some(o)) = (svc.action, outcome) {
+        notes.push(format!(
+            "{} {}: {}, unit {}",
+            a.as_str(),
+            svc.unit,
+            o.job_result,
+            o.active_state
+        ));
+    }
+    Ok(())
+}
+
+/// The error context of a pass whose files are in place but whose action
+/// failed: the new release is deployed (not the last good one kept), and
+/// the action is retried by the next pass.
+#[derive(Debug)]
+pub struct ActionPending {
+    pub commit: Option<String>,
+    pub action: &'static str,
+}
+
+impl std::fmt::Display for ActionPending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.commit {
+            Some(c) => write!(f, "the files of {} are in place", short(c))?,
+            None => f.write_str("the files are in place")?,
+        }
+        write!(f, "; the {} is retried by the next pass", self.action)
+    }
+}
+
+pub(crate) fn mount_notes(svc: &Service, befores: &[Before], same_release: bool) -> Vec<String> {
+    svc.dirs
+        .iter()
+        .zip(befores)
+        .filter_map(|(d, b)| match b {
+            Before::Correct => None,
+            Before::Missing => Some(format!("mounted {}", d.local.display())),
+            Before::Other if same_release => Some(format!("repaired mount {}", d.local.display())),
+            Before::Other => Some(format!("switched {}", d.local.display())),
+        })
+        .collect()
 }

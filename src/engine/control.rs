@@ -8,7 +8,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::config::{DriftPolicy, Service};
-use crate::engine::pass::{self, Outcome, Report};
+use crate::engine::apply::{self, Outcome, Report};
+use crate::engine::pass;
 use crate::engine::rev::{Lookup, Rev};
 use crate::git::mirror::Mirror;
 use crate::store::commit::short;
@@ -79,12 +80,12 @@ pub fn rollback(svc: &Service, state_dir: &Path, rev: &Rev, text: &str) -> Resul
         since: now_unix(),
     });
     // An explicit rollback is the operator's decision: local edits go.
-    let plan = pass::Plan {
+    let plan = apply::Plan {
         repo: repo.as_ref(),
         target,
         policy: DriftPolicy::Restore,
     };
-    let result = pass::apply(svc, state_dir, &sd, &mut state, &plan, Vec::new());
+    let result = apply::apply(svc, state_dir, &sd, &mut state, &plan, Vec::new());
     let switched = state
         .deployed
         .as_ref()

@@ -1,0 +1,215 @@
+//! Every clap type: the command line as a user writes it. The `///`
+//! comments are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config;
+
+/// Pull-based GitOps for ordinary Linux machines.
+///
+/// provision keeps the files of this machine's services equal to a branch
+/// of a Git repository: it fetches the branch, writes each service's files
+/// as an immutable release, mounts them where the service reads them and
+/// reloads the service when they changed. Each invocation does one pass;
+/// systemd timers run it periodically.
+#[derive(Debug, Parser)]
+#[command(name = "provision", version, max_term_width = 80)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(short = 'c', long, env = "PROVISION_CONFIG", default_value = config::DEFAULT_PATH, global = true)]
+    pub config: PathBuf,
+
+    /// Act as this machine: select the services whose `machine` is exactly
+    /// NAME. Default: this host's name, FQDN and IP addresses.
+    #[arg(long, env = "PROVISION_MACHINE", value_name = "NAME", global = true)]
+    pub machine: Option<String>,
+
+    /// Where per-service state lives (and, unless `mount` says otherwise,
+    /// mirrors and releases).
+    #[arg(
+        long,
+        env = "PROVISION_STATE_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/provision",
+        global = true
+    )]
+    pub state_dir: PathBuf,
+
+    /// Write provision.prom here instead of the config's `metrics_dir`.
+    #[arg(long, env = "PROVISION_METRICS_DIR", value_name = "DIR", global = true)]
+    pub metrics_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the configuration and list this machine's services.
+    ///
+    /// Reports every error found, each with file, line, column, service and
+    /// key. Exits 0 when the config is valid, 1 when it is not.
+    Check(CheckOpts),
+    /// Run one reconcile pass now.
+    ///
+    /// Fetches each upstream once and brings every service of this machine
+    /// (or only the NAMEs given) to the head of its branch. A service that
+    /// fails keeps its last good release; the others still converge. Exits
+    /// 0 when every service succeeded, 1 when any failed.
+    Sync(SyncOpts),
+    /// Show each service: deployed and upstream commit, drift, mounts, unit.
+    ///
+    /// One row per service of this machine (or per NAME): its state
+    /// (following, frozen or pinned), deployed commit, upstream commit as of
+    /// the last fetch and its age, whether they are in sync, how many files
+    /// drifted from the deployed commit, whether the mounts are right, the
+    /// unit's ActiveState, and the last pass. Drift, mounts and the unit are
+    /// looked at now. Needs no network and waits for no lock.
+    Status(StatusOpts),
+    /// Show local changes to the deployed files as a unified diff.
+    ///
+    /// Compares the files under the service's mounted paths with the
+    /// deployed commit. With --upstream, shows instead what the next pass
+    /// would bring: the deployed commit against the upstream head as of the
+    /// last fetch. Exits 0 when there is no difference, 1 when there is one,
+    /// 2 on error (like `git diff --exit-code`).
+    Diff(DiffOpts),
+    /// Restore the mounts of the deployed releases, without network.
+    ///
+    /// Run at boot by provision-mount@NAME.service, before the service
+    /// itself starts: bind mounts do not survive a reboot, the releases do.
+    /// Never fetches, never runs an action.
+    Mount(MountOpts),
+    /// Stop following upstream: keep the deployed commit.
+    ///
+    /// Passes still fetch (to report how far behind the service is) and
+    /// still verify and repair its mounts, but never move the deployed
+    /// commit, until `unfreeze` or `forward`. Survives reboots.
+    Freeze(FreezeOpts),
+    /// Follow upstream again from the next pass.
+    Unfreeze(NameOpts),
+    /// Deploy an earlier (or any) revision now, and stay pinned there.
+    ///
+    /// REV is HEAD~N (N commits back from the deployed one), a full or
+    /// short commit hash, or a tag. A revision among the kept releases or in
+    /// the local mirror needs no network; an older one is fetched. When it
+    /// cannot be found or fetched, nothing changes. The service stays pinned
+    /// until `forward` or `unfreeze`.
+    Rollback(RollbackOpts),
+    /// Follow upstream again and run a pass for this service now.
+    Forward(NameOpts),
+    /// Recent commits of the service's branch, from the local mirror.
+    ///
+    /// Marks the deployed commit (*), the upstream head as of the last fetch
+    /// (^), and the commits whose release is kept (instant rollback). Needs
+    /// no network and waits for no lock.
+    History(HistoryOpts),
+    /// systemd generator mode: write per-service timer settings and unit
+    /// ordering into DIR.
+    ///
+    /// Installed as a systemd generator, it runs at boot and on every
+    /// `systemctl daemon-reload`, so a changed config (a new service, a new
+    /// `interval`) is picked up without running anything else. For each
+    /// service of this machine it enables provision@NAME.timer with the
+    /// service's interval, and makes the service's unit want and start after
+    /// provision-mount@NAME.service.
+    Generate(GenerateOpts),
+}
+
+/// A command on one service.
+#[derive(Debug, Args)]
+pub struct NameOpts {
+    /// The service's name.
+    pub name: String,
+}
+
+/// Options of `freeze`.
+#[derive(Debug, Args)]
+pub struct FreezeOpts {
+    /// The service's name.
+    pub name: String,
+    /// Why, shown by status and history.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+/// Options of `rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackOpts {
+    /// The service's name.
+    pub name: String,
+    /// HEAD~N, a commit hash (full or at least 4 digits) or a tag.
+    pub rev: String,
+}
+
+/// Options of `history`.
+#[derive(Debug, Args)]
+pub struct HistoryOpts {
+    /// The service's name.
+    pub name: String,
+    /// Print JSON (a list of objects) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// At most this many commits.
+    #[arg(short = 'n', long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+/// Options of `generate`.
+#[derive(Debug, Args)]
+pub struct GenerateOpts {
+    /// Output directory (systemd passes the "normal" generator directory).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Ignored: systemd's early and late generator directories.
+    #[arg(value_name = "EXTRA", hide = true)]
+    pub extra: Vec<PathBuf>,
+}
+
+/// Options of `check`.
+#[derive(Debug, Args)]
+pub struct CheckOpts {}
+
+/// Options of `sync`.
+#[derive(Debug, Args)]
+pub struct SyncOpts {
+    /// Services to reconcile (default: all of this machine's).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Discard local changes to the deployed files in this pass, even for a
+    /// service whose drift policy is warn.
+    #[arg(long)]
+    pub discard_drift: bool,
+}
+
+/// Options of `mount`.
+#[derive(Debug, Args)]
+pub struct MountOpts {
+    /// Services whose mounts to restore (default: all of this machine's).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+/// Options of `status`.
+#[derive(Debug, Args)]
+pub struct StatusOpts {
+    /// Services to show (default: all of this machine's).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Print the documented JSON document (with a `schema` version).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `diff`.
+#[derive(Debug, Args)]
+pub struct DiffOpts {
+    /// The service's name.
+    pub name: String,
+    /// Show what the next pass would bring from upstream instead.
+    #[arg(long)]
+    pub upstream: bool,
+}

@@ -1,0 +1,438 @@
+//! Every line shown to a person: pass reports, the status table, history,
+//! the services `check` found. Each renderer writes into an `impl Write`,
+//! so it is tested on fixtures without running the binary.
+//!
+//! Output goes through [`Quiet`]: when the reader of a pipe has gone
+//! (`provision sync | head -1`), the rest of the output is dropped and the
+//! command finishes its work, as git and coreutils end quietly there instead
+//! of failing with "Broken pipe".
+
+use std::io::{self, Write};
+
+use crate::config::{Service, Transport};
+use crate::engine::apply::{ActionPending, Outcome, Report, Serving};
+use crate::store::commit::short;
+use crate::view::history::Entry;
+use crate::view::status::{CommitAt, Report as StatusReport, ServiceStatus};
+
+/// A writer that stops writing, without an error, once its reader closed
+/// the pipe.
+pub struct Quiet<W: Write> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: Write> Write for Quiet<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(buf.len())
+            }
+            r => r,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.inner.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            r => r,
+        }
+    }
+}
+
+/// Standard output, ending quietly on a closed pipe.
+pub fn stdout() -> Quiet<io::StdoutLock<'static>> {
+    Quiet {
+        inner: io::stdout().lock(),
+        closed: false,
+    }
+}
+
+/// Standard error, ending quietly on a closed pipe.
+pub fn stderr() -> Quiet<io::StderrLock<'static>> {
+    Quiet {
+        inner: io::stderr().lock(),
+        closed: false,
+    }
+}
+
+/// What the reports are about, for the words of a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Doing {
+    /// A pass or an operator command that deploys.
+    Deploy,
+    /// The boot-time restore of mounts (`provision mount`).
+    Restore,
+    /// `provision rollback`.
+    Rollback,
+}
+
+/// One line per service and its notes, successes to `out` and failures to
+/// `err`; returns how many failed.
+pub fn reports(
+    out: &mut impl Write,
+    err: &mut impl Write,
+    reports: Vec<Report>,
+    doing: Doing,
+) -> usize {
+    let mut failed = 0;
+    for report in reports {
+        let name = &report.service;
+        match report.outcome {
+            Ok(o) => {
+                let _ = writeln!(out, "{name}: {}", headline(&o, doing));
+                for n in &o.notes {
+                    let _ = writeln!(out, "{name}: {n}");
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                let label = failure(doing, &report.serving, &e);
+                let _ = writeln!(err, "{name}: {label}: {e:#}");
+            }
+        }
+    }
+    failed
+}
+
+/// The first words about a successful pass.
+fn headline(o: &Outcome, doing: Doing) -> String {
+    if o.to.is_empty() {
+        return "nothing deployed yet".to_string();
+    }
+    if doing == Doing::Restore {
+        return format!("restored {} from disk (upstream not checked)", short(&o.to));
+    }
+    if o.new_release {
+        let from = o.from.as_deref().map_or("nothing".to_string(), short);
+        return format!("deployed {} (was {from})", short(&o.to));
+    }
+    match &o.held {
+        Some(h) if h.upstream != o.to => format!(
+            "{} at {} (upstream at {})",
+            h.kind.as_str(),
+            short(&o.to),
+            short(&h.upstream)
+        ),
+        _ => format!("up to date at {}", short(&o.to)),
+    }
+}
+
+/// What a failure means for what the service sees now.
+fn failure(doing: Doing, serving: &Serving, e: &anyhow::Error) -> &'static str {
+    let what = match doing {
+        Doing::Restore => return "restoring mounts failed",
+        Doing::Deploy => "pass failed",
+        Doing::Rollback => "rollback failed",
+    };
+    // The new files are in place: "last good release kept" would be false.
+    if e.downcast_ref::<ActionPending>().is_some() {
+        return what;
+    }
+    match (doing, serving) {
+        (Doing::Deploy, Serving::Nothing) => "pass failed, nothing is deployed",
+        (Doing::Deploy, _) => "pass failed, last good release kept",
+        _ => what,
+    }
+}
+
+/// A service as `check` lists it.
+pub fn service(out: &mut impl Write, svc: &Service) {
+    let action = svc.action.map_or("none", |a| a.as_str());
+    let _ = writeln!(
+        out,
+        "  {} ({}) <- {} branch {} depth {}, action {}",
+        svc.name, svc.unit, svc.upstream.url, svc.branch, svc.depth, action
+    );
+    if svc.upstream.transport == Transport::Local {
+        let _ = writeln!(
+            out,
+            "    note: local upstream; libgit2 cannot fetch it shallow, so it is fetched in full"
+        );
+    }
+    for d in &svc.dirs {
+        let kind = if d.file { " (file)" } else { "" };
+        let ro = if d.readonly { " read-only" } else { "" };
+        let _ = writeln!(out, "    {} <- {}{kind}{ro}", d.local.display(), d.link);
+    }
+}
+
+/// `provision history` as lines, newest first.
+pub fn history(out: &mut impl Write, svc: &Service, entries: &[Entry]) {
+    if entries.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}: no history yet; run provision sync {}",
+            svc.name, svc.name
+        );
+    }
+    for e in entries {
+        let mark = if e.deployed {
+            '*'
+        } else if e.upstream {
+            '^'
+        } else {
+            ' '
+        };
+        let when = if e.time == 0 {
+            "?".to_string()
+        } else {
+            crate::util::format_utc(e.time)
+        };
+        let mut tags = Vec::new();
+        e.deployed.then(|| tags.push("deployed"));
+        e.upstream.then(|| tags.push("upstream"));
+        e.release.then(|| tags.push("release kept"));
+        let tags = if tags.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", tags.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "{mark} {}  {when}  {:<16.16}  {}{tags}",
+            short(&e.commit),
+            e.author,
+            e.subject
+        );
+    }
+}
+
+/// The human form of `status`: an aligned table, then one line per thing
+/// worth a look (holds, failures, drifted files, broken mounts).
+pub fn status_table(out: &mut impl Write, report: &StatusReport) {
+    let now = report.time;
+    let header = [
+        "SERVICE",
+        "UNIT",
+        "STATE",
+        "DEPLOYED",
+        "UPSTREAM",
+        "SYNC",
+        "DRIFT",
+        "MOUNTS",
+        "ACTIVE",
+        "LAST PASS",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    let mut details = Vec::new();
+    for s in &report.services {
+        rows.push(row(s, now));
+        details.extend(detail_lines(s, now));
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    for d in details {
+        let _ = writeln!(out, "{d}");
+    }
+}
+
+fn row(s: &ServiceStatus, now: u64) -> Vec<String> {
+    let deployed = |c: &Option<CommitAt>| c.as_ref().map_or("-".into(), |c| short(&c.commit));
+    let upstream = match &s.upstream {
+        Some(u) => format!("{} ({} ago)", short(&u.commit), ago(now, u.time)),
+        None => "-".into(),
+    };
+    let yes_no = |b: Option<bool>, yes: &str, no: &str| match b {
+        Some(true) => yes.to_string(),
+        Some(false) => no.to_string(),
+        None => "-".to_string(),
+    };
+    let drift = s.drift.count.map_or("?".into(), |n| n.to_string());
+    let mounts = match s.mounts_ok {
+        None => "-".to_string(),
+        Some(true) => "ok".to_string(),
+        Some(false) => {
+            let ok = s.mounts.iter().filter(|m| m.state == "ok").count();
+            format!("{ok}/{}", s.mounts.len())
+        }
+    };
+    let last = match &s.last_pass {
+        Some(p) => format!(
+            "{} ago {}",
+            ago(now, p.time),
+            if p.ok { "ok" } else { "FAILED" }
+        ),
+        None => "never".into(),
+    };
+    vec![
+        s.name.clone(),
+        s.unit.clone(),
+        s.state.clone(),
+        deployed(&s.deployed),
+        upstream,
+        yes_no(s.in_sync, "yes", "no"),
+        drift,
+        mounts,
+        s.unit_state.clone().unwrap_or_else(|| "?".into()),
+        last,
+    ]
+}
+
+fn detail_lines(s: &ServiceStatus, now: u64) -> Vec<String> {
+    let n = &s.name;
+    let mut out = Vec::new();
+    if let Some(e) = &s.state_error {
+        out.push(format!("{n}: state unreadable: {e}"));
+    }
+    if let Some(h) = &s.hold {
+        out.push(format!(
+            "{n}: {} since {} ({} ago): {}",
+            h.kind,
+            crate::util::format_utc(i64::try_from(h.since).unwrap_or(0)),
+            ago(now, h.since),
+            h.reason
+        ));
+    }
+    if let Some(p) = s.last_pass.as_ref().filter(|p| !p.ok) {
+        let e = p.error.as_deref().unwrap_or("unknown error");
+        out.push(format!("{n}: last pass failed: {e}"));
+    }
+    if let Some(e) = &s.drift.error {
+        out.push(format!("{n}: drift unknown: {e}"));
+    }
+    for f in &s.drift.files {
+        out.push(format!("{n}: drift: {} {}", f.change, f.path));
+    }
+    for m in s.mounts.iter().filter(|m| m.state != "ok") {
+        let why = m
+            .error
+            .as_deref()
+            .map_or(String::new(), |e| format!(": {e}"));
+        out.push(format!("{n}: mount {}: {}{why}", m.local, m.state));
+    }
+    out
+}
+
+/// A compact age: `42s`, `5m`, `3h`, `2d`.
+pub fn ago(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::apply::Held;
+    use crate::store::state::HoldKind;
+
+    #[test]
+    fn ages_are_compact() {
+        assert_eq!(ago(100, 58), "42s");
+        assert_eq!(ago(1000, 700), "5m");
+        assert_eq!(ago(20_000, 0), "5h");
+        assert_eq!(ago(200_000, 0), "2d");
+        assert_eq!(ago(0, 10), "0s");
+    }
+
+    fn outcome(held: Option<Held>) -> Outcome {
+        Outcome {
+            from: Some("a".repeat(40)),
+            to: "a".repeat(40),
+            new_release: false,
+            notes: vec!["a note".into()],
+            held,
+        }
+    }
+
+    fn render(r: Vec<Report>, doing: Doing) -> (String, String, usize) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let n = reports(&mut out, &mut err, r, doing);
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+            n,
+        )
+    }
+
+    #[test]
+    fn a_held_service_behind_upstream_says_so() {
+        let pinned = Held {
+            kind: HoldKind::Pinned,
+            upstream: "b".repeat(40),
+        };
+        let r = Report {
+            service: "web".into(),
+            serving: Serving::Commit("a".repeat(40)),
+            outcome: Ok(outcome(Some(pinned))),
+        };
+        let (out, _, failed) = render(vec![r], Doing::Deploy);
+        assert_eq!(failed, 0);
+        assert!(
+            out.starts_with("web: pinned at aaaaaaaaaa (upstream at bbbbbbbbbb)\n"),
+            "{out}"
+        );
+        let r = Report {
+            service: "web".into(),
+            serving: Serving::Commit("a".repeat(40)),
+            outcome: Ok(outcome(None)),
+        };
+        assert!(render(vec![r], Doing::Deploy)
+            .0
+            .starts_with("web: up to date at aaaaaaaaaa\n"));
+    }
+
+    #[test]
+    fn a_restore_says_restored_and_a_first_failure_says_nothing_is_deployed() {
+        let r = Report {
+            service: "web".into(),
+            serving: Serving::Commit("a".repeat(40)),
+            outcome: Ok(outcome(None)),
+        };
+        let (out, _, _) = render(vec![r], Doing::Restore);
+        assert!(
+            out.starts_with("web: restored aaaaaaaaaa from disk"),
+            "{out}"
+        );
+        let r = Report {
+            service: "web".into(),
+            serving: Serving::Nothing,
+            outcome: Err(anyhow::anyhow!("server down")),
+        };
+        let (_, err, failed) = render(vec![r], Doing::Deploy);
+        assert_eq!(failed, 1);
+        assert_eq!(err, "web: pass failed, nothing is deployed: server down\n");
+    }
+
+    #[test]
+    fn a_closed_pipe_ends_the_output_quietly() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+        }
+        let mut q = Quiet {
+            inner: Closed,
+            closed: false,
+        };
+        assert!(writeln!(q, "one").is_ok());
+        assert!(q.closed);
+        assert!(writeln!(q, "two").is_ok());
+        assert!(q.flush().is_ok());
+    }
+}

@@ -363,6 +363,26 @@ fn unreadable_client_key_is_named() {
 }
 
 #[test]
+fn an_encrypted_key_is_named_as_such() {
+    let Some(server) = server() else { return };
+    let line = format!("[127.0.0.1]:{} {}", server.port, server.host_key);
+    let known_hosts = server.known_hosts("known_hosts", &[line]);
+    let key = server.path("locked_key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "a passphrase", "-f"])
+        .arg(&key)
+        .status()
+        .expect("running ssh-keygen");
+    assert!(made.success());
+    let creds = server.credentials("locked_key", known_hosts);
+    let err = fetch(server.url(), creds).expect_err("an encrypted key must fail");
+    assert!(
+        err.contains("is encrypted with a passphrase") && err.contains(&key.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
 fn passed_deadline_aborts_the_transfer() {
     let Some(server) = server() else { return };
     let line = format!("[127.0.0.1]:{} {}", server.port, server.host_key);

@@ -406,7 +406,9 @@ fn a_freeze_survives_a_reboot() {
     );
     let out = sync(&m, 0);
     assert!(
-        out.contains("web: up to date") && out.contains("frozen (change freeze)"),
+        out.contains("web: frozen at ")
+            && out.contains("(upstream at ")
+            && out.contains("frozen (change freeze)"),
         "{out}"
     );
     assert!(out.contains("other: deployed"), "only web is frozen: {out}");

@@ -609,7 +609,7 @@ fn assert_deployed(c: &Case, s: &Sentinel, hostile_app: &Node) {
     let st = status(&c.h);
     assert_eq!(st["drift"]["count"], 0, "{case}: {st}");
     assert_eq!(st["drift"]["error"], Value::Null, "{case}: {st}");
-    let diff = c.h.run(&["diff", "app"]);
+    let diff = c.h.run_mounted(&["diff", "app"]);
     assert_eq!(diff.status.code(), Some(0), "{case}: diff: {}", text(&diff));
     assert_confined(&c.h, case);
 }

@@ -256,7 +256,7 @@ fn restore_policy_puts_local_edits_back_from_git() {
     let table = stdout(&h.run(&["status"]));
     assert!(table.contains("drift: modified"), "{table}");
 
-    let diff = h.run(&["diff", "app"]);
+    let diff = h.run_mounted(&["diff", "app"]);
     assert_eq!(diff.status.code(), Some(1), "{}", text(&diff));
     let patch = stdout(&diff);
     for line in ["-port = 1", "+port = 99", "+mine", "-x"] {
@@ -277,7 +277,7 @@ fn restore_policy_puts_local_edits_back_from_git() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(status(&h)["drift"]["count"], 0);
-    assert_eq!(h.run(&["diff", "app"]).status.code(), Some(0));
+    assert_eq!(h.run_mounted(&["diff", "app"]).status.code(), Some(0));
     assert_eq!(app_sample(&metrics(&h), "provision_drift_files"), Some(0.0));
 }
 

@@ -16,7 +16,7 @@
 //! presented key is still unchecked, as a backstop.
 
 use std::cell::{Cell, RefCell};
-use std::fs::{self, File};
+use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -137,6 +137,39 @@ fn callback_error(e: &anyhow::Error) -> git2::Error {
     )
 }
 
+/// Whether a private key file needs a passphrase: a PEM key with
+/// `Proc-Type: 4,ENCRYPTED`, a PKCS#8 `ENCRYPTED PRIVATE KEY`, or an
+/// OpenSSH key whose cipher is not `none`. libgit2 only says "Unsupported
+/// private key format" for these.
+fn key_is_encrypted(text: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(text);
+    if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        return true;
+    }
+    let Some(body) = text
+        .split("-----BEGIN OPENSSH PRIVATE KEY-----")
+        .nth(1)
+        .and_then(|b| b.split("-----END").next())
+    else {
+        return false;
+    };
+    let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    let Ok(raw) = STANDARD.decode(b64) else {
+        return false;
+    };
+    // "openssh-key-v1\0", then the cipher name as a length-prefixed string.
+    let Some(rest) = raw.strip_prefix(b"openssh-key-v1\0") else {
+        return false;
+    };
+    let Some(len) = rest
+        .get(..4)
+        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+    else {
+        return false;
+    };
+    rest.get(4..4 + len).is_some_and(|cipher| cipher != b"none")
+}
+
 /// The host key an ssh server presented, kept until the URL says the port.
 #[derive(Debug, Clone)]
 struct PresentedKey {
@@ -244,7 +277,15 @@ impl FetchState {
                 key.display()
             );
         }
-        File::open(key).with_context(|| format!("reading ssh key {}", key.display()))?;
+        let text = fs::read(key).with_context(|| format!("reading ssh key {}", key.display()))?;
+        if key_is_encrypted(&text) {
+            bail!(
+                "ssh key {k} is encrypted with a passphrase, which provision, running \
+                 unattended, cannot type; give it a key without one, readable by root only \
+                 (`ssh-keygen -p -N '' -f {k}` removes the passphrase of a copy)",
+                k = key.display()
+            );
+        }
         Ok(Cred::ssh_key(
             user.unwrap_or(DEFAULT_SSH_USER),
             None,

@@ -18,9 +18,10 @@ use crate::config::Service;
 use crate::git::mirror::Mirror;
 use crate::store::drift::{self, Change, Kind};
 use crate::store::layout;
+use crate::store::state::Deployed;
 use crate::store::state::StateDir;
 use crate::util::dirfd;
-use crate::view::observe;
+use crate::view::observe::{self, MountState};
 
 /// The diff of local changes against the deployed commit ("" when none).
 pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {
@@ -28,17 +29,17 @@ pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {
     let Some(deployed) = &state.deployed else {
         return Ok(String::new());
     };
+    let mut out = mount_lines(svc, state_dir, deployed);
     let repo = Mirror::of(svc, state_dir).open().ok();
     let drifted = observe::drift(svc, state_dir, deployed, repo.as_ref())?;
     if drifted.is_empty() {
-        return Ok(String::new());
+        return Ok(out);
     }
     let repo = repo.context("the local mirror is missing; run `provision sync` to fetch it")?;
     let commit = Oid::from_str(&deployed.commit)?;
     let releases = layout::releases(svc, state_dir);
     let manifest = releases.manifest(&deployed.release, Some(&repo), commit, &svc.dirs)?;
     let release = dirfd::Dir::open(&releases.path(&deployed.release))?;
-    let mut out = String::new();
     for d in &drifted {
         let label = drift::local_path(&svc.dirs, &d.rel);
         let expected = manifest.get(&d.rel).filter(|e| e.kind != Kind::Dir);
@@ -63,6 +64,28 @@ pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// A line per mount that does not show the deployed release: the service
+/// then reads something else than every file of the diff says, so a
+/// missing or foreign mount is a difference too.
+fn mount_lines(svc: &Service, state_dir: &Path, deployed: &Deployed) -> String {
+    let short = crate::store::commit::short(&deployed.commit);
+    let mut out = String::new();
+    for m in observe::mounts(svc, state_dir, deployed) {
+        let what = match m.state {
+            MountState::Ok => continue,
+            MountState::Missing => format!(
+                "not mounted: the service sees the directory underneath, not the files of {short}"
+            ),
+            MountState::Other => format!(
+                "shows something other than the release of {short} (another release, a mount made by hand, or the wrong read-only flag)"
+            ),
+            MountState::Error(e) => format!("cannot be checked: {e}"),
+        };
+        let _ = writeln!(out, "mount {}: {what}", m.local.display());
+    }
+    out
 }
 
 /// The diff from the deployed commit to the upstream head as of the last

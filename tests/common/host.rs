@@ -60,6 +60,13 @@ impl Host {
             .expect("running a script")
     }
 
+    /// Runs provision with `args` after `provision mount` in the same
+    /// namespace, so the deployed releases are mounted as on a host that
+    /// kept them (each [`Host::run`] starts with none).
+    pub fn run_mounted(&self, args: &[&str]) -> Output {
+        self.script(&format!("$P mount >/dev/null\nexec $P {}", args.join(" ")))
+    }
+
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }

@@ -160,9 +160,89 @@ fn a_global_mistake_is_reported_under_global() {
         .expect("running check");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(err.contains("1 error in config"), "once, not once per service: {err}");
+    assert!(
+        err.contains("1 error in config"),
+        "once, not once per service: {err}"
+    );
     assert!(
         err.contains(":2:9: [global]: key `depth`: must be at least 1"),
         "{err}"
     );
+}
+
+/// A TLS server (OpenSSL's `s_server`) on a free loopback port presenting
+/// a self-signed certificate with `san`; returns it and its port.
+fn tls_server(dir: &std::path::Path, san: &str) -> (std::process::Child, u16) {
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=provision test"])
+        .args(["-addext", &format!("subjectAltName={san}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("running openssl req");
+    assert!(made.status.success(), "{}", text(&made));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let server = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting openssl s_server");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s_server did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (server, port)
+}
+
+#[test]
+fn a_refused_https_certificate_is_explained() {
+    if !common::require_tool("openssl") {
+        return;
+    }
+    let cases = [
+        (
+            "IP:127.0.0.1",
+            &["is self-signed", "update-ca-certificates", "SSL_CERT_FILE"][..],
+        ),
+        (
+            "DNS:git.elsewhere.example",
+            &[
+                "issued for git.elsewhere.example, not 127.0.0.1",
+                "name mismatch",
+            ][..],
+        ),
+    ];
+    for (san, needles) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut server, port) = tls_server(dir.path(), san);
+        let h = Host::new();
+        h.write_config(&app_config(&format!("https://127.0.0.1:{port}/r.git"), ""));
+        let out = h.run(&["sync"]);
+        let _ = server.kill();
+        let _ = server.wait();
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{san}: {all}");
+        for n in needles {
+            assert!(all.contains(n), "{san}: the message says {n:?}: {all}");
+        }
+    }
 }

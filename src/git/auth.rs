@@ -68,6 +68,15 @@ impl Watch {
     pub fn stopped(&self) -> Option<Stopped> {
         self.0.stopped.get()
     }
+
+    /// Why the TLS certificate the server presented is not acceptable, if
+    /// one was presented and a reason is found in it.
+    pub fn certificate_problem(&self) -> Option<String> {
+        let presented = self.0.x509.borrow();
+        let (host, der) = presented.as_ref()?;
+        super::tls::diagnose(host, der)
+            .map(|why| format!("the https certificate of {host} is not accepted: {why}"))
+    }
 }
 
 /// [`remote_callbacks`] that also stop the transfer once more than
@@ -197,6 +206,8 @@ struct FetchState {
     ssh_attempts: Cell<u32>,
     https_attempts: Cell<u32>,
     stopped: Cell<Option<Stopped>>,
+    /// The host and DER certificate a TLS server presented.
+    x509: RefCell<Option<(String, Vec<u8>)>>,
 }
 
 impl FetchState {
@@ -204,6 +215,11 @@ impl FetchState {
     /// credentials callback; let libgit2/openssl validate TLS certificates.
     fn record_host_key(&self, cert: &Cert<'_>, host: &str) -> CertificateCheckStatus {
         let Some(hostkey) = cert.as_hostkey() else {
+            // TLS: libgit2 decides; the certificate is kept to explain a
+            // refusal.
+            if let Some(x509) = cert.as_x509() {
+                *self.x509.borrow_mut() = Some((host.to_owned(), x509.data().to_vec()));
+            }
             return CertificateCheckStatus::CertificatePassthrough;
         };
         let blob = hostkey.hostkey().map(<[u8]>::to_vec).unwrap_or_default();

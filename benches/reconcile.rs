@@ -11,6 +11,10 @@
 //! provision binary; default the one cargo built), `--quick` (few runs, to
 //! try the bench out; the document then says so).
 
+// The bench drives processes and namespaces directly (fork/exec for one
+// process's peak memory, unshare, umount): each unsafe block says why.
+#![allow(unsafe_code)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -42,6 +42,7 @@ pub struct Cli {
     pub metrics_dir: Option<PathBuf>,
 
     #[command(subcommand)]
+    /// The verb.
     pub command: Command,
 }
 

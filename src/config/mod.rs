@@ -194,10 +194,15 @@ impl Dir {
 /// What is done to a unit after its files changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// `systemctl reload`.
     Reload,
+    /// `systemctl restart`.
     Restart,
+    /// `systemctl try-restart`: restart only if running.
     TryRestart,
+    /// `systemctl reload-or-restart`.
     ReloadOrRestart,
+    /// `systemctl start`: for units that run once per change.
     Start,
 }
 
@@ -253,8 +258,11 @@ pub struct Upstream {
 /// Transports accepted for an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
+    /// `https://`.
     Https,
+    /// `ssh://` or scp-like `user@host:path`.
     Ssh,
+    /// `git://`, unauthenticated.
     Git,
     /// `file://` or a plain path: libgit2 cannot fetch these shallow.
     Local,
@@ -271,6 +279,7 @@ impl Upstream {
 /// One problem found in the config, located as precisely as TOML allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// The config file.
     pub file: PathBuf,
     /// 1-based line; 0 when the problem has no single place (a missing key).
     pub line: usize,
@@ -280,6 +289,7 @@ pub struct Diagnostic {
     pub context: String,
     /// The key concerned, dotted for nested keys (`dirs[0].local`).
     pub key: String,
+    /// What is wrong, and how to fix it where that is known.
     pub message: String,
 }
 

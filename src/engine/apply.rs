@@ -105,9 +105,11 @@ pub fn run_action(svc: &Service) -> Result<Option<ActionOutcome>> {
 /// What a pass did to one service.
 #[derive(Debug)]
 pub struct Report {
+    /// The service's name.
     pub service: String,
     /// What the service shows after the command, failed or not.
     pub serving: Serving,
+    /// What the command did, or why it failed.
     pub outcome: Result<Outcome>,
 }
 
@@ -159,6 +161,7 @@ pub struct Outcome {
 /// A service kept on its commit by a freeze or a pin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
+    /// A freeze or a pin.
     pub kind: HoldKind,
     /// The upstream head as last fetched.
     pub upstream: String,
@@ -371,7 +374,9 @@ fn act(svc: &Service, sd: &StateDir, state: &mut State, notes: &mut Vec<String>)
 /// the action is retried by the next pass.
 #[derive(Debug)]
 pub struct ActionPending {
+    /// The commit whose files are in place.
     pub commit: Option<String>,
+    /// The action that failed (`reload`...).
     pub action: &'static str,
 }
 

@@ -67,8 +67,11 @@ fn parse_back(rest: &str) -> Option<Rev> {
 
 /// What a revision is resolved against.
 pub struct Lookup<'a> {
+    /// The service whose history is searched.
     pub svc: &'a Service,
+    /// Its mirror, deepened when a commit is older than the fetch depth.
     pub mirror: &'a Mirror,
+    /// Its releases, which hold commits even when the mirror is gone.
     pub releases: &'a Releases,
     /// The deployed commit, which `HEAD~N` counts from.
     pub deployed: Option<&'a str>,

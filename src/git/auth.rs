@@ -117,6 +117,7 @@ pub fn watched_callbacks<'a>(
 /// Call it once at start-up, before any fetch runs (the settings are global
 /// and unsynchronised in libgit2). A zero duration means the system default.
 /// Both apply to https and to ssh, whose socket libgit2 opens itself.
+#[allow(unsafe_code)] // libgit2 exposes its global timeouts only as unsafe setters
 pub fn set_network_timeouts(connect: Duration, io: Duration) -> Result<()> {
     let connect_ms = millis(connect, "connect")?;
     let io_ms = millis(io, "i/o")?;

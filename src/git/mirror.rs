@@ -77,8 +77,11 @@ pub fn init<'a>(upstreams: impl IntoIterator<Item = &'a Upstream>) {
 /// A mirror on disk: where it is and what it follows.
 #[derive(Debug, Clone)]
 pub struct Mirror {
+    /// The bare repository.
     pub path: PathBuf,
+    /// Where it is fetched from.
     pub upstream: Upstream,
+    /// The one branch it holds.
     pub branch: String,
     /// Most bytes one fetch may receive (the service's `max_fetch_bytes`).
     pub max_fetch_bytes: u64,

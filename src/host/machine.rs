@@ -98,6 +98,7 @@ fn interface_addresses() -> Vec<String> {
 
 /// The canonical name of `host` as the resolver sees it (what `hostname -f`
 /// prints), or `None` when it cannot be resolved.
+#[allow(unsafe_code)] // getaddrinfo: the C resolver is the only way to the canonical name
 fn canonical_name(host: &str) -> Option<String> {
     let c_host = CString::new(host).ok()?;
     // SAFETY: an all-zero addrinfo is a valid "no hints" value.

@@ -40,9 +40,13 @@ pub enum Before {
 /// One wanted bind mount.
 #[derive(Debug, Clone)]
 pub struct Wanted<'a> {
+    /// The mount point on the host.
     pub local: &'a Path,
+    /// The release path to show there.
     pub source: PathBuf,
+    /// A single file rather than a directory.
     pub file: bool,
+    /// Mounted read-only.
     pub readonly: bool,
     /// Work beneath directories other users can write (never following a
     /// symlink); otherwise such a `local` is refused.
@@ -332,6 +336,7 @@ fn switch(w: &Wanted<'_>, src: &OwnedFd, t: &mut Target) -> Result<()> {
     }
 }
 
+#[allow(unsafe_code)] // mount_setattr has no safe wrapper in rustix or nix
 fn set_readonly(tree: &OwnedFd) -> std::result::Result<(), Errno> {
     let attr = libc::mount_attr {
         attr_set: libc::MOUNT_ATTR_RDONLY,
@@ -363,10 +368,13 @@ fn set_readonly(tree: &OwnedFd) -> std::result::Result<(), Errno> {
 /// One line of the mount table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// The mount ID (`statx` `STATX_MNT_ID`).
     pub id: u64,
+    /// The ID of the mount it is mounted on.
     pub parent: u64,
     /// Where it is mounted, as the kernel names it.
     pub point: Vec<u8>,
+    /// Mounted read-only.
     pub readonly: bool,
 }
 
@@ -400,6 +408,7 @@ fn layers(table: &str, id: u64) -> usize {
 /// services times mounts. The open file reports any change to the
 /// namespace's mounts, by this process or another, as POLLPRI on poll(2);
 /// without one the text read last is still the table.
+#[allow(unsafe_code)] // poll(2) on the open mountinfo file
 fn mountinfo() -> Result<Arc<str>> {
     struct Table {
         file: File,

@@ -12,10 +12,15 @@ use crate::host::process;
 /// The package managers provision knows how to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Manager {
+    /// Debian and derivatives.
     Apt,
+    /// Fedora, RHEL and derivatives.
     Dnf,
+    /// openSUSE and SLES.
     Zypper,
+    /// Arch Linux.
     Pacman,
+    /// Alpine Linux.
     Apk,
 }
 

@@ -33,9 +33,13 @@ const HEADER: &[u8] = b"provision-manifest 1\n";
 /// What a manifest entry is, as Git stores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A regular file (mode 100644).
     File,
+    /// An executable file (mode 100755).
     Exec,
+    /// A symbolic link.
     Symlink,
+    /// A directory (a tree, or a submodule written empty).
     Dir,
 }
 
@@ -106,6 +110,7 @@ impl Stat {
 /// One path of a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
+    /// What the entry is.
     pub kind: Kind,
     /// The blob written (zero for directories).
     pub oid: Oid,
@@ -255,6 +260,7 @@ pub enum Change {
 }
 
 impl Change {
+    /// The word status, metrics and messages use.
     pub fn as_str(self) -> &'static str {
         match self {
             Change::Modified => "modified",
@@ -269,6 +275,7 @@ impl Change {
 pub struct Drifted {
     /// Relative to the release directory (it starts with the `link`).
     pub rel: PathBuf,
+    /// How it differs.
     pub change: Change,
 }
 

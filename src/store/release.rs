@@ -39,7 +39,9 @@ const PRIVATE_DIR: u32 = 0o700;
 /// Owner given to every file of a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
+    /// The user.
     pub uid: Uid,
+    /// The user's primary group.
     pub gid: Gid,
 }
 
@@ -64,7 +66,9 @@ impl Owner {
 /// too; the group is `group`, else the user's primary group, else root's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Access {
+    /// Owner of every file and directory.
     pub uid: u32,
+    /// Group of every file and directory.
     pub gid: u32,
     /// Permission bits of regular files.
     pub mode: u32,

@@ -21,6 +21,7 @@ const FILE: &str = "state.json";
 /// The persistent state of one service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
+    /// The format version that wrote the file.
     pub version: u32,
     /// The release serving now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,6 +78,7 @@ impl Counters {
 /// Why a service stays on its deployed commit instead of following upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
+    /// A freeze or a pin.
     pub kind: HoldKind,
     /// The operator's words, or what put the hold in place.
     pub reason: String,
@@ -89,7 +91,9 @@ pub struct Hold {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HoldKind {
+    /// `provision freeze`: stays on whatever is deployed.
     Frozen,
+    /// `provision rollback`: stays on the commit it chose.
     Pinned,
 }
 
@@ -106,6 +110,7 @@ impl HoldKind {
 /// A deployed release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployed {
+    /// The commit, as 40 hex digits.
     pub commit: String,
     /// Release directory name (commit plus dirs fingerprint).
     pub release: String,
@@ -116,6 +121,7 @@ pub struct Deployed {
 /// The upstream head seen by the last fetch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpstreamSeen {
+    /// The commit, as 40 hex digits.
     pub commit: String,
     /// Unix time of that fetch.
     pub fetched: u64,
@@ -125,9 +131,12 @@ pub struct UpstreamSeen {
 /// end (for metrics, which are written without looking at the host again).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PassRecord {
+    /// Unix time the pass ended.
     pub time: u64,
+    /// Whether it succeeded.
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why it failed.
     pub error: Option<String>,
     /// Wall time of the pass for this service, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -32,15 +32,23 @@ pub struct Dir {
 /// What `lstat` says of one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
+    /// File, directory, symlink...
     pub kind: FileType,
     /// Permission bits, with set-id and sticky bits.
     pub perm: u32,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Size in bytes.
     pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
     pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the epoch.
     pub ctime_ns: i64,
+    /// Inode number.
     pub ino: u64,
+    /// Device number.
     pub dev: u64,
 }
 
@@ -60,14 +68,17 @@ impl Meta {
         }
     }
 
+    /// A directory.
     pub fn is_dir(&self) -> bool {
         self.kind == FileType::Directory
     }
 
+    /// A regular file.
     pub fn is_file(&self) -> bool {
         self.kind == FileType::RegularFile
     }
 
+    /// A symbolic link.
     pub fn is_symlink(&self) -> bool {
         self.kind == FileType::Symlink
     }

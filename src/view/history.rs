@@ -16,10 +16,13 @@ use crate::store::state::StateDir;
 /// One commit of the history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Entry {
+    /// The commit, as 40 hex digits.
     pub commit: String,
     /// Committer time, Unix seconds; 0 when only the release is known.
     pub time: i64,
+    /// Its author's name.
     pub author: String,
+    /// The first line of its message.
     pub subject: String,
     /// The commit serving now.
     pub deployed: bool,

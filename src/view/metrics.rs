@@ -32,6 +32,7 @@ const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where and whether to write the metrics file.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The textfile-collector directory.
     pub dir: PathBuf,
     /// Create `dir` when missing. False for the default directory, which
     /// exists only where node_exporter is installed.

@@ -43,7 +43,9 @@ impl Observation {
 /// What one mount point shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountCheck {
+    /// The mount point.
     pub local: PathBuf,
+    /// What it shows.
     pub state: MountState,
 }
 

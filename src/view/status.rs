@@ -22,63 +22,83 @@ pub const SCHEMA: u32 = 1;
 /// The whole `status --json` document.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// [`SCHEMA`]: changes when a field is removed or changes meaning.
     pub schema: u32,
+    /// The machine name the services were selected by.
     pub machine: String,
     /// Unix time the report was made.
     pub time: u64,
+    /// One entry per selected service, in config order.
     pub services: Vec<ServiceStatus>,
 }
 
 /// One service.
 #[derive(Debug, Serialize)]
 pub struct ServiceStatus {
+    /// The service's name.
     pub name: String,
+    /// Its systemd unit.
     pub unit: String,
     /// `following`, `frozen` or `pinned`; `unknown` when the state file
     /// cannot be read.
     pub state: String,
+    /// The freeze or pin, if any.
     pub hold: Option<HoldStatus>,
+    /// The deployed commit and when it was deployed.
     pub deployed: Option<CommitAt>,
     /// The branch head as of the last successful fetch.
     pub upstream: Option<CommitAt>,
     /// Deployed equals upstream; `None` until both are known.
     pub in_sync: Option<bool>,
+    /// Local changes to the deployed files.
     pub drift: DriftStatus,
+    /// Each mount point and what it shows.
     pub mounts: Vec<MountStatus>,
     /// Every mount shows the deployed release; `None` when nothing is deployed.
     pub mounts_ok: Option<bool>,
     /// The unit's ActiveState; `None` when systemd cannot be asked.
     pub unit_state: Option<String>,
+    /// The last pass, if one ran.
     pub last_pass: Option<PassStatus>,
     /// Why the state file could not be read.
     pub state_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
+/// A freeze or pin as status shows it.
 pub struct HoldStatus {
+    /// `frozen` or `pinned`.
     pub kind: String,
+    /// The operator's words.
     pub reason: String,
+    /// Unix time it began.
     pub since: u64,
 }
 
 #[derive(Debug, Serialize)]
+/// A commit and a time.
 pub struct CommitAt {
+    /// The commit, as 40 hex digits.
     pub commit: String,
     /// Deployment time, or fetch time for upstream.
     pub time: u64,
 }
 
 #[derive(Debug, Serialize)]
+/// Local changes to the deployed files.
 pub struct DriftStatus {
     /// `restore` or `warn`.
     pub policy: String,
     /// Changed paths; `None` when they could not be determined.
     pub count: Option<usize>,
+    /// Each changed path.
     pub files: Vec<DriftedFile>,
+    /// Why it could not be checked, if so.
     pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
+/// One changed path.
 pub struct DriftedFile {
     /// Where the file appears on this machine.
     pub path: String,
@@ -87,18 +107,26 @@ pub struct DriftedFile {
 }
 
 #[derive(Debug, Serialize)]
+/// One mount point.
 pub struct MountStatus {
+    /// The mount point.
     pub local: String,
     /// `ok`, `missing`, `other` or `error`.
     pub state: String,
+    /// Why it could not be checked, if so.
     pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
+/// The last pass.
 pub struct PassStatus {
+    /// Unix time it ended.
     pub time: u64,
+    /// Whether it succeeded.
     pub ok: bool,
+    /// Why it could not be checked, if so.
     pub error: Option<String>,
+    /// How long it took.
     pub duration_ms: Option<u64>,
 }
 

@@ -1032,6 +1032,7 @@ fn is_whiteout(meta: &fs::Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
+#[allow(unsafe_code)] // lgetxattr: reading overlayfs's opaque mark
 fn is_opaque(dir: &Path) -> bool {
     let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
         return false;
@@ -1051,6 +1052,7 @@ fn is_opaque(dir: &Path) -> bool {
     n == 1 && buf[0] == b'y'
 }
 
+#[allow(unsafe_code)] // lsetxattr: writing overlayfs's opaque mark
 fn set_opaque(dir: &Path) -> std::io::Result<()> {
     let path = CString::new(dir.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
@@ -1366,6 +1368,7 @@ fn spawn_tied_to_process(mut cmd: Command) -> std::io::Result<Child> {
         Mutex::new(tx)
     });
     // SAFETY: the closure only makes async-signal-safe system calls.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {

@@ -12,8 +12,8 @@ use std::io::{self, Write};
 use crate::config::{Service, Transport};
 use crate::engine::apply::{ActionPending, Outcome, Report, Serving};
 use crate::store::commit::short;
-use crate::view::history::Entry;
-use crate::view::status::{CommitAt, Report as StatusReport, ServiceStatus};
+use crate::view::history::HistoryEntry;
+use crate::view::status::{CommitAt, Document, ServiceStatus, Shows};
 
 /// A writer that stops writing, without an error, once its reader closed
 /// the pipe.
@@ -165,7 +165,7 @@ pub fn service(out: &mut impl Write, svc: &Service) {
 }
 
 /// `provision history` as lines, newest first.
-pub fn history(out: &mut impl Write, svc: &Service, entries: &[Entry]) {
+pub fn history(out: &mut impl Write, svc: &Service, entries: &[HistoryEntry]) {
     if entries.is_empty() {
         let _ = writeln!(
             out,
@@ -207,7 +207,7 @@ pub fn history(out: &mut impl Write, svc: &Service, entries: &[Entry]) {
 
 /// The human form of `status`: an aligned table, then one line per thing
 /// worth a look (holds, failures, drifted files, broken mounts).
-pub fn status_table(out: &mut impl Write, report: &StatusReport) {
+pub fn status_table(out: &mut impl Write, report: &Document) {
     let now = report.time;
     let header = [
         "SERVICE",
@@ -259,7 +259,7 @@ fn row(s: &ServiceStatus, now: u64) -> Vec<String> {
         None => "-".to_string(),
         Some(true) => "ok".to_string(),
         Some(false) => {
-            let ok = s.mounts.iter().filter(|m| m.state == "ok").count();
+            let ok = s.mounts.iter().filter(|m| m.state == Shows::Ok).count();
             format!("{ok}/{}", s.mounts.len())
         }
     };
@@ -274,7 +274,7 @@ fn row(s: &ServiceStatus, now: u64) -> Vec<String> {
     vec![
         s.name.clone(),
         s.unit.clone(),
-        s.state.clone(),
+        s.state.as_str().to_string(),
         deployed(&s.deployed),
         upstream,
         yes_no(s.in_sync, "yes", "no"),
@@ -294,7 +294,7 @@ fn detail_lines(s: &ServiceStatus, now: u64) -> Vec<String> {
     if let Some(h) = &s.hold {
         out.push(format!(
             "{n}: {} since {} ({} ago): {}",
-            h.kind,
+            h.kind.as_str(),
             crate::util::format_utc(i64::try_from(h.since).unwrap_or(0)),
             ago(now, h.since),
             h.reason
@@ -308,14 +308,14 @@ fn detail_lines(s: &ServiceStatus, now: u64) -> Vec<String> {
         out.push(format!("{n}: drift unknown: {e}"));
     }
     for f in &s.drift.files {
-        out.push(format!("{n}: drift: {} {}", f.change, f.path));
+        out.push(format!("{n}: drift: {} {}", f.change.as_str(), f.path));
     }
-    for m in s.mounts.iter().filter(|m| m.state != "ok") {
+    for m in s.mounts.iter().filter(|m| m.state != Shows::Ok) {
         let why = m
             .error
             .as_deref()
             .map_or(String::new(), |e| format!(": {e}"));
-        out.push(format!("{n}: mount {}: {}{why}", m.local, m.state));
+        out.push(format!("{n}: mount {}: {}{why}", m.local, m.state.as_str()));
     }
     out
 }

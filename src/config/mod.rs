@@ -125,7 +125,8 @@ impl Service {
 
 /// What a pass does when the files of the deployed release were changed on
 /// this machine (edited, added or deleted through the mounted path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DriftPolicy {
     /// The repository is the truth: rewrite the release from Git and remount.
     Restore,

@@ -2,5 +2,6 @@
 //! to fetch them.
 
 pub mod auth;
+pub mod known_hosts;
 pub mod mirror;
 pub mod tls;

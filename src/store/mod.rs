@@ -4,5 +4,6 @@
 pub mod commit;
 pub mod drift;
 pub mod layout;
+pub mod manifest;
 pub mod release;
 pub mod state;

@@ -22,7 +22,7 @@ use git2::{FileMode, ObjectType, Odb, Oid, Repository, Tree, TreeEntry};
 use nix::unistd::{Gid, Uid};
 
 use crate::config::{Dir, Limits, Service, DEFAULT_FILE_MODE};
-use crate::store::drift::{Kind, Manifest};
+use crate::store::manifest::{Kind, Manifest};
 use crate::util::{dirfd, human_size};
 
 /// Directory of a service's releases, below its service directory.

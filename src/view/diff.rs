@@ -16,8 +16,9 @@ use git2::{DiffOptions, Oid, Patch, Repository, Tree};
 
 use crate::config::Service;
 use crate::git::mirror::Mirror;
-use crate::store::drift::{self, Change, Kind};
+use crate::store::drift::{self, Change};
 use crate::store::layout;
+use crate::store::manifest::Kind;
 use crate::store::state::Deployed;
 use crate::store::state::StateDir;
 use crate::util::dirfd;

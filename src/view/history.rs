@@ -15,7 +15,7 @@ use crate::store::state::StateDir;
 
 /// One commit of the history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Entry {
+pub struct HistoryEntry {
     /// The commit, as 40 hex digits.
     pub commit: String,
     /// Committer time, Unix seconds; 0 when only the release is known.
@@ -37,7 +37,7 @@ pub struct Entry {
 /// Up to `limit` commits from the branch head, first-parent, plus the
 /// deployed commit when it is not among them (after a force-push, say).
 /// Reading it takes no lock and no network.
-pub fn list(svc: &Service, state_dir: &Path, limit: usize) -> Result<Vec<Entry>> {
+pub fn list(svc: &Service, state_dir: &Path, limit: usize) -> Result<Vec<HistoryEntry>> {
     let state = StateDir::new(state_dir, &svc.name).load()?;
     let deployed = state.deployed.map(|d| d.commit);
     let releases = layout::releases(svc, state_dir);
@@ -76,13 +76,13 @@ pub fn list(svc: &Service, state_dir: &Path, limit: usize) -> Result<Vec<Entry>>
     Ok(entries)
 }
 
-fn find(repo: &Repository, commit: &str) -> Option<Entry> {
+fn find(repo: &Repository, commit: &str) -> Option<HistoryEntry> {
     let oid = Oid::from_str(commit).ok()?;
     repo.find_commit(oid).ok().map(|c| entry(&c))
 }
 
-fn entry(c: &git2::Commit<'_>) -> Entry {
-    Entry {
+fn entry(c: &git2::Commit<'_>) -> HistoryEntry {
+    HistoryEntry {
         commit: c.id().to_string(),
         time: c.time().seconds(),
         author: c.author().name().unwrap_or("?").to_string(),
@@ -95,8 +95,8 @@ fn entry(c: &git2::Commit<'_>) -> Entry {
 }
 
 /// A commit known only from its release (not in the mirror any more).
-fn bare(commit: &str) -> Entry {
-    Entry {
+fn bare(commit: &str) -> HistoryEntry {
+    HistoryEntry {
         commit: commit.to_string(),
         time: 0,
         author: String::new(),

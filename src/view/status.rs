@@ -10,9 +10,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::config::Service;
+use crate::config::{DriftPolicy, Service};
 use crate::git::mirror::Mirror;
-use crate::store::state::{State, StateDir};
+use crate::store::drift::Change;
+use crate::store::state::{HoldKind, State, StateDir};
 use crate::util::now_unix;
 use crate::view::observe::{self, MountState};
 
@@ -21,7 +22,7 @@ pub const SCHEMA: u32 = 1;
 
 /// The whole `status --json` document.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub struct Document {
     /// [`SCHEMA`]: changes when a field is removed or changes meaning.
     pub schema: u32,
     /// The machine name the services were selected by.
@@ -41,7 +42,7 @@ pub struct ServiceStatus {
     pub unit: String,
     /// `following`, `frozen` or `pinned`; `unknown` when the state file
     /// cannot be read.
-    pub state: String,
+    pub state: Following,
     /// The freeze or pin, if any.
     pub hold: Option<HoldStatus>,
     /// The deployed commit and when it was deployed.
@@ -64,19 +65,19 @@ pub struct ServiceStatus {
     pub state_error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
 /// A freeze or pin as status shows it.
+#[derive(Debug, Serialize)]
 pub struct HoldStatus {
     /// `frozen` or `pinned`.
-    pub kind: String,
+    pub kind: HoldKind,
     /// The operator's words.
     pub reason: String,
     /// Unix time it began.
     pub since: u64,
 }
 
-#[derive(Debug, Serialize)]
 /// A commit and a time.
+#[derive(Debug, Serialize)]
 pub struct CommitAt {
     /// The commit, as 40 hex digits.
     pub commit: String,
@@ -84,11 +85,11 @@ pub struct CommitAt {
     pub time: u64,
 }
 
-#[derive(Debug, Serialize)]
 /// Local changes to the deployed files.
+#[derive(Debug, Serialize)]
 pub struct DriftStatus {
     /// `restore` or `warn`.
-    pub policy: String,
+    pub policy: DriftPolicy,
     /// Changed paths; `None` when they could not be determined.
     pub count: Option<usize>,
     /// Each changed path.
@@ -97,28 +98,28 @@ pub struct DriftStatus {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
 /// One changed path.
+#[derive(Debug, Serialize)]
 pub struct DriftedFile {
     /// Where the file appears on this machine.
     pub path: String,
     /// `modified`, `added` or `deleted`.
-    pub change: String,
+    pub change: Change,
 }
 
-#[derive(Debug, Serialize)]
 /// One mount point.
+#[derive(Debug, Serialize)]
 pub struct MountStatus {
     /// The mount point.
     pub local: String,
     /// `ok`, `missing`, `other` or `error`.
-    pub state: String,
+    pub state: Shows,
     /// Why it could not be checked, if so.
     pub error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
 /// The last pass.
+#[derive(Debug, Serialize)]
 pub struct PassStatus {
     /// Unix time it ended.
     pub time: u64,
@@ -130,17 +131,81 @@ pub struct PassStatus {
     pub duration_ms: Option<u64>,
 }
 
-/// Collects the status of `services`.
-pub fn collect(services: &[&Service], state_dir: &Path, machine: &str) -> Report {
-    Report {
-        schema: SCHEMA,
-        machine: machine.to_string(),
-        time: now_unix(),
-        services: services.iter().map(|s| one(s, state_dir)).collect(),
+/// Whether a service follows upstream, as the JSON and the table say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Following {
+    /// Deploys each new upstream head.
+    Following,
+    /// `provision freeze`: stays on what is deployed.
+    Frozen,
+    /// `provision rollback`: stays on the commit it chose.
+    Pinned,
+    /// The state file cannot be read.
+    Unknown,
+}
+
+impl Following {
+    /// The word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Following::Following => "following",
+            Following::Frozen => "frozen",
+            Following::Pinned => "pinned",
+            Following::Unknown => "unknown",
+        }
     }
 }
 
-fn one(svc: &Service, state_dir: &Path) -> ServiceStatus {
+/// What a mount point shows, as the JSON says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shows {
+    /// The deployed release, with the configured read-only flag.
+    Ok,
+    /// Nothing is mounted there.
+    Missing,
+    /// Something else.
+    Other,
+    /// It could not be checked (see `error`).
+    Error,
+}
+
+impl Shows {
+    fn of(m: &MountState) -> Shows {
+        match m {
+            MountState::Ok => Shows::Ok,
+            MountState::Missing => Shows::Missing,
+            MountState::Other => Shows::Other,
+            MountState::Error(_) => Shows::Error,
+        }
+    }
+
+    /// The word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shows::Ok => "ok",
+            Shows::Missing => "missing",
+            Shows::Other => "other",
+            Shows::Error => "error",
+        }
+    }
+}
+
+/// Collects the status of `services`.
+pub fn collect(services: &[&Service], state_dir: &Path, machine: &str) -> Document {
+    Document {
+        schema: SCHEMA,
+        machine: machine.to_string(),
+        time: now_unix(),
+        services: services
+            .iter()
+            .map(|s| service_status(s, state_dir))
+            .collect(),
+    }
+}
+
+fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
     let loaded = StateDir::new(state_dir, &svc.name).load();
     let state_error = loaded.as_ref().err().map(|e| format!("{e:#}"));
     let state = loaded.unwrap_or_default();
@@ -148,7 +213,7 @@ fn one(svc: &Service, state_dir: &Path) -> ServiceStatus {
     let seen = observe::observe(svc, state_dir, &state, repo.as_ref());
     let drift = match &seen.drift {
         Ok(d) => DriftStatus {
-            policy: svc.drift.as_str().into(),
+            policy: svc.drift,
             count: Some(d.len()),
             files: d
                 .iter()
@@ -156,13 +221,13 @@ fn one(svc: &Service, state_dir: &Path) -> ServiceStatus {
                     path: crate::store::drift::local_path(&svc.dirs, &f.rel)
                         .display()
                         .to_string(),
-                    change: f.change.as_str().into(),
+                    change: f.change,
                 })
                 .collect(),
             error: None,
         },
         Err(e) => DriftStatus {
-            policy: svc.drift.as_str().into(),
+            policy: svc.drift,
             count: None,
             files: Vec::new(),
             error: Some(format!("{e:#}")),
@@ -172,12 +237,13 @@ fn one(svc: &Service, state_dir: &Path) -> ServiceStatus {
         name: svc.name.clone(),
         unit: svc.unit.clone(),
         state: match (&state_error, &state.hold) {
-            (Some(_), _) => "unknown".into(),
-            (None, Some(h)) => h.kind.as_str().into(),
-            (None, None) => "following".into(),
+            (Some(_), _) => Following::Unknown,
+            (None, Some(h)) if h.kind == HoldKind::Frozen => Following::Frozen,
+            (None, Some(_)) => Following::Pinned,
+            (None, None) => Following::Following,
         },
         hold: state.hold.as_ref().map(|h| HoldStatus {
-            kind: h.kind.as_str().into(),
+            kind: h.kind,
             reason: h.reason.clone(),
             since: h.since,
         }),
@@ -197,7 +263,7 @@ fn one(svc: &Service, state_dir: &Path) -> ServiceStatus {
             .iter()
             .map(|m| MountStatus {
                 local: m.local.display().to_string(),
-                state: m.state.as_str().into(),
+                state: Shows::of(&m.state),
                 error: match &m.state {
                     MountState::Error(e) => Some(e.clone()),
                     _ => None,

@@ -63,18 +63,6 @@ pub enum MountState {
     Error(String),
 }
 
-impl MountState {
-    /// The word status prints.
-    pub fn as_str(&self) -> &str {
-        match self {
-            MountState::Ok => "ok",
-            MountState::Missing => "missing",
-            MountState::Other => "other",
-            MountState::Error(_) => "error",
-        }
-    }
-}
-
 /// Looks at the host for `svc`, as recorded in `state`.
 pub fn observe(
     svc: &Service,

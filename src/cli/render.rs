@@ -11,7 +11,6 @@ use std::io::{self, Write};
 
 use crate::config::{Service, Transport};
 use crate::engine::apply::{ActionPending, Outcome, Report, Serving};
-use crate::store::commit::short;
 use crate::view::history::HistoryEntry;
 use crate::view::status::{CommitAt, Document, ServiceStatus, Shows};
 
@@ -104,24 +103,24 @@ pub fn reports(
 
 /// The first words about a successful pass.
 fn headline(o: &Outcome, doing: Doing) -> String {
-    if o.to.is_empty() {
+    let Some(to) = o.to else {
         return "nothing deployed yet".to_string();
-    }
+    };
     if doing == Doing::Restore {
-        return format!("restored {} from disk (upstream not checked)", short(&o.to));
+        return format!("restored {} from disk (upstream not checked)", to.short());
     }
     if o.new_release {
-        let from = o.from.as_deref().map_or("nothing".to_string(), short);
-        return format!("deployed {} (was {from})", short(&o.to));
+        let from = o.from.map_or("nothing".to_string(), |c| c.short());
+        return format!("deployed {} (was {from})", to.short());
     }
     match &o.held {
-        Some(h) if h.upstream != o.to => format!(
+        Some(h) if h.upstream != to => format!(
             "{} at {} (upstream at {})",
             h.kind.as_str(),
-            short(&o.to),
-            short(&h.upstream)
+            to.short(),
+            h.upstream.short()
         ),
-        _ => format!("up to date at {}", short(&o.to)),
+        _ => format!("up to date at {}", to.short()),
     }
 }
 
@@ -198,7 +197,7 @@ pub fn history(out: &mut impl Write, svc: &Service, entries: &[HistoryEntry]) {
         let _ = writeln!(
             out,
             "{mark} {}  {when}  {:<16.16}  {}{tags}",
-            short(&e.commit),
+            e.commit.short(),
             e.author,
             e.subject
         );
@@ -244,9 +243,9 @@ pub fn status_table(out: &mut impl Write, report: &Document) {
 }
 
 fn row(s: &ServiceStatus, now: u64) -> Vec<String> {
-    let deployed = |c: &Option<CommitAt>| c.as_ref().map_or("-".into(), |c| short(&c.commit));
+    let deployed = |c: &Option<CommitAt>| c.as_ref().map_or("-".into(), |c| c.commit.short());
     let upstream = match &s.upstream {
-        Some(u) => format!("{} ({} ago)", short(&u.commit), ago(now, u.time)),
+        Some(u) => format!("{} ({} ago)", u.commit.short(), ago(now, u.time)),
         None => "-".into(),
     };
     let yes_no = |b: Option<bool>, yes: &str, no: &str| match b {
@@ -335,6 +334,7 @@ pub fn ago(now: u64, then: u64) -> String {
 mod tests {
     use super::*;
     use crate::engine::apply::Held;
+    use crate::store::commit::CommitId;
     use crate::store::state::HoldKind;
 
     #[test]
@@ -346,10 +346,14 @@ mod tests {
         assert_eq!(ago(0, 10), "0s");
     }
 
+    fn commit(c: char) -> CommitId {
+        c.to_string().repeat(40).parse().expect("commit id")
+    }
+
     fn outcome(held: Option<Held>) -> Outcome {
         Outcome {
-            from: Some("a".repeat(40)),
-            to: "a".repeat(40),
+            from: Some(commit('a')),
+            to: Some(commit('a')),
             new_release: false,
             notes: vec!["a note".into()],
             held,
@@ -370,11 +374,11 @@ mod tests {
     fn a_held_service_behind_upstream_says_so() {
         let pinned = Held {
             kind: HoldKind::Pinned,
-            upstream: "b".repeat(40),
+            upstream: commit('b'),
         };
         let r = Report {
             service: "web".into(),
-            serving: Serving::Commit("a".repeat(40)),
+            serving: Serving::Commit(commit('a')),
             outcome: Ok(outcome(Some(pinned))),
         };
         let (out, _, failed) = render(vec![r], Doing::Deploy);
@@ -385,7 +389,7 @@ mod tests {
         );
         let r = Report {
             service: "web".into(),
-            serving: Serving::Commit("a".repeat(40)),
+            serving: Serving::Commit(commit('a')),
             outcome: Ok(outcome(None)),
         };
         assert!(render(vec![r], Doing::Deploy)
@@ -397,7 +401,7 @@ mod tests {
     fn a_restore_says_restored_and_a_first_failure_says_nothing_is_deployed() {
         let r = Report {
             service: "web".into(),
-            serving: Serving::Commit("a".repeat(40)),
+            serving: Serving::Commit(commit('a')),
             outcome: Ok(outcome(None)),
         };
         let (out, _, _) = render(vec![r], Doing::Restore);

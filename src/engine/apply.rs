@@ -13,7 +13,7 @@ use crate::config::{DriftPolicy, Service};
 use crate::host::mount::{self, Before, Wanted};
 use crate::host::package;
 use crate::host::systemd::{self, ActionOutcome};
-use crate::store::commit::short;
+use crate::store::commit::CommitId;
 use crate::store::drift::{self, Drifted};
 use crate::store::layout;
 use crate::store::release::Releases;
@@ -66,8 +66,8 @@ pub fn unmount_dropped(svc: &Service, previously: &[PathBuf]) -> Result<Vec<Path
 /// Whether going from commit `from` to `to` changes any path `svc` mounts.
 /// Unknown when `from` is not in the mirror any more: then it counts as a
 /// change, since an extra reload is cheaper than a missed one.
-pub fn content_changed(repo: &Repository, from: Option<&str>, to: Oid, svc: &Service) -> bool {
-    let Some(from) = from.and_then(|f| Oid::from_str(f).ok()) else {
+pub fn content_changed(repo: &Repository, from: Option<CommitId>, to: Oid, svc: &Service) -> bool {
+    let Some(from) = from.map(CommitId::oid) else {
         return true;
     };
     if from == to {
@@ -129,7 +129,7 @@ impl Report {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Serving {
     /// The release of this commit.
-    Commit(String),
+    Commit(CommitId),
     /// Nothing was ever deployed.
     Nothing,
     /// The state could not be read (the deployment itself is untouched).
@@ -139,7 +139,7 @@ pub enum Serving {
 impl Serving {
     /// From the state's deployed release.
     pub fn of(deployed: Option<&Deployed>) -> Serving {
-        deployed.map_or(Serving::Nothing, |d| Serving::Commit(d.commit.clone()))
+        deployed.map_or(Serving::Nothing, |d| Serving::Commit(d.commit))
     }
 }
 
@@ -147,9 +147,9 @@ impl Serving {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// The commit deployed before the pass.
-    pub from: Option<String>,
-    /// The commit deployed now.
-    pub to: String,
+    pub from: Option<CommitId>,
+    /// The commit deployed now; `None` when nothing is deployed.
+    pub to: Option<CommitId>,
     /// A new release was put in place (another commit, or other `dirs`).
     pub new_release: bool,
     /// Human-readable lines about what was done (mounts, action, pruning).
@@ -164,7 +164,7 @@ pub struct Held {
     /// A freeze or a pin.
     pub kind: HoldKind,
     /// The upstream head as last fetched.
-    pub upstream: String,
+    pub upstream: CommitId,
 }
 
 /// What [`apply`] deploys, and how it treats local edits.
@@ -225,7 +225,7 @@ pub(crate) fn apply(
         None if releases.exists(&name) => releases.path(&name),
         None => anyhow::bail!("commit {target} has no local release and the mirror is unavailable"),
     };
-    let from = previous.as_ref().map(|d| d.commit.as_str());
+    let from = previous.as_ref().map(|d| d.commit);
     let changed = !same_release && repo.is_none_or(|r| content_changed(r, from, target, svc));
 
     for dropped in unmount_dropped(svc, &state.mounts)? {
@@ -245,7 +245,7 @@ pub(crate) fn apply(
     if !same_release {
         releases.touch(&name)?;
         state.deployed = Some(Deployed {
-            commit: target.to_string(),
+            commit: target.into(),
             release: name.clone(),
             time: now_unix(),
         });
@@ -261,7 +261,7 @@ pub(crate) fn apply(
     }
     Ok(Outcome {
         from: previous.map(|d| d.commit),
-        to: target.to_string(),
+        to: Some(target.into()),
         new_release: !same_release,
         notes,
         held: None,
@@ -284,7 +284,7 @@ fn resolve_drift(
     }
     let n = drifted.len();
     let list = summarize(&observe::drift_lines(svc, drifted));
-    let short = short(&plan.target.to_string());
+    let short = CommitId::from(plan.target).short();
     match (plan.policy, same_release) {
         (DriftPolicy::Restore, true) => {
             notes.push(format!(
@@ -352,7 +352,7 @@ fn act(svc: &Service, sd: &StateDir, state: &mut State, notes: &mut Vec<String>)
     state.counters.action(action.as_str(), result.is_ok());
     let outcome = result.map_err(|e| {
         e.context(ActionPending {
-            commit: state.deployed.as_ref().map(|d| d.commit.clone()),
+            commit: state.deployed.as_ref().map(|d| d.commit),
             action: action.as_str(),
         })
     })?;
@@ -375,7 +375,7 @@ fn act(svc: &Service, sd: &StateDir, state: &mut State, notes: &mut Vec<String>)
 #[derive(Debug)]
 pub struct ActionPending {
     /// The commit whose files are in place.
-    pub commit: Option<String>,
+    pub commit: Option<CommitId>,
     /// The action that failed (`reload`...).
     pub action: &'static str,
 }
@@ -383,7 +383,7 @@ pub struct ActionPending {
 impl std::fmt::Display for ActionPending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.commit {
-            Some(c) => write!(f, "the files of {} are in place", short(c))?,
+            Some(c) => write!(f, "the files of {} are in place", c.short())?,
             None => f.write_str("the files are in place")?,
         }
         write!(f, "; the {} is retried by the next pass", self.action)

@@ -12,7 +12,7 @@ use crate::engine::apply::{self, Outcome, Report};
 use crate::engine::pass;
 use crate::engine::rev::{Lookup, Rev};
 use crate::git::mirror::Mirror;
-use crate::store::commit::short;
+use crate::store::commit::CommitId;
 use crate::store::layout;
 use crate::store::state::{Hold, HoldKind, StateDir};
 use crate::util::now_unix;
@@ -30,14 +30,14 @@ pub fn freeze(svc: &Service, state_dir: &Path, reason: Option<&str>) -> Result<S
             svc.name
         )
     };
-    let commit = deployed.commit.clone();
+    let commit = deployed.commit;
     state.hold = Some(Hold {
         kind: HoldKind::Frozen,
         reason: reason.unwrap_or("frozen by operator").to_string(),
         since: now_unix(),
     });
     sd.save(&state)?;
-    Ok(format!("{}: frozen at {}", svc.name, short(&commit)))
+    Ok(format!("{}: frozen at {}", svc.name, commit.short()))
 }
 
 /// Follows upstream again from the next pass.
@@ -69,11 +69,11 @@ pub fn rollback(svc: &Service, state_dir: &Path, rev: &Rev, text: &str) -> Resul
         svc,
         mirror: &mirror,
         releases: &releases,
-        deployed: state.deployed.as_ref().map(|d| d.commit.as_str()),
+        deployed: state.deployed.as_ref().map(|d| d.commit),
     };
     let target = lookup.resolve(rev).context("nothing changed")?;
     let repo = mirror.open().ok();
-    let short = short(&target.to_string());
+    let short = CommitId::from(target).short();
     state.hold = Some(Hold {
         kind: HoldKind::Pinned,
         reason: format!("rollback to {short} ({text})"),
@@ -89,7 +89,7 @@ pub fn rollback(svc: &Service, state_dir: &Path, rev: &Rev, text: &str) -> Resul
     let switched = state
         .deployed
         .as_ref()
-        .is_some_and(|d| d.commit == target.to_string());
+        .is_some_and(|d| d.commit.oid() == target);
     if !switched {
         // The mounts still show the old release: leave the state as it was.
         return result.context("nothing changed");

@@ -10,13 +10,12 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use git2::Oid;
+use anyhow::Result;
 
 use crate::config::{DriftPolicy, Service};
 use crate::engine::apply::{self, Outcome, Report, Serving};
 use crate::git::mirror::{self, Mirror};
-use crate::store::commit::short;
+use crate::store::commit::CommitId;
 use crate::store::layout;
 use crate::store::state::{Deployed, PassRecord, State, StateDir, UpstreamSeen};
 use crate::util::now_unix;
@@ -140,7 +139,7 @@ fn follow(
     policy: DriftPolicy,
 ) -> Result<Outcome> {
     state.upstream = Some(UpstreamSeen {
-        commit: fetched.head.to_string(),
+        commit: fetched.head.into(),
         fetched: now_unix(),
     });
     let mut notes: Vec<String> = fetched
@@ -151,7 +150,7 @@ fn follow(
     let held = match (&state.hold, &state.deployed) {
         (Some(hold), Some(_)) => Some(apply::Held {
             kind: hold.kind,
-            upstream: fetched.head.to_string(),
+            upstream: fetched.head.into(),
         }),
         _ => None,
     };
@@ -162,14 +161,13 @@ fn follow(
                 hold.kind.as_str(),
                 hold.reason
             ));
-            if deployed.commit != fetched.head.to_string() {
+            if deployed.commit.oid() != fetched.head {
                 notes.push(format!(
                     "upstream is at {}",
-                    short(&fetched.head.to_string())
+                    CommitId::from(fetched.head).short()
                 ));
             }
-            Oid::from_str(&deployed.commit)
-                .with_context(|| format!("reading deployed commit {:?}", deployed.commit))?
+            deployed.commit.oid()
         }
         _ => fetched.head,
     };
@@ -212,7 +210,7 @@ fn remount(svc: &Service, state_dir: &Path, deployed: Option<Deployed>) -> Resul
     let Some(deployed) = deployed else {
         return Ok(Outcome {
             from: None,
-            to: String::new(),
+            to: None,
             new_release: false,
             notes: Vec::new(),
             held: None,
@@ -227,8 +225,8 @@ fn remount(svc: &Service, state_dir: &Path, deployed: Option<Deployed>) -> Resul
     let befores = apply::mount_release(svc, &release)?;
     let notes = apply::mount_notes(svc, &befores, true);
     Ok(Outcome {
-        from: Some(deployed.commit.clone()),
-        to: deployed.commit,
+        from: Some(deployed.commit),
+        to: Some(deployed.commit),
         new_release: false,
         notes,
         held: None,

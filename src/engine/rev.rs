@@ -7,6 +7,7 @@ use git2::{Oid, Repository};
 
 use crate::config::Service;
 use crate::git::mirror::Mirror;
+use crate::store::commit::CommitId;
 use crate::store::release::Releases;
 
 /// Depths tried, in turn, when a revision is older than the mirror's
@@ -74,7 +75,7 @@ pub struct Lookup<'a> {
     /// Its releases, which hold commits even when the mirror is gone.
     pub releases: &'a Releases,
     /// The deployed commit, which `HEAD~N` counts from.
-    pub deployed: Option<&'a str>,
+    pub deployed: Option<CommitId>,
 }
 
 impl Lookup<'_> {
@@ -146,7 +147,7 @@ impl Lookup<'_> {
         let Some(d) = self.deployed else {
             bail!("nothing is deployed yet, so HEAD~N has nothing to count from")
         };
-        Oid::from_str(d).with_context(|| format!("reading deployed commit {d:?}"))
+        Ok(d.oid())
     }
 
     /// A kept release whose commit starts with `prefix`.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::store::commit::CommitId;
 use crate::util::{write_atomic, Visibility};
 
 /// Version of the state file format written by this binary.
@@ -110,8 +111,8 @@ impl HoldKind {
 /// A deployed release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployed {
-    /// The commit, as 40 hex digits.
-    pub commit: String,
+    /// The commit.
+    pub commit: CommitId,
     /// Release directory name (commit plus dirs fingerprint).
     pub release: String,
     /// Unix time of the deployment.
@@ -121,8 +122,8 @@ pub struct Deployed {
 /// The upstream head seen by the last fetch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpstreamSeen {
-    /// The commit, as 40 hex digits.
-    pub commit: String,
+    /// The commit.
+    pub commit: CommitId,
     /// Unix time of that fetch.
     pub fetched: u64,
 }
@@ -232,7 +233,9 @@ mod tests {
         let st = State {
             version: VERSION,
             deployed: Some(Deployed {
-                commit: "abc".into(),
+                commit: "0123456789abcdef0123456789abcdef01234567"
+                    .parse()
+                    .expect("commit id"),
                 release: "abc-1".into(),
                 time: 5,
             }),

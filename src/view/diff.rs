@@ -16,6 +16,7 @@ use git2::{DiffOptions, Oid, Patch, Repository, Tree};
 
 use crate::config::Service;
 use crate::git::mirror::Mirror;
+use crate::store::commit::CommitId;
 use crate::store::drift::{self, Change};
 use crate::store::layout;
 use crate::store::manifest::Kind;
@@ -37,7 +38,7 @@ pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {
         return Ok(out);
     }
     let repo = repo.context("the local mirror is missing; run `provision sync` to fetch it")?;
-    let commit = Oid::from_str(&deployed.commit)?;
+    let commit = deployed.commit.oid();
     let releases = layout::releases(svc, state_dir);
     let manifest = releases.manifest(&deployed.release, Some(&repo), commit, &svc.dirs)?;
     let release = dirfd::Dir::open(&releases.path(&deployed.release))?;
@@ -71,7 +72,7 @@ pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {
 /// then reads something else than every file of the diff says, so a
 /// missing or foreign mount is a difference too.
 fn mount_lines(svc: &Service, state_dir: &Path, deployed: &Deployed) -> String {
-    let short = crate::store::commit::short(&deployed.commit);
+    let short = deployed.commit.short();
     let mut out = String::new();
     for m in observe::mounts(svc, state_dir, deployed) {
         let what = match m.state {
@@ -100,17 +101,16 @@ pub fn upstream(svc: &Service, state_dir: &Path) -> Result<String> {
     let repo = Mirror::of(svc, state_dir)
         .open()
         .context("the local mirror is missing; run `provision sync` to fetch it")?;
-    let tree_of = |commit: &str| -> Result<Tree<'_>> {
-        let oid = Oid::from_str(commit)?;
-        repo.find_commit(oid)
+    let tree_of = |commit: CommitId| -> Result<Tree<'_>> {
+        repo.find_commit(commit.oid())
             .and_then(|c| c.tree())
             .with_context(|| format!("commit {commit} is not in the local mirror"))
     };
-    let new = tree_of(&up.commit)?;
+    let new = tree_of(up.commit)?;
     let old = state
         .deployed
         .as_ref()
-        .map(|d| tree_of(&d.commit))
+        .map(|d| tree_of(d.commit))
         .transpose()?;
     let mut out = String::new();
     for d in &svc.dirs {

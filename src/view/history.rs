@@ -5,11 +5,12 @@
 use std::path::Path;
 
 use anyhow::Result;
-use git2::{Oid, Repository};
+use git2::Repository;
 use serde::Serialize;
 
 use crate::config::Service;
 use crate::git::mirror::Mirror;
+use crate::store::commit::CommitId;
 use crate::store::layout;
 use crate::store::state::StateDir;
 
@@ -17,7 +18,7 @@ use crate::store::state::StateDir;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HistoryEntry {
     /// The commit, as 40 hex digits.
-    pub commit: String,
+    pub commit: CommitId,
     /// Committer time, Unix seconds; 0 when only the release is known.
     pub time: i64,
     /// Its author's name.
@@ -41,10 +42,10 @@ pub fn list(svc: &Service, state_dir: &Path, limit: usize) -> Result<Vec<History
     let state = StateDir::new(state_dir, &svc.name).load()?;
     let deployed = state.deployed.map(|d| d.commit);
     let releases = layout::releases(svc, state_dir);
-    let kept: Vec<String> = releases
+    let kept: Vec<CommitId> = releases
         .list()?
         .into_iter()
-        .filter_map(|n| n.split('-').next().map(str::to_string))
+        .filter_map(|n| n.split('-').next().and_then(|c| c.parse().ok()))
         .collect();
     let mirror = Mirror::of(svc, state_dir);
     let repo = mirror.open().ok();
@@ -57,8 +58,8 @@ pub fn list(svc: &Service, state_dir: &Path, limit: usize) -> Result<Vec<History
             next = c.parent(0).ok();
         }
     }
-    if let Some(d) = &deployed {
-        if !entries.iter().any(|e| &e.commit == d) {
+    if let Some(d) = deployed {
+        if !entries.iter().any(|e| e.commit == d) {
             entries.insert(
                 0,
                 repo.as_ref()
@@ -68,22 +69,21 @@ pub fn list(svc: &Service, state_dir: &Path, limit: usize) -> Result<Vec<History
         }
     }
     for e in &mut entries {
-        e.deployed = deployed.as_deref() == Some(e.commit.as_str());
-        e.upstream = head.is_some_and(|h| h.to_string() == e.commit);
+        e.deployed = deployed == Some(e.commit);
+        e.upstream = head.is_some_and(|h| h == e.commit.oid());
         e.release = kept.contains(&e.commit);
         e.offline = e.release || e.time != 0;
     }
     Ok(entries)
 }
 
-fn find(repo: &Repository, commit: &str) -> Option<HistoryEntry> {
-    let oid = Oid::from_str(commit).ok()?;
-    repo.find_commit(oid).ok().map(|c| entry(&c))
+fn find(repo: &Repository, commit: CommitId) -> Option<HistoryEntry> {
+    repo.find_commit(commit.oid()).ok().map(|c| entry(&c))
 }
 
 fn entry(c: &git2::Commit<'_>) -> HistoryEntry {
     HistoryEntry {
-        commit: c.id().to_string(),
+        commit: c.id().into(),
         time: c.time().seconds(),
         author: c.author().name().unwrap_or("?").to_string(),
         subject: c.summary().unwrap_or("").to_string(),
@@ -95,9 +95,9 @@ fn entry(c: &git2::Commit<'_>) -> HistoryEntry {
 }
 
 /// A commit known only from its release (not in the mirror any more).
-fn bare(commit: &str) -> HistoryEntry {
+fn bare(commit: CommitId) -> HistoryEntry {
     HistoryEntry {
-        commit: commit.to_string(),
+        commit,
         time: 0,
         author: String::new(),
         subject: "(not in the local mirror)".to_string(),

@@ -222,7 +222,7 @@ fn samples(svc: &Service, state: Option<&State>) -> Vec<Sample> {
     if let Some(d) = &state.deployed {
         out.push((
             "provision_deployed_commit_info",
-            vec![name(), ("commit", d.commit.clone())],
+            vec![name(), ("commit", d.commit.to_string())],
             1.0,
         ));
         out.push(one("provision_deployed_timestamp_seconds", d.time as f64));
@@ -230,7 +230,7 @@ fn samples(svc: &Service, state: Option<&State>) -> Vec<Sample> {
     if let Some(u) = &state.upstream {
         out.push((
             "provision_upstream_commit_info",
-            vec![name(), ("commit", u.commit.clone())],
+            vec![name(), ("commit", u.commit.to_string())],
             1.0,
         ));
         out.push(one(
@@ -338,12 +338,12 @@ dirs = [{ local = "/etc/grafana", link = "grafana" }]
         let mut state = State {
             version: 1,
             deployed: Some(Deployed {
-                commit: "a".repeat(40),
+                commit: "a".repeat(40).parse().expect("commit id"),
                 release: "r".into(),
                 time: 100,
             }),
             upstream: Some(UpstreamSeen {
-                commit: "b".repeat(40),
+                commit: "b".repeat(40).parse().expect("commit id"),
                 fetched: 200,
             }),
             last_pass: Some(PassRecord {

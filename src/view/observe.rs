@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use git2::{Oid, Repository};
+use anyhow::Result;
+use git2::Repository;
 
 use crate::config::Service;
 use crate::host::mount::{self, Before, Wanted};
@@ -95,8 +95,7 @@ pub fn drift(
         "deployed release {} is missing",
         path.display()
     );
-    let commit = Oid::from_str(&deployed.commit)
-        .with_context(|| format!("reading deployed commit {:?}", deployed.commit))?;
+    let commit = deployed.commit.oid();
     let manifest = releases.manifest(&deployed.release, repo, commit, &svc.dirs)?;
     drift::scan(&path, &manifest, &svc.dirs)
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::config::{DriftPolicy, Service};
 use crate::git::mirror::Mirror;
+use crate::store::commit::CommitId;
 use crate::store::drift::Change;
 use crate::store::state::{HoldKind, State, StateDir};
 use crate::util::now_unix;
@@ -80,7 +81,7 @@ pub struct HoldStatus {
 #[derive(Debug, Serialize)]
 pub struct CommitAt {
     /// The commit, as 40 hex digits.
-    pub commit: String,
+    pub commit: CommitId,
     /// Deployment time, or fetch time for upstream.
     pub time: u64,
 }
@@ -249,11 +250,11 @@ fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
         }),
         in_sync: in_sync(&state),
         deployed: state.deployed.as_ref().map(|d| CommitAt {
-            commit: d.commit.clone(),
+            commit: d.commit,
             time: d.time,
         }),
         upstream: state.upstream.as_ref().map(|u| CommitAt {
-            commit: u.commit.clone(),
+            commit: u.commit,
             time: u.fetched,
         }),
         drift,

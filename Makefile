@@ -28,7 +28,7 @@ deps:
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Examples are built by clippy above; they hold no tests. The last line is
 # the total over every test binary.

@@ -15,8 +15,7 @@
 // process's peak memory, unshare, umount): each unsafe block says why.
 #![allow(unsafe_code)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use testkit as common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

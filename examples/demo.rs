@@ -3,8 +3,7 @@
 //! step by step: first deployment, an update, a no-op pass, a reboot
 //! without network.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use testkit as common;
 
 use std::path::Path;
 use std::time::Instant;

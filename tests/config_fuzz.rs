@@ -16,8 +16,6 @@
 //! `PROVISION_FUZZ_SEED` the seed; both are printed so a failure can be
 //! replayed. `make fuzz` runs this with many iterations and a fresh seed.
 
-mod common;
-
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

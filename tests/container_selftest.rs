@@ -2,7 +2,7 @@
 //! systemd boots as PID 1 in namespaces, units and timers run, mounts stay
 //! inside, a reboot keeps files but not mounts, machines run side by side.
 
-mod common;
+use testkit as common;
 
 use std::fs;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! freeze, unfreeze, rollback, forward and history against a real git
 //! daemon, each run of provision in a private mount namespace.
 
-mod common;
+use testkit as common;
 
 use std::fs;
 

@@ -17,7 +17,7 @@
 //! mount switch, a few microseconds long, is also hit on purpose: strace
 //! kills the pass on entry to a chosen system call.
 
-mod common;
+use testkit as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

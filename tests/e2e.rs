@@ -2,7 +2,7 @@
 //! git daemon, real bind mounts and real D-Bus: what an operator of a
 //! machine sees after `provision sync`, a timer run, and a reboot.
 
-mod common;
+use testkit as common;
 
 use std::time::Duration;
 
@@ -100,11 +100,6 @@ fn sync(m: &Machine, expect: i32) -> String {
     out
 }
 
-fn reloads(m: &Machine, name: &str) -> usize {
-    m.read(&format!("/var/log/{name}.reloads"))
-        .map_or(0, |t| t.lines().count())
-}
-
 fn start_units(m: &Machine, units: &[&str]) {
     m.sh(&format!(
         "systemctl daemon-reload && systemctl start {}",
@@ -144,7 +139,7 @@ fn sync_provisions_updates_once_and_leaves_unchanged_services_alone() {
     assert_eq!(m.sh("stat -c %U /etc/web/web.conf").trim(), "www-data");
     assert_eq!(m.sh("systemctl is-active web").trim(), "active");
     assert!(m.sh("findmnt -n -o TARGET /etc/web").contains("/etc/web"));
-    let first_reloads = reloads(&m, "web");
+    let first_reloads = m.reloads("web");
     assert_eq!(first_reloads, 1, "first deployment mounts and reloads once");
 
     up.commit(
@@ -158,12 +153,12 @@ fn sync_provisions_updates_once_and_leaves_unchanged_services_alone() {
         m.read("/etc/web/web.conf").as_deref(),
         Some("greeting = two\n")
     );
-    assert_eq!(reloads(&m, "web"), 2, "exactly one reload for one change");
-    assert_eq!(reloads(&m, "other"), 1, "other's files did not change");
+    assert_eq!(m.reloads("web"), 2, "exactly one reload for one change");
+    assert_eq!(m.reloads("other"), 1, "other's files did not change");
 
     let out = sync(&m, 0);
     assert!(out.contains("web: up to date"), "{out}");
-    assert_eq!(reloads(&m, "web"), 2, "no change, no reload");
+    assert_eq!(m.reloads("web"), 2, "no change, no reload");
 
     up.commit(
         "main",
@@ -175,9 +170,9 @@ fn sync_provisions_updates_once_and_leaves_unchanged_services_alone() {
         m.read("/etc/other/other.conf").as_deref(),
         Some("other = two\n")
     );
-    assert_eq!(reloads(&m, "other"), 2);
+    assert_eq!(m.reloads("other"), 2);
     assert_eq!(
-        reloads(&m, "web"),
+        m.reloads("web"),
         2,
         "a change to another service's paths does not reload web"
     );
@@ -189,7 +184,7 @@ fn sync_provisions_updates_once_and_leaves_unchanged_services_alone() {
         Some("OPTS=2\n"),
         "single-file mount updated"
     );
-    assert_eq!(reloads(&m, "web"), 3);
+    assert_eq!(m.reloads("web"), 3);
 
     let (code, out) = m.sh_status("touch /etc/other/new-file");
     assert_ne!(code, 0, "readonly = true gives a read-only mount");
@@ -205,7 +200,7 @@ fn sync_provisions_updates_once_and_leaves_unchanged_services_alone() {
         m.read("/etc/web/web.conf").as_deref(),
         Some("greeting = two\n")
     );
-    assert_eq!(reloads(&m, "web"), 4);
+    assert_eq!(m.reloads("web"), 4);
 
     // A path dropped from `dirs` is unmounted, not left on an old release.
     let dropped = "  { local = \"/etc/default/web\", link = \"web/default\", file = true },\n";
@@ -241,14 +236,14 @@ fn a_failing_reload_fails_that_service_only() {
         Some("greeting = one\n"),
         "web still reconciled"
     );
-    assert_eq!(reloads(&m, "web"), 1);
+    assert_eq!(m.reloads("web"), 1);
     assert_eq!(m.read("/etc/bad/bad.conf").as_deref(), Some("bad = one\n"));
 
     // The failed action is retried by the next pass, and fails again.
     let out = sync(&m, 1);
     assert!(out.contains("bad: pass failed"), "{out}");
     assert!(out.contains("web: up to date"), "{out}");
-    assert_eq!(reloads(&m, "web"), 1);
+    assert_eq!(m.reloads("web"), 1);
 }
 
 #[test]
@@ -345,7 +340,7 @@ fn rollback_reloads_once_stays_pinned_under_the_timer_and_forward_returns() {
         m.read("/etc/web/web.conf").as_deref(),
         Some("greeting = two\n")
     );
-    let before = reloads(&m, "web");
+    let before = m.reloads("web");
 
     let (code, out) = m.sh_status(&format!("{BIN} rollback web HEAD~1"));
     assert_eq!(code, 0, "{out}");
@@ -353,7 +348,7 @@ fn rollback_reloads_once_stays_pinned_under_the_timer_and_forward_returns() {
         m.read("/etc/web/web.conf").as_deref(),
         Some("greeting = one\n")
     );
-    assert_eq!(reloads(&m, "web"), before + 1, "the rollback reloads once");
+    assert_eq!(m.reloads("web"), before + 1, "the rollback reloads once");
 
     // Upstream moves on while the timer runs passes: the pin holds.
     up.commit(
@@ -374,7 +369,7 @@ fn rollback_reloads_once_stays_pinned_under_the_timer_and_forward_returns() {
         m.read("/etc/web/web.conf").as_deref(),
         Some("greeting = one\n")
     );
-    assert_eq!(reloads(&m, "web"), before + 1, "no reload while pinned");
+    assert_eq!(m.reloads("web"), before + 1, "no reload while pinned");
 
     let (code, out) = m.sh_status(&format!("{BIN} forward web"));
     assert_eq!(code, 0, "{out}");
@@ -382,7 +377,7 @@ fn rollback_reloads_once_stays_pinned_under_the_timer_and_forward_returns() {
         m.read("/etc/web/web.conf").as_deref(),
         Some("greeting = three\n")
     );
-    assert_eq!(reloads(&m, "web"), before + 2);
+    assert_eq!(m.reloads("web"), before + 2);
 }
 
 #[test]
@@ -472,7 +467,7 @@ fn drift_through_etc_is_shown_diffed_and_restored_and_mounts_and_units_watched()
     sync(&m, 0);
     assert_eq!(web_metric(&m, "provision_unit_active", ""), Some(1.0));
     assert_eq!(web_metric(&m, "provision_mounts_ok", ""), Some(1.0));
-    let reloads_before = reloads(&m, "web");
+    let reloads_before = m.reloads("web");
 
     // An edit through the mounted path is drift: status, diff, metrics.
     m.sh("echo 'greeting = local' > /etc/web/web.conf");
@@ -497,7 +492,7 @@ fn drift_through_etc_is_shown_diffed_and_restored_and_mounts_and_units_watched()
         m.read("/etc/web/web.conf").as_deref(),
         Some("greeting = one\n")
     );
-    assert_eq!(reloads(&m, "web"), reloads_before + 1, "the unit is told");
+    assert_eq!(m.reloads("web"), reloads_before + 1, "the unit is told");
     assert_eq!(web_metric(&m, "provision_drift_files", ""), Some(0.0));
     assert_eq!(
         web_metric(
@@ -562,7 +557,7 @@ fn warn_policy_keeps_an_edit_made_through_etc_and_reports_it() {
     install(&m, &observed_config("warn1", &up, "warn"));
     start_units(&m, &["web", "other"]);
     sync(&m, 0);
-    let reloads_before = reloads(&m, "web");
+    let reloads_before = m.reloads("web");
 
     m.sh("echo 'greeting = local' > /etc/web/web.conf");
     let out = sync(&m, 0);
@@ -574,11 +569,7 @@ fn warn_policy_keeps_an_edit_made_through_etc_and_reports_it() {
         m.read("/etc/web/web.conf").as_deref(),
         Some("greeting = local\n")
     );
-    assert_eq!(
-        reloads(&m, "web"),
-        reloads_before,
-        "nothing to tell the unit"
-    );
+    assert_eq!(m.reloads("web"), reloads_before, "nothing to tell the unit");
     assert_eq!(web_metric(&m, "provision_drift_files", ""), Some(1.0));
 
     up.commit(

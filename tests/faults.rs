@@ -9,7 +9,7 @@
 //! show the failure, the deployment that was serving is untouched, and the
 //! next pass after the fault is gone converges on the upstream head.
 
-mod common;
+use testkit as common;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -41,29 +41,10 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn both(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out))
-}
-
-/// `app`'s entry of `provision status --json`.
-fn status(h: &Host) -> serde_json::Value {
-    let out = h.run(&["status", "--json", "app"]);
-    assert_eq!(out.status.code(), Some(0), "status:\n{}", both(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    v["services"][0].clone()
-}
-
-fn metrics(h: &Host) -> String {
-    read(&h.metrics_dir().join("provision.prom"))
-}
-
 /// The value of `app`'s sample of `metric` (`labels`: further labels, each
 /// starting with a comma), if the file has one.
 fn sample(metrics: &str, metric: &str, labels: &str) -> Option<f64> {
-    let series = format!("{metric}{{service=\"app\"{labels}}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&series).and_then(|v| v.parse().ok()))
+    common::sample(metrics, &format!("{metric}{{service=\"app\"{labels}}}"))
 }
 
 /// Every entry under `dir` with its type, mode and content (or link
@@ -116,7 +97,7 @@ fn serving(h: &Host, base: &Path) -> Serving {
             .as_str()
             .expect("a deployed release"),
     );
-    let failures = sample(&metrics(h), "provision_pass_failures_total", "")
+    let failures = sample(&h.metrics_text(), "provision_pass_failures_total", "")
         .expect("provision_pass_failures_total in the metrics");
     Serving {
         commit,
@@ -133,13 +114,18 @@ fn serving(h: &Host, base: &Path) -> Serving {
 fn fails_and_keeps_serving(h: &Host, before: &Serving, causes: &[&str]) -> String {
     let out = h.run(&["sync"]);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "sync:\n{}", both(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "sync:\n{}",
+        common::output_text(&out)
+    );
     assert!(err.contains(APP_FAILED), "{err}");
     for cause in causes {
         assert!(err.contains(cause), "stderr does not say {cause:?}:\n{err}");
     }
 
-    let s = status(h);
+    let s = h.status_json();
     assert_eq!(s["last_pass"]["ok"], false, "{s}");
     let recorded = s["last_pass"]["error"].as_str().unwrap_or_default();
     for cause in causes {
@@ -150,7 +136,7 @@ fn fails_and_keeps_serving(h: &Host, before: &Serving, causes: &[&str]) -> Strin
     }
     assert_eq!(s["deployed"]["commit"], before.commit.as_str(), "{s}");
 
-    let m = metrics(h);
+    let m = h.metrics_text();
     assert_eq!(
         sample(&m, "provision_last_pass_success", ""),
         Some(0.0),
@@ -186,11 +172,11 @@ fn converges(h: &Host, up: &Upstream, branch: &str) -> String {
         head.as_str(),
         "{out}"
     );
-    let s = status(h);
+    let s = h.status_json();
     assert_eq!(s["last_pass"]["ok"], true, "{s}");
     assert_eq!(s["in_sync"], true, "{s}");
     assert_eq!(s["upstream"]["commit"], head.as_str(), "{s}");
-    let m = metrics(h);
+    let m = h.metrics_text();
     assert_eq!(
         sample(&m, "provision_last_pass_success", ""),
         Some(1.0),
@@ -556,7 +542,7 @@ fn a_force_push_to_unrelated_history_is_followed_keeping_the_old_release_for_rol
         "rewritten\n"
     );
     assert_eq!(
-        sample(&metrics(&h), "provision_pass_failures_total", ""),
+        sample(&h.metrics_text(), "provision_pass_failures_total", ""),
         Some(before.failures)
     );
     assert_eq!(
@@ -566,7 +552,12 @@ fn a_force_push_to_unrelated_history_is_followed_keeping_the_old_release_for_rol
     );
 
     let back = h.run(&["rollback", "app", &before.commit]);
-    assert_eq!(back.status.code(), Some(0), "{}", both(&back));
+    assert_eq!(
+        back.status.code(),
+        Some(0),
+        "{}",
+        common::output_text(&back)
+    );
     assert_eq!(
         h.state_json("app")["deployed"]["commit"],
         before.commit.as_str()
@@ -768,7 +759,7 @@ fn a_damaged_mirror_is_repaired_by_the_next_pass_without_failing_it() {
         let h = Host::new();
         h.write_config(&app_config(&up.url(), ""));
         h.sync(0);
-        let failures = sample(&metrics(&h), "provision_pass_failures_total", "");
+        let failures = sample(&h.metrics_text(), "provision_pass_failures_total", "");
         let mirrors = h.mirrors();
         assert_eq!(mirrors.len(), 1, "{}", case.what);
         (case.damage)(&mirrors[0]);
@@ -794,7 +785,7 @@ fn a_damaged_mirror_is_repaired_by_the_next_pass_without_failing_it() {
             case.what
         );
         assert_eq!(
-            sample(&metrics(&h), "provision_pass_failures_total", ""),
+            sample(&h.metrics_text(), "provision_pass_failures_total", ""),
             failures,
             "{}: no failure counted",
             case.what
@@ -842,7 +833,13 @@ fn an_unreadable_state_file_fails_the_pass_unchanged_until_the_operator_acts() {
 
         let out = h.run(&["sync"]);
         let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{}: {}", case.what, both(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}: {}",
+            case.what,
+            common::output_text(&out)
+        );
         let report = report_of(&err, "app");
         assert!(report.starts_with(APP_FAILED), "{}: {err}", case.what);
         assert!(
@@ -856,7 +853,7 @@ fn an_unreadable_state_file_fails_the_pass_unchanged_until_the_operator_acts() {
             "{}: the state file is left as it was",
             case.what
         );
-        let s = status(&h);
+        let s = h.status_json();
         assert_eq!(s["state"], "unknown", "{}: {s}", case.what);
         let state_error = s["state_error"].as_str().unwrap_or_default().to_string();
         assert!(
@@ -864,7 +861,7 @@ fn an_unreadable_state_file_fails_the_pass_unchanged_until_the_operator_acts() {
             "{}: {s}",
             case.what
         );
-        let m = metrics(&h);
+        let m = h.metrics_text();
         assert_eq!(
             sample(&m, "provision_state_readable", ""),
             Some(0.0),
@@ -885,7 +882,7 @@ fn an_unreadable_state_file_fails_the_pass_unchanged_until_the_operator_acts() {
         }
         converges(&h, &up, "main");
         assert_eq!(
-            sample(&metrics(&h), "provision_state_readable", ""),
+            sample(&h.metrics_text(), "provision_state_readable", ""),
             Some(1.0)
         );
         assert_eq!(
@@ -930,11 +927,6 @@ fn counting_unit(name: &str, reload: Option<&str>) -> String {
     )
 }
 
-fn reloads(m: &Machine, name: &str) -> usize {
-    m.read(&format!("/var/log/{name}.reloads"))
-        .map_or(0, |t| t.lines().count())
-}
-
 /// A config for `host` following `url`: one service per `(unit, extra)`,
 /// named after its unit and mounting `/etc/UNIT` from `UNIT/` in Git.
 fn machine_config(host: &str, url: &str, services: &[(&str, &str)]) -> String {
@@ -962,7 +954,12 @@ fn machine_sync(m: &Machine) -> (i32, String, String) {
 /// `name`'s entry of `provision status --json` inside.
 fn machine_status(m: &Machine, name: &str) -> serde_json::Value {
     let out = m.exec(&[BIN, "status", "--json", name]);
-    assert_eq!(out.status.code(), Some(0), "status:\n{}", both(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "status:\n{}",
+        common::output_text(&out)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
     v["services"][0].clone()
 }
@@ -1062,7 +1059,7 @@ fn without_d_bus_the_files_are_deployed_and_the_reload_runs_once_when_it_is_back
     m.sh("systemctl daemon-reload && systemctl start web");
     let (code, out, err) = machine_sync(&m);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(reloads(&m, "web"), 1);
+    assert_eq!(m.reloads("web"), 1);
 
     m.sh("systemctl stop dbus.socket dbus.service");
     let two = up.commit("main", &[("web/web.conf", Some("two\n"))], "two");
@@ -1087,7 +1084,7 @@ fn without_d_bus_the_files_are_deployed_and_the_reload_runs_once_when_it_is_back
         machine_status(&m, "web")["deployed"]["commit"],
         two.as_str()
     );
-    assert_eq!(reloads(&m, "web"), 1);
+    assert_eq!(m.reloads("web"), 1);
     assert_eq!(
         machine_sample(&m, "web", "provision_actions_total", RELOAD_FAILED),
         Some(1.0)
@@ -1100,7 +1097,7 @@ fn without_d_bus_the_files_are_deployed_and_the_reload_runs_once_when_it_is_back
         out.contains("web: reload web.service: done, unit active"),
         "{out}"
     );
-    assert_eq!(reloads(&m, "web"), 2, "the missed reload ran once");
+    assert_eq!(m.reloads("web"), 2, "the missed reload ran once");
     assert_eq!(machine_status(&m, "web")["last_pass"]["ok"], true);
     assert_eq!(
         machine_sample(&m, "web", "provision_actions_total", RELOAD_OK),
@@ -1108,7 +1105,7 @@ fn without_d_bus_the_files_are_deployed_and_the_reload_runs_once_when_it_is_back
     );
     let (code, out, err) = machine_sync(&m);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(reloads(&m, "web"), 2, "and only once");
+    assert_eq!(m.reloads("web"), 2, "and only once");
     does_not_claim_the_old_release(&[report]);
 }
 
@@ -1179,7 +1176,7 @@ fn a_missing_unit_or_a_failing_reload_is_named_and_retried_once_fixed() {
     let (code, out, err) = machine_sync(&m);
     assert_eq!(code, 0, "{out}{err}");
     for name in ["nosuch", "bad"] {
-        assert_eq!(reloads(&m, name), 1, "{name}: the pending reload ran once");
+        assert_eq!(m.reloads(name), 1, "{name}: the pending reload ran once");
         assert_eq!(machine_status(&m, name)["last_pass"]["ok"], true, "{name}");
         assert_eq!(
             machine_sample(&m, name, "provision_actions_total", RELOAD_OK),

@@ -1,6 +1,6 @@
 //! Self-test of the shared integration-test fixture in `tests/common/mod.rs`.
 
-mod common;
+use testkit as common;
 
 use std::fs;
 use std::path::Path;

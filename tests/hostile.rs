@@ -14,7 +14,9 @@
 //! unknown options are usage errors (exit 2); commands that change the
 //! machine refuse to run without root.
 
-mod common;
+use testkit as common;
+
+use common::output_text as text;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -419,14 +421,6 @@ fn escaping_symlinks(release: &Path) -> Vec<String> {
 // One case: a host deploys the baseline, then the hostile commit is pushed
 // ---------------------------------------------------------------------------
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 struct Case {
     label: String,
     h: Host,
@@ -508,14 +502,6 @@ fn attempt_configured(
     (case, hostile_app)
 }
 
-/// `provision status --json`'s entry for `app`.
-fn status(h: &Host) -> Value {
-    let out = h.run(&["status", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "status: {}", text(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    v["services"][0].clone()
-}
-
 /// Whether `haystack` (lower-cased) contains one of the `|`-separated
 /// alternatives of `needle`.
 fn mentions(haystack: &str, needle: &str) -> bool {
@@ -580,7 +566,7 @@ fn assert_refused(c: &Case, s: &Sentinel, needles: &[&str]) {
         vec![base_name],
         "{case}: no new or half-written release is left"
     );
-    let st = status(&c.h);
+    let st = c.h.status_json();
     assert_eq!(st["drift"]["count"], 0, "{case}: {st}");
     assert_confined(&c.h, case);
 }
@@ -606,7 +592,7 @@ fn assert_deployed(c: &Case, s: &Sentinel, hostile_app: &Node) {
         escapes.is_empty(),
         "{case}: the deployed release exposes paths outside its link: {escapes:?}"
     );
-    let st = status(&c.h);
+    let st = c.h.status_json();
     assert_eq!(st["drift"]["count"], 0, "{case}: {st}");
     assert_eq!(st["drift"]["error"], Value::Null, "{case}: {st}");
     let diff = c.h.run_mounted(&["diff", "app"]);
@@ -1041,10 +1027,10 @@ fn odd_names_deploy_byte_for_byte_and_drift_is_tracked() {
         "edited\n",
     )
     .expect("editing");
-    let st = status(&c.h);
+    let st = c.h.status_json();
     assert_eq!(st["drift"]["count"], 2, "{st}");
     c.h.sync(0);
-    assert_eq!(status(&c.h)["drift"]["count"], 0);
+    assert_eq!(c.h.status_json()["drift"]["count"], 0);
     assert_tree(
         &c.h.deployed("app"),
         &dir(vec![("app", hostile)]),

@@ -11,13 +11,15 @@
 //! fails with a message naming the path or succeeds without following the
 //! planted link.
 
-mod common;
+use testkit as common;
+
+use common::output_report as text;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use common::host::{app_config, seed, Host};
 use common::GitDaemon;
@@ -44,15 +46,6 @@ fn as_user(uid: u32, program: &str) -> Command {
         .arg(format!("--regid={gid}"))
         .args(["--clear-groups", "--", program]);
     c
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A host whose directory every account may traverse (as /var/lib is),

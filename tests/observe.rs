@@ -3,7 +3,9 @@
 //! real promtool and served by a real node_exporter. Real git daemon; the
 //! host side runs in private mount namespaces (see `common::host`).
 
-mod common;
+use testkit as common;
+
+use common::{output_text as text, sample};
 
 use std::fs;
 use std::io::{Read, Write};
@@ -23,38 +25,8 @@ macro_rules! need_git {
     };
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `provision status --json` for `app`.
-fn status(h: &Host) -> serde_json::Value {
-    let out = h.run(&["status", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    assert_eq!(v["schema"], 1);
-    v["services"][0].clone()
-}
-
-fn metrics(h: &Host) -> String {
-    read(&h.metrics_dir().join("provision.prom"))
-}
-
-/// The value of the sample written exactly as `series`.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.parse().ok())
-    })
 }
 
 fn app_sample(metrics: &str, name: &str) -> Option<f64> {
@@ -84,7 +56,7 @@ fn metrics_follow_passes_and_promtool_accepts_them() {
     let h = Host::new();
     h.write_config(&app_config(&up.url(), "action = \"\""));
     h.sync(0);
-    let m = metrics(&h);
+    let m = h.metrics_text();
     let check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(fs::File::open(h.metrics_dir().join("provision.prom")).expect("open"))
@@ -102,11 +74,11 @@ fn metrics_follow_passes_and_promtool_accepts_them() {
     d.stop();
     let out = h.sync(1);
     assert!(out.contains("last good release kept"), "{out}");
-    let m = metrics(&h);
+    let m = h.metrics_text();
     assert_eq!(sample(&m, &deployed), Some(1.0), "still serving: {m}");
     assert_eq!(app_sample(&m, "provision_last_pass_success"), Some(0.0));
     assert_eq!(app_sample(&m, "provision_pass_failures_total"), Some(1.0));
-    let s = status(&h);
+    let s = h.status_json();
     assert_eq!(s["last_pass"]["ok"], false);
     assert!(
         s["last_pass"]["error"]
@@ -118,7 +90,7 @@ fn metrics_follow_passes_and_promtool_accepts_them() {
 
     d.start_again();
     h.sync(0);
-    let m = metrics(&h);
+    let m = h.metrics_text();
     assert_eq!(app_sample(&m, "provision_last_pass_success"), Some(1.0));
     assert_eq!(
         app_sample(&m, "provision_pass_failures_total"),
@@ -232,7 +204,7 @@ fn restore_policy_puts_local_edits_back_from_git() {
     fs::write(release_file(&h, "new.conf"), "mine\n").expect("add");
     fs::remove_file(release_file(&h, "conf.d/extra.conf")).expect("delete");
 
-    let s = status(&h);
+    let s = h.status_json();
     assert_eq!(s["drift"]["count"], 3, "{s}");
     let files: Vec<(String, String)> = s["drift"]["files"]
         .as_array()
@@ -276,9 +248,12 @@ fn restore_policy_puts_local_edits_back_from_git() {
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    assert_eq!(status(&h)["drift"]["count"], 0);
+    assert_eq!(h.status_json()["drift"]["count"], 0);
     assert_eq!(h.run_mounted(&["diff", "app"]).status.code(), Some(0));
-    assert_eq!(app_sample(&metrics(&h), "provision_drift_files"), Some(0.0));
+    assert_eq!(
+        app_sample(&h.metrics_text(), "provision_drift_files"),
+        Some(0.0)
+    );
 }
 
 #[test]
@@ -295,7 +270,10 @@ fn warn_policy_keeps_edits_and_refuses_to_deploy_over_them() {
     let out = h.sync(0);
     assert!(out.contains("1 local change(s) kept"), "{out}");
     assert_eq!(read(&release_file(&h, "app.conf")), "port = 99\n");
-    assert_eq!(app_sample(&metrics(&h), "provision_drift_files"), Some(1.0));
+    assert_eq!(
+        app_sample(&h.metrics_text(), "provision_drift_files"),
+        Some(1.0)
+    );
 
     let second = up.commit(
         "main",
@@ -307,7 +285,7 @@ fn warn_policy_keeps_edits_and_refuses_to_deploy_over_them() {
     assert!(out.contains("would overwrite 1 local change(s)"), "{out}");
     assert_eq!(h.state_json("app")["deployed"]["commit"], first.as_str());
     assert_eq!(read(&release_file(&h, "app.conf")), "port = 99\n");
-    let s = status(&h);
+    let s = h.status_json();
     assert_eq!(s["in_sync"], false);
     assert_eq!(s["upstream"]["commit"], second.as_str());
 
@@ -351,7 +329,7 @@ fn a_frozen_service_shows_how_far_behind_it_is() {
     let out = h.run(&["freeze", "app", "--reason", "change freeze"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
-        app_sample(&metrics(&h), "provision_frozen"),
+        app_sample(&h.metrics_text(), "provision_frozen"),
         Some(1.0),
         "freeze rewrites the metrics"
     );
@@ -362,7 +340,7 @@ fn a_frozen_service_shows_how_far_behind_it_is() {
     );
     h.sync(0);
 
-    let s = status(&h);
+    let s = h.status_json();
     assert_eq!(s["state"], "frozen");
     assert_eq!(s["hold"]["reason"], "change freeze");
     assert_eq!(s["in_sync"], false);
@@ -378,7 +356,7 @@ fn a_frozen_service_shows_how_far_behind_it_is() {
     }
     assert!(table.contains("change freeze"), "{table}");
 
-    let m = metrics(&h);
+    let m = h.metrics_text();
     assert_eq!(app_sample(&m, "provision_in_sync"), Some(0.0), "{m}");
     let upstream = format!("provision_upstream_commit_info{{service=\"app\",commit=\"{second}\"}}");
     assert_eq!(sample(&m, &upstream), Some(1.0), "{m}");
@@ -424,7 +402,7 @@ fn an_unreadable_state_file_is_shown_everywhere() {
     h.write_config(&app_config(&up.url(), "action = \"\""));
     h.sync(0);
     fs::write(h.state().join("app/state.json"), "{ not json").expect("corrupt");
-    let s = status(&h);
+    let s = h.status_json();
     assert_eq!(s["state"], "unknown");
     assert!(s["state_error"]
         .as_str()
@@ -432,7 +410,7 @@ fn an_unreadable_state_file_is_shown_everywhere() {
     let out = h.sync(1);
     assert!(out.contains("is corrupt"), "{out}");
     assert_eq!(
-        app_sample(&metrics(&h), "provision_state_readable"),
+        app_sample(&h.metrics_text(), "provision_state_readable"),
         Some(0.0)
     );
     assert_eq!(h.run(&["diff", "app"]).status.code(), Some(2));

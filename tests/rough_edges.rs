@@ -5,21 +5,14 @@
 //! behind upstream, restored from disk); a `[global]` mistake is reported
 //! under `[global]`.
 
-mod common;
+use testkit as common;
 
-use std::process::{Command, Output};
+use common::output_report as text;
+
+use std::process::Command;
 
 use common::host::{app_config, seed, Host};
 use common::GitDaemon;
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn ready() -> bool {
     common::require_tool("git") && common::require_tool("git-daemon")

@@ -1,7 +1,7 @@
 //! `provision sync` and `provision check` against a real git daemon: what
 //! an operator sees on disk, on stdout/stderr and in exit codes.
 
-mod common;
+use testkit as common;
 
 use std::fs;
 use std::path::Path;

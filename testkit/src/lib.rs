@@ -6,8 +6,8 @@
 //! identity, dates, default branch and signing, and hides the user's global
 //! and system git configuration, so results do not depend on the machine.
 //!
-//! Use from a test file with `mod common;`.
-#![allow(dead_code)]
+//! A dev-only crate shared by the integration tests (`use testkit as
+//! common;`), the bench and the demo.
 
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
@@ -21,6 +21,63 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
+
+/// The provision checkout this harness belongs to.
+pub fn project_root() -> PathBuf {
+    let kit = Path::new(env!("CARGO_MANIFEST_DIR"));
+    kit.parent().unwrap_or(kit).to_path_buf()
+}
+
+/// The `provision` binary cargo built beside the running test, bench or
+/// example: `target/<profile>/{deps,examples}/<name>` →
+/// `target/<profile>/provision`.
+pub fn provision_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of the running test");
+    let dir = exe.parent().expect("a target directory");
+    let profile = if dir.ends_with("deps") || dir.ends_with("examples") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    let bin = profile.join("provision");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo test and cargo bench do)",
+        bin.display()
+    );
+    bin
+}
+
+/// A command's standard output and error, one after the other, for
+/// assertions and their messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A command's exit code, standard output and standard error, labelled:
+/// the message of an assertion about a whole run.
+pub fn output_report(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The value of the sample written exactly as `series` (name and labels)
+/// in a Prometheus text file.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    })
+}
 
 /// How long `GitDaemon::start`/`start_again` wait for the port to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);

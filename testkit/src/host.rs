@@ -8,16 +8,19 @@ use std::process::{Command, Output};
 
 use super::Upstream;
 
-/// The binary under test (set by cargo for integration tests only; this
-/// module is also compiled into the demo example, which does not use Host).
-const BIN: Option<&str> = option_env!("CARGO_BIN_EXE_provision");
-
 /// A scratch machine: config file, state dir, and the binary to run.
 pub struct Host {
     dir: tempfile::TempDir,
 }
 
+impl Default for Host {
+    fn default() -> Host {
+        Host::new()
+    }
+}
+
 impl Host {
+    /// A new scratch host in a fresh temporary directory.
     pub fn new() -> Host {
         Host {
             dir: tempfile::tempdir().expect("creating host tempdir"),
@@ -38,7 +41,8 @@ impl Host {
     /// mounts made by one command are seen by the next; `$P` is this host's
     /// provision command line.
     pub fn script(&self, script: &str) -> Output {
-        let bin = BIN.expect("Host runs in integration tests, where cargo names the binary");
+        let bin = super::provision_bin();
+        let bin = bin.display();
         let p = format!(
             "{bin} --config {} --state-dir {} --metrics-dir {} --machine test-host",
             self.config_path().display(),
@@ -93,7 +97,7 @@ impl Host {
     pub fn run(&self, args: &[&str]) -> Output {
         Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--"])
-            .arg(BIN.expect("Host runs in integration tests, where cargo names the binary"))
+            .arg(super::provision_bin())
             .arg("--config")
             .arg(self.config_path())
             .arg("--state-dir")
@@ -126,6 +130,26 @@ impl Host {
             .expect("a deployed release")
             .to_string();
         self.state().join(name).join("releases").join(release)
+    }
+
+    /// The first service's entry of `provision status --json` (which must
+    /// exit 0 and carry schema 1).
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.run(&["status", "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "status: {}",
+            super::output_text(&out)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        assert_eq!(v["schema"], 1);
+        v["services"][0].clone()
+    }
+
+    /// This host's metrics file.
+    pub fn metrics_text(&self) -> String {
+        read(&self.metrics_dir().join("provision.prom"))
     }
 
     pub fn state_json(&self, name: &str) -> serde_json::Value {

@@ -368,6 +368,12 @@ enum Disk {
 }
 
 impl Machine {
+    /// How many times unit `name`'s test service logged a reload.
+    pub fn reloads(&self, name: &str) -> usize {
+        self.read(&format!("/var/log/{name}.reloads"))
+            .map_or(0, |t| t.lines().count())
+    }
+
     /// Boots a machine named `hostname` and waits (≤ 30 s) until
     /// `systemctl is-system-running` says `running` (or `degraded`, in which
     /// case the failed units are printed). Panics with the last journal lines
@@ -782,7 +788,7 @@ impl Machine {
         .arg(&self.hostname)
         .arg(&cgroup)
         .arg(MACHINES_DIR)
-        .arg(env!("CARGO_MANIFEST_DIR"))
+        .arg(super::project_root())
         .env_clear()
         .env("PATH", INSIDE_PATH)
         .env("LANG", "C.UTF-8")
@@ -1498,7 +1504,7 @@ fn make_removable(dir: &Path) {
 /// `units/`) into `m`, with `bin` as the binary they run.
 pub fn install_provision(m: &Machine, bin: &str) {
     let unit = |file: &str| {
-        let path = format!("{}/units/{file}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/units/{file}", super::project_root().display());
         fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("reading {path}: {e}"))
             .replace("/usr/local/bin/provision", bin)

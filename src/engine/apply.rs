@@ -39,13 +39,7 @@ pub fn mount_release(svc: &Service, release: &Path) -> Result<Vec<Before>> {
     svc.dirs
         .iter()
         .map(|d| {
-            let w = Wanted {
-                local: &d.local,
-                source: release.join(&d.link),
-                file: d.file,
-                readonly: d.readonly,
-                allow_writable_parents: d.allow_writable_parents,
-            };
+            let w = Wanted::of(d, release);
             mount::ensure(&w)
         })
         .collect()

@@ -24,6 +24,7 @@ use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
 use rustix::io::Errno;
 use rustix::mount::{MoveMountFlags, OpenTreeFlags, UnmountFlags};
 
+use crate::config::Dir;
 use crate::util::dirfd::{self, Meta};
 
 /// What a mount looked like before [`ensure`] made it right.
@@ -51,6 +52,19 @@ pub struct Wanted<'a> {
     /// Work beneath directories other users can write (never following a
     /// symlink); otherwise such a `local` is refused.
     pub allow_writable_parents: bool,
+}
+
+impl<'a> Wanted<'a> {
+    /// The mount of the `dirs` entry `d` from the release at `release`.
+    pub fn of(d: &'a Dir, release: &Path) -> Wanted<'a> {
+        Wanted {
+            local: &d.local,
+            source: release.join(&d.link),
+            file: d.file,
+            readonly: d.readonly,
+            allow_writable_parents: d.allow_writable_parents,
+        }
+    }
 }
 
 /// The mount point `local`, held by descriptors: its parent directory,

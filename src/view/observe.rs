@@ -106,13 +106,7 @@ pub fn mounts(svc: &Service, state_dir: &Path, deployed: &Deployed) -> Vec<Mount
     svc.dirs
         .iter()
         .map(|d| {
-            let w = Wanted {
-                local: &d.local,
-                source: release.join(&d.link),
-                file: d.file,
-                readonly: d.readonly,
-                allow_writable_parents: d.allow_writable_parents,
-            };
+            let w = Wanted::of(d, &release);
             let state = match mount::inspect(&w) {
                 Ok(Before::Correct) => MountState::Ok,
                 Ok(Before::Missing) => MountState::Missing,

@@ -203,7 +203,13 @@ impl Bench {
         (run, changed)
     }
 
-    pub(crate) fn ansible_pull(&self, url: &str, dir: &Path, dest: &Path, n: usize) -> (Run, String) {
+    pub(crate) fn ansible_pull(
+        &self,
+        url: &str,
+        dir: &Path,
+        dest: &Path,
+        n: usize,
+    ) -> (Run, String) {
         let mut cmd = Command::new("ansible-pull");
         peer_env(&mut cmd);
         cmd.env("HOME", self.path("ansible-home"))

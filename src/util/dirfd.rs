@@ -192,25 +192,40 @@ impl Dir {
     /// (root-owned, 0755) when `create` is set.
     pub fn open_trusted(path: &Path, create: bool) -> Result<Dir> {
         let mut d = Dir::open(Path::new("/"))?;
+        let mut here = d.meta_self()?;
         for name in names(path)? {
-            // Judged before anything below it is opened or created: what a
-            // user may swap is refused whatever it holds right now.
-            let here = d.meta_self()?;
-            let child = d.meta(name)?;
-            if here.writable_by_others(child.as_ref()) {
-                bail!(
+            let refuse = |here: &Meta, d: &Dir| {
+                anyhow::anyhow!(
                     "{} can be changed by a user other than root (owner uid {}, mode {:o}); \
                      refusing to work beneath it",
                     d.path.display(),
                     here.uid,
                     here.perm
-                );
-            }
-            d = if create {
-                d.ensure_dir(name, 0o755)?
-            } else {
-                d.dir(Path::new(name))?
+                )
             };
+            // Opened first, judged on what was opened (fstat of the new
+            // descriptor): what a user may swap is refused whatever it
+            // held a moment ago.
+            let next = match d.dir_opt(Path::new(name)) {
+                Ok(Some(next)) => next,
+                Ok(None) if create => {
+                    if here.writable_by_others(None) {
+                        return Err(refuse(&here, &d));
+                    }
+                    d.ensure_dir(name, 0o755)?
+                }
+                Ok(None) => d.dir(Path::new(name))?,
+                // A symlink (or worse) below a directory others can
+                // change: the directory is the problem to name.
+                Err(_) if here.writable_by_others(None) => return Err(refuse(&here, &d)),
+                Err(e) => return Err(e),
+            };
+            let child = next.meta_self()?;
+            if here.writable_by_others(Some(&child)) {
+                return Err(refuse(&here, &d));
+            }
+            d = next;
+            here = child;
         }
         Ok(d)
     }

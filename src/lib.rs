@@ -17,9 +17,9 @@
 
 pub mod cli;
 pub mod config;
-pub mod engine;
+pub(crate) mod engine;
 pub mod git;
-pub mod host;
-pub mod store;
-pub mod util;
+pub(crate) mod host;
+pub(crate) mod store;
+pub(crate) mod util;
 pub mod view;

@@ -6,7 +6,7 @@
 //! unknown service name).
 
 mod args;
-pub mod render;
+pub(crate) mod render;
 
 /// A line on standard output, dropped quietly once its reader is gone.
 macro_rules! say {

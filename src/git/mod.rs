@@ -2,6 +2,6 @@
 //! to fetch them.
 
 pub mod auth;
-pub mod known_hosts;
-pub mod mirror;
-pub mod tls;
+pub(crate) mod known_hosts;
+pub(crate) mod mirror;
+pub(crate) mod tls;

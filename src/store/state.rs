@@ -168,6 +168,7 @@ impl StateDir {
     }
 
     /// The directory itself.
+    #[cfg(test)]
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -403,18 +403,6 @@ impl Dir {
             .with_context(|| format!("changing owner of {}", self.path.display()))
     }
 
-    /// Sets the permission bits of the file `name` (never a symlink: it is
-    /// opened `O_NOFOLLOW` first).
-    pub fn chmod_file(&self, name: &OsStr, mode: u32) -> Result<()> {
-        let f = self.open_file(Path::new(name))?;
-        rustix::fs::fchmod(&f, Mode::from_raw_mode(mode)).with_context(|| {
-            format!(
-                "setting mode of {}",
-                self.child_path(Path::new(name)).display()
-            )
-        })
-    }
-
     /// Renames `from` in this directory to `to` in `dest`.
     pub fn rename(&self, from: &OsStr, dest: &Dir, to: &OsStr) -> Result<()> {
         rustix::fs::renameat(&self.fd, from, &dest.fd, to).with_context(|| {

@@ -1,6 +1,6 @@
 //! Small filesystem helpers shared by the modules that write state.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -77,13 +77,6 @@ pub fn private_dir(path: &Path) -> Result<Dir> {
         d.chmod(0o700)?;
     }
     Ok(d)
-}
-
-/// Makes a rename or create inside `dir` durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// Removes a directory tree if it exists.

@@ -1,8 +1,8 @@
 //! What only looks: observation of the host, status, diff, history and
 //! metrics. Nothing here changes a deployment.
 
-pub mod diff;
-pub mod history;
+pub(crate) mod diff;
+pub(crate) mod history;
 pub mod metrics;
-pub mod observe;
-pub mod status;
+pub(crate) mod observe;
+pub(crate) mod status;

@@ -43,7 +43,7 @@ pub struct ServiceStatus {
     pub unit: String,
     /// `following`, `frozen` or `pinned`; `unknown` when the state file
     /// cannot be read.
-    pub state: Following,
+    pub state: Tracking,
     /// The freeze or pin, if any.
     pub hold: Option<HoldStatus>,
     /// The deployed commit and when it was deployed.
@@ -135,7 +135,7 @@ pub struct PassStatus {
 /// Whether a service follows upstream, as the JSON and the table say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Following {
+pub enum Tracking {
     /// Deploys each new upstream head.
     Following,
     /// `provision freeze`: stays on what is deployed.
@@ -146,14 +146,14 @@ pub enum Following {
     Unknown,
 }
 
-impl Following {
+impl Tracking {
     /// The word.
     pub fn as_str(self) -> &'static str {
         match self {
-            Following::Following => "following",
-            Following::Frozen => "frozen",
-            Following::Pinned => "pinned",
-            Following::Unknown => "unknown",
+            Tracking::Following => "following",
+            Tracking::Frozen => "frozen",
+            Tracking::Pinned => "pinned",
+            Tracking::Unknown => "unknown",
         }
     }
 }
@@ -238,10 +238,10 @@ fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
         name: svc.name.clone(),
         unit: svc.unit.clone(),
         state: match (&state_error, &state.hold) {
-            (Some(_), _) => Following::Unknown,
-            (None, Some(h)) if h.kind == HoldKind::Frozen => Following::Frozen,
-            (None, Some(_)) => Following::Pinned,
-            (None, None) => Following::Following,
+            (Some(_), _) => Tracking::Unknown,
+            (None, Some(h)) if h.kind == HoldKind::Frozen => Tracking::Frozen,
+            (None, Some(_)) => Tracking::Pinned,
+            (None, None) => Tracking::Following,
         },
         hold: state.hold.as_ref().map(|h| HoldStatus {
             kind: h.kind,

@@ -301,14 +301,8 @@ pub fn adopted_by(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::manifest::tests::meta_of;
     use std::fs;
-
-    fn meta_of(p: &Path) -> Meta {
-        let dir = dirfd::Dir::open(p.parent().expect("parent")).expect("open");
-        dir.meta(p.file_name().expect("name"))
-            .expect("lstat")
-            .expect("exists")
-    }
 
     fn app_dir() -> Dir {
         Dir {

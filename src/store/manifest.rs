@@ -260,11 +260,12 @@ impl Manifest {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::util::dirfd;
 
-    fn meta_of(p: &Path) -> Meta {
+    /// What `lstat` says of `p`, through its directory's descriptor.
+    pub(crate) fn meta_of(p: &Path) -> Meta {
         let dir = dirfd::Dir::open(p.parent().expect("parent")).expect("open");
         dir.meta(p.file_name().expect("name"))
             .expect("lstat")

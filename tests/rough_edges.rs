@@ -239,3 +239,30 @@ fn a_refused_https_certificate_is_explained() {
         }
     }
 }
+
+#[test]
+fn a_relative_state_dir_is_where_the_command_runs() {
+    if !ready() {
+        return;
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("rel");
+    seed(&up);
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), ""));
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .arg(common::provision_bin())
+        .arg("--config")
+        .arg(h.config_path())
+        .args(["--state-dir", "relative-state", "--machine", "test-host"])
+        .arg("--metrics-dir")
+        .arg(h.metrics_dir())
+        .arg("sync")
+        .current_dir(h.path())
+        .output()
+        .expect("running provision");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(h.path().join("relative-state/app/state.json").is_file());
+    assert!(!std::path::Path::new("/relative-state").exists());
+}

@@ -178,7 +178,9 @@ impl Dir {
         if let Some(d) = Dir::open_opt(path)? {
             return Ok(d);
         }
-        let mut d = Dir::open(Path::new("/"))?;
+        // A relative path (`--state-dir state`) starts where we are.
+        let start = if path.is_absolute() { "/" } else { "." };
+        let mut d = Dir::open(Path::new(start))?;
         for name in names(path)? {
             d = d.ensure_dir(name, mode)?;
         }

@@ -205,20 +205,10 @@ impl Releases {
     /// Deletes the copies [`Releases::rewrite`] replaced. Only call once every
     /// mount shows the current release, or a mounted tree would be emptied.
     pub fn remove_replaced(&self) -> Result<()> {
-        self.remove_prefixed(REPLACED_PREFIX)
-    }
-
-    /// Removes the entries of `releases/` whose name starts with `prefix`.
-    fn remove_prefixed(&self, prefix: &str) -> Result<()> {
-        let Some(releases) = dirfd::Dir::open_opt(&self.dir)? else {
-            return Ok(());
-        };
-        for e in releases.entries()? {
-            if e.as_bytes().starts_with(prefix.as_bytes()) {
-                releases.remove_tree(&e)?;
-            }
+        match dirfd::Dir::open_opt(&self.dir)? {
+            Some(releases) => remove_prefixed(&releases, REPLACED_PREFIX),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Writes the release under a temporary name, with its manifest, and
@@ -234,7 +224,7 @@ impl Releases {
         svc: &Service,
         name: &str,
     ) -> Result<std::ffi::OsString> {
-        self.remove_prefixed(TMP_PREFIX)?;
+        remove_prefixed(releases, TMP_PREFIX)?;
         let tree = repo
             .find_commit(commit)
             .and_then(|c| c.tree())
@@ -373,6 +363,16 @@ impl Releases {
         }
         Ok(())
     }
+}
+
+/// Removes the entries of `releases` whose name starts with `prefix`.
+fn remove_prefixed(releases: &dirfd::Dir, prefix: &str) -> Result<()> {
+    for e in releases.entries()? {
+        if e.as_bytes().starts_with(prefix.as_bytes()) {
+            releases.remove_tree(&e)?;
+        }
+    }
+    Ok(())
 }
 
 /// A short, stable digest of what a service mounts and who owns it. Mode

@@ -88,7 +88,8 @@ pub enum Command {
     ///
     /// Passes still fetch (to report how far behind the service is) and
     /// still verify and repair its mounts, but never move the deployed
-    /// commit, until `unfreeze` or `forward`. Survives reboots.
+    /// commit, until `unfreeze`, `forward`, or the time given with --until.
+    /// Survives reboots.
     Freeze(FreezeOpts),
     /// Follow upstream again from the next pass.
     Unfreeze(NameOpts),
@@ -101,6 +102,9 @@ pub enum Command {
     /// until `forward` or `unfreeze`.
     Rollback(RollbackOpts),
     /// Follow upstream again and run a pass for this service now.
+    ///
+    /// Ends a freeze or pin, forgets a rejected commit (so it is tried
+    /// again), and starts the unit if it is not running.
     Forward(NameOpts),
     /// Recent commits of the service's branch, from the local mirror.
     ///
@@ -135,6 +139,14 @@ pub struct FreezeOpts {
     /// Why, shown by status and history.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+    /// End the freeze by itself: after a span ("30m", "2h", "1d") or at an
+    /// RFC 3339 time ("2026-12-01T08:00:00Z").
+    #[arg(long, value_name = "DURATION|RFC3339")]
+    pub until: Option<String>,
+    /// Who froze it, shown by status (default: SUDO_USER, else the login
+    /// name).
+    #[arg(long, value_name = "WHO")]
+    pub by: Option<String>,
 }
 
 /// Options of `rollback`.

@@ -185,7 +185,11 @@ fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
     for w in secret_warnings(&selected) {
         tell!("warning: {w}");
     }
-    let reports = pass::sync(&selected, &all, &cli.state_dir, policy);
+    let intent = pass::Intent {
+        drift: policy,
+        ..pass::Intent::TIMER
+    };
+    let reports = pass::sync(&selected, &all, &cli.state_dir, intent);
     let code = print_reports(reports, Doing::Deploy);
     publish_metrics(cli, &config, &all);
     Ok(code)
@@ -281,16 +285,41 @@ fn one<'a>(config: &'a Config, id: &Identity, name: &str) -> Result<&'a Service>
     Ok(select(&all, &[name.to_string()], id)?[0])
 }
 
-/// `provision freeze NAME [--reason TEXT]`
+/// `provision freeze NAME [--reason TEXT] [--until T] [--by WHO]`
 fn freeze(cli: &Cli, opts: &FreezeOpts) -> Result<ExitCode> {
+    let until = opts
+        .until
+        .as_deref()
+        .map(|t| control::parse_until(t, crate::util::now_unix()))
+        .transpose()
+        .map_err(|e| UsageError(format!("{e:#}")))?;
     let (config, id) = machine_config(cli)?;
     let svc = one(&config, &id, &opts.name)?;
-    say!(
-        "{}",
-        control::freeze(svc, &cli.state_dir, opts.reason.as_deref())?
-    );
+    let how = control::Freeze {
+        reason: opts.reason.clone(),
+        until,
+        by: Some(who(opts.by.as_deref())),
+    };
+    say!("{}", control::freeze(svc, &cli.state_dir, &how)?);
     publish_metrics(cli, &config, &id.services(&config));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who is acting: `by` when given, else the user sudo ran us for, else
+/// the login name, else the user id.
+fn who(by: Option<&str>) -> String {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    by.map(str::to_string)
+        .or_else(|| env("SUDO_USER"))
+        .or_else(|| env("LOGNAME"))
+        .or_else(|| env("USER"))
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
 }
 
 /// `provision unfreeze NAME`
@@ -309,7 +338,7 @@ fn rollback(cli: &Cli, opts: &RollbackOpts) -> Result<ExitCode> {
     let svc = one(&config, &id, &opts.name)?;
     let report = apply::Report::unknown(
         &svc.name,
-        control::rollback(svc, &cli.state_dir, &rev, &opts.rev),
+        control::rollback(svc, &cli.state_dir, &rev, &opts.rev, &who(None)),
     );
     let code = print_reports(vec![report], Doing::Rollback);
     publish_metrics(cli, &config, &id.services(&config));

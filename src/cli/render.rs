@@ -11,6 +11,7 @@ use std::io::{self, Write};
 
 use crate::config::{Service, Transport};
 use crate::engine::apply::{ActionPending, Outcome, Report, Serving};
+use crate::engine::trial::Rejection;
 use crate::view::history::HistoryEntry;
 use crate::view::status::{CommitAt, Document, ServiceStatus, Shows};
 
@@ -134,6 +135,12 @@ fn failure(doing: Doing, serving: &Serving, e: &anyhow::Error) -> &'static str {
     // The new files are in place: "last good release kept" would be false.
     if e.downcast_ref::<ActionPending>().is_some() {
         return what;
+    }
+    if e.downcast_ref::<Rejection>().is_some() {
+        return match doing {
+            Doing::Rollback => "rollback failed",
+            _ => "pass failed",
+        };
     }
     match (doing, serving) {
         (Doing::Deploy, Serving::Nothing) => "pass failed, nothing is deployed",
@@ -270,13 +277,18 @@ fn row(s: &ServiceStatus, now: u64) -> Vec<String> {
         ),
         None => "never".into(),
     };
+    let sync = match (&s.rejected, s.in_sync, s.behind_seconds) {
+        (Some(_), _, _) => "REJECTED".to_string(),
+        (None, Some(false), Some(b)) => format!("no ({} behind)", ago(b, 0)),
+        (None, in_sync, _) => yes_no(in_sync, "yes", "no"),
+    };
     vec![
         s.name.clone(),
         s.unit.clone(),
         s.state.as_str().to_string(),
         deployed(&s.deployed),
         upstream,
-        yes_no(s.in_sync, "yes", "no"),
+        sync,
         drift,
         mounts,
         s.unit_state.clone().unwrap_or_else(|| "?".into()),
@@ -290,13 +302,29 @@ fn detail_lines(s: &ServiceStatus, now: u64) -> Vec<String> {
     if let Some(e) = &s.state_error {
         out.push(format!("{n}: state unreadable: {e}"));
     }
+    let utc = |t: u64| crate::util::format_utc(i64::try_from(t).unwrap_or(0));
     if let Some(h) = &s.hold {
+        let by =
+            h.by.as_deref()
+                .map_or(String::new(), |b| format!(" by {b}"));
+        let until = h
+            .until
+            .map_or(String::new(), |u| format!(", until {} UTC", utc(u)));
         out.push(format!(
-            "{n}: {} since {} ({} ago): {}",
+            "{n}: {} since {} ({} ago){by}{until}: {}",
             h.kind.as_str(),
-            crate::util::format_utc(i64::try_from(h.since).unwrap_or(0)),
+            utc(h.since),
             ago(now, h.since),
             h.reason
+        ));
+    }
+    if let Some(r) = &s.rejected {
+        let first = r.reason.lines().next().unwrap_or("");
+        out.push(format!(
+            "{n}: rejected {} at {} on {} UTC: {first}; `provision forward {n}` tries it again",
+            r.commit.short(),
+            r.stage.as_str(),
+            utc(r.time),
         ));
     }
     if let Some(p) = s.last_pass.as_ref().filter(|p| !p.ok) {

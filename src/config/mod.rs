@@ -15,6 +15,7 @@ mod parse;
 mod validate;
 
 pub use credentials::Credentials;
+pub(crate) use validate::parse_span;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -85,6 +86,33 @@ pub struct Service {
     pub drift: DriftPolicy,
     /// Bounds on what a repository may make this machine store.
     pub limits: Limits,
+    /// Commands that decide whether a commit may stay deployed.
+    pub checks: Checks,
+}
+
+/// How long `validate` may run when `validate_timeout` is not set.
+pub const DEFAULT_VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `health` is retried when `health_timeout` is not set.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The service's gates: a commit that fails one never stays deployed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checks {
+    /// Run before the switch, in a private mount namespace that shows the
+    /// candidate release where the service will see it.
+    pub validate: Option<Check>,
+    /// Run on the host after the action, retried until it passes or its
+    /// timeout ends.
+    pub health: Option<Check>,
+}
+
+/// A command run by `/bin/sh -c`, bounded in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// The command line, as written in the config.
+    pub command: String,
+    /// How long it may run (`validate`) or be retried (`health`).
+    pub timeout: Duration,
 }
 
 /// Bounds on what one commit and one fetch may cost this machine: a
@@ -165,8 +193,10 @@ pub struct Dir {
     pub link: String,
     /// The link is a single file rather than a directory.
     pub file: bool,
-    /// Mount read-only; the files then belong to root even when the
-    /// service has a `user`, so the user cannot change them either.
+    /// Mount read-only (the default: the repository is the truth, and a
+    /// service must not rewrite its own configuration); the files then
+    /// belong to root even when the service has a `user`, so the user cannot
+    /// change them either.
     pub readonly: bool,
     /// Permission bits of regular files (directories and executables get
     /// `x` wherever `r` is set). 0644 by default.

@@ -37,6 +37,10 @@ pub(super) struct RawSettings {
     pub max_files: Option<Sp<i64>>,
     pub max_release_size: Option<Sp<String>>,
     pub max_fetch_bytes: Option<Sp<String>>,
+    pub validate: Option<Sp<String>>,
+    pub validate_timeout: Option<Sp<String>>,
+    pub health: Option<Sp<String>>,
+    pub health_timeout: Option<Sp<String>>,
 }
 
 /// One `[[services]]` table.
@@ -124,7 +128,7 @@ impl<'a> Locator<'a> {
 }
 
 const GLOBAL: &str = "[global]";
-const SHARED_KEYS: [&str; 18] = [
+const SHARED_KEYS: [&str; 22] = [
     "upstream",
     "branch",
     "user",
@@ -143,6 +147,10 @@ const SHARED_KEYS: [&str; 18] = [
     "max_files",
     "max_release_size",
     "max_fetch_bytes",
+    "validate",
+    "validate_timeout",
+    "health",
+    "health_timeout",
 ];
 /// Accepted for gitopper compatibility and otherwise ignored.
 const IGNORED_KEYS: [&str; 1] = ["keys"];
@@ -300,6 +308,17 @@ impl Walker<'_, '_> {
             "https_user" => &mut s.https_user,
             "https_token_file" => &mut s.https_token_file,
             "drift" => &mut s.drift,
+            "validate" => &mut s.validate,
+            "health" => &mut s.health,
+            // Seconds as an integer, or a span such as "90s" or "2m".
+            "validate_timeout" => {
+                s.validate_timeout = self.string_or_integer(v, ctx, key);
+                return true;
+            }
+            "health_timeout" => {
+                s.health_timeout = self.string_or_integer(v, ctx, key);
+                return true;
+            }
             "depth" => {
                 s.depth = self.integer(v, ctx, key);
                 return true;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use super::parse::{Locator, RawDir, RawService, RawSettings, Sp};
 use super::Credentials;
-use super::{Action, Diagnostic, Dir, DriftPolicy, Limits, Service, Transport, Upstream};
+use super::{
+    Action, Check, Checks, Diagnostic, Dir, DriftPolicy, Limits, Service, Transport, Upstream,
+};
 
 /// Mounting over these (or `/`) would take the machine down with the repo.
 const FORBIDDEN_LOCALS: [&str; 15] = [
@@ -120,6 +122,7 @@ impl Resolver<'_> {
         let interval = self.interval(s.interval.as_ref());
         let drift = self.drift(s.drift.as_ref());
         let limits = self.limits(&s);
+        let checks = self.checks(&s);
         let dirs = self.dirs(raw);
         let machine = machine.and_then(|m| self.machine(m));
         Some(Service {
@@ -142,7 +145,71 @@ impl Resolver<'_> {
             interval: interval?,
             drift: drift?,
             limits: limits?,
+            checks: checks?,
         })
+    }
+
+    /// `validate` and `health`, each with its timeout.
+    fn checks(&mut self, s: &RawSettings) -> Option<Checks> {
+        let validate = self.check(
+            s.validate.as_ref(),
+            s.validate_timeout.as_ref(),
+            ("validate", "validate_timeout"),
+            super::DEFAULT_VALIDATE_TIMEOUT,
+        );
+        let health = self.check(
+            s.health.as_ref(),
+            s.health_timeout.as_ref(),
+            ("health", "health_timeout"),
+            super::DEFAULT_HEALTH_TIMEOUT,
+        );
+        Some(Checks {
+            validate: validate?,
+            health: health?,
+        })
+    }
+
+    /// One check command and its timeout; `Some(None)` when not configured.
+    fn check(
+        &mut self,
+        command: Option<&Sp<String>>,
+        timeout: Option<&Sp<String>>,
+        keys: (&str, &str),
+        default: Duration,
+    ) -> Option<Option<Check>> {
+        let timeout = match timeout {
+            None => Some(default),
+            Some(t) => match parse_span(&t.value) {
+                Ok(d) if d >= Duration::from_secs(1) => Some(d),
+                Ok(_) => {
+                    self.err(Some(&t.span), keys.1, "must be at least 1 second");
+                    None
+                }
+                Err(m) => {
+                    self.err(Some(&t.span), keys.1, m);
+                    None
+                }
+            },
+        };
+        let Some(command) = command else {
+            return timeout.map(|_| None);
+        };
+        if command.value.trim().is_empty() {
+            self.err(
+                Some(&command.span),
+                keys.0,
+                "must not be empty: give a command for /bin/sh -c, or remove the key",
+            );
+            return None;
+        }
+        if command.value.contains('\0') {
+            self.err(Some(&command.span), keys.0, "must not contain a NUL byte");
+            return None;
+        }
+        Some(Some(Check {
+            command: command.value.clone(),
+            timeout: timeout?,
+        }))
     }
 
     fn required<'s>(
@@ -479,7 +546,7 @@ impl Resolver<'_> {
             local: local?,
             link: link?,
             file: d.file.as_ref().is_some_and(|f| f.value),
-            readonly: d.readonly.as_ref().is_some_and(|r| r.value),
+            readonly: d.readonly.as_ref().is_none_or(|r| r.value),
             mode: mode?,
             group: group?,
             allow_writable_parents: d.allow_writable_parents.as_ref().is_some_and(|a| a.value),
@@ -628,6 +695,10 @@ fn merge(s: &RawSettings, g: &RawSettings) -> RawSettings {
         max_files: pick(&s.max_files, &g.max_files),
         max_release_size: pick(&s.max_release_size, &g.max_release_size),
         max_fetch_bytes: pick(&s.max_fetch_bytes, &g.max_fetch_bytes),
+        validate: pick(&s.validate, &g.validate),
+        validate_timeout: pick(&s.validate_timeout, &g.validate_timeout),
+        health: pick(&s.health, &g.health),
+        health_timeout: pick(&s.health_timeout, &g.health_timeout),
     }
 }
 

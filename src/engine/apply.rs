@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use git2::{Oid, Repository};
 
-use crate::config::{DriftPolicy, Service};
+use crate::config::{Action, DriftPolicy, Service};
+use crate::engine::trial::{self, WhenStopped};
 use crate::host::mount::{self, Before, Wanted};
 use crate::host::package;
 use crate::host::systemd::{self, ActionOutcome};
@@ -17,7 +18,7 @@ use crate::store::commit::CommitId;
 use crate::store::drift::{self, Drifted};
 use crate::store::layout;
 use crate::store::release::Releases;
-use crate::store::state::{Deployed, HoldKind, State, StateDir};
+use crate::store::state::{Deployed, HoldKind, State, StateDir, Trial};
 use crate::util::now_unix;
 use crate::view::observe;
 
@@ -80,12 +81,9 @@ pub fn content_changed(repo: &Repository, from: Option<CommitId>, to: Oid, svc: 
     }
 }
 
-/// Runs the service's action (after a daemon-reload when it mounts unit
-/// files). `Ok(None)` when no action is configured.
-pub fn run_action(svc: &Service) -> Result<Option<ActionOutcome>> {
-    let Some(action) = svc.action else {
-        return Ok(None);
-    };
+/// Runs `action` on the service's unit (after a daemon-reload when it
+/// mounts unit files).
+pub fn run_action(svc: &Service, action: Action) -> Result<ActionOutcome> {
     if svc
         .dirs
         .iter()
@@ -93,7 +91,7 @@ pub fn run_action(svc: &Service) -> Result<Option<ActionOutcome>> {
     {
         systemd::daemon_reload().context("reloading systemd for changed unit files")?;
     }
-    systemd::run_action(&svc.unit, action, ACTION_TIMEOUT).map(Some)
+    systemd::run_action(&svc.unit, action, ACTION_TIMEOUT)
 }
 
 /// What a pass did to one service.
@@ -152,6 +150,19 @@ pub struct Outcome {
     pub held: Option<Held>,
 }
 
+impl Outcome {
+    /// Nothing deployed, nothing done but `notes`.
+    pub fn nothing(notes: Vec<String>) -> Outcome {
+        Outcome {
+            from: None,
+            to: None,
+            new_release: false,
+            notes,
+            held: None,
+        }
+    }
+}
+
 /// A service kept on its commit by a freeze or a pin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
@@ -168,6 +179,8 @@ pub(crate) struct Plan<'a> {
     pub repo: Option<&'a Repository>,
     pub target: Oid,
     pub policy: DriftPolicy,
+    /// Whether a unit that is not running is started.
+    pub stopped: WhenStopped,
 }
 
 /// Package, release, mounts, state, action: in that order, so the unit is
@@ -221,6 +234,9 @@ pub(crate) fn apply(
     };
     let from = previous.as_ref().map(|d| d.commit);
     let changed = !same_release && repo.is_none_or(|r| content_changed(r, from, target, svc));
+    if changed {
+        trial::validate_or_reject(svc, sd, state, &path, target.into())?;
+    }
 
     for dropped in unmount_dropped(svc, &state.mounts)? {
         notes.push(format!(
@@ -238,16 +254,34 @@ pub(crate) fn apply(
     state.mounts = svc.dirs.iter().map(|d| d.local.clone()).collect();
     if !same_release {
         releases.touch(&name)?;
+        // The last confirmed deployment stays the one to go back to, even
+        // when the commit replaced here was itself still on trial.
+        let last_good = match state.trial.take() {
+            Some(t) => t.previous,
+            None => previous.clone(),
+        };
         state.deployed = Some(Deployed {
             commit: target.into(),
             release: name.clone(),
             time: now_unix(),
         });
+        state.trial = changed.then(|| Trial {
+            commit: target.into(),
+            previous: last_good,
+        });
+        sd.save(state)?;
     }
     let repaired =
         befores.contains(&Before::Missing) || (same_release && befores.contains(&Before::Other));
-    if changed || repaired || state.action_pending {
-        act(svc, sd, state, &mut notes)?;
+    let act = changed || repaired || state.action_pending;
+    if act || state.trial.is_some() {
+        let verdict = trial::confirm(svc, &path, sd, state, &mut notes, act, plan.stopped)?;
+        if let Some(refusal) = verdict {
+            return Err(trial::reject_and_revert(
+                svc, &releases, sd, state, &refusal, &mut notes,
+            ));
+        }
+        state.trial = None;
     }
     let keep = usize::try_from(svc.depth).unwrap_or(usize::MAX);
     for removed in releases.prune(keep, &name)? {
@@ -332,35 +366,6 @@ fn summarize(items: &[String]) -> String {
         s.push_str(&format!(" and {} more", items.len() - SHOWN));
     }
     s
-}
-
-/// Runs the action with `action_pending` recorded first, so a crash or a
-/// failure mid-action is retried by the next pass.
-fn act(svc: &Service, sd: &StateDir, state: &mut State, notes: &mut Vec<String>) -> Result<()> {
-    let Some(action) = svc.action else {
-        return Ok(());
-    };
-    state.action_pending = true;
-    sd.save(state)?;
-    let result = run_action(svc);
-    state.counters.action(action.as_str(), result.is_ok());
-    let outcome = result.map_err(|e| {
-        e.context(ActionPending {
-            commit: state.deployed.as_ref().map(|d| d.commit),
-            action: action.as_str(),
-        })
-    })?;
-    state.action_pending = false;
-    if let (Some(a), Some(o)) = (svc.action, outcome) {
-        notes.push(format!(
-            "{} {}: {}, unit {}",
-            a.as_str(),
-            svc.unit,
-            o.job_result,
-            o.active_state
-        ));
-    }
-    Ok(())
 }
 
 /// The error context of a pass whose files are in place but whose action

@@ -11,15 +11,47 @@ use crate::config::{DriftPolicy, Service};
 use crate::engine::apply::{self, Outcome, Report};
 use crate::engine::pass;
 use crate::engine::rev::{Lookup, Rev};
+use crate::engine::trial::{Rejection, WhenStopped};
 use crate::git::mirror::Mirror;
 use crate::store::commit::CommitId;
 use crate::store::layout;
 use crate::store::state::{Hold, HoldKind, StateDir};
 use crate::util::now_unix;
 
+/// What an operator says when freezing a service.
+#[derive(Debug, Clone, Default)]
+pub struct Freeze {
+    /// Why; a default is written when `None`.
+    pub reason: Option<String>,
+    /// Unix time the freeze ends by itself.
+    pub until: Option<u64>,
+    /// Who froze it.
+    pub by: Option<String>,
+}
+
+/// Reads `--until`: a span from now ("2h", "1d 12h") or an RFC 3339 time.
+pub fn parse_until(text: &str, now: u64) -> Result<u64> {
+    if let Some(at) = crate::util::parse_rfc3339(text) {
+        let at = u64::try_from(at).unwrap_or(0);
+        anyhow::ensure!(
+            at > now,
+            "--until {text:?} is in the past; give a later time or a span such as \"2h\""
+        );
+        return Ok(at);
+    }
+    let span = crate::config::parse_span(text).map_err(|_| {
+        anyhow::anyhow!(
+            "--until {text:?} is neither a span (\"30m\", \"2h\", \"1d\") nor an RFC 3339 time \
+             (\"2026-12-01T08:00:00Z\")"
+        )
+    })?;
+    anyhow::ensure!(!span.is_zero(), "--until {text:?} is no time at all");
+    Ok(now.saturating_add(span.as_secs()))
+}
+
 /// Stops following upstream: passes keep the deployed commit (and still
-/// verify its mounts) until `unfreeze` or `forward`.
-pub fn freeze(svc: &Service, state_dir: &Path, reason: Option<&str>) -> Result<String> {
+/// verify its mounts) until `unfreeze`, `forward`, or `until` passes.
+pub fn freeze(svc: &Service, state_dir: &Path, how: &Freeze) -> Result<String> {
     let sd = StateDir::new(state_dir, &svc.name);
     let _lock = layout::lock_service(&sd, svc)?;
     let mut state = sd.load()?;
@@ -33,11 +65,19 @@ pub fn freeze(svc: &Service, state_dir: &Path, reason: Option<&str>) -> Result<S
     let commit = deployed.commit;
     state.hold = Some(Hold {
         kind: HoldKind::Frozen,
-        reason: reason.unwrap_or("frozen by operator").to_string(),
+        reason: how
+            .reason
+            .clone()
+            .unwrap_or_else(|| "frozen by operator".to_string()),
         since: now_unix(),
+        until: how.until,
+        by: how.by.clone(),
     });
     sd.save(&state)?;
-    Ok(format!("{}: frozen at {}", svc.name, commit.short()))
+    let until = how.until.map_or(String::new(), |u| {
+        format!(" until {} UTC", crate::util::format_utc(u as i64))
+    });
+    Ok(format!("{}: frozen at {}{until}", svc.name, commit.short()))
 }
 
 /// Follows upstream again from the next pass.
@@ -59,7 +99,13 @@ pub fn unfreeze(svc: &Service, state_dir: &Path) -> Result<String> {
 
 /// Deploys `rev` now and pins the service there. Nothing changes when the
 /// revision cannot be found or fetched.
-pub fn rollback(svc: &Service, state_dir: &Path, rev: &Rev, text: &str) -> Result<Outcome> {
+pub fn rollback(
+    svc: &Service,
+    state_dir: &Path,
+    rev: &Rev,
+    text: &str,
+    by: &str,
+) -> Result<Outcome> {
     let sd = StateDir::new(state_dir, &svc.name);
     let _lock = layout::lock_service(&sd, svc)?;
     let mut state = sd.load()?;
@@ -72,18 +118,22 @@ pub fn rollback(svc: &Service, state_dir: &Path, rev: &Rev, text: &str) -> Resul
         deployed: state.deployed.as_ref().map(|d| d.commit),
     };
     let target = lookup.resolve(rev).context("nothing changed")?;
+    let loaded = state.clone();
     let repo = mirror.open().ok();
     let short = CommitId::from(target).short();
     state.hold = Some(Hold {
         kind: HoldKind::Pinned,
         reason: format!("rollback to {short} ({text})"),
         since: now_unix(),
+        until: None,
+        by: Some(by.to_string()),
     });
     // An explicit rollback is the operator's decision: local edits go.
     let plan = apply::Plan {
         repo: repo.as_ref(),
         target,
         policy: DriftPolicy::Restore,
+        stopped: WhenStopped::Start,
     };
     let result = apply::apply(svc, state_dir, &sd, &mut state, &plan, Vec::new());
     let switched = state
@@ -91,17 +141,38 @@ pub fn rollback(svc: &Service, state_dir: &Path, rev: &Rev, text: &str) -> Resul
         .as_ref()
         .is_some_and(|d| d.commit.oid() == target);
     if !switched {
-        // The mounts still show the old release: leave the state as it was.
-        return result.context("nothing changed");
+        // The mounts show the old release (never switched, or switched
+        // back): no pin; keep only what the attempt learnt (a rejection).
+        state.hold = loaded.hold.clone();
+        if state != loaded {
+            sd.save(&state)?;
+        }
+        return match result {
+            Err(e) if e.downcast_ref::<Rejection>().is_some() => Err(e),
+            other => other.context("nothing changed"),
+        };
     }
     sd.save(&state)?;
     result.context(format!("{short} is deployed and pinned, but"))
 }
 
-/// Ends a freeze or pin and runs a pass for this service now.
+/// Ends a freeze or pin, forgets a rejected commit (so it is tried
+/// again), and runs a pass for this service now, starting its unit if it
+/// is not running.
 pub fn forward(svc: &Service, all: &[&Service], state_dir: &Path) -> Result<Report> {
-    unfreeze(svc, state_dir)?;
-    let mut reports = pass::sync(&[svc], all, state_dir, None);
+    {
+        let sd = StateDir::new(state_dir, &svc.name);
+        let _lock = layout::lock_service(&sd, svc)?;
+        let mut state = sd.load()?;
+        state.hold = None;
+        state.rejected = None;
+        sd.save(&state)?;
+    }
+    let intent = pass::Intent {
+        drift: None,
+        stopped: WhenStopped::Start,
+    };
+    let mut reports = pass::sync(&[svc], all, state_dir, intent);
     reports
         .pop()
         .ok_or_else(|| anyhow::anyhow!("no pass report for {}", svc.name))

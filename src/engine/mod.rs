@@ -1,7 +1,10 @@
 //! What changes a machine: the reconcile pass, the apply transaction it
-//! shares with operator commands, and those commands.
+//! shares with operator commands, the gates a new commit passes (validate
+//! before the switch, the trial after it), and those commands.
 
 pub mod apply;
 pub mod control;
 pub mod pass;
 pub mod rev;
+pub mod trial;
+pub mod validate;

@@ -14,6 +14,7 @@ use anyhow::Result;
 
 use crate::config::{DriftPolicy, Service};
 use crate::engine::apply::{self, Outcome, Report, Serving};
+use crate::engine::trial::WhenStopped;
 use crate::git::mirror::{self, Mirror};
 use crate::store::commit::CommitId;
 use crate::store::layout;
@@ -21,14 +22,30 @@ use crate::store::state::{Deployed, PassRecord, State, StateDir, UpstreamSeen};
 use crate::util::now_unix;
 use crate::view::observe;
 
+/// What the operator asked of a pass beyond the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Intent {
+    /// Overrides each service's drift policy (`sync --discard-drift`).
+    pub drift: Option<DriftPolicy>,
+    /// Whether a unit that is not running is started (`forward`).
+    pub stopped: WhenStopped,
+}
+
+impl Intent {
+    /// A timer pass: the config decides everything, stopped units stay so.
+    pub const TIMER: Intent = Intent {
+        drift: None,
+        stopped: WhenStopped::Leave,
+    };
+}
+
 /// Runs one pass over `selected`. `all` are every service of this machine,
-/// used to know which mirrors are still in use. `drift` overrides each
-/// service's drift policy for this pass (`sync --discard-drift`).
+/// used to know which mirrors are still in use.
 pub fn sync(
     selected: &[&Service],
     all: &[&Service],
     state_dir: &Path,
-    drift: Option<DriftPolicy>,
+    intent: Intent,
 ) -> Vec<Report> {
     let start = Instant::now();
     if let Err(e) = crate::util::private_dir(state_dir) {
@@ -44,8 +61,11 @@ pub fn sync(
         .map(|svc| {
             let mirror = Mirror::of(svc, state_dir);
             let fetch = &fetched[&mirror.path];
-            let policy = drift.unwrap_or(svc.drift);
-            reconcile(svc, &mirror, fetch, state_dir, policy, start)
+            let intent = Intent {
+                drift: Some(intent.drift.unwrap_or(svc.drift)),
+                ..intent
+            };
+            reconcile(svc, &mirror, fetch, state_dir, intent, start)
         })
         .collect();
     remove_unused_mirrors(all, state_dir);
@@ -84,7 +104,7 @@ fn reconcile(
     mirror: &Mirror,
     fetched: &Result<mirror::Fetched, String>,
     state_dir: &Path,
-    policy: DriftPolicy,
+    intent: Intent,
     start: Instant,
 ) -> Report {
     let sd = StateDir::new(state_dir, &svc.name);
@@ -94,7 +114,7 @@ fn reconcile(
         Err(e) => return Report::unknown(&svc.name, Err(e)),
     };
     let result = match fetched {
-        Ok(f) => follow(svc, mirror, f, state_dir, &sd, &mut state, policy),
+        Ok(f) => follow(svc, mirror, f, state_dir, &sd, &mut state, intent),
         Err(e) => Err(anyhow::anyhow!("{e}")),
     };
     let now = now_unix();
@@ -129,6 +149,7 @@ fn reconcile(
 
 /// Moves the service to the fetched head, or, while it is frozen or
 /// pinned, keeps its deployed commit (still verifying and repairing mounts).
+/// A head that was rejected is not tried again; a newer one is.
 fn follow(
     svc: &Service,
     mirror: &Mirror,
@@ -136,50 +157,88 @@ fn follow(
     state_dir: &Path,
     sd: &StateDir,
     state: &mut State,
-    policy: DriftPolicy,
+    intent: Intent,
 ) -> Result<Outcome> {
+    let now = now_unix();
+    let head = CommitId::from(fetched.head);
     state.upstream = Some(UpstreamSeen {
-        commit: fetched.head.into(),
-        fetched: now_unix(),
+        commit: head,
+        fetched: now,
     });
     let mut notes: Vec<String> = fetched
         .rebuilt
         .iter()
         .map(|r| format!("mirror rebuilt: {r}"))
         .collect();
-    let held = match (&state.hold, &state.deployed) {
+    if let Some(hold) = state.hold.take_if(|h| h.expired(now)) {
+        notes.push(format!(
+            "{} ended at {} UTC (--until): following upstream again",
+            hold.kind.as_str(),
+            crate::util::format_utc(hold.until.unwrap_or(now) as i64)
+        ));
+    }
+    if state.rejected.as_ref().is_some_and(|r| r.commit != head) {
+        state.rejected = None;
+    }
+    let deployed = state.deployed.as_ref().map(|d| d.commit);
+    let held = match (&state.hold, deployed) {
         (Some(hold), Some(_)) => Some(apply::Held {
             kind: hold.kind,
-            upstream: fetched.head.into(),
+            upstream: head,
         }),
         _ => None,
     };
-    let target = match (&state.hold, &state.deployed) {
-        (Some(hold), Some(deployed)) => {
+    let target = match (&state.hold, deployed, &state.rejected) {
+        (Some(hold), Some(deployed), _) => {
             notes.push(format!(
                 "{} ({}): not following upstream",
                 hold.kind.as_str(),
                 hold.reason
             ));
-            if deployed.commit.oid() != fetched.head {
-                notes.push(format!(
-                    "upstream is at {}",
-                    CommitId::from(fetched.head).short()
-                ));
+            if deployed != head {
+                notes.push(format!("upstream is at {}", head.short()));
             }
-            deployed.commit.oid()
+            deployed
         }
-        _ => fetched.head,
+        (None, _, Some(r)) => {
+            notes.push(format!(
+                "upstream {} was rejected at {} ({}): not deploying it again; push a fix, or `provision forward {}` to retry it",
+                head.short(),
+                r.stage.as_str(),
+                crate::util::format_utc(r.time as i64),
+                svc.name
+            ));
+            match deployed {
+                Some(d) => d,
+                None => return Ok(Outcome::nothing(notes)),
+            }
+        }
+        _ => head,
     };
     let repo = mirror.open()?;
     let plan = apply::Plan {
         repo: Some(&repo),
-        target,
-        policy,
+        target: target.oid(),
+        policy: intent.drift.unwrap_or(svc.drift),
+        stopped: intent.stopped,
     };
-    let mut outcome = apply::apply(svc, state_dir, sd, state, &plan, notes)?;
+    let result = apply::apply(svc, state_dir, sd, state, &plan, notes);
+    note_lag(state, now);
+    let mut outcome = result?;
     outcome.held = held;
     Ok(outcome)
+}
+
+/// Keeps `behind_since`: when upstream first had a commit that is not
+/// deployed, cleared once they agree.
+fn note_lag(state: &mut State, now: u64) {
+    let deployed = state.deployed.as_ref().map(|d| d.commit);
+    let upstream = state.upstream.as_ref().map(|u| u.commit);
+    state.behind_since = match (deployed, upstream) {
+        (Some(d), Some(u)) if d == u => None,
+        (_, None) => None,
+        _ => state.behind_since.or(Some(now)),
+    };
 }
 
 /// Restores the mounts of the deployed releases without network: what a
@@ -208,13 +267,7 @@ fn restore_one(svc: &Service, state_dir: &Path) -> Report {
 /// Mounts the release of `deployed` again.
 fn remount(svc: &Service, state_dir: &Path, deployed: Option<Deployed>) -> Result<Outcome> {
     let Some(deployed) = deployed else {
-        return Ok(Outcome {
-            from: None,
-            to: None,
-            new_release: false,
-            notes: Vec::new(),
-            held: None,
-        });
+        return Ok(Outcome::nothing(Vec::new()));
     };
     let release = layout::releases(svc, state_dir).path(&deployed.release);
     anyhow::ensure!(

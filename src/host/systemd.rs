@@ -92,6 +92,57 @@ pub fn active_state(unit: &str) -> Result<String> {
         .with_context(|| format!("reading the state of unit {unit}"))
 }
 
+/// The main process of `unit` while it runs; `None` when it has none (not
+/// running, or not a service).
+pub fn main_pid(unit: &str) -> Result<Option<u32>> {
+    let work = async {
+        let conn = connect().await?;
+        let manager = ManagerProxy::new(&conn).await?;
+        let path = manager.load_unit(unit.to_owned()).await?;
+        let service = zbus_systemd::systemd1::ServiceProxy::builder(&conn)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        // A unit that is not a service has no MainPID property.
+        Ok(service.main_pid().await.ok().filter(|p| *p != 0))
+    };
+    block_on_within(QUERY_TIMEOUT, work)
+        .with_context(|| format!("reading the main process of unit {unit}"))
+}
+
+/// Mounts `source` at `destination` inside the running `unit`'s own mount
+/// namespace, as `systemctl bind` does (the manager's BindMountUnit).
+pub fn bind_mount_unit(
+    unit: &str,
+    source: &std::path::Path,
+    destination: &std::path::Path,
+    read_only: bool,
+) -> Result<()> {
+    let (src, dst) = (source.display(), destination.display());
+    let work = async {
+        let conn = connect().await?;
+        let manager = ManagerProxy::new(&conn).await?;
+        manager
+            .bind_mount_unit(
+                unit.to_owned(),
+                src.to_string(),
+                dst.to_string(),
+                read_only,
+                false,
+            )
+            .await?;
+        Ok(())
+    };
+    block_on_within(QUERY_TIMEOUT, work)
+        .with_context(|| format!("bind-mounting {src} at {dst} inside unit {unit}"))
+}
+
+/// Whether an ActiveState is a running unit's, one an action applies to.
+pub fn is_running(active_state: &str) -> bool {
+    matches!(active_state, "active" | "reloading" | "activating")
+}
+
 /// The manager method that queues `action`'s job, as systemctl maps its verbs.
 fn method_name(action: Action) -> &'static str {
     match action {

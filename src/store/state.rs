@@ -44,6 +44,19 @@ pub struct State {
     /// Set while the service does not follow upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,
+    /// The last commit a check or the service refused: later passes do not
+    /// deploy (or validate) it again while it is the upstream head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Rejected>,
+    /// Set from the switch to a new commit until its action and health
+    /// check passed: a pass that finds it (after a crash) finishes the
+    /// verdict, and a failure goes back to the release recorded here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<Trial>,
+    /// Unix time since which upstream has had a commit that is not
+    /// deployed; `None` while in sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind_since: Option<u64>,
     /// Totals kept across runs, for the metrics' counters.
     #[serde(default)]
     pub counters: Counters,
@@ -61,6 +74,9 @@ pub struct Counters {
     /// Actions run, by action (`reload`...) and result (`ok` | `failed`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub actions: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Automatic switches back to the previous release.
+    #[serde(default)]
+    pub reverts: u64,
 }
 
 impl Counters {
@@ -85,6 +101,70 @@ pub struct Hold {
     pub reason: String,
     /// Unix time the hold began.
     pub since: u64,
+    /// Unix time the hold ends by itself; `None` holds until lifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+    /// Who set it (`--by`, `SUDO_USER` or the login name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+impl Hold {
+    /// Whether the hold has run out at `now`.
+    pub fn expired(&self, now: u64) -> bool {
+        self.until.is_some_and(|u| u <= now)
+    }
+}
+
+/// A commit that was refused, and by what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// The refused commit.
+    pub commit: CommitId,
+    /// Which gate refused it.
+    pub stage: Stage,
+    /// Why, with the tail of the command's output (capped).
+    pub reason: String,
+    /// Unix time of the rejection.
+    pub time: u64,
+}
+
+/// The gates a commit passes on its way to staying deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// `validate`, before the switch.
+    Validate,
+    /// The unit's action after the switch.
+    Action,
+    /// The unit's own mount namespace does not show the release.
+    Visibility,
+    /// `health`, after the action.
+    Health,
+}
+
+impl Stage {
+    /// The word status, JSON and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Validate => "validate",
+            Stage::Action => "action",
+            Stage::Visibility => "visibility",
+            Stage::Health => "health",
+        }
+    }
+}
+
+/// A commit switched in but not yet confirmed by its action and health
+/// check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trial {
+    /// The commit on trial.
+    pub commit: CommitId,
+    /// The last confirmed deployment, to go back to; `None` on a first
+    /// deployment (nothing to go back to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Deployed>,
 }
 
 /// A freeze keeps whatever is deployed; a pin holds a commit a rollback

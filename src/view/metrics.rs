@@ -58,7 +58,7 @@ pub fn publish(
     let path = target.dir.join(FILE);
     write_atomic(
         &path,
-        render(services, &states).as_bytes(),
+        render(services, &states, crate::util::now_unix()).as_bytes(),
         Visibility::Public,
     )?;
     Ok(Some(path))
@@ -74,7 +74,7 @@ struct Family {
 }
 
 /// The families, in output order: name, type, help.
-pub const FAMILIES: [(&str, &str, &str); 18] = [
+pub const FAMILIES: [(&str, &str, &str); 22] = [
     (
         "provision_service_info",
         "gauge",
@@ -121,6 +121,21 @@ pub const FAMILIES: [(&str, &str, &str); 18] = [
         "When the current freeze or pin began.",
     ),
     (
+        "provision_frozen_until_timestamp_seconds",
+        "gauge",
+        "When the current freeze ends by itself (freeze --until).",
+    ),
+    (
+        "provision_behind_seconds",
+        "gauge",
+        "How long upstream has had a commit that is not deployed, as of the last write (0 in sync).",
+    ),
+    (
+        "provision_rejected_commit_info",
+        "gauge",
+        "The upstream commit a check or the service rejected, and at which stage (validate, action, visibility, health); absent when none.",
+    ),
+    (
         "provision_drift_files",
         "gauge",
         "Files of the deployed release that differ from the deployed commit, as of the last pass.",
@@ -165,10 +180,15 @@ pub const FAMILIES: [(&str, &str, &str); 18] = [
         "counter",
         "Actions run on the unit, by action and result (ok or failed).",
     ),
+    (
+        "provision_reverts_total",
+        "counter",
+        "Automatic switches back to the previous release after a commit failed its action or health check.",
+    ),
 ];
 
 /// The whole file for `services`, whose states are `states` (same order).
-pub fn render(services: &[&Service], states: &[Result<State>]) -> String {
+pub fn render(services: &[&Service], states: &[Result<State>], now: u64) -> String {
     let mut families: Vec<Family> = FAMILIES
         .iter()
         .map(|(name, kind, help)| Family {
@@ -179,7 +199,7 @@ pub fn render(services: &[&Service], states: &[Result<State>]) -> String {
         })
         .collect();
     for (svc, state) in services.iter().zip(states) {
-        for (name, labels, value) in samples(svc, state.as_ref().ok()) {
+        for (name, labels, value) in samples(svc, state.as_ref().ok(), now) {
             if let Some(f) = families.iter_mut().find(|f| f.name == name) {
                 f.samples.push((labels, value));
             }
@@ -203,7 +223,7 @@ pub fn render(services: &[&Service], states: &[Result<State>]) -> String {
 type Sample = (&'static str, Vec<(&'static str, String)>, f64);
 
 /// Every sample of one service; `state` is `None` when it is unreadable.
-fn samples(svc: &Service, state: Option<&State>) -> Vec<Sample> {
+fn samples(svc: &Service, state: Option<&State>, now: u64) -> Vec<Sample> {
     let name = || ("service", svc.name.clone());
     let one = |metric: &'static str, value: f64| (metric, vec![name()], value);
     let bool = |b: bool| if b { 1.0 } else { 0.0 };
@@ -241,11 +261,33 @@ fn samples(svc: &Service, state: Option<&State>) -> Vec<Sample> {
     if let (Some(d), Some(u)) = (&state.deployed, &state.upstream) {
         out.push(one("provision_in_sync", bool(d.commit == u.commit)));
     }
-    out.push(one("provision_frozen", bool(state.hold.is_some())));
-    if let Some(h) = &state.hold {
+    // A hold past its time is over, whether or not a pass has run since.
+    let hold = state.hold.as_ref().filter(|h| !h.expired(now));
+    out.push(one("provision_frozen", bool(hold.is_some())));
+    if let Some(h) = hold {
         out.push(one(
             "provision_frozen_since_timestamp_seconds",
             h.since as f64,
+        ));
+        if let Some(until) = h.until {
+            out.push(one(
+                "provision_frozen_until_timestamp_seconds",
+                until as f64,
+            ));
+        }
+    }
+    if let Some(behind) = crate::view::status::behind_seconds(state, now) {
+        out.push(one("provision_behind_seconds", behind as f64));
+    }
+    if let Some(r) = &state.rejected {
+        out.push((
+            "provision_rejected_commit_info",
+            vec![
+                name(),
+                ("commit", r.commit.to_string()),
+                ("stage", r.stage.as_str().to_string()),
+            ],
+            1.0,
         ));
     }
     if let Some(p) = &state.last_pass {
@@ -270,6 +312,10 @@ fn samples(svc: &Service, state: Option<&State>) -> Vec<Sample> {
     out.push(one(
         "provision_pass_failures_total",
         state.counters.pass_failures as f64,
+    ));
+    out.push(one(
+        "provision_reverts_total",
+        state.counters.reverts as f64,
     ));
     out.extend(action_samples(svc, state));
     out
@@ -314,7 +360,9 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::state::{Deployed, Hold, HoldKind, PassRecord, UpstreamSeen};
+    use crate::store::state::{
+        Deployed, Hold, HoldKind, PassRecord, Rejected, Stage, UpstreamSeen,
+    };
 
     fn service() -> Service {
         let text = r#"
@@ -359,12 +407,22 @@ dirs = [{ local = "/etc/grafana", link = "grafana" }]
                 kind: HoldKind::Frozen,
                 reason: "incident".into(),
                 since: 50,
+                until: Some(9000),
+                by: Some("alice".into()),
             }),
+            rejected: Some(Rejected {
+                commit: "b".repeat(40).parse().expect("commit id"),
+                stage: Stage::Health,
+                reason: "curl failed".into(),
+                time: 250,
+            }),
+            behind_since: Some(200),
             ..State::default()
         };
         state.counters.pass_failures = 3;
+        state.counters.reverts = 1;
         state.counters.action("reload", true);
-        let text = render(&[&svc], &[Ok(state)]);
+        let text = render(&[&svc], &[Ok(state.clone())], 500);
         for line in [
             "provision_service_info{service=\"grafana\",unit=\"grafana-server.service\",upstream=\"https://git.example.net/ops/config\",branch=\"main\"} 1",
             &format!("provision_deployed_commit_info{{service=\"grafana\",commit=\"{}\"}} 1", "a".repeat(40)),
@@ -372,6 +430,10 @@ dirs = [{ local = "/etc/grafana", link = "grafana" }]
             "provision_in_sync{service=\"grafana\"} 0",
             "provision_frozen{service=\"grafana\"} 1",
             "provision_frozen_since_timestamp_seconds{service=\"grafana\"} 50",
+            "provision_frozen_until_timestamp_seconds{service=\"grafana\"} 9000",
+            "provision_behind_seconds{service=\"grafana\"} 300",
+            &format!("provision_rejected_commit_info{{service=\"grafana\",commit=\"{}\",stage=\"health\"}} 1", "b".repeat(40)),
+            "provision_reverts_total{service=\"grafana\"} 1",
             "provision_drift_files{service=\"grafana\"} 2",
             "provision_unit_active{service=\"grafana\"} 1",
             "provision_last_pass_success{service=\"grafana\"} 0",
@@ -383,12 +445,19 @@ dirs = [{ local = "/etc/grafana", link = "grafana" }]
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+        // Once its time has passed, a freeze is over in the metrics too.
+        let later = render(&[&svc], &[Ok(state)], 9000);
+        assert!(
+            later.contains("provision_frozen{service=\"grafana\"} 0"),
+            "{later}"
+        );
+        assert!(!later.contains("provision_frozen_until"), "{later}");
     }
 
     #[test]
     fn an_unreadable_state_is_reported_not_hidden() {
         let svc = service();
-        let text = render(&[&svc], &[Err(anyhow::anyhow!("corrupt"))]);
+        let text = render(&[&svc], &[Err(anyhow::anyhow!("corrupt"))], 0);
         assert!(
             text.contains("provision_state_readable{service=\"grafana\"} 0"),
             "{text}"

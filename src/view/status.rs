@@ -14,7 +14,7 @@ use crate::config::{DriftPolicy, Service};
 use crate::git::mirror::Mirror;
 use crate::store::commit::CommitId;
 use crate::store::drift::Change;
-use crate::store::state::{HoldKind, State, StateDir};
+use crate::store::state::{HoldKind, Rejected, State, StateDir};
 use crate::util::now_unix;
 use crate::view::observe::{self, MountState};
 
@@ -62,6 +62,12 @@ pub struct ServiceStatus {
     pub unit_state: Option<String>,
     /// The last pass, if one ran.
     pub last_pass: Option<PassStatus>,
+    /// The commit a check or the service refused, while it is the upstream
+    /// head; `None` otherwise.
+    pub rejected: Option<Rejected>,
+    /// Seconds upstream has had a commit that is not deployed: 0 in sync,
+    /// `None` until both are known.
+    pub behind_seconds: Option<u64>,
     /// Why the state file could not be read.
     pub state_error: Option<String>,
 }
@@ -75,6 +81,10 @@ pub struct HoldStatus {
     pub reason: String,
     /// Unix time it began.
     pub since: u64,
+    /// Unix time it ends by itself; `None` until lifted.
+    pub until: Option<u64>,
+    /// Who set it.
+    pub by: Option<String>,
 }
 
 /// A commit and a time.
@@ -209,7 +219,10 @@ pub fn collect(services: &[&Service], state_dir: &Path, machine: &str) -> Docume
 fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
     let loaded = StateDir::new(state_dir, &svc.name).load();
     let state_error = loaded.as_ref().err().map(|e| format!("{e:#}"));
-    let state = loaded.unwrap_or_default();
+    let mut state = loaded.unwrap_or_default();
+    let now = now_unix();
+    // A hold past its time is over, whether or not a pass has run since.
+    state.hold = state.hold.take().filter(|h| !h.expired(now));
     let repo = Mirror::of(svc, state_dir).open().ok();
     let seen = observe::observe(svc, state_dir, &state, repo.as_ref());
     let drift = match &seen.drift {
@@ -247,6 +260,8 @@ fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
             kind: h.kind,
             reason: h.reason.clone(),
             since: h.since,
+            until: h.until,
+            by: h.by.clone(),
         }),
         in_sync: in_sync(&state),
         deployed: state.deployed.as_ref().map(|d| CommitAt {
@@ -278,7 +293,17 @@ fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
             error: p.error.clone(),
             duration_ms: p.duration_ms,
         }),
+        rejected: state.rejected.clone(),
+        behind_seconds: behind_seconds(&state, now),
         state_error,
+    }
+}
+
+/// How long upstream has had a commit that is not deployed, at `now`.
+pub fn behind_seconds(state: &State, now: u64) -> Option<u64> {
+    match in_sync(state)? {
+        true => Some(0),
+        false => Some(state.behind_since.map_or(0, |t| now.saturating_sub(t))),
     }
 }
 

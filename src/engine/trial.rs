@@ -1,0 +1,425 @@
+//! A commit on trial: once its files are switched in, the unit must take
+//! them (its action), see them (its own mount namespace, for a sandboxed
+//! unit) and stay healthy (`health`). When any of that fails, provision
+//! switches back to the last good release with the same atomic switch, runs
+//! the action again, and rejects the commit, so a commit the service
+//! refuses never stays deployed.
+
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::config::{Action, Service};
+use crate::engine::apply;
+use crate::engine::validate;
+use crate::host::namespace::{self, Sight};
+use crate::host::{process, systemd};
+use crate::store::commit::CommitId;
+use crate::store::release::Releases;
+use crate::store::state::{Rejected, Stage, State, StateDir};
+use crate::util::now_unix;
+
+/// Characters of a rejection's reason kept in the state file.
+const REASON_CAP: usize = 2000;
+/// Pause between two health attempts.
+const HEALTH_RETRY: Duration = Duration::from_secs(1);
+
+/// Why a gate refused a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub stage: Stage,
+    /// One line: what failed.
+    pub what: String,
+    /// The last lines of the command's output, if any.
+    pub output: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(stage: Stage, what: String, output: String) -> Refusal {
+        Refusal {
+            stage,
+            what,
+            output,
+        }
+    }
+
+    /// The reason as recorded and shown: what failed, then its output.
+    fn reason(&self) -> String {
+        let mut r = self.what.clone();
+        if !self.output.is_empty() {
+            r.push_str(":\n");
+            r.push_str(&self.output);
+        }
+        if r.chars().count() > REASON_CAP {
+            r = r.chars().take(REASON_CAP).collect::<String>() + " [...]";
+        }
+        r
+    }
+}
+
+/// What is done to a unit that is not running when its files change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhenStopped {
+    /// A timer pass: switch the files, report the unit inactive, leave it.
+    Leave,
+    /// The operator asked for this deployment (`rollback`, `forward`, a
+    /// revert): they want the service back, so start it.
+    Start,
+}
+
+/// The error of a pass that rejected a commit. The service serves what
+/// [`Rejection::serving`] says.
+#[derive(Debug)]
+pub struct Rejection {
+    /// The rejected commit.
+    pub commit: CommitId,
+    /// The gate that refused it.
+    pub stage: Stage,
+    /// Why.
+    pub reason: String,
+    /// What happened after the refusal.
+    pub after: After,
+}
+
+/// What a rejection left in place.
+#[derive(Debug)]
+pub enum After {
+    /// `validate` refused it: nothing switched.
+    NothingSwitched,
+    /// Switched back to this commit's release.
+    Reverted(CommitId),
+    /// Switched back, but the action on the old release failed too.
+    RevertedActionFailed(CommitId, String),
+    /// Nothing to go back to (its first deployment): its files stay.
+    NoPrevious,
+    /// The release to go back to is gone or could not be mounted.
+    RevertFailed(String),
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short = self.commit.short();
+        write!(f, "rejected {short} at {}: ", self.stage.as_str())?;
+        let reason = self.reason.replace('\n', "\n    ");
+        write!(f, "{reason}")?;
+        match &self.after {
+            After::NothingSwitched => write!(f, "\n  nothing switched"),
+            After::Reverted(c) => write!(f, "\n  reverted to {}", c.short()),
+            After::RevertedActionFailed(c, e) => {
+                write!(
+                    f,
+                    "\n  reverted to {}, but its action failed too: {e}",
+                    c.short()
+                )
+            }
+            After::NoPrevious => write!(
+                f,
+                "\n  nothing to revert to (first deployment): its files stay in place"
+            ),
+            After::RevertFailed(e) => write!(f, "\n  could not revert: {e}"),
+        }?;
+        write!(
+            f,
+            "\n  later passes skip {short}; push a fix, or `provision forward` to try it again"
+        )
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// Validates the candidate release of `commit` before anything switches;
+/// a refusal is recorded and returned as the pass's error.
+pub(crate) fn validate_or_reject(
+    svc: &Service,
+    sd: &StateDir,
+    state: &mut State,
+    release: &Path,
+    commit: CommitId,
+) -> Result<()> {
+    let previous = state.deployed.as_ref().map(|d| d.commit);
+    let Some(refusal) = validate::validate(svc, release, commit, previous)
+        .context("could not run validate (the commit was not judged)")?
+    else {
+        return Ok(());
+    };
+    Err(record(sd, state, commit, &refusal, After::NothingSwitched).into())
+}
+
+/// Records the rejection in the state (saved) and returns it as an error.
+fn record(
+    sd: &StateDir,
+    state: &mut State,
+    commit: CommitId,
+    refusal: &Refusal,
+    after: After,
+) -> Rejection {
+    let reason = refusal.reason();
+    state.rejected = Some(Rejected {
+        commit,
+        stage: refusal.stage,
+        reason: reason.clone(),
+        time: now_unix(),
+    });
+    let mut rejection = Rejection {
+        commit,
+        stage: refusal.stage,
+        reason,
+        after,
+    };
+    if let Err(e) = sd.save(state) {
+        rejection
+            .reason
+            .push_str(&format!(" (and saving the state failed: {e:#})"));
+    }
+    rejection
+}
+
+/// After the switch to the deployed release at `release`: shows it inside
+/// the unit's own namespace, runs the action (when `act`), and waits for
+/// health while a trial is open. `Ok(None)` when all of that passed.
+pub(crate) fn confirm(
+    svc: &Service,
+    release: &Path,
+    sd: &StateDir,
+    state: &mut State,
+    notes: &mut Vec<String>,
+    act: bool,
+    stopped: WhenStopped,
+) -> Result<Option<Refusal>> {
+    let on_trial = state.trial.is_some();
+    if let Err(e) = show_in_unit(svc, release, notes) {
+        return refuse_or_fail(on_trial, Stage::Visibility, e);
+    }
+    let running = if act {
+        match run_action(svc, sd, state, notes, stopped) {
+            Ok(running) => running,
+            Err(e) if on_trial => {
+                state.action_pending = false;
+                return Ok(Some(Refusal::new(
+                    Stage::Action,
+                    format!("{e:#}"),
+                    String::new(),
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        unit_running(svc)?
+    };
+    if !running {
+        if on_trial && svc.checks.health.is_some() {
+            notes.push(format!(
+                "health not checked: unit {} is not running",
+                svc.unit
+            ));
+        }
+        return Ok(None);
+    }
+    if let Err(e) = show_in_unit(svc, release, notes) {
+        return refuse_or_fail(on_trial, Stage::Visibility, e);
+    }
+    if on_trial {
+        if let Some(refusal) = health(svc, state)? {
+            return Ok(Some(refusal));
+        }
+    }
+    Ok(None)
+}
+
+/// A failure during a trial refuses the commit; outside one (a repair of
+/// the same release) it fails the pass.
+fn refuse_or_fail(on_trial: bool, stage: Stage, e: anyhow::Error) -> Result<Option<Refusal>> {
+    if on_trial {
+        Ok(Some(Refusal::new(stage, format!("{e:#}"), String::new())))
+    } else {
+        Err(e)
+    }
+}
+
+/// Whether the unit runs now (active, reloading or activating).
+fn unit_running(svc: &Service) -> Result<bool> {
+    Ok(systemd::is_running(&systemd::active_state(&svc.unit)?))
+}
+
+/// Runs the action with `action_pending` recorded first, so a crash or a
+/// failure mid-action is retried by the next pass. A unit that is not
+/// running is started when `stopped` says so, else left alone. Returns
+/// whether the unit runs afterwards.
+pub(crate) fn run_action(
+    svc: &Service,
+    sd: &StateDir,
+    state: &mut State,
+    notes: &mut Vec<String>,
+    stopped: WhenStopped,
+) -> Result<bool> {
+    let Some(configured) = svc.action else {
+        return unit_running(svc);
+    };
+    let running = unit_running(svc)?;
+    let action = match (running, stopped, configured) {
+        (true, _, a) | (false, _, a @ Action::Start) => a,
+        (false, WhenStopped::Start, _) => Action::Start,
+        (false, WhenStopped::Leave, _) => {
+            state.action_pending = false;
+            notes.push(format!(
+                "unit {} is not running: files switched, {} skipped (the unit reads them when it starts)",
+                svc.unit,
+                configured.as_str()
+            ));
+            return Ok(false);
+        }
+    };
+    state.action_pending = true;
+    sd.save(state)?;
+    let result = apply::run_action(svc, action);
+    state.counters.action(action.as_str(), result.is_ok());
+    let outcome = result.map_err(|e| {
+        e.context(apply::ActionPending {
+            commit: state.deployed.as_ref().map(|d| d.commit),
+            action: action.as_str(),
+        })
+    })?;
+    state.action_pending = false;
+    notes.push(format!(
+        "{} {}: {}, unit {}",
+        action.as_str(),
+        svc.unit,
+        outcome.job_result,
+        outcome.active_state
+    ));
+    Ok(systemd::is_running(&outcome.active_state))
+}
+
+/// Makes the running unit's own mount namespace show `release` at each
+/// `local`: a sandboxed unit (`ProtectSystem=`, `PrivateTmp=`...) whose
+/// namespace does not receive the host's new mounts gets them the way
+/// `systemctl bind` adds them, read-only when the mount is.
+fn show_in_unit(svc: &Service, release: &Path, notes: &mut Vec<String>) -> Result<()> {
+    let Some(pid) = systemd::main_pid(&svc.unit)? else {
+        return Ok(());
+    };
+    for d in &svc.dirs {
+        let source = release.join(&d.link);
+        match namespace::sees(pid, &d.local, &source) {
+            Ok(Sight::Host) => return Ok(()),
+            Ok(Sight::Same) => {}
+            // The process may have just ended (a restart): its successor
+            // starts from the host's mounts.
+            Err(_) if !Path::new(&format!("/proc/{pid}")).exists() => return Ok(()),
+            Ok(Sight::Other) | Err(_) => {
+                systemd::bind_mount_unit(&svc.unit, &source, &d.local, d.readonly).with_context(
+                    || {
+                        format!(
+                            "unit {} runs in its own mount namespace, which does not show {}",
+                            svc.unit,
+                            d.local.display()
+                        )
+                    },
+                )?;
+                anyhow::ensure!(
+                    namespace::sees(pid, &d.local, &source)? != Sight::Other,
+                    "unit {} still does not see the release at {} after binding it into its namespace",
+                    svc.unit,
+                    d.local.display()
+                );
+                notes.push(format!(
+                    "bound {} into unit {}'s own mount namespace",
+                    d.local.display(),
+                    svc.unit
+                ));
+            }
+        }
+        if d.readonly && namespace::writable(pid, &d.local).unwrap_or(false) {
+            anyhow::bail!(
+                "unit {} can write {} although it is mounted read-only",
+                svc.unit,
+                d.local.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `health` about every second until it passes with the unit active,
+/// or its timeout ends.
+fn health(svc: &Service, state: &State) -> Result<Option<Refusal>> {
+    let Some(check) = &svc.checks.health else {
+        return Ok(None);
+    };
+    let Some(trial) = &state.trial else {
+        return Ok(None);
+    };
+    let previous = trial.previous.as_ref().map(|d| d.commit);
+    let deadline = Instant::now() + check.timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let cmd = validate::command(svc, check, trial.commit, previous);
+        let finished = process::run_bounded(cmd, left.max(HEALTH_RETRY))?;
+        let unit = systemd::active_state(&svc.unit).unwrap_or_else(|e| format!("unknown ({e:#})"));
+        if finished.success() && unit == "active" {
+            return Ok(None);
+        }
+        if Instant::now() + HEALTH_RETRY >= deadline {
+            let what = if finished.success() {
+                format!(
+                    "`{}` passed but unit {} is {unit}",
+                    crate::config::printable(&check.command),
+                    svc.unit
+                )
+            } else {
+                format!(
+                    "`{}` {} (still failing after {}s)",
+                    crate::config::printable(&check.command),
+                    finished.verdict(left),
+                    check.timeout.as_secs()
+                )
+            };
+            return Ok(Some(Refusal::new(Stage::Health, what, finished.tail())));
+        }
+        std::thread::sleep(HEALTH_RETRY);
+    }
+}
+
+/// Rejects the commit on trial: switches back to the last good release
+/// (when there is one), runs the action there, starting the unit if needed,
+/// and returns the rejection as the pass's error.
+pub(crate) fn reject_and_revert(
+    svc: &Service,
+    releases: &Releases,
+    sd: &StateDir,
+    state: &mut State,
+    refusal: &Refusal,
+    notes: &mut Vec<String>,
+) -> anyhow::Error {
+    let trial = state.trial.take();
+    state.action_pending = false;
+    let commit = match (&trial, &state.deployed) {
+        (Some(t), _) => t.commit,
+        (None, Some(d)) => d.commit,
+        (None, None) => return anyhow::anyhow!("{}", refusal.reason()),
+    };
+    let Some(previous) = trial.and_then(|t| t.previous) else {
+        return record(sd, state, commit, refusal, After::NoPrevious).into();
+    };
+    let path = releases.path(&previous.release);
+    if !path.is_dir() {
+        let why = format!("its release {} is gone", path.display());
+        return record(sd, state, commit, refusal, After::RevertFailed(why)).into();
+    }
+    if let Err(e) = apply::mount_release(svc, &path) {
+        let why = format!("{e:#}");
+        return record(sd, state, commit, refusal, After::RevertFailed(why)).into();
+    }
+    let back = previous.commit;
+    state.deployed = Some(previous);
+    state.counters.reverts += 1;
+    let after = match show_in_unit(svc, &path, notes)
+        .and_then(|()| run_action(svc, sd, state, notes, WhenStopped::Start))
+    {
+        Ok(_) => After::Reverted(back),
+        Err(e) => After::RevertedActionFailed(back, format!("{e:#}")),
+    };
+    record(sd, state, commit, refusal, after).into()
+}

@@ -10,8 +10,8 @@
 use std::io::{self, Write};
 
 use crate::config::{Service, Transport};
-use crate::engine::apply::{ActionPending, Outcome, Report, Serving};
-use crate::engine::trial::Rejection;
+use crate::engine::apply::{Outcome, Report, Serving};
+use crate::engine::trial::{ActionPending, Rejection};
 use crate::view::history::HistoryEntry;
 use crate::view::status::{CommitAt, Document, ServiceStatus, Shows};
 

@@ -4,16 +4,15 @@
 //! any mount switches to it, so a mount only ever shows a whole tree.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use git2::{Oid, Repository};
 
-use crate::config::{Action, DriftPolicy, Service};
+use crate::config::{DriftPolicy, Service};
+use crate::engine::check::Refusal;
 use crate::engine::trial::{self, WhenStopped};
 use crate::host::mount::{self, Before, Wanted};
 use crate::host::package;
-use crate::host::systemd::{self, ActionOutcome};
 use crate::store::commit::CommitId;
 use crate::store::drift::{self, Drifted};
 use crate::store::layout;
@@ -21,18 +20,6 @@ use crate::store::release::Releases;
 use crate::store::state::{Deployed, HoldKind, State, StateDir, Trial};
 use crate::util::now_unix;
 use crate::view::observe;
-
-/// How long a unit's action job may take before the pass gives up on it.
-pub const ACTION_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Directories whose files systemd reads as unit files: a mount there needs
-/// a daemon-reload before the action.
-const UNIT_DIRS: [&str; 4] = [
-    "/etc/systemd",
-    "/run/systemd",
-    "/usr/lib/systemd",
-    "/lib/systemd",
-];
 
 /// Mounts every `dirs` entry of `svc` from `release` and says what each
 /// mount point showed before.
@@ -79,19 +66,6 @@ pub fn content_changed(repo: &Repository, from: Option<CommitId>, to: Oid, svc: 
         (Some(a), Some(b)) => a != b,
         _ => true,
     }
-}
-
-/// Runs `action` on the service's unit (after a daemon-reload when it
-/// mounts unit files).
-pub fn run_action(svc: &Service, action: Action) -> Result<ActionOutcome> {
-    if svc
-        .dirs
-        .iter()
-        .any(|d| UNIT_DIRS.iter().any(|u| d.local.starts_with(u)))
-    {
-        systemd::daemon_reload().context("reloading systemd for changed unit files")?;
-    }
-    systemd::run_action(&svc.unit, action, ACTION_TIMEOUT)
 }
 
 /// What a pass did to one service.
@@ -273,16 +247,20 @@ pub(crate) fn apply(
     }
     let repaired =
         befores.contains(&Before::Missing) || (same_release && befores.contains(&Before::Other));
-    let act = changed || repaired || state.action_pending;
-    if act || state.trial.is_some() {
+    // Only an action or a health check can find fault with the commit; a
+    // service with neither never needs its unit asked.
+    let act = svc.action.is_some() && (changed || repaired || state.action_pending);
+    let judge = state.trial.is_some() && svc.checks.health.is_some();
+    if act || judge {
         let verdict = trial::confirm(svc, &path, sd, state, &mut notes, act, plan.stopped)?;
         if let Some(refusal) = verdict {
-            return Err(trial::reject_and_revert(
+            return Err(reject_and_revert(
                 svc, &releases, sd, state, &refusal, &mut notes,
             ));
         }
-        state.trial = None;
     }
+    state.action_pending &= svc.action.is_some();
+    state.trial = None;
     let keep = usize::try_from(svc.depth).unwrap_or(usize::MAX);
     for removed in releases.prune(keep, &name)? {
         notes.push(format!("removed old release {removed}"));
@@ -368,27 +346,6 @@ fn summarize(items: &[String]) -> String {
     s
 }
 
-/// The error context of a pass whose files are in place but whose action
-/// failed: the new release is deployed (not the last good one kept), and
-/// the action is retried by the next pass.
-#[derive(Debug)]
-pub struct ActionPending {
-    /// The commit whose files are in place.
-    pub commit: Option<CommitId>,
-    /// The action that failed (`reload`...).
-    pub action: &'static str,
-}
-
-impl std::fmt::Display for ActionPending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.commit {
-            Some(c) => write!(f, "the files of {} are in place", c.short())?,
-            None => f.write_str("the files are in place")?,
-        }
-        write!(f, "; the {} is retried by the next pass", self.action)
-    }
-}
-
 pub(crate) fn mount_notes(svc: &Service, befores: &[Before], same_release: bool) -> Vec<String> {
     svc.dirs
         .iter()
@@ -400,4 +357,46 @@ pub(crate) fn mount_notes(svc: &Service, befores: &[Before], same_release: bool)
             Before::Other => Some(format!("switched {}", d.local.display())),
         })
         .collect()
+}
+
+/// Rejects the commit on trial: switches back to the last good release
+/// (when there is one), runs the action there, starting the unit if needed,
+/// and returns the rejection as the pass's error.
+pub(crate) fn reject_and_revert(
+    svc: &Service,
+    releases: &Releases,
+    sd: &StateDir,
+    state: &mut State,
+    refusal: &Refusal,
+    notes: &mut Vec<String>,
+) -> anyhow::Error {
+    let trial = state.trial.take();
+    state.action_pending = false;
+    let commit = match (&trial, &state.deployed) {
+        (Some(t), _) => t.commit,
+        (None, Some(d)) => d.commit,
+        (None, None) => return anyhow::anyhow!("{}", refusal.reason()),
+    };
+    let Some(previous) = trial.and_then(|t| t.previous) else {
+        return trial::record(sd, state, commit, refusal, trial::After::NoPrevious).into();
+    };
+    let path = releases.path(&previous.release);
+    if !path.is_dir() {
+        let why = format!("its release {} is gone", path.display());
+        return trial::record(sd, state, commit, refusal, trial::After::RevertFailed(why)).into();
+    }
+    if let Err(e) = mount_release(svc, &path) {
+        let why = format!("{e:#}");
+        return trial::record(sd, state, commit, refusal, trial::After::RevertFailed(why)).into();
+    }
+    let back = previous.commit;
+    state.deployed = Some(previous);
+    state.counters.reverts += 1;
+    let after = match trial::show_in_unit(svc, &path, notes)
+        .and_then(|()| trial::run_action(svc, sd, state, notes, WhenStopped::Start))
+    {
+        Ok(_) => trial::After::Reverted(back),
+        Err(e) => trial::After::RevertedActionFailed(back, format!("{e:#}")),
+    };
+    trial::record(sd, state, commit, refusal, after).into()
 }

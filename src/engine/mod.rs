@@ -3,8 +3,8 @@
 //! before the switch, the trial after it), and those commands.
 
 pub mod apply;
+pub mod check;
 pub mod control;
 pub mod pass;
 pub mod rev;
 pub mod trial;
-pub mod validate;

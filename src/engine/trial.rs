@@ -7,57 +7,17 @@
 
 use std::fmt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::config::{Action, Service};
-use crate::engine::apply;
-use crate::engine::validate;
+use crate::engine::check::{self, Refusal};
 use crate::host::namespace::{self, Sight};
-use crate::host::{process, systemd};
+use crate::host::systemd::{self, ActionOutcome};
 use crate::store::commit::CommitId;
-use crate::store::release::Releases;
 use crate::store::state::{Rejected, Stage, State, StateDir};
 use crate::util::now_unix;
-
-/// Characters of a rejection's reason kept in the state file.
-const REASON_CAP: usize = 2000;
-/// Pause between two health attempts.
-const HEALTH_RETRY: Duration = Duration::from_secs(1);
-
-/// Why a gate refused a commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Refusal {
-    pub stage: Stage,
-    /// One line: what failed.
-    pub what: String,
-    /// The last lines of the command's output, if any.
-    pub output: String,
-}
-
-impl Refusal {
-    pub(crate) fn new(stage: Stage, what: String, output: String) -> Refusal {
-        Refusal {
-            stage,
-            what,
-            output,
-        }
-    }
-
-    /// The reason as recorded and shown: what failed, then its output.
-    fn reason(&self) -> String {
-        let mut r = self.what.clone();
-        if !self.output.is_empty() {
-            r.push_str(":\n");
-            r.push_str(&self.output);
-        }
-        if r.chars().count() > REASON_CAP {
-            r = r.chars().take(REASON_CAP).collect::<String>() + " [...]";
-        }
-        r
-    }
-}
 
 /// What is done to a unit that is not running when its files change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +89,52 @@ impl fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
+/// How long a unit's action job may take before the pass gives up on it.
+pub const ACTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Directories whose files systemd reads as unit files: a mount there needs
+/// a daemon-reload before the action.
+const UNIT_DIRS: [&str; 4] = [
+    "/etc/systemd",
+    "/run/systemd",
+    "/usr/lib/systemd",
+    "/lib/systemd",
+];
+
+/// Runs `action` on the service's unit (after a daemon-reload when it
+/// mounts unit files).
+fn run_unit_action(svc: &Service, action: Action) -> Result<ActionOutcome> {
+    if svc
+        .dirs
+        .iter()
+        .any(|d| UNIT_DIRS.iter().any(|u| d.local.starts_with(u)))
+    {
+        systemd::daemon_reload().context("reloading systemd for changed unit files")?;
+    }
+    systemd::run_action(&svc.unit, action, ACTION_TIMEOUT)
+}
+
+/// The error context of a pass whose files are in place but whose action
+/// failed: the new release is deployed (not the last good one kept), and
+/// the action is retried by the next pass.
+#[derive(Debug)]
+pub struct ActionPending {
+    /// The commit whose files are in place.
+    pub commit: Option<CommitId>,
+    /// The action that failed (`reload`...).
+    pub action: &'static str,
+}
+
+impl std::fmt::Display for ActionPending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.commit {
+            Some(c) => write!(f, "the files of {} are in place", c.short())?,
+            None => f.write_str("the files are in place")?,
+        }
+        write!(f, "; the {} is retried by the next pass", self.action)
+    }
+}
+
 /// Validates the candidate release of `commit` before anything switches;
 /// a refusal is recorded and returned as the pass's error.
 pub(crate) fn validate_or_reject(
@@ -139,7 +145,7 @@ pub(crate) fn validate_or_reject(
     commit: CommitId,
 ) -> Result<()> {
     let previous = state.deployed.as_ref().map(|d| d.commit);
-    let Some(refusal) = validate::validate(svc, release, commit, previous)
+    let Some(refusal) = check::validate(svc, release, commit, previous)
         .context("could not run validate (the commit was not judged)")?
     else {
         return Ok(());
@@ -148,7 +154,7 @@ pub(crate) fn validate_or_reject(
 }
 
 /// Records the rejection in the state (saved) and returns it as an error.
-fn record(
+pub(crate) fn record(
     sd: &StateDir,
     state: &mut State,
     commit: CommitId,
@@ -221,7 +227,7 @@ pub(crate) fn confirm(
         return refuse_or_fail(on_trial, Stage::Visibility, e);
     }
     if on_trial {
-        if let Some(refusal) = health(svc, state)? {
+        if let Some(refusal) = check::health(svc, state)? {
             return Ok(Some(refusal));
         }
     }
@@ -273,10 +279,10 @@ pub(crate) fn run_action(
     };
     state.action_pending = true;
     sd.save(state)?;
-    let result = apply::run_action(svc, action);
+    let result = run_unit_action(svc, action);
     state.counters.action(action.as_str(), result.is_ok());
     let outcome = result.map_err(|e| {
-        e.context(apply::ActionPending {
+        e.context(ActionPending {
             commit: state.deployed.as_ref().map(|d| d.commit),
             action: action.as_str(),
         })
@@ -296,7 +302,7 @@ pub(crate) fn run_action(
 /// `local`: a sandboxed unit (`ProtectSystem=`, `PrivateTmp=`...) whose
 /// namespace does not receive the host's new mounts gets them the way
 /// `systemctl bind` adds them, read-only when the mount is.
-fn show_in_unit(svc: &Service, release: &Path, notes: &mut Vec<String>) -> Result<()> {
+pub(crate) fn show_in_unit(svc: &Service, release: &Path, notes: &mut Vec<String>) -> Result<()> {
     let Some(pid) = systemd::main_pid(&svc.unit)? else {
         return Ok(());
     };
@@ -340,86 +346,4 @@ fn show_in_unit(svc: &Service, release: &Path, notes: &mut Vec<String>) -> Resul
         }
     }
     Ok(())
-}
-
-/// Runs `health` about every second until it passes with the unit active,
-/// or its timeout ends.
-fn health(svc: &Service, state: &State) -> Result<Option<Refusal>> {
-    let Some(check) = &svc.checks.health else {
-        return Ok(None);
-    };
-    let Some(trial) = &state.trial else {
-        return Ok(None);
-    };
-    let previous = trial.previous.as_ref().map(|d| d.commit);
-    let deadline = Instant::now() + check.timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let cmd = validate::command(svc, check, trial.commit, previous);
-        let finished = process::run_bounded(cmd, left.max(HEALTH_RETRY))?;
-        let unit = systemd::active_state(&svc.unit).unwrap_or_else(|e| format!("unknown ({e:#})"));
-        if finished.success() && unit == "active" {
-            return Ok(None);
-        }
-        if Instant::now() + HEALTH_RETRY >= deadline {
-            let what = if finished.success() {
-                format!(
-                    "`{}` passed but unit {} is {unit}",
-                    crate::config::printable(&check.command),
-                    svc.unit
-                )
-            } else {
-                format!(
-                    "`{}` {} (still failing after {}s)",
-                    crate::config::printable(&check.command),
-                    finished.verdict(left),
-                    check.timeout.as_secs()
-                )
-            };
-            return Ok(Some(Refusal::new(Stage::Health, what, finished.tail())));
-        }
-        std::thread::sleep(HEALTH_RETRY);
-    }
-}
-
-/// Rejects the commit on trial: switches back to the last good release
-/// (when there is one), runs the action there, starting the unit if needed,
-/// and returns the rejection as the pass's error.
-pub(crate) fn reject_and_revert(
-    svc: &Service,
-    releases: &Releases,
-    sd: &StateDir,
-    state: &mut State,
-    refusal: &Refusal,
-    notes: &mut Vec<String>,
-) -> anyhow::Error {
-    let trial = state.trial.take();
-    state.action_pending = false;
-    let commit = match (&trial, &state.deployed) {
-        (Some(t), _) => t.commit,
-        (None, Some(d)) => d.commit,
-        (None, None) => return anyhow::anyhow!("{}", refusal.reason()),
-    };
-    let Some(previous) = trial.and_then(|t| t.previous) else {
-        return record(sd, state, commit, refusal, After::NoPrevious).into();
-    };
-    let path = releases.path(&previous.release);
-    if !path.is_dir() {
-        let why = format!("its release {} is gone", path.display());
-        return record(sd, state, commit, refusal, After::RevertFailed(why)).into();
-    }
-    if let Err(e) = apply::mount_release(svc, &path) {
-        let why = format!("{e:#}");
-        return record(sd, state, commit, refusal, After::RevertFailed(why)).into();
-    }
-    let back = previous.commit;
-    state.deployed = Some(previous);
-    state.counters.reverts += 1;
-    let after = match show_in_unit(svc, &path, notes)
-        .and_then(|()| run_action(svc, sd, state, notes, WhenStopped::Start))
-    {
-        Ok(_) => After::Reverted(back),
-        Err(e) => After::RevertedActionFailed(back, format!("{e:#}")),
-    };
-    record(sd, state, commit, refusal, after).into()
 }

@@ -1860,7 +1860,7 @@ fn expect(m: &Model) -> Expected {
                             .filter(|v| v.class == Class::Good)
                             .map(|v| v.plain.clone())
                     };
-                    let readonly = good("readonly").is_some_and(|r| r == "true");
+                    let readonly = good("readonly").is_none_or(|r| r == "true");
                     x.dirs.push(ExpectedDir {
                         local: good("local"),
                         link: good("link"),

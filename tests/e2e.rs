@@ -62,8 +62,8 @@ package = "hello"
 user = "www-data"
 action = "reload"
 dirs = [
-  {{ local = "/etc/web", link = "web/etc" }},
-  {{ local = "/etc/default/web", link = "web/default", file = true }},
+  {{ local = "/etc/web", link = "web/etc", readonly = false }},
+  {{ local = "/etc/default/web", link = "web/default", file = true, readonly = false }},
 ]
 
 [[services]]
@@ -203,7 +203,7 @@ fn sync_provisions_updates_once_and_leaves_unchanged_services_alone() {
     assert_eq!(m.reloads("web"), 4);
 
     // A path dropped from `dirs` is unmounted, not left on an old release.
-    let dropped = "  { local = \"/etc/default/web\", link = \"web/default\", file = true },\n";
+    let dropped = "  { local = \"/etc/default/web\", link = \"web/default\", file = true, readonly = false },\n";
     let without_default = config("node1", &up, false).replace(dropped, "");
     assert!(
         !without_default.contains("/etc/default/web"),
@@ -238,6 +238,11 @@ fn a_failing_reload_fails_that_service_only() {
     );
     assert_eq!(m.reloads("web"), 1);
     assert_eq!(m.read("/etc/bad/bad.conf").as_deref(), Some("bad = one\n"));
+
+    assert!(
+        out.contains("nothing to revert to (first deployment)"),
+        "{out}"
+    );
 
     // The failed action is retried by the next pass, and fails again.
     let out = sync(&m, 1);

@@ -194,7 +194,7 @@ fn the_service_user_cannot_race_the_release_writer() {
     let up = d.repo("race");
     seed(&up);
     let h = open_host();
-    h.write_config(&app_config(&up.url(), "user = \"daemon\""));
+    h.write_config(&writable(&app_config(&up.url(), "user = \"daemon\"")));
     let sentinel = Sentinel::new(&h, "apt.conf.d");
     h.sync(0);
     let releases = h.state().join("app/releases");
@@ -484,9 +484,11 @@ fn readonly_holds_against_the_service_user() {
     let up = d.repo("ro");
     seed(&up);
     let h = open_host();
-    h.write_config(&app_config(&up.url(), "user = \"daemon\"").replace(
-        "link = \"app/etc\" }",
-        "link = \"app/etc\", readonly = true }",
+    h.write_config(&writable(
+        &app_config(&up.url(), "user = \"daemon\"").replace(
+            "link = \"app/etc\" }",
+            "link = \"app/etc\", readonly = true }",
+        ),
     ));
     fs::create_dir_all(h.root()).expect("mkdir");
     fs::set_permissions(h.root(), fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -527,7 +529,7 @@ fn scans_and_diffs_never_leave_the_release_and_fail_closed() {
     let up = d.repo("scan");
     seed(&up);
     let h = open_host();
-    h.write_config(&app_config(&up.url(), "user = \"daemon\""));
+    h.write_config(&writable(&app_config(&up.url(), "user = \"daemon\"")));
     let secret = h.path().join("secretdir");
     fs::create_dir_all(&secret).expect("mkdir");
     fs::write(secret.join("extra.conf"), "TOPSECRET\n").expect("write");
@@ -601,4 +603,11 @@ fn scans_and_diffs_never_leave_the_release_and_fail_closed() {
         "the release is whole again: {all}"
     );
     assert!(secret.join("extra.conf").exists());
+}
+
+/// `cfg` with every `dirs` entry writable (`readonly = false`), so the
+/// service's user owns the files.
+fn writable(cfg: &str) -> String {
+    cfg.replace("\" },", "\", readonly = false },")
+        .replace("file = true },", "file = true, readonly = false },")
 }

@@ -35,6 +35,10 @@ const METRICS: &[&str] = &[
     "provision_actions_total",
     "provision_deployed_timestamp_seconds",
     "provision_upstream_fetch_timestamp_seconds",
+    "provision_frozen_until_timestamp_seconds",
+    "provision_behind_seconds",
+    "provision_rejected_commit_info",
+    "provision_reverts_total",
 ];
 
 const ALERTS: &str = "examples/alerts.yml";
@@ -271,6 +275,7 @@ fn alerts_cover_the_documented_failure_modes() {
     let names: BTreeSet<String> = alert_rules().into_iter().map(|(n, _)| n).collect();
     for required in [
         "ProvisionNotInSync",
+        "ProvisionCommitRejected",
         "ProvisionDrift",
         "ProvisionMountsBroken",
         "ProvisionPassesFailing",

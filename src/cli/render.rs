@@ -11,7 +11,7 @@ use std::io::{self, Write};
 
 use crate::config::{Service, Transport};
 use crate::engine::apply::{Outcome, Report, Serving};
-use crate::engine::trial::{ActionPending, Rejection};
+use crate::engine::trial::{ActionPending, FirstDeploymentFailed, Rejection};
 use crate::view::history::HistoryEntry;
 use crate::view::status::{CommitAt, Document, ServiceStatus, Shows};
 
@@ -133,7 +133,9 @@ fn failure(doing: Doing, serving: &Serving, e: &anyhow::Error) -> &'static str {
         Doing::Rollback => "rollback failed",
     };
     // The new files are in place: "last good release kept" would be false.
-    if e.downcast_ref::<ActionPending>().is_some() {
+    if e.downcast_ref::<ActionPending>().is_some()
+        || e.downcast_ref::<FirstDeploymentFailed>().is_some()
+    {
         return what;
     }
     if e.downcast_ref::<Rejection>().is_some() {

@@ -243,6 +243,9 @@ pub(crate) fn apply(
             commit: target.into(),
             previous: last_good,
         });
+        // Owed from now on, so a crash or a failure before it ran is
+        // made up for by the next pass.
+        state.action_pending |= changed && svc.action.is_some();
         sd.save(state)?;
     }
     let repaired =
@@ -377,8 +380,13 @@ pub(crate) fn reject_and_revert(
         (None, Some(d)) => d.commit,
         (None, None) => return anyhow::anyhow!("{}", refusal.reason()),
     };
-    let Some(previous) = trial.and_then(|t| t.previous) else {
-        return trial::record(sd, state, commit, refusal, trial::After::NoPrevious).into();
+    let Some(previous) = trial.as_ref().and_then(|t| t.previous.clone()) else {
+        // Nothing to go back to: the files stay, the trial stays open and
+        // the next pass tries the action and the health check again (the
+        // fault may be the machine's, such as a unit not installed yet).
+        state.trial = trial;
+        state.action_pending = svc.action.is_some();
+        return trial::first_deployment_failed(sd, state, commit, refusal);
     };
     let path = releases.path(&previous.release);
     if !path.is_dir() {

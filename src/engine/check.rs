@@ -26,6 +26,11 @@ use crate::store::state::{Stage, State};
 const REASON_CAP: usize = 2000;
 /// Pause between two health attempts.
 const HEALTH_RETRY: Duration = Duration::from_secs(1);
+/// Passes in a row, [`HEALTH_RETRY`] apart, that make a service healthy. A
+/// reload job can end before the daemon applies the new configuration
+/// (nginx's does): a first pass may still be the old configuration's
+/// answer, so one more a second later is asked for.
+const HEALTH_PASSES: u32 = 2;
 
 /// Why a gate refused a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +119,8 @@ pub(crate) fn command(
     c
 }
 
-/// Runs `health` about every second until it passes with the unit active,
-/// or its timeout ends.
+/// Runs `health` about every second until it passes twice in a row with
+/// the unit active, or its timeout ends.
 pub(crate) fn health(svc: &Service, state: &State) -> Result<Option<Refusal>> {
     let Some(check) = &svc.checks.health else {
         return Ok(None);
@@ -125,28 +130,39 @@ pub(crate) fn health(svc: &Service, state: &State) -> Result<Option<Refusal>> {
     };
     let previous = trial.previous.as_ref().map(|d| d.commit);
     let deadline = Instant::now() + check.timeout;
+    let mut passed = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let cmd = command(svc, check, trial.commit, previous);
         let finished = process::run_bounded(cmd, left.max(HEALTH_RETRY))?;
         let unit = systemd::active_state(&svc.unit).unwrap_or_else(|e| format!("unknown ({e:#})"));
         if finished.success() && unit == "active" {
-            return Ok(None);
+            passed += 1;
+            if passed >= HEALTH_PASSES {
+                return Ok(None);
+            }
+        } else {
+            passed = 0;
         }
         if Instant::now() + HEALTH_RETRY >= deadline {
-            let what = if finished.success() {
-                format!(
-                    "`{}` passed but unit {} is {unit}",
-                    crate::config::printable(&check.command),
-                    svc.unit
-                )
-            } else {
-                format!(
-                    "`{}` {} (still failing after {}s)",
-                    crate::config::printable(&check.command),
-                    finished.verdict(left),
+            let cmd = crate::config::printable(&check.command);
+            let what = match finished.status {
+                Some(_) if finished.success() && unit == "active" => format!(
+                    "`{cmd}` did not pass {HEALTH_PASSES} times in a row within health_timeout ({}s)",
                     check.timeout.as_secs()
-                )
+                ),
+                Some(_) if finished.success() => {
+                    format!("`{cmd}` passed but unit {} is {unit}", svc.unit)
+                }
+                Some(_) => format!(
+                    "`{cmd}` {} (still failing after {}s)",
+                    finished.verdict(check.timeout),
+                    check.timeout.as_secs()
+                ),
+                None => format!(
+                    "`{cmd}` still ran when health_timeout ({}s) ended (killed)",
+                    check.timeout.as_secs()
+                ),
             };
             return Ok(Some(Refusal::new(Stage::Health, what, finished.tail())));
         }

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::config::{Action, Service};
+use crate::config::{Action, Dir, Service};
 use crate::engine::check::{self, Refusal};
+use crate::host::mount::{self, Wanted};
 use crate::host::namespace::{self, Sight};
 use crate::host::systemd::{self, ActionOutcome};
 use crate::store::commit::CommitId;
@@ -52,10 +53,54 @@ pub enum After {
     Reverted(CommitId),
     /// Switched back, but the action on the old release failed too.
     RevertedActionFailed(CommitId, String),
-    /// Nothing to go back to (its first deployment): its files stay.
-    NoPrevious,
     /// The release to go back to is gone or could not be mounted.
     RevertFailed(String),
+}
+
+/// The error of a first deployment that failed its action or health
+/// check: there is nothing to go back to, so its files stay and the commit
+/// is not rejected; the next pass tries again.
+#[derive(Debug)]
+pub struct FirstDeploymentFailed {
+    /// The commit in place.
+    pub commit: CommitId,
+    /// What failed.
+    pub stage: Stage,
+    /// Why.
+    pub reason: String,
+}
+
+impl fmt::Display for FirstDeploymentFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} failed for {}: {}\n  nothing to revert to (first deployment): its files stay in place \
+             and the next pass tries again",
+            self.stage.as_str(),
+            self.commit.short(),
+            self.reason.replace('\n', "\n    ")
+        )
+    }
+}
+
+impl std::error::Error for FirstDeploymentFailed {}
+
+/// Saves the state of a failed first deployment and returns its error.
+pub(crate) fn first_deployment_failed(
+    sd: &StateDir,
+    state: &State,
+    commit: CommitId,
+    refusal: &Refusal,
+) -> anyhow::Error {
+    let err = FirstDeploymentFailed {
+        commit,
+        stage: refusal.stage,
+        reason: refusal.reason(),
+    };
+    match sd.save(state) {
+        Ok(()) => err.into(),
+        Err(e) => anyhow::Error::new(err).context(format!("also, saving the state failed: {e:#}")),
+    }
 }
 
 impl fmt::Display for Rejection {
@@ -74,10 +119,6 @@ impl fmt::Display for Rejection {
                     c.short()
                 )
             }
-            After::NoPrevious => write!(
-                f,
-                "\n  nothing to revert to (first deployment): its files stay in place"
-            ),
             After::RevertFailed(e) => write!(f, "\n  could not revert: {e}"),
         }?;
         write!(
@@ -201,7 +242,7 @@ pub(crate) fn confirm(
     let running = if act {
         match run_action(svc, sd, state, notes, stopped) {
             Ok(running) => running,
-            Err(e) if on_trial => {
+            Err(e) if on_trial && !systemd::unreachable(&e) => {
                 state.action_pending = false;
                 return Ok(Some(Refusal::new(
                     Stage::Action,
@@ -237,7 +278,9 @@ pub(crate) fn confirm(
 /// A failure during a trial refuses the commit; outside one (a repair of
 /// the same release) it fails the pass.
 fn refuse_or_fail(on_trial: bool, stage: Stage, e: anyhow::Error) -> Result<Option<Refusal>> {
-    if on_trial {
+    // Without the bus nothing was judged: the trial stays open for the
+    // next pass.
+    if on_trial && !systemd::unreachable(&e) {
         Ok(Some(Refusal::new(stage, format!("{e:#}"), String::new())))
     } else {
         Err(e)
@@ -263,7 +306,16 @@ pub(crate) fn run_action(
     let Some(configured) = svc.action else {
         return unit_running(svc);
     };
-    let running = unit_running(svc)?;
+    let active = match systemd::active_state(&svc.unit) {
+        Ok(a) => a,
+        // Try the action anyway: its error names the unit and the action.
+        Err(e) if systemd::unreachable(&e) => "unknown".to_string(),
+        Err(e) => return Err(e),
+    };
+    // A unit systemd does not know gets its action anyway, which fails
+    // naming it.
+    let running =
+        systemd::is_running(&active) || matches!(active.as_str(), "not-found" | "unknown");
     let action = match (running, stopped, configured) {
         (true, _, a) | (false, _, a @ Action::Start) => a,
         (false, WhenStopped::Start, _) => Action::Start,
@@ -303,8 +355,12 @@ pub(crate) fn run_action(
 /// namespace does not receive the host's new mounts gets them the way
 /// `systemctl bind` adds them, read-only when the mount is.
 pub(crate) fn show_in_unit(svc: &Service, release: &Path, notes: &mut Vec<String>) -> Result<()> {
-    let Some(pid) = systemd::main_pid(&svc.unit)? else {
-        return Ok(());
+    let pid = match systemd::main_pid(&svc.unit) {
+        Ok(Some(pid)) => pid,
+        Ok(None) => return Ok(()),
+        // Without the bus the action fails too, and says so.
+        Err(e) if systemd::unreachable(&e) => return Ok(()),
+        Err(e) => return Err(e),
     };
     for d in &svc.dirs {
         let source = release.join(&d.link);
@@ -315,15 +371,13 @@ pub(crate) fn show_in_unit(svc: &Service, release: &Path, notes: &mut Vec<String
             // starts from the host's mounts.
             Err(_) if !Path::new(&format!("/proc/{pid}")).exists() => return Ok(()),
             Ok(Sight::Other) | Err(_) => {
-                systemd::bind_mount_unit(&svc.unit, &source, &d.local, d.readonly).with_context(
-                    || {
-                        format!(
-                            "unit {} runs in its own mount namespace, which does not show {}",
-                            svc.unit,
-                            d.local.display()
-                        )
-                    },
-                )?;
+                bind_into(svc, pid, d, &source).with_context(|| {
+                    format!(
+                        "unit {} runs in its own mount namespace, which does not show {}",
+                        svc.unit,
+                        d.local.display()
+                    )
+                })?;
                 anyhow::ensure!(
                     namespace::sees(pid, &d.local, &source)? != Sight::Other,
                     "unit {} still does not see the release at {} after binding it into its namespace",
@@ -346,4 +400,25 @@ pub(crate) fn show_in_unit(svc: &Service, release: &Path, notes: &mut Vec<String
         }
     }
     Ok(())
+}
+
+/// Mounts `source` at `d.local` inside the namespace of the unit's main
+/// process `pid`: through systemd's BindMountUnit where it works, else by
+/// entering the namespace and switching the mount there, which also works
+/// where systemd cannot propagate into it (a host whose `/` is private).
+fn bind_into(svc: &Service, pid: u32, d: &Dir, source: &Path) -> Result<()> {
+    let Err(by_systemd) = systemd::bind_mount_unit(&svc.unit, source, &d.local, d.readonly) else {
+        return Ok(());
+    };
+    let wanted = Wanted {
+        local: &d.local,
+        source: source.to_path_buf(),
+        file: d.file,
+        readonly: d.readonly,
+        allow_writable_parents: d.allow_writable_parents,
+    };
+    let prepared = mount::prepare(&wanted)?;
+    namespace::in_namespace_of(pid, || mount::ensure_prepared(&wanted, prepared))
+        .map(|_| ())
+        .map_err(|e| e.context(format!("{by_systemd:#}; and directly")))
 }

@@ -248,15 +248,49 @@ pub fn ensure(w: &Wanted<'_>) -> Result<Before> {
     let (src_fd, src) = open_source(&w.source)?;
     let mut t = Target::open(w, true)?.context("mount point")?;
     let before = inspect_target(w, &t, &src)?;
-    match before {
-        Before::Correct => {}
-        Before::Missing => attach(w, &src_fd, &t)
-            .with_context(|| format!("mounting {} on {}", w.source.display(), w.local.display()))?,
-        Before::Other => switch(w, &src_fd, &mut t).with_context(|| {
-            format!("switching {} to {}", w.local.display(), w.source.display())
-        })?,
+    if before != Before::Correct {
+        put(w, clone_source(w, &src_fd)?, &mut t, before)?;
     }
     Ok(before)
+}
+
+/// A detached copy of a release path, made in this thread's mount
+/// namespace, to be mounted in another one (a sandboxed unit's), where the
+/// release path itself may not be reachable.
+pub struct Prepared {
+    tree: OwnedFd,
+    meta: Meta,
+}
+
+/// Copies `w.source` for [`ensure_prepared`].
+pub fn prepare(w: &Wanted<'_>) -> Result<Prepared> {
+    let (src_fd, meta) = open_source(&w.source)?;
+    Ok(Prepared {
+        tree: clone_source(w, &src_fd)?,
+        meta,
+    })
+}
+
+/// [`ensure`] with a source copied by [`prepare`] (in whichever namespace).
+pub fn ensure_prepared(w: &Wanted<'_>, source: Prepared) -> Result<Before> {
+    let mut t = Target::open(w, false)?
+        .with_context(|| format!("mount point {} is missing", w.local.display()))?;
+    let before = inspect_target(w, &t, &source.meta)?;
+    if before != Before::Correct {
+        put(w, source.tree, &mut t, before)?;
+    }
+    Ok(before)
+}
+
+/// Mounts `tree` on `t`, on its own or in place of what is there.
+fn put(w: &Wanted<'_>, tree: OwnedFd, t: &mut Target, before: Before) -> Result<()> {
+    match before {
+        Before::Correct => Ok(()),
+        Before::Missing => attach(&tree, t)
+            .with_context(|| format!("mounting {} on {}", w.source.display(), w.local.display())),
+        Before::Other => switch(tree, t)
+            .with_context(|| format!("switching {} to {}", w.local.display(), w.source.display())),
+    }
 }
 
 /// Removes provision's mount from `local` (all stacked layers of it).
@@ -304,11 +338,11 @@ fn clone_source(w: &Wanted<'_>, src: &OwnedFd) -> Result<OwnedFd> {
     Ok(tree)
 }
 
-/// A fresh bind mount on an unmounted `local`, by descriptor.
-fn attach(w: &Wanted<'_>, src: &OwnedFd, t: &Target) -> Result<()> {
-    let tree = clone_source(w, src)?;
+/// A fresh bind mount of the detached `tree` on an unmounted `local`, by
+/// descriptor.
+fn attach(tree: &OwnedFd, t: &Target) -> Result<()> {
     rustix::mount::move_mount(
-        &tree,
+        tree,
         "",
         &t.fd,
         "",
@@ -317,8 +351,8 @@ fn attach(w: &Wanted<'_>, src: &OwnedFd, t: &Target) -> Result<()> {
     .context("bind mount (move_mount)")
 }
 
-/// Replaces whatever is mounted on `local` with `source`.
-fn switch(w: &Wanted<'_>, src: &OwnedFd, t: &mut Target) -> Result<()> {
+/// Replaces whatever is mounted on `local` with the detached `tree`.
+fn switch(tree: OwnedFd, t: &mut Target) -> Result<()> {
     // A switch killed between mounting beneath and detaching the old top
     // leaves two layers. Drop the upper ones first (each is a whole
     // release): mounting beneath again would leave the stale layer at the
@@ -329,7 +363,6 @@ fn switch(w: &Wanted<'_>, src: &OwnedFd, t: &mut Target) -> Result<()> {
         }
         t.unmount_top().context("detaching a stale layer")?;
     }
-    let tree = clone_source(w, src)?;
     let beneath = rustix::mount::move_mount(
         &tree,
         "",
@@ -344,7 +377,7 @@ fn switch(w: &Wanted<'_>, src: &OwnedFd, t: &mut Target) -> Result<()> {
         // EINVAL: no MOVE_MOUNT_BENEATH (Linux < 6.5).
         Err(Errno::INVAL) => {
             t.unmount_top().context("unmounting the old release")?;
-            attach(w, src, t)
+            attach(&tree, t)
         }
         Err(e) => Err(e).context("mounting the new release beneath the old one"),
     }
@@ -425,12 +458,17 @@ fn layers(table: &str, id: u64) -> usize {
 #[allow(unsafe_code)] // poll(2) on the open mountinfo file
 fn mountinfo() -> Result<Arc<str>> {
     struct Table {
+        /// The mount namespace it describes: a thread may work in another
+        /// one (a private one for `validate`, a sandboxed unit's).
+        ns: PathBuf,
         file: File,
         text: Arc<str>,
     }
     static TABLE: Mutex<Option<Table>> = Mutex::new(None);
+    let ns = std::fs::read_link("/proc/thread-self/ns/mnt")
+        .context("reading this thread's mount namespace")?;
     let mut table = TABLE.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(t) = table.as_mut() {
+    if let Some(t) = table.as_mut().filter(|t| t.ns == ns) {
         let mut fd = libc::pollfd {
             fd: t.file.as_raw_fd(),
             events: libc::POLLPRI,
@@ -443,12 +481,14 @@ fn mountinfo() -> Result<Arc<str>> {
         }
         // A change (or a failed poll): read the table again.
     }
-    let mut file = File::open("/proc/self/mountinfo").context("opening /proc/self/mountinfo")?;
+    let mut file =
+        File::open("/proc/thread-self/mountinfo").context("opening /proc/thread-self/mountinfo")?;
     let mut text = String::new();
     file.read_to_string(&mut text)
-        .context("reading /proc/self/mountinfo")?;
+        .context("reading /proc/thread-self/mountinfo")?;
     let text: Arc<str> = text.into();
     *table = Some(Table {
+        ns,
         file,
         text: Arc::clone(&text),
     });

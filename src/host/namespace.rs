@@ -34,6 +34,51 @@ pub fn in_private_mounts<T: Send>(work: impl FnOnce() -> Result<T> + Send) -> Re
     })
 }
 
+/// Runs `work` on a thread of its own inside the mount namespace of
+/// process `pid` (a sandboxed unit's), with that process's root directory
+/// as its own, so that paths resolve as the process resolves them (a
+/// container's systemd, or a unit's `RootDirectory=`, is chrooted inside
+/// its namespace) and mounts it makes land there and only there.
+pub fn in_namespace_of<T: Send>(pid: u32, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let path = format!("/proc/{pid}/ns/mnt");
+    let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    let root_path = format!("/proc/{pid}/root");
+    let root = std::fs::File::open(&root_path).with_context(|| format!("opening {root_path}"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(&ns, &root)
+                .with_context(|| format!("entering the mount namespace of process {pid}"))?;
+            work()
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the thread in process {pid}'s namespace panicked"
+            ))
+        })
+    })
+}
+
+/// Moves the calling thread (only) into the mount namespace `ns` and under
+/// the root directory `root`; the thread first stops sharing its root and
+/// working directory, which `setns` requires.
+#[allow(unsafe_code)]
+fn enter(ns: &std::fs::File, root: &std::fs::File) -> Result<()> {
+    use std::os::fd::AsFd;
+    // SAFETY: only FS (root, cwd, umask) is unshared; the file descriptor
+    // table stays shared, which is what `unshare_unsafe`'s rule is about.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::FS) }
+        .context("unsharing the thread's filesystem attributes")?;
+    rustix::thread::move_into_link_name_space(
+        ns.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Mount),
+    )
+    .context("setns")?;
+    rustix::process::fchdir(root.as_fd()).context("changing to the process's root")?;
+    rustix::process::chroot(".").context("chroot to the process's root")?;
+    Ok(())
+}
+
 /// Moves the calling thread (only) into a new mount namespace.
 #[allow(unsafe_code)]
 fn unshare_mounts() -> Result<()> {

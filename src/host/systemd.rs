@@ -206,8 +206,28 @@ fn block_on_within<T>(timeout: Duration, work: impl Future<Output = Result<T>>) 
 async fn connect() -> Result<zbus::Connection> {
     zbus::Connection::system().await.map_err(|e| {
         let address = zbus::Address::system().map_or_else(|e| e.to_string(), |a| a.to_string());
-        anyhow!("cannot reach systemd over D-Bus at {address}: {e}")
+        anyhow::Error::new(Unreachable(format!(
+            "cannot reach systemd over D-Bus at {address}: {e}"
+        )))
     })
+}
+
+/// The system bus could not be reached: a fault of the machine, which says
+/// nothing about the files provision deployed.
+#[derive(Debug)]
+pub struct Unreachable(String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// Whether `e` comes from an unreachable system bus.
+pub fn unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<Unreachable>().is_some())
 }
 
 /// Queues `action`'s job on `unit`, waits for systemd to remove it, then reads the unit's state.

@@ -1173,3 +1173,126 @@ fn kills_inside_the_mount_switch_heal_on_the_next_pass() {
     }
     leftovers.assert_clean("kills inside the mount switch");
 }
+
+// ---------------------------------------------------------------------------
+// Kills during the checks of a new commit
+// ---------------------------------------------------------------------------
+
+/// Runs `provision sync` in the background inside `m`, waits until
+/// `ready` (a shell condition) holds, then SIGKILLs it; returns its exit
+/// code (137 when the kill landed).
+fn kill_sync_when(m: &Machine, ready: &str) -> i32 {
+    let out = m.sh(&format!(
+        "{BIN} sync > /run/killed-sync.out 2>&1 & p=$!\n\
+         for i in $(seq 1 600); do if {ready}; then break; fi; sleep 0.05; done\n\
+         kill -9 $p; wait $p; echo $?"
+    ));
+    out.trim().parse().expect("exit code")
+}
+
+fn gated_sync(m: &Machine, expect: i32) -> String {
+    let (code, out) = m.sh_status(&format!("{BIN} sync"));
+    assert_eq!(code, expect, "provision sync:\n{out}");
+    out
+}
+
+fn gated_status(m: &Machine) -> serde_json::Value {
+    let out = m.sh(&format!("{BIN} status --json web"));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status JSON parses");
+    v["services"][0].clone()
+}
+
+#[test]
+fn kills_during_validate_health_wait_and_revert_converge() {
+    need!();
+    let d = common::GitDaemon::start();
+    let up = d.repo("gated");
+    up.commit("main", &[("web/web.conf", Some("v1\n"))], "v1");
+    let m = Machine::boot("crash-gate");
+    m.put(
+        "/etc/systemd/system/web.service",
+        "[Service]\nExecStart=/bin/sleep infinity\n\
+         ExecReload=/bin/sh -c 'echo reload >> /var/log/web.reloads; sleep 1'\n",
+        0o644,
+    );
+    let url = up.url();
+    m.put(
+        "/etc/provision/config.toml",
+        &format!(
+            r#"
+[[services]]
+machine = "crash-gate"
+service = "web"
+upstream = "{url}"
+action = "reload"
+validate = "touch /run/validating; sleep 2"
+health = "test -e /run/healthy"
+health_timeout = "3s"
+dirs = [ {{ local = "/etc/web", link = "web" }} ]
+"#
+        ),
+        0o644,
+    );
+    m.sh("touch /run/healthy && systemctl daemon-reload && systemctl start web");
+    gated_sync(&m, 0);
+    assert_eq!(m.reloads("web"), 1);
+    let conf = || m.read("/etc/web/web.conf");
+
+    // During validate: nothing has switched, and the next pass deploys once.
+    let v2 = up.commit("main", &[("web/web.conf", Some("v2\n"))], "v2");
+    m.sh("rm -f /run/validating");
+    assert_eq!(kill_sync_when(&m, "[ -e /run/validating ]"), KILLED);
+    assert_eq!(conf().as_deref(), Some("v1\n"), "nothing switched");
+    assert_eq!(m.reloads("web"), 1);
+    gated_sync(&m, 0);
+    assert_eq!(conf().as_deref(), Some("v2\n"));
+    assert_eq!(m.reloads("web"), 2, "one reload for the change");
+    assert_eq!(gated_status(&m)["deployed"]["commit"], v2.as_str());
+
+    // During the health wait: the next pass finishes the verdict without
+    // reloading again.
+    let v3 = up.commit("main", &[("web/web.conf", Some("v3\n"))], "v3");
+    m.sh("rm -f /run/healthy");
+    let reloaded = "[ \"$(wc -l < /var/log/web.reloads)\" -ge 3 ]";
+    assert_eq!(
+        kill_sync_when(&m, &format!("{reloaded} && sleep 1.5 && true")),
+        KILLED
+    );
+    assert_eq!(
+        conf().as_deref(),
+        Some("v3\n"),
+        "the commit on trial is whole"
+    );
+    m.sh("touch /run/healthy");
+    gated_sync(&m, 0);
+    assert_eq!(conf().as_deref(), Some("v3\n"));
+    assert_eq!(m.reloads("web"), 3, "the action ran once for v3");
+    let s = gated_status(&m);
+    assert_eq!(s["deployed"]["commit"], v3.as_str());
+    assert!(s["rejected"].is_null(), "{s}");
+
+    // During the revert's action: the next pass finishes the revert (the
+    // reload it owes) and does not try the rejected commit again.
+    let v4 = up.commit("main", &[("web/web.conf", Some("v4\n"))], "v4");
+    m.sh("rm -f /run/healthy");
+    assert_eq!(
+        kill_sync_when(&m, "[ \"$(wc -l < /var/log/web.reloads)\" -ge 5 ]"),
+        KILLED
+    );
+    assert_eq!(conf().as_deref(), Some("v3\n"), "switched back, whole");
+    let s = gated_status(&m);
+    assert_eq!(s["deployed"]["commit"], v3.as_str());
+    assert_eq!(s["rejected"]["commit"], v4.as_str());
+    assert_eq!(s["rejected"]["stage"], "health");
+    let out = gated_sync(&m, 0);
+    assert!(out.contains("was rejected at health"), "{out}");
+    assert_eq!(conf().as_deref(), Some("v3\n"));
+    assert_eq!(
+        m.reloads("web"),
+        6,
+        "the revert's reload, owed, ran again once"
+    );
+    let out = gated_sync(&m, 0);
+    assert!(out.contains("web: up to date"), "{out}");
+    assert_eq!(m.reloads("web"), 6);
+}

@@ -400,6 +400,10 @@ pub(crate) fn reject_and_revert(
     let back = previous.commit;
     state.deployed = Some(previous);
     state.counters.reverts += 1;
+    // Known before the revert's action, which saves the state first: a
+    // crash during that action must not let the next pass try the commit
+    // again.
+    state.rejected = Some(refusal.rejected(commit));
     let after = match trial::show_in_unit(svc, &path, notes)
         .and_then(|()| trial::run_action(svc, sd, state, notes, WhenStopped::Start))
     {

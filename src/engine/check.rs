@@ -20,7 +20,7 @@ use crate::host::mount::{self, Wanted};
 use crate::host::systemd;
 use crate::host::{namespace, process};
 use crate::store::commit::CommitId;
-use crate::store::state::{Stage, State};
+use crate::store::state::{Rejected, Stage, State};
 
 /// Characters of a rejection's reason kept in the state file.
 const REASON_CAP: usize = 2000;
@@ -48,6 +48,16 @@ impl Refusal {
             stage,
             what,
             output,
+        }
+    }
+
+    /// The state's record of this refusal of `commit`, now.
+    pub(crate) fn rejected(&self, commit: CommitId) -> Rejected {
+        Rejected {
+            commit,
+            stage: self.stage,
+            reason: self.reason(),
+            time: crate::util::now_unix(),
         }
     }
 

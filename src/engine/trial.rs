@@ -17,8 +17,7 @@ use crate::host::mount::{self, Wanted};
 use crate::host::namespace::{self, Sight};
 use crate::host::systemd::{self, ActionOutcome};
 use crate::store::commit::CommitId;
-use crate::store::state::{Rejected, Stage, State, StateDir};
-use crate::util::now_unix;
+use crate::store::state::{Stage, State, StateDir};
 
 /// What is done to a unit that is not running when its files change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,13 +201,9 @@ pub(crate) fn record(
     refusal: &Refusal,
     after: After,
 ) -> Rejection {
-    let reason = refusal.reason();
-    state.rejected = Some(Rejected {
-        commit,
-        stage: refusal.stage,
-        reason: reason.clone(),
-        time: now_unix(),
-    });
+    let rejected = refusal.rejected(commit);
+    let reason = rejected.reason.clone();
+    state.rejected = Some(rejected);
     let mut rejection = Rejection {
         commit,
         stage: refusal.stage,
@@ -339,7 +334,10 @@ pub(crate) fn run_action(
             action: action.as_str(),
         })
     })?;
+    // Recorded at once: a crash during the health wait that follows must
+    // not run the action a second time.
     state.action_pending = false;
+    sd.save(state)?;
     notes.push(format!(
         "{} {}: {}, unit {}",
         action.as_str(),

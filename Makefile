@@ -7,8 +7,9 @@
 PREFIX ?= /usr/local
 DESTDIR ?=
 CARGO ?= cargo
-# Debian packages the tests and the demo use (real git daemon, real sshd).
-APT_PACKAGES := git pkg-config libssl-dev openssh-server prometheus prometheus-node-exporter strace python3
+# Debian packages the tests and the demo use (real git daemon, real sshd,
+# real nginx checked by its own `nginx -t` and by curl).
+APT_PACKAGES := git pkg-config libssl-dev openssh-server prometheus prometheus-node-exporter strace python3 nginx-light curl
 # The peers `make bench` compares provision with, and an independent timer.
 BENCH_APT_PACKAGES := ansible-core hyperfine
 

@@ -1,7 +1,7 @@
 //! `make demo`: a real systemd machine (PID 1 in a namespace container), a
 //! real git daemon on loopback, and provision provisioning a service on it
-//! step by step: first deployment, an update, a no-op pass, a reboot
-//! without network.
+//! step by step: first deployment, an update, a no-op pass, local drift, a
+//! commit its checker rejects and the fix, a reboot without network.
 
 use testkit as common;
 
@@ -20,12 +20,16 @@ fn step(text: &str) {
     println!("\n\x1b[1m== {text}\x1b[0m");
 }
 
-/// Runs a shell command inside the machine, echoing it and its output.
+/// Runs a shell command inside the machine, echoing it, its output and a
+/// non-zero exit code.
 fn show(m: &Machine, cmd: &str) {
     println!("{}# {cmd}", m.hostname());
-    let (_, out) = m.sh_status(cmd);
+    let (code, out) = m.sh_status(cmd);
     for line in out.lines() {
         println!("  {line}");
+    }
+    if code != 0 {
+        println!("  (exit {code})");
     }
 }
 
@@ -68,7 +72,7 @@ fn main() {
         0o644,
     );
     let config = format!(
-        "[global]\nmetrics_dir = \"/var/lib/prometheus/node-exporter\"\n\n[[services]]\nmachine = \"demo-host\"\nservice = \"web\"\nupstream = \"{}\"\naction = \"reload\"\ndirs = [\n  {{ local = \"/etc/web\", link = \"web/etc\" }},\n  {{ local = \"/etc/default/web\", link = \"web/default/web\", file = true }},\n]\n",
+        "[global]\nmetrics_dir = \"/var/lib/prometheus/node-exporter\"\n\n[[services]]\nmachine = \"demo-host\"\nservice = \"web\"\nupstream = \"{}\"\naction = \"reload\"\nvalidate = \"grep -q '^greeting = ' /etc/web/web.conf\"\nhealth = \"systemctl is-active --quiet web\"\ndirs = [\n  {{ local = \"/etc/web\", link = \"web/etc\", readonly = false }},\n  {{ local = \"/etc/default/web\", link = \"web/default/web\", file = true }},\n]\n",
         up.url()
     );
     m.put("/etc/provision/config.toml", &config, 0o644);
@@ -115,6 +119,29 @@ fn main() {
         &m,
         &format!("grep -E '^provision_(in_sync|drift_files|deployed_commit_info)' {METRICS}"),
     );
+
+    step("a commit its checker refuses: validate sees the candidate at /etc/web, nothing switches");
+    let typo = changed.replace("greeting = ", "greting = ");
+    up.commit("main", &[("web/etc/web.conf", Some(&typo))], "web: a typo");
+    show(&m, &format!("{bin} sync"));
+    show(&m, "grep greeting /etc/web/web.conf");
+    show(&m, &format!("{bin} status"));
+    show(
+        &m,
+        &format!("grep -E '^provision_rejected_commit_info' {METRICS}"),
+    );
+    show(&m, &format!("{bin} sync"));
+
+    step("the fix is pushed: validated, switched, reloaded, healthy");
+    let fixed = changed.replace("hello again", "hello, fixed");
+    up.commit(
+        "main",
+        &[("web/etc/web.conf", Some(&fixed))],
+        "web: fix the typo",
+    );
+    show(&m, &format!("{bin} sync"));
+    show(&m, "grep greeting /etc/web/web.conf");
+    show(&m, "wc -l < /var/log/web.reloads");
 
     step("the server goes away and the machine reboots: mounts come back from the local release");
     daemon.stop();

@@ -329,7 +329,20 @@ fn detail_lines(s: &ServiceStatus, now: u64) -> Vec<String> {
             utc(r.time),
         ));
     }
-    if let Some(p) = s.last_pass.as_ref().filter(|p| !p.ok) {
+    // A pass that failed by rejecting a commit is told by the line above.
+    let rejection = |p: &&crate::view::status::PassStatus| {
+        s.rejected.as_ref().is_some_and(|r| {
+            p.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(&format!("rejected {}", r.commit.short())))
+        })
+    };
+    if let Some(p) = s
+        .last_pass
+        .as_ref()
+        .filter(|p| !p.ok)
+        .filter(|p| !rejection(p))
+    {
         let e = p.error.as_deref().unwrap_or("unknown error");
         out.push(format!("{n}: last pass failed: {e}"));
     }

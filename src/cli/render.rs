@@ -165,6 +165,20 @@ pub fn service(out: &mut impl Write, svc: &Service) {
             "    note: local upstream; libgit2 cannot fetch it shallow, so it is fetched in full"
         );
     }
+    let checks = [
+        ("validate", &svc.checks.validate),
+        ("health", &svc.checks.health),
+    ];
+    for (key, check) in checks {
+        if let Some(c) = check {
+            let _ = writeln!(
+                out,
+                "    {key}: {} (within {}s)",
+                crate::config::printable(&c.command),
+                c.timeout.as_secs()
+            );
+        }
+    }
     for d in &svc.dirs {
         let kind = if d.file { " (file)" } else { "" };
         let ro = if d.readonly { " read-only" } else { "" };

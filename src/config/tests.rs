@@ -461,3 +461,55 @@ fn a_bad_global_value_is_reported_under_global_once() {
         "/etc/provision/config.toml:2:9: [global]: key `depth`: must be at least 1 (found 0)"
     );
 }
+
+#[test]
+fn checks_are_read_with_their_timeouts_and_global_defaults() {
+    let c = parse(&service_with(
+        "validate = \"nginx -t\"\nhealth = \"curl -fsS http://127.0.0.1/\"\nhealth_timeout = \"2m\"",
+    ))
+    .expect("valid");
+    let checks = &c.services[0].checks;
+    let validate = checks.validate.as_ref().expect("validate");
+    assert_eq!(validate.command, "nginx -t");
+    assert_eq!(validate.timeout, DEFAULT_VALIDATE_TIMEOUT);
+    let health = checks.health.as_ref().expect("health");
+    assert_eq!(health.timeout, Duration::from_secs(120));
+
+    let text = format!(
+        "[global]\nvalidate = \"true\"\nvalidate_timeout = 5\n{}",
+        service_with("")
+    );
+    let c = parse(&text).expect("valid");
+    let validate = c.services[0]
+        .checks
+        .validate
+        .as_ref()
+        .expect("from [global]");
+    assert_eq!(validate.timeout, Duration::from_secs(5));
+    assert!(c.services[0].checks.health.is_none());
+    assert!(c.services[0].dirs[0].readonly, "read-only by default");
+}
+
+#[test]
+fn empty_check_commands_and_bad_timeouts_are_errors() {
+    for (extra, key, wanted) in [
+        ("validate = \"\"", "validate", "must not be empty"),
+        ("health = \"  \"", "health", "must not be empty"),
+        (
+            "validate = \"x\"\nvalidate_timeout = \"0s\"",
+            "validate_timeout",
+            "at least 1 second",
+        ),
+        (
+            "health = \"x\"\nhealth_timeout = \"soon\"",
+            "health_timeout",
+            "not a time span",
+        ),
+    ] {
+        let e = parse(&service_with(extra)).expect_err(extra).to_string();
+        assert!(
+            e.contains(&format!("key `{key}`: {wanted}")),
+            "{extra}: {e}"
+        );
+    }
+}

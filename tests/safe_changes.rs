@@ -380,6 +380,15 @@ dirs = [ {{ local = "/etc/web", link = "web" }} ]
     assert_eq!(s["hold"]["kind"], "pinned");
     assert!(s["hold"]["by"].is_string(), "{s}");
 
+    // Nothing to change, but the operator wants the service back.
+    m.sh("systemctl stop web");
+    let out = provision(&m, &format!("rollback web {}", &one[..10]), 0);
+    assert!(
+        out.contains("start web.service: done, unit active"),
+        "{out}"
+    );
+    assert_eq!(m.sh("systemctl is-active web").trim(), "active");
+
     // A health check that hangs is killed, whole process group, at its
     // timeout, and the commit goes back.
     m.put(

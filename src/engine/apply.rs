@@ -230,8 +230,11 @@ pub(crate) fn apply(
         releases.touch(&name)?;
         // The last confirmed deployment stays the one to go back to, even
         // when the commit replaced here was itself still on trial.
-        let last_good = match state.trial.take() {
-            Some(t) => t.previous,
+        // A commit that changes none of this service's files takes over
+        // the trial of the one it replaces (same files, same verdict due).
+        let open = state.trial.take();
+        let last_good = match &open {
+            Some(t) => t.previous.clone(),
             None => previous.clone(),
         };
         state.deployed = Some(Deployed {
@@ -239,7 +242,7 @@ pub(crate) fn apply(
             release: name.clone(),
             time: now_unix(),
         });
-        state.trial = changed.then(|| Trial {
+        state.trial = (changed || open.is_some()).then(|| Trial {
             commit: target.into(),
             previous: last_good,
         });
@@ -261,9 +264,18 @@ pub(crate) fn apply(
                 svc, &releases, sd, state, &refusal, &mut notes,
             ));
         }
+    } else if plan.stopped == WhenStopped::Start && svc.action.is_some() {
+        // The operator wants the service back, even when no file changed.
+        trial::start_if_stopped(svc, &mut notes)?;
     }
     state.action_pending &= svc.action.is_some();
     state.trial = None;
+    // Deployed and confirmed: a rejection of this very commit (retried by
+    // a rollback) no longer holds.
+    state.rejected = state
+        .rejected
+        .take()
+        .filter(|r| r.commit != CommitId::from(target));
     let keep = usize::try_from(svc.depth).unwrap_or(usize::MAX);
     for removed in releases.prune(keep, &name)? {
         notes.push(format!("removed old release {removed}"));

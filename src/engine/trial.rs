@@ -348,6 +348,20 @@ pub(crate) fn run_action(
     Ok(systemd::is_running(&outcome.active_state))
 }
 
+/// Starts the unit when it is not running (an operator's `rollback` or
+/// `forward` that changed no file).
+pub(crate) fn start_if_stopped(svc: &Service, notes: &mut Vec<String>) -> Result<()> {
+    if unit_running(svc)? {
+        return Ok(());
+    }
+    let outcome = run_unit_action(svc, Action::Start)?;
+    notes.push(format!(
+        "start {}: {}, unit {}",
+        svc.unit, outcome.job_result, outcome.active_state
+    ));
+    Ok(())
+}
+
 /// Makes the running unit's own mount namespace show `release` at each
 /// `local`: a sandboxed unit (`ProtectSystem=`, `PrivateTmp=`...) whose
 /// namespace does not receive the host's new mounts gets them the way
@@ -369,7 +383,7 @@ pub(crate) fn show_in_unit(svc: &Service, release: &Path, notes: &mut Vec<String
             // starts from the host's mounts.
             Err(_) if !Path::new(&format!("/proc/{pid}")).exists() => return Ok(()),
             Ok(Sight::Other) | Err(_) => {
-                bind_into(svc, pid, d, &source).with_context(|| {
+                bind_into(svc, pid, d, release).with_context(|| {
                     format!(
                         "unit {} runs in its own mount namespace, which does not show {}",
                         svc.unit,
@@ -400,20 +414,15 @@ pub(crate) fn show_in_unit(svc: &Service, release: &Path, notes: &mut Vec<String
     Ok(())
 }
 
-/// Mounts `source` at `d.local` inside the namespace of the unit's main
+/// Mounts `d`'s path of `release` at `d.local` inside the namespace of the unit's main
 /// process `pid`: through systemd's BindMountUnit where it works, else by
 /// entering the namespace and switching the mount there, which also works
 /// where systemd cannot propagate into it (a host whose `/` is private).
-fn bind_into(svc: &Service, pid: u32, d: &Dir, source: &Path) -> Result<()> {
-    let Err(by_systemd) = systemd::bind_mount_unit(&svc.unit, source, &d.local, d.readonly) else {
+fn bind_into(svc: &Service, pid: u32, d: &Dir, release: &Path) -> Result<()> {
+    let wanted = Wanted::of(d, release);
+    let Err(by_systemd) = systemd::bind_mount_unit(&svc.unit, &wanted.source, &d.local, d.readonly)
+    else {
         return Ok(());
-    };
-    let wanted = Wanted {
-        local: &d.local,
-        source: source.to_path_buf(),
-        file: d.file,
-        readonly: d.readonly,
-        allow_writable_parents: d.allow_writable_parents,
     };
     let prepared = mount::prepare(&wanted)?;
     namespace::in_namespace_of(pid, || mount::ensure_prepared(&wanted, prepared))

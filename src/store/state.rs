@@ -62,6 +62,14 @@ pub struct State {
     pub counters: Counters,
 }
 
+impl State {
+    /// The hold in force at `now`: one past its `until` is over, whether or
+    /// not a pass has run since to remove it.
+    pub fn hold_at(&self, now: u64) -> Option<&Hold> {
+        self.hold.as_ref().filter(|h| !h.expired(now))
+    }
+}
+
 /// Counts that only grow (Prometheus counters), and the last success.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {

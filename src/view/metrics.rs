@@ -261,8 +261,7 @@ fn samples(svc: &Service, state: Option<&State>, now: u64) -> Vec<Sample> {
     if let (Some(d), Some(u)) = (&state.deployed, &state.upstream) {
         out.push(one("provision_in_sync", bool(d.commit == u.commit)));
     }
-    // A hold past its time is over, whether or not a pass has run since.
-    let hold = state.hold.as_ref().filter(|h| !h.expired(now));
+    let hold = state.hold_at(now);
     out.push(one("provision_frozen", bool(hold.is_some())));
     if let Some(h) = hold {
         out.push(one(

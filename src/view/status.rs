@@ -221,8 +221,7 @@ fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
     let state_error = loaded.as_ref().err().map(|e| format!("{e:#}"));
     let mut state = loaded.unwrap_or_default();
     let now = now_unix();
-    // A hold past its time is over, whether or not a pass has run since.
-    state.hold = state.hold.take().filter(|h| !h.expired(now));
+    state.hold = state.hold_at(now).cloned();
     let repo = Mirror::of(svc, state_dir).open().ok();
     let seen = observe::observe(svc, state_dir, &state, repo.as_ref());
     let drift = match &seen.drift {

@@ -52,7 +52,7 @@ bench: deps release
 
 UNITDIR ?= /etc/systemd/system
 GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators
-UNITS := provision@.service provision@.timer provision-mount@.service
+UNITS := provision@.service provision@.timer provision-mount@.service provision-config.path provision-activate.service
 
 install: release
 	install -D -m 0755 target/release/provision $(DESTDIR)$(PREFIX)/bin/provision
@@ -60,6 +60,7 @@ install: release
 	install -D -m 0755 units/provision-generator $(DESTDIR)$(GENERATORDIR)/provision-generator
 	sed -i 's|/usr/local/bin/provision|$(PREFIX)/bin/provision|' \
 		$(DESTDIR)$(UNITDIR)/provision@.service $(DESTDIR)$(UNITDIR)/provision-mount@.service \
+		$(DESTDIR)$(UNITDIR)/provision-activate.service \
 		$(DESTDIR)$(GENERATORDIR)/provision-generator
 
 clean:

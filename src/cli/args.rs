@@ -106,6 +106,23 @@ pub enum Command {
     /// Ends a freeze or pin, forgets a rejected commit (so it is tried
     /// again), and starts the unit if it is not running.
     Forward(NameOpts),
+    /// Start the timer of every service of this machine, stop the others.
+    ///
+    /// Reloads systemd (so the generator reads the config as it is now),
+    /// starts provision@NAME.timer for each service of this machine and
+    /// stops every provision timer whose service the config no longer has.
+    /// Run by provision-activate.service whenever the config file changes
+    /// (provision-config.path), so a new service's timer runs without a
+    /// reboot.
+    Activate(ActivateOpts),
+    /// Remove a service that is no longer in the config: its mounts,
+    /// releases and state.
+    ///
+    /// A service removed from the config keeps its mounts (the files stay
+    /// where its unit reads them) and shows as orphaned in `status` until
+    /// this command unmounts them, deletes its releases and state, and
+    /// stops its timer. Refused for a service still in the config.
+    Forget(NameOpts),
     /// Recent commits of the service's branch, from the local mirror.
     ///
     /// Marks the deployed commit (*), the upstream head as of the last fetch
@@ -181,6 +198,10 @@ pub struct GenerateOpts {
     #[arg(value_name = "EXTRA", hide = true)]
     pub extra: Vec<PathBuf>,
 }
+
+/// Options of `activate`.
+#[derive(Debug, Args)]
+pub struct ActivateOpts {}
 
 /// Options of `check`.
 #[derive(Debug, Args)]

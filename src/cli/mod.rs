@@ -68,6 +68,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(opts) => status(&cli, opts),
         Command::Diff(opts) => diff(&cli, opts),
         Command::Generate(opts) => generate(&cli, opts),
+        Command::Activate(_) => activate(&cli),
+        Command::Forget(opts) => forget(&cli, opts),
         Command::Freeze(opts) => freeze(&cli, opts),
         Command::Unfreeze(opts) => unfreeze(&cli, opts),
         Command::Rollback(opts) => rollback(&cli, opts),
@@ -108,6 +110,8 @@ fn require_root(cli: &Cli) -> Result<()> {
         Command::Unfreeze(_) => "unfreeze",
         Command::Rollback(_) => "rollback",
         Command::Forward(_) => "forward",
+        Command::Activate(_) => "activate",
+        Command::Forget(_) => "forget",
         Command::Check(_)
         | Command::Status(_)
         | Command::Diff(_)
@@ -157,7 +161,32 @@ fn check(cli: &Cli) -> Result<ExitCode> {
     for w in secret_warnings(&mine) {
         tell!("warning: {w}");
     }
+    for w in volatile_warnings(&cli.state_dir, &mine) {
+        tell!("warning: {w}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The state dir and `mount` directories that a reboot would empty.
+fn volatile_warnings(state_dir: &std::path::Path, services: &[&Service]) -> Vec<String> {
+    let mut dirs: Vec<(std::path::PathBuf, String)> =
+        vec![(state_dir.to_path_buf(), "the state dir".to_string())];
+    for svc in services {
+        if let Some(m) = &svc.mount {
+            dirs.push((m.clone(), format!("`mount` of {}", svc.name)));
+        }
+    }
+    dirs.dedup_by(|a, b| a.0 == b.0);
+    dirs.into_iter()
+        .filter_map(|(dir, what)| {
+            let fs = crate::host::volatile::memory_backed(&dir).ok().flatten()?;
+            Some(format!(
+                "{what}, {}, is on {fs}: its releases are lost at reboot and the service would \
+                 start on what its package ships; choose a directory on disk",
+                dir.display()
+            ))
+        })
+        .collect()
 }
 
 /// Exposed secret files of `services`, each named once.
@@ -248,7 +277,17 @@ fn publish_metrics(cli: &Cli, config: &Config, services: &[&Service]) {
 
 /// `provision mount [NAME...]`
 fn mount(cli: &Cli, opts: &MountOpts) -> Result<ExitCode> {
-    let (config, id) = machine_config(cli)?;
+    // Boot must not depend on the config: a broken or missing one still
+    // gets every mount back, from what the state files recorded.
+    let (config, id) = match machine_config(cli) {
+        Ok(x) => x,
+        Err(e) => {
+            tell!("warning: {e:#}");
+            tell!("warning: restoring the mounts recorded in the state files instead");
+            let reports = pass::restore_recorded(&cli.state_dir, &opts.names);
+            return Ok(print_reports(reports, Doing::Restore));
+        }
+    };
     let all = id.services(&config);
     let selected = select(&all, &opts.names, &id)?;
     let reports = pass::restore(&selected, &cli.state_dir);
@@ -256,13 +295,31 @@ fn mount(cli: &Cli, opts: &MountOpts) -> Result<ExitCode> {
 }
 
 /// `provision generate DIR`: never fails the boot; problems go to stderr
-/// (the journal) and the services keep whatever units they had.
+/// and the kernel log (where a generator's words reach the journal). A
+/// config that cannot be read is replaced by the last valid one, kept
+/// under the state dir, so a typo never drops the mount ordering.
 fn generate(cli: &Cli, opts: &GenerateOpts) -> Result<ExitCode> {
+    let last_good = cli.state_dir.join(generator::LAST_GOOD_CONFIG);
     let config = match Config::load(&cli.config) {
-        Ok(c) => c,
+        Ok(c) => {
+            if let Err(e) = generator::keep_last_good(&cli.config, &last_good) {
+                generator::log(&format!("keeping a copy of the valid config: {e:#}"));
+            }
+            c
+        }
         Err(e) => {
-            tell!("provision generator: {e:#}");
-            return Ok(ExitCode::SUCCESS);
+            generator::log(&format!("{e:#}"));
+            match Config::load(&last_good) {
+                Ok(c) => {
+                    generator::log(&format!(
+                        "using the last valid config, {}, until {} is fixed",
+                        last_good.display(),
+                        cli.config.display()
+                    ));
+                    c
+                }
+                Err(_) => return Ok(ExitCode::SUCCESS),
+            }
         }
     };
     let id = identity(cli)?;
@@ -320,6 +377,37 @@ fn who(by: Option<&str>) -> String {
                 .map(|u| u.name)
         })
         .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
+}
+
+/// `provision activate`
+fn activate(cli: &Cli) -> Result<ExitCode> {
+    let config = Config::load(&cli.config)?;
+    let id = identity(cli)?;
+    for line in crate::engine::timers::activate(&id.services(&config))? {
+        say!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `provision forget NAME`
+fn forget(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
+    crate::config::check_name(&opts.name)
+        .map_err(|m| UsageError(format!("service name {:?} {m}", opts.name)))?;
+    let config = Config::load(&cli.config)?;
+    let id = identity(cli)?;
+    if id.services(&config).iter().any(|s| s.name == opts.name) {
+        bail!(UsageError(format!(
+            "{} is still in {}; remove it from the config first (`provision forget` is for \
+             services the config no longer has)",
+            opts.name,
+            cli.config.display()
+        )));
+    }
+    for line in control::forget(&cli.state_dir, &opts.name)? {
+        say!("{}: {line}", opts.name);
+    }
+    publish_metrics(cli, &config, &id.services(&config));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `provision unfreeze NAME`

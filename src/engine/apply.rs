@@ -17,7 +17,7 @@ use crate::store::commit::CommitId;
 use crate::store::drift::{self, Drifted};
 use crate::store::layout;
 use crate::store::release::Releases;
-use crate::store::state::{Deployed, HoldKind, State, StateDir, Trial};
+use crate::store::state::{Deployed, HoldKind, MountRecord, State, StateDir, Trial};
 use crate::util::now_unix;
 use crate::view::observe;
 
@@ -31,6 +31,19 @@ pub fn mount_release(svc: &Service, release: &Path) -> Result<Vec<Before>> {
             mount::ensure(&w)
         })
         .collect()
+}
+
+/// [`mount_release`], recording the mounts in `state` for a restore that
+/// needs no config.
+fn mount_recorded(svc: &Service, release: &Path, state: &mut State) -> Result<Vec<Before>> {
+    let befores = mount_release(svc, release)?;
+    state.mounts = svc.dirs.iter().map(|d| d.local.clone()).collect();
+    state.mounted = svc
+        .dirs
+        .iter()
+        .map(|d| MountRecord::of(d, release))
+        .collect();
+    Ok(befores)
 }
 
 /// Removes mounts provision made earlier on paths no longer in `dirs`.
@@ -218,14 +231,15 @@ pub(crate) fn apply(
             dropped.display()
         ));
     }
-    let befores = mount_release(svc, &path)?;
+    let befores = mount_recorded(svc, &path, state)?;
+    state.unit = Some(svc.unit.clone());
+    state.home = Some(layout::service_dir(svc, state_dir));
     releases.remove_replaced()?;
     if rewrite {
         notes.push("remounted the restored release".to_string());
     } else {
         notes.extend(mount_notes(svc, &befores, same_release));
     }
-    state.mounts = svc.dirs.iter().map(|d| d.local.clone()).collect();
     if !same_release {
         releases.touch(&name)?;
         // The last confirmed deployment stays the one to go back to, even
@@ -405,7 +419,7 @@ pub(crate) fn reject_and_revert(
         let why = format!("its release {} is gone", path.display());
         return trial::record(sd, state, commit, refusal, trial::After::RevertFailed(why)).into();
     }
-    if let Err(e) = mount_release(svc, &path) {
+    if let Err(e) = mount_recorded(svc, &path, state) {
         let why = format!("{e:#}");
         return trial::record(sd, state, commit, refusal, trial::After::RevertFailed(why)).into();
     }

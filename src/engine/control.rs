@@ -156,6 +156,48 @@ pub fn rollback(
     result.context(format!("{short} is deployed and pinned, but"))
 }
 
+/// Removes every trace of service `name`, which the config no longer has:
+/// unmounts its mounts, deletes its releases and its state, and stops its
+/// timer. Returns what it did.
+pub fn forget(state_dir: &Path, name: &str) -> Result<Vec<String>> {
+    let sd = StateDir::new(state_dir, name);
+    let dir = state_dir.join(name);
+    anyhow::ensure!(
+        dir.join(crate::store::state::FILE).is_file(),
+        "provision knows nothing of {name}: {} has no state file",
+        dir.display()
+    );
+    let _lock = layout::lock_named(&sd, name)?;
+    let state = sd.load()?;
+    let mut done = Vec::new();
+    let locals = state
+        .mounted
+        .iter()
+        .map(|r| r.local.clone())
+        .chain(state.mounts.iter().cloned());
+    let mut seen = Vec::new();
+    for local in locals {
+        if seen.contains(&local) {
+            continue;
+        }
+        crate::host::mount::detach(&local)?;
+        done.push(format!("unmounted {}", local.display()));
+        seen.push(local);
+    }
+    if let Some(home) = state.home.as_ref().filter(|h| **h != dir) {
+        crate::util::remove_tree(home)?;
+        done.push(format!("removed {}", home.display()));
+    }
+    let timer = crate::engine::timers::timer(name);
+    match crate::host::systemd::stop(&timer) {
+        Ok(()) => done.push(format!("stopped {timer}")),
+        Err(e) => done.push(format!("could not stop {timer}: {e:#}")),
+    }
+    crate::util::remove_tree(&dir)?;
+    done.push(format!("removed {}", dir.display()));
+    Ok(done)
+}
+
 /// Ends a freeze or pin, forgets a rejected commit (so it is tried
 /// again), and runs a pass for this service now, starting its unit if it
 /// is not running.

@@ -7,4 +7,5 @@ pub mod check;
 pub mod control;
 pub mod pass;
 pub mod rev;
+pub mod timers;
 pub mod trial;

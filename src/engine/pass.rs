@@ -286,6 +286,61 @@ fn remount(svc: &Service, state_dir: &Path, deployed: Option<Deployed>) -> Resul
     })
 }
 
+/// Restores the mounts of services named `names` (all with a state file
+/// when empty) from their state files alone: what boot needs when the
+/// config is missing or invalid.
+pub fn restore_recorded(state_dir: &Path, names: &[String]) -> Vec<Report> {
+    let names = if names.is_empty() {
+        match layout::known_services(state_dir) {
+            Ok(n) => n,
+            Err(e) => return vec![Report::unknown("*", Err(e))],
+        }
+    } else {
+        names.to_vec()
+    };
+    names
+        .iter()
+        .map(|name| {
+            let sd = StateDir::new(state_dir, name);
+            let locked = layout::lock_named(&sd, name).and_then(|l| Ok((l, sd.load()?)));
+            let (_lock, state) = match locked {
+                Ok(x) => x,
+                Err(e) => return Report::unknown(name, Err(e)),
+            };
+            Report {
+                service: name.clone(),
+                serving: Serving::of(state.deployed.as_ref()),
+                outcome: remount_recorded(&state),
+            }
+        })
+        .collect()
+}
+
+/// Makes each recorded mount of `state` again.
+fn remount_recorded(state: &State) -> Result<Outcome> {
+    let Some(deployed) = &state.deployed else {
+        return Ok(Outcome::nothing(Vec::new()));
+    };
+    anyhow::ensure!(
+        !state.mounted.is_empty() || state.mounts.is_empty(),
+        "the state file does not record how its mounts were made (written by an older provision); \
+         fix the config so `provision mount` can read it"
+    );
+    let mut notes = Vec::new();
+    for r in &state.mounted {
+        if crate::host::mount::ensure(&r.wanted())? != crate::host::mount::Before::Correct {
+            notes.push(format!("mounted {}", r.local.display()));
+        }
+    }
+    Ok(Outcome {
+        from: Some(deployed.commit),
+        to: Some(deployed.commit),
+        new_release: false,
+        notes,
+        held: None,
+    })
+}
+
 /// Deletes mirrors no service of this machine uses any more (after a branch
 /// or upstream change), skipping any another process is using right now.
 fn remove_unused_mirrors(all: &[&Service], state_dir: &Path) {

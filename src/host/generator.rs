@@ -10,6 +10,35 @@ use anyhow::{Context, Result};
 
 use crate::config::Service;
 
+/// The copy of the last config the generator could read, under the state
+/// dir.
+pub const LAST_GOOD_CONFIG: &str = ".last-good-config.toml";
+
+/// Keeps a copy of the (valid) config at `copy`, rewritten only when it
+/// changed.
+pub fn keep_last_good(config: &Path, copy: &Path) -> Result<()> {
+    let text = fs::read(config).with_context(|| format!("reading {}", config.display()))?;
+    if fs::read(copy).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    if let Some(dir) = copy.parent() {
+        crate::util::private_dir(dir)?;
+    }
+    crate::util::write_atomic(copy, &text, crate::util::Visibility::Private)
+}
+
+/// Says `message` on stderr and in the kernel log, where a generator's
+/// words reach the journal even this early in boot.
+pub fn log(message: &str) {
+    use std::io::Write as _;
+    let line = format!("provision-generator: {message}");
+    let _ = writeln!(std::io::stderr(), "{line}");
+    if let Ok(mut kmsg) = fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        // <4>: warning.
+        let _ = writeln!(kmsg, "<4>{line}");
+    }
+}
+
 /// Where the template units may be installed, most specific first.
 const UNIT_PATH: [&str; 4] = [
     "/etc/systemd/system",

@@ -9,3 +9,4 @@ pub mod namespace;
 pub mod package;
 pub mod process;
 pub mod systemd;
+pub mod volatile;

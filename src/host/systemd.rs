@@ -138,6 +138,37 @@ pub fn bind_mount_unit(
         .with_context(|| format!("bind-mounting {src} at {dst} inside unit {unit}"))
 }
 
+/// The active units whose names match the glob `pattern`.
+pub fn active_units(pattern: &str) -> Result<Vec<String>> {
+    let work = async {
+        let conn = connect().await?;
+        let manager = ManagerProxy::new(&conn).await?;
+        let units = manager
+            .list_units_by_patterns(vec!["active".to_owned()], vec![pattern.to_owned()])
+            .await?;
+        Ok(units.into_iter().map(|u| u.0).collect())
+    };
+    block_on_within(QUERY_TIMEOUT, work).with_context(|| format!("listing active units {pattern}"))
+}
+
+/// Starts `unit` (nothing happens when it is active) and waits for the job.
+pub fn start(unit: &str) -> Result<()> {
+    run_action(unit, Action::Start, QUERY_TIMEOUT).map(|_| ())
+}
+
+/// Stops `unit`; the stop job is queued, not waited for.
+pub fn stop(unit: &str) -> Result<()> {
+    let work = async {
+        let conn = connect().await?;
+        let manager = ManagerProxy::new(&conn).await?;
+        manager
+            .stop_unit(unit.to_owned(), JOB_MODE.to_owned())
+            .await?;
+        Ok(())
+    };
+    block_on_within(QUERY_TIMEOUT, work).with_context(|| format!("stopping unit {unit}"))
+}
+
 /// Whether an ActiveState is a running unit's, one an action applies to.
 pub fn is_running(active_state: &str) -> bool {
     matches!(active_state, "active" | "reloading" | "activating")

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::config::Service;
 use crate::store::release::Releases;
@@ -28,6 +28,35 @@ pub fn releases(svc: &Service, state_dir: &Path) -> Releases {
 /// Serializes everything that changes one service: passes, restores and
 /// operator commands.
 pub fn lock_service(sd: &StateDir, svc: &Service) -> Result<Lock> {
-    let what = format!("service {}", svc.name);
+    lock_named(sd, &svc.name)
+}
+
+/// [`lock_service`] for a service known by its name only (one the config
+/// does not have, or cannot be read for).
+pub fn lock_named(sd: &StateDir, name: &str) -> Result<Lock> {
+    let what = format!("service {name}");
     Lock::acquire(&sd.lock_path(), SERVICE_LOCK_TIMEOUT, &what)
+}
+
+/// The names of the services that have a state directory under
+/// `state_dir`, sorted: every service provision has worked on here,
+/// whatever the config says now.
+pub fn known_services(state_dir: &Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(state_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("listing {}", state_dir.display())))
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", state_dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && entry.path().join(crate::store::state::FILE).is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }

@@ -17,7 +17,8 @@ use crate::util::{write_atomic, Visibility};
 
 /// Version of the state file format written by this binary.
 pub const VERSION: u32 = 1;
-const FILE: &str = "state.json";
+/// The state file in each service's state directory.
+pub const FILE: &str = "state.json";
 
 /// The persistent state of one service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +38,18 @@ pub struct State {
     /// unmounted instead of left showing an old release.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<std::path::PathBuf>,
+    /// Each mount of the deployed release as it was made, so that `provision
+    /// mount` restores it at boot even when the config is missing or
+    /// invalid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounted: Vec<MountRecord>,
+    /// The unit as last configured, for a service the config no longer has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The directory of the service's releases as last configured (below
+    /// `mount`), for `provision forget` once the config no longer says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<PathBuf>,
     /// The files changed but the action has not succeeded yet: the next
     /// pass runs it again even if nothing else changed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -67,6 +80,47 @@ impl State {
     /// not a pass has run since to remove it.
     pub fn hold_at(&self, now: u64) -> Option<&Hold> {
         self.hold.as_ref().filter(|h| !h.expired(now))
+    }
+}
+
+/// One bind mount as provision made it: everything needed to make it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    /// The mount point.
+    pub local: PathBuf,
+    /// The release path shown there.
+    pub source: PathBuf,
+    /// A single file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub file: bool,
+    /// Mounted read-only.
+    pub readonly: bool,
+    /// Mounted beneath directories other users may write.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_writable_parents: bool,
+}
+
+impl MountRecord {
+    /// The mount of `dirs` entry `d` from the release at `release`.
+    pub fn of(d: &crate::config::Dir, release: &Path) -> MountRecord {
+        MountRecord {
+            local: d.local.clone(),
+            source: release.join(&d.link),
+            file: d.file,
+            readonly: d.readonly,
+            allow_writable_parents: d.allow_writable_parents,
+        }
+    }
+
+    /// The mount to make again.
+    pub fn wanted(&self) -> crate::host::mount::Wanted<'_> {
+        crate::host::mount::Wanted {
+            local: &self.local,
+            source: self.source.clone(),
+            file: self.file,
+            readonly: self.readonly,
+            allow_writable_parents: self.allow_writable_parents,
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::host::mount::{self, Before, Wanted};
 use crate::host::systemd;
 use crate::store::drift::{self, Drifted};
 use crate::store::layout;
-use crate::store::state::{Deployed, State};
+use crate::store::state::{Deployed, MountRecord, State};
 
 /// The host as seen for one service.
 #[derive(Debug)]
@@ -105,20 +105,26 @@ pub fn mounts(svc: &Service, state_dir: &Path, deployed: &Deployed) -> Vec<Mount
     let release = layout::releases(svc, state_dir).path(&deployed.release);
     svc.dirs
         .iter()
-        .map(|d| {
-            let w = Wanted::of(d, &release);
-            let state = match mount::inspect(&w) {
-                Ok(Before::Correct) => MountState::Ok,
-                Ok(Before::Missing) => MountState::Missing,
-                Ok(Before::Other) => MountState::Other,
-                Err(e) => MountState::Error(format!("{e:#}")),
-            };
-            MountCheck {
-                local: d.local.clone(),
-                state,
-            }
+        .map(|d| MountCheck {
+            local: d.local.clone(),
+            state: shows(&Wanted::of(d, &release)),
         })
         .collect()
+}
+
+/// What a mount recorded in a state file shows now.
+pub fn recorded_mount(r: &MountRecord) -> MountState {
+    shows(&r.wanted())
+}
+
+/// What `local` shows against the wanted mount.
+fn shows(w: &Wanted<'_>) -> MountState {
+    match mount::inspect(w) {
+        Ok(Before::Correct) => MountState::Ok,
+        Ok(Before::Missing) => MountState::Missing,
+        Ok(Before::Other) => MountState::Other,
+        Err(e) => MountState::Error(format!("{e:#}")),
+    }
 }
 
 /// Drifted paths as the operator knows them: where they appear on the host.

@@ -154,6 +154,9 @@ pub enum Tracking {
     Pinned,
     /// The state file cannot be read.
     Unknown,
+    /// Not in this machine's config any more; its mounts stay until
+    /// `provision forget`.
+    Orphaned,
 }
 
 impl Tracking {
@@ -164,6 +167,7 @@ impl Tracking {
             Tracking::Frozen => "frozen",
             Tracking::Pinned => "pinned",
             Tracking::Unknown => "unknown",
+            Tracking::Orphaned => "orphaned",
         }
     }
 }
@@ -212,6 +216,7 @@ pub fn collect(services: &[&Service], state_dir: &Path, machine: &str) -> Docume
         services: services
             .iter()
             .map(|s| service_status(s, state_dir))
+            .chain(orphans(services, state_dir))
             .collect(),
     }
 }
@@ -276,14 +281,7 @@ fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
         mounts: seen
             .mounts
             .iter()
-            .map(|m| MountStatus {
-                local: m.local.display().to_string(),
-                state: Shows::of(&m.state),
-                error: match &m.state {
-                    MountState::Error(e) => Some(e.clone()),
-                    _ => None,
-                },
-            })
+            .map(|m| mount_status(&m.local, &m.state))
             .collect(),
         unit_state: seen.unit_state,
         last_pass: state.last_pass.as_ref().map(|p| PassStatus {
@@ -295,6 +293,74 @@ fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
         rejected: state.rejected.clone(),
         behind_seconds: behind_seconds(&state, now),
         state_error,
+    }
+}
+
+fn mount_status(local: &Path, state: &MountState) -> MountStatus {
+    MountStatus {
+        local: local.display().to_string(),
+        state: Shows::of(state),
+        error: match state {
+            MountState::Error(e) => Some(e.clone()),
+            _ => None,
+        },
+    }
+}
+
+/// Every service with a state directory but no place in `services` (the
+/// config of this machine), as far as its state file tells.
+fn orphans(services: &[&Service], state_dir: &Path) -> Vec<ServiceStatus> {
+    let known = crate::store::layout::known_services(state_dir).unwrap_or_default();
+    known
+        .into_iter()
+        .filter(|n| !services.iter().any(|s| &s.name == n))
+        .map(|name| orphan_status(state_dir, name))
+        .collect()
+}
+
+fn orphan_status(state_dir: &Path, name: String) -> ServiceStatus {
+    let loaded = StateDir::new(state_dir, &name).load();
+    let state_error = loaded.as_ref().err().map(|e| format!("{e:#}"));
+    let state = loaded.unwrap_or_default();
+    let mounts: Vec<MountStatus> = state
+        .mounted
+        .iter()
+        .map(|r| mount_status(&r.local, &observe::recorded_mount(r)))
+        .collect();
+    ServiceStatus {
+        unit: state.unit.clone().unwrap_or_else(|| "?".to_string()),
+        state: Tracking::Orphaned,
+        hold: None,
+        deployed: state.deployed.as_ref().map(|d| CommitAt {
+            commit: d.commit,
+            time: d.time,
+        }),
+        upstream: None,
+        in_sync: None,
+        drift: DriftStatus {
+            policy: DriftPolicy::Restore,
+            count: None,
+            files: Vec::new(),
+            error: Some(format!(
+                "not in this machine's config: not checked; `provision forget {name}` removes it"
+            )),
+        },
+        mounts_ok: state
+            .deployed
+            .as_ref()
+            .map(|_| mounts.iter().all(|m| m.state == Shows::Ok)),
+        mounts,
+        unit_state: None,
+        last_pass: state.last_pass.as_ref().map(|p| PassStatus {
+            time: p.time,
+            ok: p.ok,
+            error: p.error.clone(),
+            duration_ms: p.duration_ms,
+        }),
+        rejected: None,
+        behind_seconds: None,
+        state_error,
+        name,
     }
 }
 

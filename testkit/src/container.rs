@@ -1513,6 +1513,8 @@ pub fn install_provision(m: &Machine, bin: &str) {
         "provision@.service",
         "provision@.timer",
         "provision-mount@.service",
+        "provision-config.path",
+        "provision-activate.service",
     ] {
         m.put(&format!("/etc/systemd/system/{u}"), &unit(u), 0o644);
     }

@@ -9,7 +9,7 @@ DESTDIR ?=
 CARGO ?= cargo
 # Debian packages the tests and the demo use (real git daemon, real sshd,
 # real nginx checked by its own `nginx -t` and by curl).
-APT_PACKAGES := git pkg-config libssl-dev openssh-server prometheus prometheus-node-exporter strace python3 nginx-light curl
+APT_PACKAGES := git pkg-config libssl-dev openssh-server prometheus prometheus-node-exporter strace python3 nginx-light curl lintian man-db bash-completion
 # The peers `make bench` compares provision with, and an independent timer.
 BENCH_APT_PACKAGES := ansible-core hyperfine
 
@@ -26,6 +26,7 @@ release:
 # Installs what is missing, and nothing else: safe to run on every make test.
 deps:
 	@bash scripts/deps.sh $(APT_PACKAGES)
+	@command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
 
 lint: deps
 	$(CARGO) fmt --all -- --check
@@ -33,7 +34,7 @@ lint: deps
 
 # Examples are built by clippy above; they hold no tests. The last line is
 # the total over every test binary.
-unit: deps
+unit: deps deb
 	@mkdir -p target
 	bash -o pipefail -c '$(CARGO) test --lib --bins --tests 2>&1 | tee target/test.log'
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test.log
@@ -54,14 +55,38 @@ UNITDIR ?= /etc/systemd/system
 GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators
 UNITS := provision@.service provision@.timer provision-mount@.service provision-config.path provision-activate.service
 
+ASSETS := target/assets
+MANDIR ?= $(PREFIX)/share/man/man1
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/vendor-completions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+
+# Man pages from the clap definitions, completion scripts, and the units
+# with the binary's installed path ($(BINPATH)).
+BINPATH ?= /usr/bin/provision
+.PHONY: assets deb
+assets: release
+	rm -rf $(ASSETS) && mkdir -p $(ASSETS)/units
+	$(CARGO) run --quiet --release --example assets -- $(ASSETS)
+	gzip -9nf $(ASSETS)/man/*.1
+	for u in $(UNITS) provision-generator; do \
+		sed 's|/usr/local/bin/provision|$(BINPATH)|' units/$$u > $(ASSETS)/units/$$u; done
+
+# target/debian/provision_<version>_<arch>.deb
+deb: deps
+	$(MAKE) assets BINPATH=/usr/bin/provision
+	$(CARGO) deb --no-build
+
 install: release
+	$(MAKE) assets BINPATH=$(PREFIX)/bin/provision
 	install -D -m 0755 target/release/provision $(DESTDIR)$(PREFIX)/bin/provision
-	for u in $(UNITS); do install -D -m 0644 units/$$u $(DESTDIR)$(UNITDIR)/$$u; done
-	install -D -m 0755 units/provision-generator $(DESTDIR)$(GENERATORDIR)/provision-generator
-	sed -i 's|/usr/local/bin/provision|$(PREFIX)/bin/provision|' \
-		$(DESTDIR)$(UNITDIR)/provision@.service $(DESTDIR)$(UNITDIR)/provision-mount@.service \
-		$(DESTDIR)$(UNITDIR)/provision-activate.service \
-		$(DESTDIR)$(GENERATORDIR)/provision-generator
+	for u in $(UNITS); do install -D -m 0644 $(ASSETS)/units/$$u $(DESTDIR)$(UNITDIR)/$$u; done
+	install -D -m 0755 $(ASSETS)/units/provision-generator $(DESTDIR)$(GENERATORDIR)/provision-generator
+	for m in $(ASSETS)/man/*.1.gz; do install -D -m 0644 $$m $(DESTDIR)$(MANDIR)/$$(basename $$m); done
+	install -D -m 0644 $(ASSETS)/completions/provision $(DESTDIR)$(BASHCOMPDIR)/provision
+	install -D -m 0644 $(ASSETS)/completions/_provision $(DESTDIR)$(ZSHCOMPDIR)/_provision
+	install -D -m 0644 $(ASSETS)/completions/provision.fish $(DESTDIR)$(FISHCOMPDIR)/provision.fish
+	mkdir -p $(DESTDIR)/etc/provision
 
 clean:
 	$(CARGO) clean

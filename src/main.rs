@@ -6,6 +6,7 @@ use clap::Parser;
 use provision::cli::{self, Cli, UsageError};
 
 fn main() -> ExitCode {
+    cli::complete::answer_if_asked();
     let cli = Cli::parse();
     match cli::run(cli) {
         Ok(code) => code,

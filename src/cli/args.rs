@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use clap_complete::engine::ArgValueCandidates;
+
+use super::complete;
 
 use crate::config;
 
@@ -145,6 +148,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct NameOpts {
     /// The service's name.
+    #[arg(add = ArgValueCandidates::new(complete::service_names))]
     pub name: String,
 }
 
@@ -152,6 +156,7 @@ pub struct NameOpts {
 #[derive(Debug, Args)]
 pub struct FreezeOpts {
     /// The service's name.
+    #[arg(add = ArgValueCandidates::new(complete::service_names))]
     pub name: String,
     /// Why, shown by status and history.
     #[arg(long, value_name = "TEXT")]
@@ -170,6 +175,7 @@ pub struct FreezeOpts {
 #[derive(Debug, Args)]
 pub struct RollbackOpts {
     /// The service's name.
+    #[arg(add = ArgValueCandidates::new(complete::service_names))]
     pub name: String,
     /// HEAD~N, a commit hash (full or at least 4 digits) or a tag.
     pub rev: String,
@@ -179,6 +185,7 @@ pub struct RollbackOpts {
 #[derive(Debug, Args)]
 pub struct HistoryOpts {
     /// The service's name.
+    #[arg(add = ArgValueCandidates::new(complete::service_names))]
     pub name: String,
     /// Print JSON (a list of objects) instead of a table.
     #[arg(long)]
@@ -211,7 +218,7 @@ pub struct CheckOpts {}
 #[derive(Debug, Args)]
 pub struct SyncOpts {
     /// Services to reconcile (default: all of this machine's).
-    #[arg(value_name = "NAME")]
+    #[arg(value_name = "NAME", add = ArgValueCandidates::new(complete::service_names))]
     pub names: Vec<String>,
     /// Discard local changes to the deployed files in this pass, even for a
     /// service whose drift policy is warn.
@@ -223,7 +230,7 @@ pub struct SyncOpts {
 #[derive(Debug, Args)]
 pub struct MountOpts {
     /// Services whose mounts to restore (default: all of this machine's).
-    #[arg(value_name = "NAME")]
+    #[arg(value_name = "NAME", add = ArgValueCandidates::new(complete::service_names))]
     pub names: Vec<String>,
 }
 
@@ -231,7 +238,7 @@ pub struct MountOpts {
 #[derive(Debug, Args)]
 pub struct StatusOpts {
     /// Services to show (default: all of this machine's).
-    #[arg(value_name = "NAME")]
+    #[arg(value_name = "NAME", add = ArgValueCandidates::new(complete::service_names))]
     pub names: Vec<String>,
     /// Print the documented JSON document (with a `schema` version).
     #[arg(long)]
@@ -242,6 +249,7 @@ pub struct StatusOpts {
 #[derive(Debug, Args)]
 pub struct DiffOpts {
     /// The service's name.
+    #[arg(add = ArgValueCandidates::new(complete::service_names))]
     pub name: String,
     /// Show what the next pass would bring from upstream instead.
     #[arg(long)]

@@ -6,6 +6,7 @@
 //! unknown service name).
 
 mod args;
+pub mod complete;
 pub(crate) mod render;
 
 /// A line on standard output, dropped quietly once its reader is gone.

@@ -109,6 +109,18 @@ pub enum Command {
     /// Ends a freeze or pin, forgets a rejected commit (so it is tried
     /// again), and starts the unit if it is not running.
     Forward(NameOpts),
+    /// Set this machine up from the config repository in one command.
+    ///
+    /// Fetches the config file at --path from URL (a shallow fetch of one
+    /// branch), checks it, installs it as the config file (-c), runs the
+    /// first pass, and leaves every service's timer enabled and running and
+    /// the config watched. With --machine, the name is remembered in
+    /// /etc/default/provision for the timers. Running it again changes
+    /// nothing. A config file that differs from the repository's and is not
+    /// provision's own mount is left alone unless --force. For the config
+    /// to follow Git afterwards, it names provision as a service whose dirs
+    /// mount the config file (see the README).
+    Bootstrap(BootstrapOpts),
     /// Start the timer of every service of this machine, stop the others.
     ///
     /// Reloads systemd (so the generator reads the config as it is now),
@@ -204,6 +216,23 @@ pub struct GenerateOpts {
     /// Ignored: systemd's early and late generator directories.
     #[arg(value_name = "EXTRA", hide = true)]
     pub extra: Vec<PathBuf>,
+}
+
+/// Options of `bootstrap`.
+#[derive(Debug, Args)]
+pub struct BootstrapOpts {
+    /// The config repository: https://, ssh://, user@host:path, git:// or
+    /// file://.
+    pub url: String,
+    /// The branch to read.
+    #[arg(long, default_value = config::DEFAULT_BRANCH)]
+    pub branch: String,
+    /// The config file's path in the repository.
+    #[arg(long, default_value = "provision/config.toml")]
+    pub path: String,
+    /// Replace a config file that differs from the repository's.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Options of `activate`.

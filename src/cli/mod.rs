@@ -70,6 +70,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(opts) => diff(&cli, opts),
         Command::Generate(opts) => generate(&cli, opts),
         Command::Activate(_) => activate(&cli),
+        Command::Bootstrap(opts) => bootstrap(&cli, opts),
         Command::Forget(opts) => forget(&cli, opts),
         Command::Freeze(opts) => freeze(&cli, opts),
         Command::Unfreeze(opts) => unfreeze(&cli, opts),
@@ -112,6 +113,7 @@ fn require_root(cli: &Cli) -> Result<()> {
         Command::Rollback(_) => "rollback",
         Command::Forward(_) => "forward",
         Command::Activate(_) => "activate",
+        Command::Bootstrap(_) => "bootstrap",
         Command::Forget(_) => "forget",
         Command::Check(_)
         | Command::Status(_)
@@ -301,9 +303,13 @@ fn mount(cli: &Cli, opts: &MountOpts) -> Result<ExitCode> {
 /// under the state dir, so a typo never drops the mount ordering.
 fn generate(cli: &Cli, opts: &GenerateOpts) -> Result<ExitCode> {
     let last_good = cli.state_dir.join(generator::LAST_GOOD_CONFIG);
-    let config = match Config::load(&cli.config) {
+    // When provision deploys its own config, the file here may be the one
+    // under the mount (boot restores mounts after generators run): read
+    // the deployed release's copy.
+    let path = crate::store::layout::deployed_copy(&cli.state_dir, &cli.config);
+    let config = match Config::load(&path) {
         Ok(c) => {
-            if let Err(e) = generator::keep_last_good(&cli.config, &last_good) {
+            if let Err(e) = generator::keep_last_good(&path, &last_good) {
                 generator::log(&format!("keeping a copy of the valid config: {e:#}"));
             }
             c
@@ -378,6 +384,72 @@ fn who(by: Option<&str>) -> String {
                 .map(|u| u.name)
         })
         .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
+}
+
+/// `provision bootstrap URL [--branch B] [--path P] [--force]`
+fn bootstrap(cli: &Cli, opts: &BootstrapOpts) -> Result<ExitCode> {
+    use crate::engine::bootstrap::{self, Installed, Source};
+    let upstream =
+        crate::config::classify_url(&opts.url).map_err(|m| UsageError(format!("URL {m}")))?;
+    let source = Source {
+        upstream,
+        branch: opts.branch.clone(),
+        path: opts.path.clone(),
+    };
+    let fetched = bootstrap::fetch(&source, &cli.state_dir)?;
+    let dest = &cli.config;
+    match bootstrap::install(&fetched, &source, dest, opts.force)? {
+        Installed::Written => say!(
+            "installed {} from {} {} ({})",
+            dest.display(),
+            opts.url,
+            opts.path,
+            fetched.commit.short()
+        ),
+        Installed::Unchanged => say!(
+            "{} is already {} ({})",
+            dest.display(),
+            opts.path,
+            fetched.commit.short()
+        ),
+    }
+    if let Some(name) = &cli.machine {
+        bootstrap::remember_machine(name)?;
+        say!("this machine is {name} (in {})", bootstrap::MACHINE_FILE);
+    }
+    let (config, id) = machine_config(cli)?;
+    let all = id.services(&config);
+    if all.is_empty() {
+        tell!(
+            "warning: {} has no service for machine {}",
+            dest.display(),
+            id.name()
+        );
+    }
+    if !bootstrap::self_managed(&all, dest) {
+        tell!(
+            "warning: no service of machine {} mounts {}: the config will not follow Git; \
+             add one such as\n  [[services]]\n  machine = \"{}\"\n  service = \"provision-activate\"\n  \
+             name = \"provision\"\n  upstream = \"{}\"\n  action = \"start\"\n  \
+             dirs = [ {{ local = \"{}\", link = \"{}\", file = true }} ]",
+            id.name(),
+            dest.display(),
+            id.name(),
+            opts.url,
+            dest.display(),
+            opts.path
+        );
+    }
+    let reports = pass::sync(&all, &all, &cli.state_dir, pass::Intent::TIMER);
+    let code = print_reports(reports, Doing::Deploy);
+    publish_metrics(cli, &config, &all);
+    for line in crate::engine::timers::activate(&all)? {
+        say!("{line}");
+    }
+    if let Some(line) = crate::engine::timers::watch_config()? {
+        say!("{line}");
+    }
+    Ok(code)
 }
 
 /// `provision activate`

@@ -105,7 +105,10 @@ pub fn reports(
 /// The first words about a successful pass.
 fn headline(o: &Outcome, doing: Doing) -> String {
     let Some(to) = o.to else {
-        return "nothing deployed yet".to_string();
+        return match doing {
+            Doing::Restore => "nothing restored".to_string(),
+            _ => "nothing deployed yet".to_string(),
+        };
     };
     if doing == Doing::Restore {
         return format!("restored {} from disk (upstream not checked)", to.short());

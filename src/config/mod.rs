@@ -15,7 +15,7 @@ mod parse;
 mod validate;
 
 pub use credentials::Credentials;
-pub(crate) use validate::{check_name, parse_span};
+pub(crate) use validate::{check_name, classify_url, parse_span};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

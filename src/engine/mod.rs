@@ -3,6 +3,7 @@
 //! before the switch, the trial after it), and those commands.
 
 pub mod apply;
+pub mod bootstrap;
 pub mod check;
 pub mod control;
 pub mod pass;

@@ -252,15 +252,36 @@ pub fn restore(selected: &[&Service], state_dir: &Path) -> Vec<Report> {
 
 fn restore_one(svc: &Service, state_dir: &Path) -> Report {
     let sd = StateDir::new(state_dir, &svc.name);
-    let locked = layout::lock_service(&sd, svc).and_then(|l| Ok((l, sd.load()?)));
-    let (_lock, state) = match locked {
-        Ok(x) => x,
+    let (_lock, state) = match lock_for_restore(&sd) {
+        Ok(Some(x)) => x,
+        Ok(None) => return busy(&svc.name),
         Err(e) => return Report::unknown(&svc.name, Err(e)),
     };
     Report {
         service: svc.name.clone(),
         serving: Serving::of(state.deployed.as_ref()),
         outcome: remount(svc, state_dir, state.deployed),
+    }
+}
+
+/// The service lock and state for a restore, without waiting: a pass that
+/// holds the lock makes the mounts itself, and may be waiting for the very
+/// unit that asked for this restore (a start pulls in its mount restore).
+fn lock_for_restore(sd: &StateDir) -> Result<Option<(crate::util::lock::Lock, State)>> {
+    let Some(lock) = layout::try_lock(sd)? else {
+        return Ok(None);
+    };
+    Ok(Some((lock, sd.load()?)))
+}
+
+/// The report of a restore left to the pass running now.
+fn busy(name: &str) -> Report {
+    Report {
+        service: name.to_string(),
+        serving: Serving::Unknown,
+        outcome: Ok(Outcome::nothing(vec![format!(
+            "a pass of {name} is running and makes its mounts"
+        )])),
     }
 }
 
@@ -302,9 +323,9 @@ pub fn restore_recorded(state_dir: &Path, names: &[String]) -> Vec<Report> {
         .iter()
         .map(|name| {
             let sd = StateDir::new(state_dir, name);
-            let locked = layout::lock_named(&sd, name).and_then(|l| Ok((l, sd.load()?)));
-            let (_lock, state) = match locked {
-                Ok(x) => x,
+            let (_lock, state) = match lock_for_restore(&sd) {
+                Ok(Some(x)) => x,
+                Ok(None) => return busy(name),
                 Err(e) => return Report::unknown(name, Err(e)),
             };
             Report {

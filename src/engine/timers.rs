@@ -13,6 +13,9 @@ pub fn timer(name: &str) -> String {
     format!("provision@{name}.timer")
 }
 
+/// The unit that watches the config file and runs `provision activate`.
+pub const CONFIG_WATCH: &str = "provision-config.path";
+
 /// Reloads systemd (which runs the generator on the config as it is now),
 /// starts the timer of every service in `services`, and stops every
 /// provision timer of a service not among them. Returns what it did.
@@ -34,4 +37,15 @@ pub fn activate(services: &[&Service]) -> Result<Vec<String>> {
         ));
     }
     Ok(done)
+}
+
+/// Enables and starts the config watch, so later config changes reach
+/// the timers by themselves (where the unit is installed).
+pub fn watch_config() -> Result<Option<String>> {
+    if systemd::active_state(CONFIG_WATCH)? == "not-found" {
+        return Ok(None);
+    }
+    systemd::enable(CONFIG_WATCH)?;
+    systemd::start(CONFIG_WATCH)?;
+    Ok(Some(format!("enabled and started {CONFIG_WATCH}")))
 }

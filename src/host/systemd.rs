@@ -156,6 +156,19 @@ pub fn start(unit: &str) -> Result<()> {
     run_action(unit, Action::Start, QUERY_TIMEOUT).map(|_| ())
 }
 
+/// Enables `unit` (its `[Install]` section), as `systemctl enable` does.
+pub fn enable(unit: &str) -> Result<()> {
+    let work = async {
+        let conn = connect().await?;
+        let manager = ManagerProxy::new(&conn).await?;
+        manager
+            .enable_unit_files(vec![unit.to_owned()], false, true)
+            .await?;
+        Ok(())
+    };
+    block_on_within(QUERY_TIMEOUT, work).with_context(|| format!("enabling unit {unit}"))
+}
+
 /// Stops `unit`; the stop job is queued, not waited for.
 pub fn stop(unit: &str) -> Result<()> {
     let work = async {
@@ -188,11 +201,14 @@ fn method_name(action: Action) -> &'static str {
 /// Whether a unit may be in `active_state` after `action`'s job finished `done`.
 ///
 /// A job can be `done` and the unit still down, e.g. a service that exits right after starting;
-/// a pass must not report that as applied. Only `TryRestart` may leave a unit inactive, since it
-/// does nothing to a unit that was not running.
+/// a pass must not report that as applied. Only `TryRestart` (which does nothing to a unit that
+/// was not running) and `Start` (of a oneshot unit, which is inactive again once it ran) may
+/// leave a unit inactive.
 fn state_is_acceptable(action: Action, active_state: &str) -> bool {
     match action {
-        Action::TryRestart => active_state != "failed",
+        // A oneshot unit, what `start` is for, is inactive again once it
+        // ran; a failed run leaves it "failed".
+        Action::TryRestart | Action::Start => active_state != "failed",
         _ => matches!(active_state, "active" | "reloading" | "activating"),
     }
 }
@@ -399,9 +415,9 @@ mod tests {
     }
 
     #[test]
-    fn only_try_restart_may_leave_a_unit_down() {
+    fn only_try_restart_and_start_may_leave_a_unit_down() {
         for action in ALL {
-            let expected = action == Action::TryRestart;
+            let expected = matches!(action, Action::TryRestart | Action::Start);
             for state in ["inactive", "deactivating"] {
                 assert_eq!(
                     state_is_acceptable(action, state),

@@ -38,6 +38,12 @@ pub fn lock_named(sd: &StateDir, name: &str) -> Result<Lock> {
     Lock::acquire(&sd.lock_path(), SERVICE_LOCK_TIMEOUT, &what)
 }
 
+/// The service lock if it is free now; `None` while another process (a
+/// pass) holds it.
+pub fn try_lock(sd: &StateDir) -> Result<Option<Lock>> {
+    Lock::try_acquire(&sd.lock_path())
+}
+
 /// The names of the services that have a state directory under
 /// `state_dir`, sorted: every service provision has worked on here,
 /// whatever the config says now.
@@ -59,4 +65,17 @@ pub fn known_services(state_dir: &Path) -> Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
+}
+
+/// The file to read `config` from: the deployed release's copy when a
+/// service's recorded mount shows it at `config` (provision manages its
+/// own config), else `config` itself.
+pub fn deployed_copy(state_dir: &Path, config: &Path) -> PathBuf {
+    let names = known_services(state_dir).unwrap_or_default();
+    names
+        .iter()
+        .filter_map(|n| StateDir::new(state_dir, n).load().ok())
+        .flat_map(|s| s.mounted)
+        .find(|r| r.local == config && r.source.is_file())
+        .map_or_else(|| config.to_path_buf(), |r| r.source)
 }

@@ -17,6 +17,19 @@ pub struct Lock {
 }
 
 impl Lock {
+    /// Takes the lock on `path` only if it is free now; `None` when another
+    /// process holds it.
+    pub fn try_acquire(path: &Path) -> Result<Option<Lock>> {
+        if let Some(dir) = path.parent() {
+            crate::util::private_dir(dir)?;
+        }
+        match Flock::lock(open(path)?, FlockArg::LockExclusiveNonblock) {
+            Ok(flock) => Ok(Some(Lock { _flock: flock })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+    }
+
     /// Takes the exclusive lock on `path` (created if missing), waiting up to
     /// `timeout`. A message is printed once when the lock is busy, so an
     /// operator whose command waits for a timer run knows why.

@@ -1074,12 +1074,24 @@ fn any_value(rng: &mut Rng) -> Val {
 /// A key name that `table` does not know (`global`, `service`, `dir`, `top`).
 fn unknown_key(rng: &mut Rng, table: &str) -> String {
     let pool: &[&str] = match table {
+        // Keys match in any letter case, and gitopper's service keys
+        // (`machine`, `service`, `dirs`) are defaults in [global]: neither
+        // is unknown.
         "global" => &[
-            "foo", "Upstream", "machine", "name", "dirs", "service", "ключ", "", "a b", "branch ",
+            "foo",
+            "upstreams",
+            "machines",
+            "name",
+            "dir",
+            "services",
+            "ключ",
+            "",
+            "a b",
+            "branch ",
         ],
         "service" => &[
             "foo",
-            "Machine",
+            "Machines",
             "dir",
             "local",
             "metrics_dir",
@@ -1088,11 +1100,11 @@ fn unknown_key(rng: &mut Rng, table: &str) -> String {
             "",
             "x.y",
         ],
-        "dir" => &["path", "ro", "keys", "machine", "Local", "", "ü"],
+        "dir" => &["path", "ro", "keys", "machine", "Locale", "", "ü"],
         _ => &[
             "globals",
             "service",
-            "Global",
+            "Globals",
             "keys",
             "metrics_dir",
             "",

@@ -382,7 +382,13 @@ impl Config {
     /// Validates `text` as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         let loc = parse::Locator::new(path, text);
-        let parsed = parse::parse(&loc, text);
+        let mut parsed = parse::parse(&loc, text);
+        let defaults = &parsed.global_service;
+        for raw in &mut parsed.services {
+            raw.machine = raw.machine.take().or_else(|| defaults.machine.clone());
+            raw.service = raw.service.take().or_else(|| defaults.service.clone());
+            raw.dirs = raw.dirs.take().or_else(|| defaults.dirs.clone());
+        }
         let mut errors = parsed.errors;
         let mut warnings = parsed.warnings;
         let services = validate::resolve(

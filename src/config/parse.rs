@@ -79,6 +79,9 @@ pub(super) struct Parsed {
     /// Where `[global]` is in the file: a value from there is reported
     /// under `[global]`, whichever service it was used for.
     pub global_span: Option<Range<usize>>,
+    /// gitopper's service keys written in `[global]` (`machine`, `service`,
+    /// `dirs`): defaults for every service that does not set them.
+    pub global_service: RawService,
     /// `[global] metrics_dir`: global only, it names one file for the machine.
     pub metrics_dir: Option<Sp<String>>,
     pub services: Vec<RawService>,
@@ -182,10 +185,16 @@ pub(super) fn parse(loc: &Locator<'_>, text: &str) -> Parsed {
     };
     let mut w = Walker { loc, out: &mut out };
     for (key, value) in root.get_ref().iter() {
-        match key.get_ref().as_ref() {
+        // Keys match in any letter case, as gitopper's TOML decoder does.
+        match key.get_ref().to_ascii_lowercase().as_str() {
             "global" => w.global(value),
             "services" => w.services(value),
-            other => w.unknown(key.span(), "top level", other, &["global", "services"]),
+            _ => w.unknown(
+                key.span(),
+                "top level",
+                key.get_ref().as_ref(),
+                &["global", "services"],
+            ),
         }
     }
     out
@@ -218,11 +227,30 @@ impl Walker<'_, '_> {
         let spans = table.iter().map(|(_, v)| v.span());
         self.out.global_span = spans.reduce(|a, b| a.start.min(b.start)..a.end.max(b.end));
         let mut settings = RawSettings::default();
+        let mut defaults = RawService::default();
         for (key, v) in table.iter() {
-            let name = key.get_ref().as_ref();
-            if name == "metrics_dir" {
-                self.out.metrics_dir = self.string(v, GLOBAL, name);
-                continue;
+            let name = &key.get_ref().to_ascii_lowercase();
+            let name = name.as_str();
+            match name {
+                "metrics_dir" => {
+                    self.out.metrics_dir = self.string(v, GLOBAL, name);
+                    continue;
+                }
+                // gitopper's [global] is a whole service: its `machine`,
+                // `service` and `dirs` are defaults too.
+                "machine" => {
+                    defaults.machine = self.string(v, GLOBAL, name);
+                    continue;
+                }
+                "service" => {
+                    defaults.service = self.string(v, GLOBAL, name);
+                    continue;
+                }
+                "dirs" => {
+                    defaults.dirs = self.dirs(v, GLOBAL);
+                    continue;
+                }
+                _ => {}
             }
             if !self.shared_key(&mut settings, GLOBAL, name, v) {
                 let allowed: Vec<&str> = SHARED_KEYS
@@ -233,12 +261,13 @@ impl Walker<'_, '_> {
                     .collect();
                 let mut msg = format!("unknown key; expected one of: {}", allowed.join(", "));
                 if SERVICE_KEYS.contains(&name) {
-                    msg = format!("`{name}` belongs in a [[services]] table, not in [global]");
+                    msg = format!("`{name}` names one service: it belongs in a [[services]] table, not in [global]");
                 }
-                self.error(&key.span(), GLOBAL, name, msg);
+                self.error(&key.span(), GLOBAL, key.get_ref().as_ref(), msg);
             }
         }
         self.out.global = settings;
+        self.out.global_service = defaults;
     }
 
     fn services(&mut self, value: &Value<'_>) {
@@ -268,7 +297,8 @@ impl Walker<'_, '_> {
         };
         let ctx = svc.context.clone();
         for (key, v) in table.iter() {
-            let name = key.get_ref().as_ref();
+            let name = &key.get_ref().to_ascii_lowercase();
+            let name = name.as_str();
             match name {
                 "machine" => svc.machine = self.string(v, &ctx, name),
                 "service" => svc.service = self.string(v, &ctx, name),
@@ -286,7 +316,7 @@ impl Walker<'_, '_> {
                             .chain(&IGNORED_KEYS)
                             .copied()
                             .collect();
-                        self.unknown(key.span(), &ctx, name, &allowed);
+                        self.unknown(key.span(), &ctx, key.get_ref().as_ref(), &allowed);
                     }
                 }
             }
@@ -398,7 +428,8 @@ impl Walker<'_, '_> {
             ..RawDir::default()
         };
         for (key, v) in table.iter() {
-            let name = key.get_ref().as_ref();
+            let name = &key.get_ref().to_ascii_lowercase();
+            let name = name.as_str();
             let full = format!("{prefix}.{name}");
             match name {
                 "local" => dir.local = self.string(v, ctx, &full),
@@ -413,7 +444,10 @@ impl Walker<'_, '_> {
                 "allow_writable_parents" => {
                     dir.allow_writable_parents = self.boolean(v, ctx, &full)
                 }
-                _ => self.unknown(key.span(), ctx, &full, &DIR_KEYS),
+                _ => {
+                    let written = format!("{prefix}.{}", key.get_ref().as_ref());
+                    self.unknown(key.span(), ctx, &written, &DIR_KEYS)
+                }
             }
         }
         dir

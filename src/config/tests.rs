@@ -152,8 +152,8 @@ fn bad_configs() -> Vec<(String, &'static str, &'static str)> {
         ("[[services]\n".into(), "", "unclosed array table"),
         ("colour = 1\n".into(), "colour", "unknown key"),
         (
-            "[global]\nmachine = \"m1\"\n".into(),
-            "machine",
+            "[global]\nname = \"m1\"\n".into(),
+            "name",
             "belongs in a [[services]] table",
         ),
         (
@@ -510,4 +510,86 @@ fn empty_check_commands_and_bad_timeouts_are_errors() {
         assert!(e.contains(&format!("key `{key}`: ")), "{extra}: {e}");
         assert!(e.contains(wanted), "{extra}: {e}");
     }
+}
+
+/// Configs in the shapes gitopper's README, man page and repository
+/// example use, which gitopper's TOML decoder accepts: comments after
+/// values, `keys` with `ro`, a template-instance service with a single
+/// file, keys in any letter case, and service keys in `[global]`.
+#[test]
+fn accepts_every_config_shape_gitopper_accepts() {
+    let documented = r#"
+# global options are applied if a service doesn't list them
+[global]
+upstream = "https://git.example.net/ops/gitopper-config"  # where to download from
+mount = "/var/lib/gitopper"                               # mount+service is the checkout
+keys = [
+	{ path = "keys/ops_id_ed25519.pub" },
+	{ path = "keys/audit_id_ed25519.pub", ro = true },
+]
+
+[[services]]
+machine = "prometheus"        # host name of the machine
+service = "prometheus"        # the systemd service name
+action = "reload"             # systemctl <action> <service>, may be empty
+branch = "main"
+package = "prometheus"
+user = "prometheus"
+dirs = [
+    { local = "/etc/prometheus", link = "prometheus/etc" },
+    { local = "/etc/caddy/Caddyfile", link = "caddy/etc/Caddyfile", file = true },
+]
+
+[[services]]
+machine = "docker-test"
+service = "docker-compose@caddy"
+user = "docker"
+#package = "docker-compose"
+action = "reload"
+dirs = [
+	{ local = "/srv/compose/docker-compose.yml", link = "docker-compose/caddy/docker-compose.yml", file = true },
+]
+"#;
+    let c = parse(documented).expect("gitopper's documented shape");
+    assert_eq!(c.services.len(), 2);
+    assert_eq!(c.services[1].name, "docker-compose-caddy");
+    assert!(c.services[0].dirs[1].file);
+
+    let any_case = r#"
+[Global]
+Upstream = "https://git.example.net/ops/config"
+Keys = [ { Path = "keys/a.pub", RO = true } ]
+
+[[Services]]
+Machine = "web1"
+Service = "nginx"
+Action = "reload"
+Dirs = [ { Local = "/etc/nginx", Link = "nginx", Single = false } ]
+"#;
+    let c = parse(any_case).expect("keys in any letter case");
+    assert_eq!(c.services[0].unit, "nginx.service");
+    assert_eq!(c.services[0].dirs[0].local, Path::new("/etc/nginx"));
+
+    let global_service = r#"
+[global]
+upstream = "https://git.example.net/ops/config"
+machine = "web1"
+service = "nginx"
+user = "www-data"
+package = "nginx"
+action = "reload"
+
+[[services]]
+dirs = [ { local = "/etc/nginx", link = "nginx" } ]
+
+[[services]]
+machine = "web2"
+dirs = [ { local = "/etc/nginx", link = "nginx" } ]
+"#;
+    let c = parse(global_service).expect("service keys in [global]");
+    assert_eq!(c.services.len(), 2);
+    assert_eq!(c.services[0].machine, "web1");
+    assert_eq!(c.services[1].machine, "web2");
+    assert_eq!(c.services[1].unit, "nginx.service");
+    assert_eq!(c.services[1].package.as_deref(), Some("nginx"));
 }

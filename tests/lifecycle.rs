@@ -195,3 +195,42 @@ fn check_warns_when_releases_would_not_survive_a_reboot() {
         "{all}"
     );
 }
+
+#[test]
+fn passes_run_by_systemd_log_structured_journal_entries() {
+    need!();
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    let commit = up.commit("main", &[("web/web.conf", Some("one\n"))], "seed");
+    let m = Machine::boot("life3");
+    common::container::install_provision(&m, BIN);
+    m.put("/etc/systemd/system/web.service", &unit("web"), 0o644);
+    m.put(
+        "/etc/provision/config.toml",
+        &config("life3", &up, &["web"]),
+        0o644,
+    );
+    m.sh("systemctl daemon-reload && systemctl start web && systemctl start provision@web.service");
+    m.sh(&format!(
+        "systemd-run --wait --quiet {BIN} freeze web --reason journal"
+    ));
+    let entries = m.sh("journalctl --no-pager -o json PROVISION_EVENT=deploy SERVICE=web");
+    let deploy: serde_json::Value = serde_json::from_str(
+        entries
+            .lines()
+            .find(|l| l.contains("deployed"))
+            .unwrap_or_else(|| panic!("no deploy entry:\n{entries}")),
+    )
+    .expect("journal JSON");
+    assert_eq!(deploy["SERVICE"], "web");
+    assert_eq!(deploy["COMMIT"], commit.as_str());
+    assert_eq!(deploy["MESSAGE_ID"], "8b5d6e0f1c2a4b7e9d3f6a1c5e7b9d01");
+    assert_eq!(deploy["PRIORITY"], "5", "notice");
+    assert_eq!(deploy["SYSLOG_IDENTIFIER"], "provision");
+    assert_eq!(deploy["_SYSTEMD_UNIT"], "provision@web.service");
+    let freeze = m.sh("journalctl --no-pager -o cat PROVISION_EVENT=freeze SERVICE=web");
+    assert!(freeze.contains("web: frozen at"), "{freeze}");
+    // A command run from a terminal keeps plain lines.
+    let out = m.sh(&format!("{BIN} unfreeze web"));
+    assert!(out.contains("web: no longer frozen"), "{out}");
+}

@@ -7,6 +7,7 @@
 
 mod args;
 pub mod complete;
+pub(crate) mod journal;
 pub(crate) mod render;
 
 /// A line on standard output, dropped quietly once its reader is gone.
@@ -61,6 +62,7 @@ impl std::error::Error for UsageError {}
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    journal::init();
     require_root(&cli)?;
     match &cli.command {
         Command::Check(_) => check(&cli),
@@ -364,7 +366,8 @@ fn freeze(cli: &Cli, opts: &FreezeOpts) -> Result<ExitCode> {
         until,
         by: Some(who(opts.by.as_deref())),
     };
-    say!("{}", control::freeze(svc, &cli.state_dir, &how)?);
+    let line = control::freeze(svc, &cli.state_dir, &how)?;
+    announce(journal::Event::Freeze, &svc.name, &line);
     publish_metrics(cli, &config, &id.services(&config));
     Ok(ExitCode::SUCCESS)
 }
@@ -398,21 +401,22 @@ fn bootstrap(cli: &Cli, opts: &BootstrapOpts) -> Result<ExitCode> {
     };
     let fetched = bootstrap::fetch(&source, &cli.state_dir)?;
     let dest = &cli.config;
-    match bootstrap::install(&fetched, &source, dest, opts.force)? {
-        Installed::Written => say!(
+    let line = match bootstrap::install(&fetched, &source, dest, opts.force)? {
+        Installed::Written => format!(
             "installed {} from {} {} ({})",
             dest.display(),
             opts.url,
             opts.path,
             fetched.commit.short()
         ),
-        Installed::Unchanged => say!(
+        Installed::Unchanged => format!(
             "{} is already {} ({})",
             dest.display(),
             opts.path,
             fetched.commit.short()
         ),
-    }
+    };
+    announce(journal::Event::Bootstrap, "*", &line);
     if let Some(name) = &cli.machine {
         bootstrap::remember_machine(name)?;
         say!("this machine is {name} (in {})", bootstrap::MACHINE_FILE);
@@ -444,12 +448,22 @@ fn bootstrap(cli: &Cli, opts: &BootstrapOpts) -> Result<ExitCode> {
     let code = print_reports(reports, Doing::Deploy);
     publish_metrics(cli, &config, &all);
     for line in crate::engine::timers::activate(&all)? {
-        say!("{line}");
+        announce(journal::Event::Activate, "*", &line);
     }
     if let Some(line) = crate::engine::timers::watch_config()? {
-        say!("{line}");
+        announce(journal::Event::Activate, "*", &line);
     }
     Ok(code)
+}
+
+/// A line about `service`: a journal entry of `event` when the journal
+/// takes them, else a line on stdout.
+fn announce(event: journal::Event, service: &str, line: &str) {
+    if journal::active() {
+        journal::entry(event, service, None, line);
+    } else {
+        say!("{line}");
+    }
 }
 
 /// `provision activate`
@@ -457,7 +471,7 @@ fn activate(cli: &Cli) -> Result<ExitCode> {
     let config = Config::load(&cli.config)?;
     let id = identity(cli)?;
     for line in crate::engine::timers::activate(&id.services(&config))? {
-        say!("{line}");
+        announce(journal::Event::Activate, "*", &line);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -477,7 +491,11 @@ fn forget(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
         )));
     }
     for line in control::forget(&cli.state_dir, &opts.name)? {
-        say!("{}: {line}", opts.name);
+        announce(
+            journal::Event::Forget,
+            &opts.name,
+            &format!("{}: {line}", opts.name),
+        );
     }
     publish_metrics(cli, &config, &id.services(&config));
     Ok(ExitCode::SUCCESS)
@@ -487,7 +505,8 @@ fn forget(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
 fn unfreeze(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
     let svc = one(&config, &id, &opts.name)?;
-    say!("{}", control::unfreeze(svc, &cli.state_dir)?);
+    let line = control::unfreeze(svc, &cli.state_dir)?;
+    announce(journal::Event::Unfreeze, &svc.name, &line);
     publish_metrics(cli, &config, &id.services(&config));
     Ok(ExitCode::SUCCESS)
 }
@@ -539,7 +558,20 @@ fn history(cli: &Cli, opts: &HistoryOpts) -> Result<ExitCode> {
 
 /// Prints the reports; exit 1 if any failed.
 fn print_reports(reports: Vec<apply::Report>, doing: Doing) -> ExitCode {
-    let failed = render::reports(&mut render::stdout(), &mut render::stderr(), reports, doing);
+    let failed = if journal::active() {
+        let mut failed = 0;
+        for report in &reports {
+            let told = render::told(report, doing);
+            failed += usize::from(told.failed);
+            let commit = told.commit.map(|c| c.to_string());
+            for line in &told.lines {
+                journal::entry(told.event, &report.service, commit.as_deref(), line);
+            }
+        }
+        failed
+    } else {
+        render::reports(&mut render::stdout(), &mut render::stderr(), reports, doing)
+    };
     if failed == 0 {
         ExitCode::SUCCESS
     } else {

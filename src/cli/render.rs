@@ -11,7 +11,10 @@ use std::io::{self, Write};
 
 use crate::config::{Service, Transport};
 use crate::engine::apply::{Outcome, Report, Serving};
-use crate::engine::trial::{ActionPending, FirstDeploymentFailed, Rejection};
+use crate::engine::trial::{ActionPending, After, FirstDeploymentFailed, Rejection};
+use crate::store::commit::CommitId;
+
+use super::journal::Event;
 use crate::view::history::HistoryEntry;
 use crate::view::status::{CommitAt, Document, ServiceStatus, Shows};
 
@@ -84,22 +87,80 @@ pub fn reports(
 ) -> usize {
     let mut failed = 0;
     for report in reports {
-        let name = &report.service;
-        match report.outcome {
-            Ok(o) => {
-                let _ = writeln!(out, "{name}: {}", headline(&o, doing));
-                for n in &o.notes {
-                    let _ = writeln!(out, "{name}: {n}");
-                }
-            }
-            Err(e) => {
-                failed += 1;
-                let label = failure(doing, &report.serving, &e);
-                let _ = writeln!(err, "{name}: {label}: {e:#}");
-            }
+        let told = told(&report, doing);
+        let sink: &mut dyn Write = if told.failed {
+            failed += 1;
+            err
+        } else {
+            out
+        };
+        for line in &told.lines {
+            let _ = writeln!(sink, "{line}");
         }
     }
     failed
+}
+
+/// What a report tells, ready for a terminal or the journal.
+pub struct Told {
+    /// The event it is.
+    pub event: Event,
+    /// The commit it is about, when there is one.
+    pub commit: Option<CommitId>,
+    /// Its lines, each starting with the service's name.
+    pub lines: Vec<String>,
+    /// Whether it failed.
+    pub failed: bool,
+}
+
+/// The lines of one report and the event they are.
+pub fn told(report: &Report, doing: Doing) -> Told {
+    let name = &report.service;
+    match &report.outcome {
+        Ok(o) => {
+            let mut lines = vec![format!("{name}: {}", headline(o, doing))];
+            lines.extend(o.notes.iter().map(|n| format!("{name}: {n}")));
+            let event = match doing {
+                Doing::Restore => Event::Restore,
+                Doing::Rollback => Event::Rollback,
+                Doing::Deploy if o.new_release => Event::Deploy,
+                Doing::Deploy => Event::Sync,
+            };
+            Told {
+                event,
+                commit: o.to,
+                lines,
+                failed: false,
+            }
+        }
+        Err(e) => {
+            let label = failure(doing, &report.serving, e);
+            let (event, commit) = match e.downcast_ref::<Rejection>() {
+                Some(r)
+                    if matches!(
+                        r.after,
+                        After::Reverted(_) | After::RevertedActionFailed(..)
+                    ) =>
+                {
+                    (Event::Revert, Some(r.commit))
+                }
+                Some(r) => (Event::Reject, Some(r.commit)),
+                None => (
+                    Event::Fail,
+                    match &report.serving {
+                        Serving::Commit(c) => Some(*c),
+                        _ => None,
+                    },
+                ),
+            };
+            Told {
+                event,
+                commit,
+                lines: vec![format!("{name}: {label}: {e:#}")],
+                failed: true,
+            }
+        }
+    }
 }
 
 /// The first words about a successful pass.

@@ -67,7 +67,7 @@ BINPATH ?= /usr/bin/provision
 .PHONY: assets deb
 assets: release
 	rm -rf $(ASSETS) && mkdir -p $(ASSETS)/units
-	$(CARGO) run --quiet --release --example assets -- $(ASSETS)
+	$(CARGO) run --quiet --example assets -- $(ASSETS)
 	gzip -9nf $(ASSETS)/man/*.1
 	for u in $(UNITS) provision-generator; do \
 		sed 's|/usr/local/bin/provision|$(BINPATH)|' units/$$u > $(ASSETS)/units/$$u; done

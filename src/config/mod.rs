@@ -385,7 +385,10 @@ impl Config {
         let mut parsed = parse::parse(&loc, text);
         let defaults = &parsed.global_service;
         for raw in &mut parsed.services {
-            raw.machine = raw.machine.take().or_else(|| defaults.machine.clone());
+            if raw.machine.is_none() {
+                raw.machine = defaults.machine.clone();
+                raw.more_machines = defaults.more_machines.clone();
+            }
             raw.service = raw.service.take().or_else(|| defaults.service.clone());
             raw.dirs = raw.dirs.take().or_else(|| defaults.dirs.clone());
         }

@@ -51,6 +51,9 @@ pub(super) struct RawService {
     /// The table itself, for errors about missing keys.
     pub span: Range<usize>,
     pub machine: Option<Sp<String>>,
+    /// Further machines when `machine` is a list (the first is `machine`):
+    /// the service is the same on each.
+    pub more_machines: Vec<Sp<String>>,
     pub service: Option<Sp<String>>,
     pub name: Option<Sp<String>>,
     pub dirs: Option<Sp<Vec<RawDir>>>,
@@ -239,7 +242,7 @@ impl Walker<'_, '_> {
                 // gitopper's [global] is a whole service: its `machine`,
                 // `service` and `dirs` are defaults too.
                 "machine" => {
-                    defaults.machine = self.string(v, GLOBAL, name);
+                    (defaults.machine, defaults.more_machines) = self.machines(v, GLOBAL);
                     continue;
                 }
                 "service" => {
@@ -300,7 +303,7 @@ impl Walker<'_, '_> {
             let name = &key.get_ref().to_ascii_lowercase();
             let name = name.as_str();
             match name {
-                "machine" => svc.machine = self.string(v, &ctx, name),
+                "machine" => (svc.machine, svc.more_machines) = self.machines(v, &ctx),
                 "service" => svc.service = self.string(v, &ctx, name),
                 "name" => svc.name = self.string(v, &ctx, name),
                 "dirs" => svc.dirs = self.dirs(v, &ctx),
@@ -484,6 +487,26 @@ impl Walker<'_, '_> {
                 None
             }
         }
+    }
+
+    /// `machine`: one name, or a list of them (the first, and the rest).
+    fn machines(&mut self, v: &Value<'_>, ctx: &str) -> (Option<Sp<String>>, Vec<Sp<String>>) {
+        let DeValue::Array(items) = v.get_ref() else {
+            return (self.string(v, ctx, "machine"), Vec::new());
+        };
+        if items.is_empty() {
+            self.error(&v.span(), ctx, "machine", "must name at least one machine");
+            return (None, Vec::new());
+        }
+        let mut names: Vec<Sp<String>> = items
+            .iter()
+            .filter_map(|item| self.string(item, ctx, "machine"))
+            .collect();
+        if names.len() < items.len() {
+            return (None, Vec::new());
+        }
+        let first = names.remove(0);
+        (Some(first), names)
     }
 
     /// A string, or an integer kept as its decimal text.

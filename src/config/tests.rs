@@ -593,3 +593,34 @@ dirs = [ { local = "/etc/nginx", link = "nginx" } ]
     assert_eq!(c.services[1].unit, "nginx.service");
     assert_eq!(c.services[1].package.as_deref(), Some("nginx"));
 }
+
+#[test]
+fn machine_may_be_a_list_and_checks_stay_per_machine() {
+    let c = parse(&service_with("").replace(
+        "machine = \"m1\"",
+        "machine = [\"web1.example.net\", \"WEB2.example.net\"]",
+    ))
+    .expect("a list of machines");
+    let machines: Vec<&str> = c.services.iter().map(|s| s.machine.as_str()).collect();
+    assert_eq!(machines, ["web1.example.net", "web2.example.net"]);
+    assert_eq!(c.services_where(|m| m == "web1.example.net").len(), 1);
+
+    // Two entries on different machines may share a name; on one shared
+    // machine they may not.
+    let two = format!(
+        "{}{}",
+        service_with("").replace("machine = \"m1\"", "machine = [\"a\", \"b\"]"),
+        service_with("").replace("machine = \"m1\"", "machine = [\"c\", \"b\"]")
+    );
+    let e = parse(&two).expect_err("b has app twice").to_string();
+    assert!(e.contains("duplicate service name \"app\" on machine \"b\""), "{e}");
+
+    let e = parse(&service_with("").replace("machine = \"m1\"", "machine = []"))
+        .expect_err("empty list")
+        .to_string();
+    assert!(e.contains("must name at least one machine"), "{e}");
+    let e = parse(&service_with("").replace("machine = \"m1\"", "machine = [\"ok\", 3]"))
+        .expect_err("not a string")
+        .to_string();
+    assert!(e.contains("key `machine`: must be a string"), "{e}");
+}

@@ -21,6 +21,7 @@ const FORBIDDEN_LOCALS: [&str; 15] = [
 const MAX_NAME: usize = 64;
 
 /// Spans of each resolved service, for cross-service messages.
+#[derive(Clone)]
 pub(super) struct Origin {
     pub context: String,
     pub name_span: Option<Range<usize>>,
@@ -63,7 +64,26 @@ pub(super) fn resolve(
                     })
                     .collect(),
             };
-            out.push((svc, origin));
+            out.push((svc.clone(), origin.clone()));
+            // A list of machines: the same service on each of them.
+            for m in &raw.more_machines {
+                let before = errors.len();
+                let mut r = Resolver {
+                    loc,
+                    ctx: &raw.context,
+                    global_span,
+                    errors,
+                };
+                if let Some(machine) = r.machine(m).filter(|_| errors.len() == before) {
+                    out.push((
+                        Service {
+                            machine,
+                            ..svc.clone()
+                        },
+                        origin.clone(),
+                    ));
+                }
+            }
         }
     }
     out

@@ -7,6 +7,7 @@
 //! | layer | owns |
 //! |---|---|
 //! | `cli` | clap types, dispatch, exit codes, human output |
+//! | `fleet` | every machine of the config, over OpenSSH: status, actions, inventory |
 //! | `engine` | what changes a machine: the pass, the apply transaction, operator commands |
 //! | `view` | what only looks: observation, status, diff, history, metrics |
 //! | `store` | what provision keeps on disk: state, releases, manifests, drift scans |
@@ -18,6 +19,7 @@
 pub mod cli;
 pub mod config;
 pub(crate) mod engine;
+pub(crate) mod fleet;
 pub mod git;
 pub(crate) mod host;
 pub(crate) mod store;

@@ -11,8 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The layers, lowest first.
-const LAYERS: [&str; 8] = [
-    "util", "config", "host", "git", "store", "view", "engine", "cli",
+const LAYERS: [&str; 9] = [
+    "util", "config", "host", "git", "store", "view", "engine", "fleet", "cli",
 ];
 
 /// Every `.rs` file under `dir`.

@@ -109,6 +109,17 @@ pub enum Command {
     /// Ends a freeze or pin, forgets a rejected commit (so it is tried
     /// again), and starts the unit if it is not running.
     Forward(NameOpts),
+    /// See and steer every machine of the config, over OpenSSH.
+    ///
+    /// Runs on an operator's machine (no root needed). The machines are
+    /// every machine the config names (-c, or --repo for the config
+    /// repository), narrowed by --machines. Each is reached with the system
+    /// ssh client (your ssh_config, agent and known_hosts apply; an unknown
+    /// or changed host key is refused) and runs `provision --machine NAME
+    /// VERB`. Exit 0 when every machine answered and succeeded, 1 when one
+    /// was unreachable or failed (the others still act and are reported),
+    /// 2 on usage errors.
+    Fleet(Box<FleetArgs>),
     /// Set this machine up from the config repository in one command.
     ///
     /// Fetches the config file at --path from URL (a shallow fetch of one
@@ -283,4 +294,133 @@ pub struct DiffOpts {
     /// Show what the next pass would bring from upstream instead.
     #[arg(long)]
     pub upstream: bool,
+}
+
+/// `provision fleet`: its options (accepted before or after the verb) and
+/// the verb.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    /// How machines are chosen and reached.
+    pub opts: FleetOpts,
+    #[command(subcommand)]
+    /// What to do on them.
+    pub verb: FleetVerb,
+}
+
+/// Options of every `fleet` verb.
+#[derive(Debug, Args)]
+pub struct FleetOpts {
+    /// Only these machines: comma-separated names or shell globs.
+    #[arg(long, global = true, value_delimiter = ',', value_name = "LIST")]
+    pub machines: Vec<String>,
+    /// Read the config from this repository instead of -c (a shallow fetch
+    /// of one file).
+    #[arg(long, global = true, value_name = "URL")]
+    pub repo: Option<String>,
+    /// The config repository's branch (with --repo).
+    #[arg(long, global = true, default_value = config::DEFAULT_BRANCH)]
+    pub branch: String,
+    /// The config file's path in the repository (with --repo).
+    #[arg(long, global = true, default_value = "provision/config.toml")]
+    pub path: String,
+    /// ssh configuration file (`ssh -F FILE`).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+    /// The ssh client to run.
+    #[arg(long, global = true, value_name = "PATH", default_value = "ssh")]
+    pub ssh_command: PathBuf,
+    /// What runs provision on a machine (e.g. "sudo -n provision").
+    #[arg(long, global = true, value_name = "CMD", default_value = "provision")]
+    pub remote_command: String,
+    /// Machines reached at once.
+    #[arg(short = 'j', long, global = true, default_value_t = 32)]
+    pub jobs: usize,
+    /// ssh's connect timeout: seconds or a span ("10s").
+    #[arg(long, global = true, value_name = "SPAN", default_value = "10s")]
+    pub connect_timeout: String,
+    /// The most one machine may take: seconds or a span ("2m").
+    #[arg(long, global = true, value_name = "SPAN", default_value = "60s")]
+    pub timeout: String,
+    /// Do not ask before changing more than one machine.
+    #[arg(long, global = true)]
+    pub yes: bool,
+    /// Only show what would be done.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+}
+
+/// The `fleet` verbs.
+#[derive(Debug, Subcommand)]
+pub enum FleetVerb {
+    /// Every machine's services, problems first, and each service's rollout.
+    Status {
+        /// Services to show (default: all).
+        #[arg(value_name = "SERVICE")]
+        names: Vec<String>,
+        /// Print the documented JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Freeze a service on the machines.
+    Freeze {
+        /// The service.
+        name: String,
+        /// Why.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// End the freeze by itself (a span or an RFC 3339 time).
+        #[arg(long, value_name = "DURATION|RFC3339")]
+        until: Option<String>,
+    },
+    /// Unfreeze a service on the machines.
+    Unfreeze {
+        /// The service.
+        name: String,
+    },
+    /// Roll a service back on the machines.
+    Rollback {
+        /// The service.
+        name: String,
+        /// HEAD~N, a commit hash or a tag (counted on each machine).
+        rev: String,
+    },
+    /// Follow upstream again and run a pass, on the machines.
+    Forward {
+        /// The service.
+        name: String,
+    },
+    /// Run a pass on the machines.
+    Sync {
+        /// Services (default: all of each machine's).
+        #[arg(value_name = "SERVICE")]
+        names: Vec<String>,
+    },
+    /// Each machine's local changes to a service's files.
+    Diff {
+        /// The service.
+        name: String,
+    },
+    /// Each machine's history of a service.
+    History {
+        /// The service.
+        name: String,
+    },
+    /// The machines, for Ansible, pdsh, clustershell and the like.
+    Inventory {
+        /// ansible (a JSON inventory), json, or ssh (one name per line).
+        #[arg(long, value_enum, default_value = "ssh")]
+        format: InventoryFormat,
+    },
+}
+
+/// Formats of `fleet inventory`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum InventoryFormat {
+    /// Ansible's JSON inventory.
+    Ansible,
+    /// A JSON list of machines and their services.
+    Json,
+    /// One machine per line.
+    Ssh,
 }

@@ -27,6 +27,8 @@ macro_rules! tell_raw {
     ($($t:tt)*) => {{ let _ = write!(render::stderr(), $($t)*); }};
 }
 
+mod fleet;
+
 pub use args::*;
 
 use std::process::ExitCode;
@@ -72,6 +74,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(opts) => diff(&cli, opts),
         Command::Generate(opts) => generate(&cli, opts),
         Command::Activate(_) => activate(&cli),
+        Command::Fleet(args) => fleet::run(&cli, args),
         Command::Bootstrap(opts) => bootstrap(&cli, opts),
         Command::Forget(opts) => forget(&cli, opts),
         Command::Freeze(opts) => freeze(&cli, opts),
@@ -121,7 +124,8 @@ fn require_root(cli: &Cli) -> Result<()> {
         | Command::Status(_)
         | Command::Diff(_)
         | Command::History(_)
-        | Command::Generate(_) => return Ok(()),
+        | Command::Generate(_)
+        | Command::Fleet(_) => return Ok(()),
     };
     if nix::unistd::geteuid().is_root() {
         return Ok(());

@@ -313,19 +313,31 @@ pub fn status_table(out: &mut impl Write, report: &Document) {
         rows.push(row(s, now));
         details.extend(detail_lines(s, now));
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+    aligned(out, &rows);
+    for d in details {
+        let _ = writeln!(out, "{d}");
+    }
+}
+
+/// Rows of cells as columns two spaces apart, each as wide as its widest
+/// cell.
+pub fn aligned(out: &mut impl Write, rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
-    for r in &rows {
+    for r in rows {
         let cells: Vec<String> = r
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
-    }
-    for d in details {
-        let _ = writeln!(out, "{d}");
     }
 }
 

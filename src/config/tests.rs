@@ -613,7 +613,10 @@ fn machine_may_be_a_list_and_checks_stay_per_machine() {
         service_with("").replace("machine = \"m1\"", "machine = [\"c\", \"b\"]")
     );
     let e = parse(&two).expect_err("b has app twice").to_string();
-    assert!(e.contains("duplicate service name \"app\" on machine \"b\""), "{e}");
+    assert!(
+        e.contains("duplicate service name \"app\" on machine \"b\""),
+        "{e}"
+    );
 
     let e = parse(&service_with("").replace("machine = \"m1\"", "machine = []"))
         .expect_err("empty list")

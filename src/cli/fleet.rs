@@ -1,0 +1,374 @@
+//! `provision fleet`: choose the machines, reach them, and tell what each
+//! answered, one line (or row) per machine and a summary.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use super::args::{FleetArgs, FleetOpts, FleetVerb, InventoryFormat};
+use super::render::{self, ago};
+use super::{Cli, UsageError, EXIT_FAILED};
+use crate::config::{self, Config};
+use crate::fleet::inventory::{self, Format};
+use crate::fleet::ssh::{Answer, Transport};
+use crate::fleet::status::{self, Document, MachineStatus};
+use crate::fleet::{fanout, machines};
+use crate::util::now_unix;
+
+/// Runs a `fleet` verb.
+pub fn run(cli: &Cli, args: &FleetArgs) -> Result<ExitCode> {
+    let opts = &args.opts;
+    let config = load(cli, opts)?;
+    let all = machines(&config, &opts.machines);
+    if all.is_empty() {
+        bail!(UsageError(format!(
+            "no machine of the config matches {}",
+            if opts.machines.is_empty() {
+                "(the config names none)".to_string()
+            } else {
+                opts.machines.join(",")
+            }
+        )));
+    }
+    let transport = transport(opts)?;
+    match &args.verb {
+        FleetVerb::Inventory { format } => {
+            let format = match format {
+                InventoryFormat::Ansible => Format::Ansible,
+                InventoryFormat::Json => Format::Json,
+                InventoryFormat::Ssh => Format::Ssh,
+            };
+            say!("{}", inventory::render(&config, &all, format).trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+        FleetVerb::Status { names, json } => status(&config, &all, &transport, opts, names, *json),
+        verb => act(&config, &all, &transport, opts, verb),
+    }
+}
+
+/// The config from -c, or from the config repository (--repo).
+fn load(cli: &Cli, opts: &FleetOpts) -> Result<Config> {
+    let Some(url) = &opts.repo else {
+        return Config::load(&cli.config);
+    };
+    let upstream = config::classify_url(url).map_err(|m| UsageError(format!("--repo {m}")))?;
+    let source = crate::engine::bootstrap::Source {
+        upstream,
+        branch: opts.branch.clone(),
+        path: opts.path.clone(),
+    };
+    let cache = std::env::temp_dir().join(format!("provision-fleet-{}", nix::unistd::getuid()));
+    let fetched = crate::engine::bootstrap::fetch(&source, &cache)
+        .with_context(|| format!("reading {} from {url}", opts.path))?;
+    let label = std::path::PathBuf::from(format!("{url}:{}", opts.path));
+    Ok(Config::parse(&label, &fetched.text)?)
+}
+
+fn transport(opts: &FleetOpts) -> Result<Transport> {
+    let span =
+        |what: &str, v: &str| config::parse_span(v).map_err(|m| UsageError(format!("{what}: {m}")));
+    Ok(Transport {
+        ssh: opts.ssh_command.clone(),
+        config: opts.ssh_config.clone(),
+        remote_command: opts.remote_command.clone(),
+        connect_timeout: span("--connect-timeout", &opts.connect_timeout)?,
+        timeout: span("--timeout", &opts.timeout)?,
+    })
+}
+
+/// `fleet status`.
+fn status(
+    config: &Config,
+    machines: &[String],
+    transport: &Transport,
+    opts: &FleetOpts,
+    names: &[String],
+    json: bool,
+) -> Result<ExitCode> {
+    let mut args = vec!["status".to_string(), "--json".to_string()];
+    args.extend(names.iter().cloned());
+    let answers = fanout::each(machines, opts.jobs, |m| {
+        (m.clone(), transport.call(m, &args))
+    });
+    let doc = status::collect(config, answers, now_unix());
+    if json {
+        let text = serde_json::to_string_pretty(&doc).context("serializing the fleet status")?;
+        say!("{text}");
+    } else {
+        table(&doc);
+    }
+    let bad = doc.machines.iter().any(|m| !m.reachable);
+    Ok(if bad {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// One row per (machine, service), problems first, then a rollout line
+/// per service.
+fn table(doc: &Document) {
+    let header = [
+        "MACHINE",
+        "SERVICE",
+        "STATE",
+        "DEPLOYED",
+        "UPSTREAM",
+        "SYNC",
+        "DRIFT",
+        "MOUNTS",
+        "ACTIVE",
+        "LAST PASS",
+        "ERROR",
+    ];
+    let mut rows: Vec<(bool, Vec<String>)> = Vec::new();
+    for m in &doc.machines {
+        rows.extend(machine_rows(m, doc.time));
+    }
+    rows.sort_by_key(|(problem, _)| !problem);
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    lines.extend(rows.into_iter().map(|(_, r)| r));
+    render::aligned(&mut render::stdout(), &lines);
+    for r in &doc.services {
+        let head = r
+            .head
+            .as_deref()
+            .map_or("?".to_string(), |h| h.chars().take(10).collect());
+        say!(
+            "{}: {}/{} at {head}, {} behind, {} frozen behind, {} unreachable, {} failing",
+            r.name,
+            r.at_head,
+            r.machines,
+            r.behind,
+            r.frozen,
+            r.unreachable,
+            r.failing
+        );
+    }
+}
+
+fn machine_rows(m: &MachineStatus, now: u64) -> Vec<(bool, Vec<String>)> {
+    let dash = || "-".to_string();
+    let Some(doc) = &m.status else {
+        let mut row = vec![m.machine.clone(), "*".into(), "unreachable".into()];
+        row.extend(std::iter::repeat_with(dash).take(7));
+        row.push(m.error.clone().unwrap_or_default());
+        return vec![(true, row)];
+    };
+    let short = |v: &serde_json::Value| {
+        v.as_str()
+            .map_or_else(dash, |c| c.chars().take(10).collect::<String>())
+    };
+    doc["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let in_sync = s["in_sync"].as_bool();
+            let ok = s["last_pass"]["ok"].as_bool();
+            let problem = in_sync == Some(false)
+                || ok == Some(false)
+                || s["mounts_ok"] == false
+                || s["drift"]["count"].as_u64().is_some_and(|n| n > 0)
+                || s["rejected"].is_object();
+            let last = match (s["last_pass"]["time"].as_u64(), ok) {
+                (Some(t), Some(ok)) => {
+                    format!("{} ago {}", ago(now, t), if ok { "ok" } else { "FAILED" })
+                }
+                _ => "never".into(),
+            };
+            let error = s["rejected"]["reason"]
+                .as_str()
+                .map(|r| format!("rejected: {}", r.lines().next().unwrap_or("")))
+                .or_else(|| {
+                    s["last_pass"]["error"]
+                        .as_str()
+                        .map(|e| e.lines().next().unwrap_or("").to_string())
+                })
+                .unwrap_or_default();
+            let row = vec![
+                m.machine.clone(),
+                s["name"].as_str().unwrap_or("?").to_string(),
+                s["state"].as_str().unwrap_or("?").to_string(),
+                short(&s["deployed"]["commit"]),
+                short(&s["upstream"]["commit"]),
+                match in_sync {
+                    Some(true) => "yes".into(),
+                    Some(false) => "no".into(),
+                    None => dash(),
+                },
+                s["drift"]["count"]
+                    .as_u64()
+                    .map_or("?".into(), |n| n.to_string()),
+                match s["mounts_ok"].as_bool() {
+                    Some(true) => "ok".into(),
+                    Some(false) => "BROKEN".into(),
+                    None => dash(),
+                },
+                s["unit_state"].as_str().unwrap_or("?").to_string(),
+                last,
+                error,
+            ];
+            (problem, row)
+        })
+        .collect()
+}
+
+/// The action verbs: one line per machine, then a summary.
+fn act(
+    config: &Config,
+    machines: &[String],
+    transport: &Transport,
+    opts: &FleetOpts,
+    verb: &FleetVerb,
+) -> Result<ExitCode> {
+    let (args, service, changes) = remote_args(verb);
+    // Only the machines that run the service.
+    let targets: Vec<String> = match &service {
+        Some(name) => machines
+            .iter()
+            .filter(|m| {
+                config
+                    .services
+                    .iter()
+                    .any(|s| &s.name == name && &s.machine == *m)
+            })
+            .cloned()
+            .collect(),
+        None => machines.to_vec(),
+    };
+    if targets.is_empty() {
+        bail!(UsageError(format!(
+            "no selected machine runs {}",
+            service.as_deref().unwrap_or("anything")
+        )));
+    }
+    let what = format!("provision {}", args.join(" "));
+    if opts.dry_run {
+        for m in &targets {
+            say!("{m}: would run `{what}`");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if changes && targets.len() > 1 && !opts.yes && !confirm(&what, &targets)? {
+        tell!("nothing done");
+        return Ok(ExitCode::from(EXIT_FAILED));
+    }
+    let answers = fanout::each(&targets, opts.jobs, |m| {
+        (m.clone(), transport.call(m, &args))
+    });
+    let (mut ok, mut failed, mut unreachable) = (0, 0, 0);
+    for (m, a) in &answers {
+        match a {
+            Answer::Ran {
+                code: 0, stdout, ..
+            } => {
+                ok += 1;
+                if changes {
+                    let first = stdout.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                    say!("{m}: ok: {first}");
+                } else {
+                    say!("== {m}");
+                    say!("{}", stdout.trim_end());
+                }
+            }
+            Answer::Unreachable(_) => {
+                unreachable += 1;
+                tell!("{m}: {}", a.problem().unwrap_or_default());
+            }
+            Answer::Ran { stdout, .. } => {
+                failed += 1;
+                if !changes && !stdout.trim().is_empty() {
+                    say!("== {m}");
+                    say!("{}", stdout.trim_end());
+                }
+                tell!("{m}: FAILED: {}", a.problem().unwrap_or_default());
+            }
+        }
+    }
+    tell!("{what}: {ok} ok, {failed} failed, {unreachable} unreachable");
+    Ok(if failed + unreachable == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// The remote words of a verb, the service it concerns, and whether it
+/// changes machines.
+fn remote_args(verb: &FleetVerb) -> (Vec<String>, Option<String>, bool) {
+    let s = |v: &str| v.to_string();
+    match verb {
+        FleetVerb::Freeze {
+            name,
+            reason,
+            until,
+        } => {
+            let mut a = vec![s("freeze"), name.clone()];
+            if let Some(r) = reason {
+                a.extend([s("--reason"), r.clone()]);
+            }
+            if let Some(u) = until {
+                a.extend([s("--until"), u.clone()]);
+            }
+            a.extend([s("--by"), operator()]);
+            (a, Some(name.clone()), true)
+        }
+        FleetVerb::Unfreeze { name } => {
+            (vec![s("unfreeze"), name.clone()], Some(name.clone()), true)
+        }
+        FleetVerb::Rollback { name, rev } => (
+            vec![s("rollback"), name.clone(), rev.clone()],
+            Some(name.clone()),
+            true,
+        ),
+        FleetVerb::Forward { name } => (vec![s("forward"), name.clone()], Some(name.clone()), true),
+        FleetVerb::Sync { names } => {
+            let mut a = vec![s("sync")];
+            a.extend(names.iter().cloned());
+            (a, None, true)
+        }
+        FleetVerb::Diff { name } => (vec![s("diff"), name.clone()], Some(name.clone()), false),
+        FleetVerb::History { name } => {
+            (vec![s("history"), name.clone()], Some(name.clone()), false)
+        }
+        FleetVerb::Status { .. } | FleetVerb::Inventory { .. } => (Vec::new(), None, false),
+    }
+}
+
+/// The operator, for the holds' `by`.
+fn operator() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "operator".to_string());
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    format!("{user}@{host} (fleet)")
+}
+
+/// Asks on the terminal before changing several machines; refuses when
+/// there is no terminal to ask on.
+fn confirm(what: &str, targets: &[String]) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!(UsageError(format!(
+            "`{what}` would change {} machines; pass --yes to do it without asking, or --dry-run",
+            targets.len()
+        )));
+    }
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "`{what}` on {} machines ({}). Go on? [y/N] ",
+        targets.len(),
+        targets.join(", ")
+    );
+    let _ = err.flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}

@@ -1,0 +1,332 @@
+//! `provision fleet` against three booted machines, each with its own real
+//! sshd on a loopback port, through an operator-side ssh config with pinned
+//! host keys: status (table and JSON), actions on one machine only, a
+//! powered-off machine, a changed host key, the config read from its
+//! repository, and an inventory Ansible can use.
+
+use testkit as common;
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::container::Machine;
+use common::{GitDaemon, Upstream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_provision");
+const NAMES: [&str; 3] = ["fleet1", "fleet2", "fleet3"];
+
+fn keygen(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "fleet-test", "-f"])
+        .arg(path)
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success(), "{}", common::output_text(&out));
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+/// The operator's side: keys, known_hosts and an ssh config.
+struct Operator {
+    dir: tempfile::TempDir,
+}
+
+impl Operator {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn fleet(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("fleet")
+            .arg("-c")
+            .arg(self.path("config.toml"))
+            .arg("--ssh-config")
+            .arg(self.path("ssh_config"))
+            .args(["--remote-command", BIN, "--connect-timeout", "3s"])
+            .args(args)
+            .output()
+            .expect("running provision fleet")
+    }
+
+    fn status(&self, extra: &[&str]) -> serde_json::Value {
+        let mut args = extra.to_vec();
+        args.extend(["status", "--json"]);
+        let out = self.fleet(&args);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("fleet status JSON: {e}\n{}", common::output_text(&out)))
+    }
+}
+
+fn config(up: &Upstream) -> String {
+    format!(
+        "[[services]]\nmachine = [\"fleet1\", \"fleet2\", \"fleet3\"]\nservice = \"web\"\n\
+         upstream = \"{}\"\naction = \"reload\"\ndirs = [ {{ local = \"/etc/web\", link = \"web\" }} ]\n",
+        up.url()
+    )
+}
+
+/// Boots a machine running `config`, its web unit and its own sshd on
+/// `port` with `host_key`, accepting the operator's key.
+fn machine(name: &str, config: &str, op: &Operator, port: u16) -> Machine {
+    let m = Machine::boot(name);
+    m.put(
+        "/etc/systemd/system/web.service",
+        "[Service]\nExecStart=/bin/sleep infinity\nExecReload=/bin/true\n",
+        0o644,
+    );
+    m.put("/etc/provision/config.toml", config, 0o644);
+    m.put(
+        "/etc/ssh/fleet_host_key",
+        &read(&op.path(&format!("{name}_host"))),
+        0o600,
+    );
+    m.put(
+        "/root/.ssh/authorized_keys",
+        &read(&op.path("operator.pub")),
+        0o600,
+    );
+    m.put(
+        "/etc/ssh/fleet_sshd_config",
+        &format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/fleet_host_key\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nStrictModes no\nPidFile none\n"
+        ),
+        0o644,
+    );
+    m.sh(
+        "mkdir -p /run/sshd && systemctl daemon-reload && systemctl start web && \
+          systemd-run --unit fleet-sshd /usr/sbin/sshd -D -e -f /etc/ssh/fleet_sshd_config",
+    );
+    let until = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "sshd of {name} does not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m.sh(&format!("{BIN} sync"));
+    m
+}
+
+#[test]
+fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
+    if !common::require_tool("git-daemon")
+        || !common::require_tool("sshd")
+        || !common::container::require_containers()
+    {
+        return;
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    let first = up.commit("main", &[("web/web.conf", Some("one\n"))], "one");
+    let text = config(&up);
+    up.commit(
+        "main",
+        &[("provision/config.toml", Some(&text))],
+        "config in git",
+    );
+    let first_config = up.head("main");
+    let op = Operator {
+        dir: tempfile::tempdir().expect("tempdir"),
+    };
+    keygen(&op.path("operator"));
+    fs::write(op.path("config.toml"), &text).expect("writing the config");
+    let mut ssh_config = String::new();
+    let mut known = String::new();
+    let mut machines = Vec::new();
+    for name in NAMES {
+        keygen(&op.path(&format!("{name}_host")));
+        let port = free_port();
+        let key = read(&op.path(&format!("{name}_host.pub")));
+        known.push_str(&format!(
+            "{name} {}\n",
+            key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+        ));
+        ssh_config.push_str(&format!(
+            "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n  \
+             IdentitiesOnly yes\n  HostKeyAlias {name}\n  UserKnownHostsFile {kh}\n  \
+             GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  LogLevel ERROR\n",
+            key = op.path("operator").display(),
+            kh = op.path("known_hosts").display(),
+        ));
+        machines.push(machine(name, &text, &op, port));
+    }
+    fs::write(op.path("known_hosts"), &known).expect("known_hosts");
+    fs::write(op.path("ssh_config"), &ssh_config).expect("ssh_config");
+
+    // Every machine, with its deployed commit.
+    let out = op.fleet(&["status"]);
+    let table = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{table}");
+    for name in NAMES {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains(&first_config[..10])),
+            "{table}"
+        );
+    }
+    assert!(table.contains("web: 3/3 at"), "{table}");
+    let doc = op.status(&[]);
+    assert_eq!(doc["schema"], 1);
+    assert_eq!(doc["machines"].as_array().map(Vec::len), Some(3));
+    for m in doc["machines"].as_array().expect("machines") {
+        assert_eq!(m["reachable"], true, "{m}");
+        assert_eq!(
+            m["status"]["services"][0]["deployed"]["commit"],
+            first_config.as_str()
+        );
+    }
+    assert_eq!(doc["services"][0]["at_head"], 3);
+
+    // Freeze one machine only.
+    let out = op.fleet(&["--machines", "fleet2", "freeze", "web", "--reason", "test"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let doc = op.status(&[]);
+    let states: Vec<&str> = doc["machines"]
+        .as_array()
+        .expect("machines")
+        .iter()
+        .map(|m| m["status"]["services"][0]["state"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(states, ["following", "frozen", "following"]);
+
+    // A new commit: a fleet-wide sync moves all but the frozen one.
+    let second = up.commit("main", &[("web/web.conf", Some("two\n"))], "two");
+    let out = op.fleet(&["--yes", "sync"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    assert_eq!(
+        machines[0].read("/etc/web/web.conf").as_deref(),
+        Some("two\n")
+    );
+    assert_eq!(
+        machines[1].read("/etc/web/web.conf").as_deref(),
+        Some("one\n")
+    );
+    let out = op.fleet(&["status"]);
+    let table = common::output_text(&out);
+    assert!(table.contains("web: 2/3 at"), "{table}");
+    assert!(table.contains("1 frozen behind"), "{table}");
+
+    // Roll one machine back; bring two forward.
+    let out = op.fleet(&["--machines", "fleet1", "rollback", "web", "HEAD~1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    assert_eq!(
+        machines[0].read("/etc/web/web.conf").as_deref(),
+        Some("one\n")
+    );
+    assert_eq!(
+        machines[2].read("/etc/web/web.conf").as_deref(),
+        Some("two\n")
+    );
+    let out = op.fleet(&["--machines", "fleet1,fleet2", "--yes", "forward", "web"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    for m in &machines {
+        assert_eq!(m.read("/etc/web/web.conf").as_deref(), Some("two\n"));
+    }
+    let _ = (first, second);
+
+    // Several machines without --yes and without a terminal: refused.
+    let out = op.fleet(&["freeze", "web"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+
+    // The config straight from its repository.
+    let out = Command::new(BIN)
+        .args(["fleet", "--repo", &up.url(), "--ssh-config"])
+        .arg(op.path("ssh_config"))
+        .args(["--remote-command", BIN, "inventory", "--format", "json"])
+        .output()
+        .expect("fleet --repo");
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(NAMES.iter().all(|n| text.contains(n)), "{text}");
+
+    // Ansible takes the inventory.
+    if common::require_tool("ansible") {
+        let inv = op.path("inventory.sh");
+        fs::write(
+            &inv,
+            format!(
+                "#!/bin/sh\nexec {BIN} fleet -c {} inventory --format ansible\n",
+                op.path("config.toml").display()
+            ),
+        )
+        .expect("inventory script");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "chmod +x {i} && ansible-inventory -i {i} --list",
+                i = inv.display()
+            ))
+            .output()
+            .expect("ansible-inventory");
+        let text = common::output_text(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("fleet3") && text.contains("\"web\""),
+            "{text}"
+        );
+        let out = Command::new("ansible")
+            .args(["-i"])
+            .arg(&inv)
+            .args(["all", "-m", "ping", "-e"])
+            .arg(format!(
+                "ansible_ssh_common_args='-F {}' ansible_python_interpreter=/usr/bin/python3",
+                op.path("ssh_config").display()
+            ))
+            .env("ANSIBLE_HOST_KEY_CHECKING", "True")
+            .output()
+            .expect("ansible ping");
+        let text = common::output_text(&out);
+        assert!(out.status.success(), "{text}");
+        assert_eq!(text.matches("SUCCESS").count(), 3, "{text}");
+    }
+
+    // A changed host key is refused with ssh's own words.
+    let other = op.path("other_host");
+    keygen(&other);
+    let swapped = known.replace(
+        &known.lines().next().expect("a line").to_string(),
+        &format!(
+            "fleet1 {}",
+            read(&op.path("other_host.pub"))
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    );
+    fs::write(op.path("known_hosts"), swapped).expect("known_hosts");
+    let out = op.fleet(&["--machines", "fleet1", "status"]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("Host key verification failed"), "{text}");
+    fs::write(op.path("known_hosts"), &known).expect("known_hosts");
+
+    // One machine powered off: reported, the others still answer.
+    machines[2].poweroff();
+    let out = op.fleet(&["status"]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("fleet3") && l.contains("unreachable")),
+        "{text}"
+    );
+    assert!(text.contains("1 unreachable"), "{text}");
+    let doc = op.status(&[]);
+    assert_eq!(doc["machines"][0]["reachable"], true);
+    assert_eq!(doc["machines"][2]["reachable"], false);
+}

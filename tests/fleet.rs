@@ -330,3 +330,64 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
     assert_eq!(doc["machines"][0]["reachable"], true);
     assert_eq!(doc["machines"][2]["reachable"], false);
 }
+
+/// A stand-in for ssh that runs the remote command here, so the fan-out
+/// and its output can be checked without machines.
+fn stand_in(dir: &Path) -> PathBuf {
+    let path = dir.join("fake-ssh");
+    fs::write(
+        &path,
+        "#!/bin/sh\nwhile [ \"$1\" != \"--\" ]; do shift; done\nshift; shift\nexec sh -c \"$1\"\n",
+    )
+    .expect("writing the stand-in");
+    let out = Command::new("chmod")
+        .arg("+x")
+        .arg(&path)
+        .output()
+        .expect("chmod");
+    assert!(out.status.success());
+    path
+}
+
+#[test]
+fn a_terminal_sees_progress_and_a_pipe_does_not() {
+    if !common::require_tool("script") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("config.toml");
+    fs::write(
+        &cfg,
+        "[[services]]\nmachine = [\"a\", \"b\", \"c\"]\nservice = \"web\"\nupstream = \"git://127.0.0.1:9/x\"\n\
+         dirs = [ { local = \"/srv/web\", link = \"web\" } ]\n",
+    )
+    .expect("config");
+    let ssh = stand_in(dir.path());
+    let remote = format!(
+        "{BIN} -c {} --state-dir {}",
+        cfg.display(),
+        dir.path().join("state").display()
+    );
+    let fleet = format!(
+        "{BIN} fleet -c {} --ssh-command {} --remote-command '{remote}' status",
+        cfg.display(),
+        ssh.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &fleet, "/dev/null"])
+        .output()
+        .expect("script");
+    let text = common::output_text(&out);
+    assert!(text.contains("3/3 machines"), "{text}");
+    assert!(text.contains("web: 0/3 at"), "{text}");
+    let out = Command::new("sh")
+        .args(["-c", &fleet])
+        .output()
+        .expect("sh");
+    let text = common::output_text(&out);
+    assert!(
+        !text.contains("machines\r") && !text.contains("/3 machines"),
+        "{text}"
+    );
+    assert!(text.contains("web: 0/3 at"), "{text}");
+}

@@ -77,6 +77,30 @@ fn transport(opts: &FleetOpts) -> Result<Transport> {
     })
 }
 
+/// A progress line on stderr while machines answer, when stderr is a
+/// terminal (cleared at the end); nothing otherwise.
+fn progress(total: usize) -> impl Fn(usize) + Sync {
+    let shown = std::io::stderr().is_terminal();
+    move |done| {
+        if !shown {
+            return;
+        }
+        let width = 30;
+        let filled = done * width / total.max(1);
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r[{}{}] {done}/{total} machines",
+            "#".repeat(filled),
+            " ".repeat(width - filled)
+        );
+        if done == total {
+            let _ = write!(err, "\r{}\r", " ".repeat(width + 24));
+        }
+        let _ = err.flush();
+    }
+}
+
 /// `fleet status`.
 fn status(
     config: &Config,
@@ -88,9 +112,12 @@ fn status(
 ) -> Result<ExitCode> {
     let mut args = vec!["status".to_string(), "--json".to_string()];
     args.extend(names.iter().cloned());
-    let answers = fanout::each(machines, opts.jobs, |m| {
-        (m.clone(), transport.call(m, &args))
-    });
+    let answers = fanout::each(
+        machines,
+        opts.jobs,
+        |m| (m.clone(), transport.call(m, &args)),
+        progress(machines.len()),
+    );
     let doc = status::collect(config, answers, now_unix());
     if json {
         let text = serde_json::to_string_pretty(&doc).context("serializing the fleet status")?;
@@ -255,9 +282,12 @@ fn act(
         tell!("nothing done");
         return Ok(ExitCode::from(EXIT_FAILED));
     }
-    let answers = fanout::each(&targets, opts.jobs, |m| {
-        (m.clone(), transport.call(m, &args))
-    });
+    let answers = fanout::each(
+        &targets,
+        opts.jobs,
+        |m| (m.clone(), transport.call(m, &args)),
+        progress(targets.len()),
+    );
     let (mut ok, mut failed, mut unreachable) = (0, 0, 0);
     for (m, a) in &answers {
         match a {

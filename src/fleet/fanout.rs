@@ -6,8 +6,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// `work` for every item of `items`, `jobs` at a time; results in order.
-pub fn each<T: Sync, R: Send>(items: &[T], jobs: usize, work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+/// `done` hears how many have finished, after each one.
+pub fn each<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    work: impl Fn(&T) -> R + Sync,
+    done: impl Fn(usize) + Sync,
+) -> Vec<R> {
     let next = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
     std::thread::scope(|s| {
         for _ in 0..jobs.clamp(1, items.len().max(1)) {
@@ -18,6 +25,7 @@ pub fn each<T: Sync, R: Send>(items: &[T], jobs: usize, work: impl Fn(&T) -> R +
                 if let Ok(mut all) = results.lock() {
                     all[i] = Some(r);
                 }
+                done(finished.fetch_add(1, Ordering::Relaxed) + 1);
             });
         }
     });
@@ -34,7 +42,16 @@ mod tests {
     #[test]
     fn results_keep_the_order_of_the_items() {
         let items: Vec<u64> = (0..50).collect();
-        let out = super::each(&items, 8, |i| i * 2);
+        let seen = std::sync::atomic::AtomicUsize::new(0);
+        let out = super::each(
+            &items,
+            8,
+            |i| i * 2,
+            |n| {
+                seen.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+            },
+        );
+        assert_eq!(seen.into_inner(), 50);
         assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
     }
 }

@@ -238,6 +238,92 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
     }
     let _ = (first, second);
 
+    // The same view from a real Prometheus scraping each machine's
+    // node_exporter (textfile collector), without SSH.
+    if common::require_tool("prometheus") && common::require_tool("prometheus-node-exporter") {
+        let head = up.head("main");
+        let mut children = Vec::new();
+        let mut targets = String::new();
+        for (name, m) in NAMES.iter().zip(&machines) {
+            let port = free_port();
+            children.push(
+                Command::new("prometheus-node-exporter")
+                    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                    .args(["--collector.disable-defaults", "--collector.textfile"])
+                    .arg(format!(
+                        "--collector.textfile.directory=/proc/{}/root/var/lib/prometheus/node-exporter",
+                        m.pid()
+                    ))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("node_exporter"),
+            );
+            targets.push_str(&format!(
+                "      - targets: ['127.0.0.1:{port}']\n        labels: {{instance: {name}}}\n"
+            ));
+        }
+        let prom_port = free_port();
+        fs::write(
+            op.path("prometheus.yml"),
+            format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: node\n    static_configs:\n{targets}"),
+        )
+        .expect("prometheus.yml");
+        children.push(
+            Command::new("prometheus")
+                .arg(format!(
+                    "--config.file={}",
+                    op.path("prometheus.yml").display()
+                ))
+                .arg(format!("--storage.tsdb.path={}", op.path("tsdb").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("prometheus"),
+        );
+        let url = format!("http://127.0.0.1:{prom_port}");
+        let until = Instant::now() + Duration::from_secs(60);
+        let doc = loop {
+            let out = Command::new(BIN)
+                .args(["fleet", "-c"])
+                .arg(op.path("config.toml"))
+                .args(["status", "--json", "--prometheus", &url])
+                .output()
+                .expect("fleet status --prometheus");
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let ready = doc["machines"].as_array().is_some_and(|ms| {
+                ms.len() == 3
+                    && ms
+                        .iter()
+                        .all(|m| m["status"]["services"][0]["deployed"]["commit"] == head.as_str())
+            });
+            if ready {
+                assert_eq!(out.status.code(), Some(0));
+                break doc;
+            }
+            assert!(
+                Instant::now() < until,
+                "Prometheus never showed the fleet: {}",
+                common::output_text(&out)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert_eq!(doc["services"][0]["at_head"], 3, "{doc}");
+        let out = Command::new(BIN)
+            .args(["fleet", "-c"])
+            .arg(op.path("config.toml"))
+            .args(["status", "--prometheus", &url])
+            .output()
+            .expect("fleet status --prometheus");
+        let table = common::output_text(&out);
+        assert!(table.contains("web: 3/3 at"), "{table}");
+        for mut c in children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     // Several machines without --yes and without a terminal: refused.
     let out = op.fleet(&["freeze", "web"]);
     assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));

@@ -361,6 +361,10 @@ pub enum FleetVerb {
         /// Print the documented JSON document.
         #[arg(long)]
         json: bool,
+        /// Read the machines' provision_* series from this Prometheus
+        /// (http://HOST:PORT) instead of reaching them over SSH.
+        #[arg(long, value_name = "URL")]
+        prometheus: Option<String>,
     },
     /// Freeze a service on the machines.
     Freeze {

@@ -42,7 +42,21 @@ pub fn run(cli: &Cli, args: &FleetArgs) -> Result<ExitCode> {
             say!("{}", inventory::render(&config, &all, format).trim_end());
             Ok(ExitCode::SUCCESS)
         }
-        FleetVerb::Status { names, json } => status(&config, &all, &transport, opts, names, *json),
+        FleetVerb::Status {
+            names,
+            json,
+            prometheus,
+        } => {
+            let answers = match prometheus {
+                Some(url) => {
+                    let api = crate::fleet::prometheus::Api::parse(url, transport.timeout)
+                        .map_err(|e| UsageError(format!("{e:#}")))?;
+                    crate::fleet::prometheus::answers(&api, &all)?
+                }
+                None => ask_status(&all, &transport, opts, names),
+            };
+            status(&config, answers, *json)
+        }
         verb => act(&config, &all, &transport, opts, verb),
     }
 }
@@ -101,23 +115,25 @@ fn progress(total: usize) -> impl Fn(usize) + Sync {
     }
 }
 
-/// `fleet status`.
-fn status(
-    config: &Config,
+/// Every machine's answer to `status --json` over SSH.
+fn ask_status(
     machines: &[String],
     transport: &Transport,
     opts: &FleetOpts,
     names: &[String],
-    json: bool,
-) -> Result<ExitCode> {
+) -> Vec<(String, Answer)> {
     let mut args = vec!["status".to_string(), "--json".to_string()];
     args.extend(names.iter().cloned());
-    let answers = fanout::each(
+    fanout::each(
         machines,
         opts.jobs,
         |m| (m.clone(), transport.call(m, &args)),
         progress(machines.len()),
-    );
+    )
+}
+
+/// `fleet status`, from the machines' answers.
+fn status(config: &Config, answers: Vec<(String, Answer)>, json: bool) -> Result<ExitCode> {
     let doc = status::collect(config, answers, now_unix());
     if json {
         let text = serde_json::to_string_pretty(&doc).context("serializing the fleet status")?;

@@ -6,6 +6,7 @@
 
 pub mod fanout;
 pub mod inventory;
+pub mod prometheus;
 pub mod ssh;
 pub mod status;
 

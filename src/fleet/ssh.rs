@@ -8,7 +8,8 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use rustix::process::{kill_process_group, Pid, Signal};
 
@@ -130,23 +131,40 @@ fn run(mut cmd: Command, timeout: Duration) -> Result<(i32, String, String), Str
             .take()
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if Instant::now() >= deadline => break None,
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("waiting for ssh: {e}")),
-        }
+    // A watchdog kills the whole group at the deadline; the wait itself
+    // blocks, so a thousand calls in flight cost no polling.
+    let finished = Arc::new((Mutex::new(false), Condvar::new()));
+    let watchdog = {
+        let finished = Arc::clone(&finished);
+        std::thread::spawn(move || {
+            let (lock, cv) = &*finished;
+            let Ok(guard) = lock.lock() else { return false };
+            let Ok((guard, _)) = cv.wait_timeout_while(guard, timeout, |done| !*done) else {
+                return false;
+            };
+            if *guard {
+                return false;
+            }
+            let _ = kill_process_group(group, Signal::KILL);
+            true
+        })
     };
-    if status.is_none() {
-        let _ = kill_process_group(group, Signal::KILL);
-        let _ = child.wait();
+    let status = child.wait();
+    {
+        let (lock, cv) = &*finished;
+        if let Ok(mut done) = lock.lock() {
+            *done = true;
+        }
+        cv.notify_all();
+    }
+    let killed = watchdog.join().unwrap_or(false);
+    let status = status.map_err(|e| format!("waiting for ssh: {e}"))?;
+    if killed {
         return Err(format!("no answer within {}s", timeout.as_secs()));
     }
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
-    let code = status.and_then(|s| s.code()).unwrap_or(SSH_FAILED);
+    let code = status.code().unwrap_or(SSH_FAILED);
     Ok((code, stdout, stderr))
 }
 

@@ -34,7 +34,11 @@ fn children_cpu() -> f64 {
     // given; nothing else is touched.
     let usage = unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_CHILDREN, &mut u), 0, "getrusage");
+        assert_eq!(
+            libc::getrusage(libc::RUSAGE_CHILDREN, &mut u),
+            0,
+            "getrusage"
+        );
         u
     };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
@@ -65,7 +69,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn sh(script: &str) {
-    let st = Command::new("sh").args(["-ec", script]).status().expect("sh");
+    let st = Command::new("sh")
+        .args(["-ec", script])
+        .status()
+        .expect("sh");
     assert!(st.success(), "{script}");
 }
 
@@ -279,7 +286,10 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from);
     let bin = common::project_root().join("target/release/provision");
-    assert!(bin.exists(), "build the release binary first (make release)");
+    assert!(
+        bin.exists(),
+        "build the release binary first (make release)"
+    );
     if !common::container::require_containers() {
         std::process::exit(1);
     }
@@ -304,7 +314,9 @@ fn main() {
         let kept = match text.find(HEADING) {
             Some(i) => {
                 let rest = &text[i + HEADING.len()..];
-                let end = rest.find("\n## ").map_or(text.len(), |j| i + HEADING.len() + j + 1);
+                let end = rest
+                    .find("\n## ")
+                    .map_or(text.len(), |j| i + HEADING.len() + j + 1);
                 format!("{}{}", &text[..i], &text[end..])
             }
             None => text,

@@ -46,6 +46,12 @@ pub(super) fn resolve(
             errors,
         };
         let svc = r.service(raw, global);
+        // A list of machines: the same service on each of them.
+        let more: Vec<String> = raw
+            .more_machines
+            .iter()
+            .filter_map(|m| r.machine(m))
+            .collect();
         if let Some(svc) = svc.filter(|_| errors.len() == before) {
             let origin = Origin {
                 context: raw.context.clone(),
@@ -64,26 +70,18 @@ pub(super) fn resolve(
                     })
                     .collect(),
             };
-            out.push((svc.clone(), origin.clone()));
-            // A list of machines: the same service on each of them.
-            for m in &raw.more_machines {
-                let before = errors.len();
-                let mut r = Resolver {
-                    loc,
-                    ctx: &raw.context,
-                    global_span,
-                    errors,
-                };
-                if let Some(machine) = r.machine(m).filter(|_| errors.len() == before) {
-                    out.push((
-                        Service {
-                            machine,
-                            ..svc.clone()
-                        },
-                        origin.clone(),
-                    ));
-                }
-            }
+            let copies: Vec<(Service, Origin)> = more
+                .into_iter()
+                .map(|machine| {
+                    let svc = Service {
+                        machine,
+                        ..svc.clone()
+                    };
+                    (svc, origin.clone())
+                })
+                .collect();
+            out.push((svc, origin));
+            out.extend(copies);
         }
     }
     out

@@ -17,10 +17,9 @@ use testkit as common;
 
 use std::fmt::Write as _;
 use std::fs;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::container::Machine;
 use common::GitDaemon;
@@ -174,27 +173,10 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
-fn keygen(path: &Path) {
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .stdout(Stdio::null())
-        .status()
-        .expect("ssh-keygen");
-    assert!(st.success());
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 fn real(bin: &Path, n: usize, runs: usize) -> Vec<String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |f: &str| dir.path().join(f);
-    keygen(&p("op"));
+    common::ssh_keygen(&p("op"));
     let names: Vec<String> = (0..n).map(|i| format!("real{i:02}")).collect();
     let cfg = format!(
         "[[services]]\nmachine = [{}]\nservice = \"web\"\nupstream = \"git://127.0.0.1:9/none\"\n\
@@ -210,37 +192,13 @@ fn real(bin: &Path, n: usize, runs: usize) -> Vec<String> {
     let mut machines = Vec::new();
     for name in &names {
         let key = p(&format!("{name}_host"));
-        keygen(&key);
-        let port = free_port();
+        common::ssh_keygen(&key);
+        let port = common::free_port();
         let m = Machine::boot(name);
         m.put("/etc/provision/config.toml", &cfg, 0o644);
-        m.put(
-            "/etc/ssh/bench_host_key",
-            &fs::read_to_string(&key).expect("key"),
-            0o600,
-        );
-        m.put(
-            "/root/.ssh/authorized_keys",
-            &fs::read_to_string(p("op.pub")).expect("pub"),
-            0o600,
-        );
-        m.put(
-            "/etc/ssh/bench_sshd_config",
-            &format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/bench_host_key\n\
-                 PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n"
-            ),
-            0o644,
-        );
-        m.sh("mkdir -p /run/sshd && systemd-run --unit bench-sshd /usr/sbin/sshd -D -e -f /etc/ssh/bench_sshd_config");
-        let until = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "sshd of {name}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let public = fs::read_to_string(key.with_extension("pub")).expect("pub");
-        let public: Vec<&str> = public.split_whitespace().take(2).collect();
-        let _ = writeln!(known, "{name} {}", public.join(" "));
+        m.serve_ssh(&key, &p("op.pub"), port);
+        let public = common::public_key(&key.with_extension("pub"));
+        let _ = writeln!(known, "{name} {public}");
         let _ = writeln!(
             ssh_config,
             "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {}\n  \

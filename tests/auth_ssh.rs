@@ -7,8 +7,10 @@
 //! Without them a test prints why and passes, except under CI=true, where a
 //! test that cannot run fails.
 
+use testkit as common;
+
 use std::fs::{self, File};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Once};
@@ -109,7 +111,7 @@ fn tool_exists(tool: &str) -> bool {
 fn start_server() -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     for key in ["host_key", "client_key", "wrong_key", "other_key"] {
-        keygen(&dir.path().join(key));
+        common::ssh_keygen(&dir.path().join(key));
     }
     fs::copy(
         dir.path().join("client_key.pub"),
@@ -117,11 +119,11 @@ fn start_server() -> Server {
     )
     .expect("writing authorized_keys");
     let commit = make_repo(dir.path());
-    let host_key = public_key(&dir.path().join("host_key.pub"));
+    let host_key = common::public_key(&dir.path().join("host_key.pub"));
     // sshd insists on its privilege separation directory.
     fs::create_dir_all("/run/sshd").expect("creating /run/sshd");
     for _ in 0..5 {
-        let port = free_port();
+        let port = common::free_port();
         write_sshd_config(dir.path(), port);
         let mut child = spawn_sshd(dir.path());
         if wait_listening(&mut child, port) {
@@ -148,21 +150,6 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn keygen(path: &Path) {
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
-        .arg(path));
-}
-
-/// `TYPE BASE64` from a `.pub` file, without the comment.
-fn public_key(pub_file: &Path) -> String {
-    let text = fs::read_to_string(pub_file).expect("reading public key");
-    text.split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn user() -> String {
@@ -197,11 +184,6 @@ fn make_repo(dir: &Path) -> git2::Oid {
         repo.to_str().expect("utf-8"),
     ]);
     git2::Oid::from_str(&git(&["-C", work_s, "rev-parse", "HEAD"])).expect("commit id")
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    listener.local_addr().expect("local address").port()
 }
 
 fn write_sshd_config(dir: &Path, port: u16) {
@@ -327,7 +309,7 @@ fn unknown_host_is_rejected() {
 #[test]
 fn changed_host_key_is_rejected() {
     let Some(server) = server() else { return };
-    let other = public_key(&server.path("other_key.pub"));
+    let other = common::public_key(&server.path("other_key.pub"));
     let line = format!("[127.0.0.1]:{} {other}", server.port);
     let known_hosts = server.known_hosts("known_hosts", &[line]);
     let creds = server.credentials("client_key", known_hosts);

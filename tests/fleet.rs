@@ -7,7 +7,6 @@
 use testkit as common;
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -17,26 +16,6 @@ use common::{GitDaemon, Upstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_provision");
 const NAMES: [&str; 3] = ["fleet1", "fleet2", "fleet3"];
-
-fn keygen(path: &Path) {
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "fleet-test", "-f"])
-        .arg(path)
-        .output()
-        .expect("ssh-keygen");
-    assert!(out.status.success(), "{}", common::output_text(&out));
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn read(p: &Path) -> String {
-    fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
-}
 
 /// The operator's side: keys, known_hosts and an ssh config.
 struct Operator {
@@ -88,34 +67,12 @@ fn machine(name: &str, config: &str, op: &Operator, port: u16) -> Machine {
         0o644,
     );
     m.put("/etc/provision/config.toml", config, 0o644);
-    m.put(
-        "/etc/ssh/fleet_host_key",
-        &read(&op.path(&format!("{name}_host"))),
-        0o600,
+    m.sh("systemctl daemon-reload && systemctl start web");
+    m.serve_ssh(
+        &op.path(&format!("{name}_host")),
+        &op.path("operator.pub"),
+        port,
     );
-    m.put(
-        "/root/.ssh/authorized_keys",
-        &read(&op.path("operator.pub")),
-        0o600,
-    );
-    m.put(
-        "/etc/ssh/fleet_sshd_config",
-        &format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/fleet_host_key\n\
-             PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             UsePAM no\nStrictModes no\nPidFile none\n"
-        ),
-        0o644,
-    );
-    m.sh(
-        "mkdir -p /run/sshd && systemctl daemon-reload && systemctl start web && \
-          systemd-run --unit fleet-sshd /usr/sbin/sshd -D -e -f /etc/ssh/fleet_sshd_config",
-    );
-    let until = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "sshd of {name} does not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     m.sh(&format!("{BIN} sync"));
     m
 }
@@ -141,19 +98,16 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
     let op = Operator {
         dir: tempfile::tempdir().expect("tempdir"),
     };
-    keygen(&op.path("operator"));
+    common::ssh_keygen(&op.path("operator"));
     fs::write(op.path("config.toml"), &text).expect("writing the config");
     let mut ssh_config = String::new();
     let mut known = String::new();
     let mut machines = Vec::new();
     for name in NAMES {
-        keygen(&op.path(&format!("{name}_host")));
-        let port = free_port();
-        let key = read(&op.path(&format!("{name}_host.pub")));
-        known.push_str(&format!(
-            "{name} {}\n",
-            key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
-        ));
+        common::ssh_keygen(&op.path(&format!("{name}_host")));
+        let port = common::free_port();
+        let host_key = common::public_key(&op.path(&format!("{name}_host.pub")));
+        known.push_str(&format!("{name} {host_key}\n"));
         ssh_config.push_str(&format!(
             "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n  \
              IdentitiesOnly yes\n  HostKeyAlias {name}\n  UserKnownHostsFile {kh}\n  \
@@ -245,7 +199,7 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
         let mut children = Vec::new();
         let mut targets = String::new();
         for (name, m) in NAMES.iter().zip(&machines) {
-            let port = free_port();
+            let port = common::free_port();
             children.push(
                 Command::new("prometheus-node-exporter")
                     .arg(format!("--web.listen-address=127.0.0.1:{port}"))
@@ -263,7 +217,7 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
                 "      - targets: ['127.0.0.1:{port}']\n        labels: {{instance: {name}}}\n"
             ));
         }
-        let prom_port = free_port();
+        let prom_port = common::free_port();
         fs::write(
             op.path("prometheus.yml"),
             format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: node\n    static_configs:\n{targets}"),
@@ -382,17 +336,10 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
 
     // A changed host key is refused with ssh's own words.
     let other = op.path("other_host");
-    keygen(&other);
+    common::ssh_keygen(&other);
     let swapped = known.replace(
         &known.lines().next().expect("a line").to_string(),
-        &format!(
-            "fleet1 {}",
-            read(&op.path("other_host.pub"))
-                .split_whitespace()
-                .take(2)
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
+        &format!("fleet1 {}", common::public_key(&op.path("other_host.pub"))),
     );
     fs::write(op.path("known_hosts"), swapped).expect("known_hosts");
     let out = op.fleet(&["--machines", "fleet1", "status"]);

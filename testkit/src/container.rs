@@ -1500,6 +1500,39 @@ fn make_removable(dir: &Path) {
     }
 }
 
+impl Machine {
+    /// Runs an sshd inside on 127.0.0.1:`port` (a transient unit), with the
+    /// private host key in `host_key` and root's `authorized_keys` from
+    /// `authorized` (a `.pub` file), and waits until it accepts connections.
+    pub fn serve_ssh(&self, host_key: &Path, authorized: &Path, port: u16) {
+        let read = |p: &Path| {
+            fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+        };
+        self.put("/etc/ssh/test_host_key", &read(host_key), 0o600);
+        self.put("/root/.ssh/authorized_keys", &read(authorized), 0o600);
+        self.put(
+            "/etc/ssh/test_sshd_config",
+            &format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/test_host_key\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n"
+            ),
+            0o644,
+        );
+        self.sh("mkdir -p /run/sshd && \
+             systemd-run --unit test-sshd /usr/sbin/sshd -D -e -f /etc/ssh/test_sshd_config");
+        let until = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "sshd on {} does not listen on port {port}",
+                self.hostname
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// Installs provision's units and generator (from the repository's
 /// `units/`) into `m`, with `bin` as the binary they run.
 pub fn install_provision(m: &Machine, bin: &str) {

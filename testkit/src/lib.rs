@@ -942,3 +942,31 @@ impl Upstream {
 
 pub mod container;
 pub mod host;
+
+/// An ed25519 key pair without passphrase at `path` and `path.pub`.
+pub fn ssh_keygen(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path)
+        .output()
+        .expect("running ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen: {}", output_text(&out));
+}
+
+/// `TYPE BASE64` of a `.pub` file, without its comment.
+pub fn public_key(pub_file: &Path) -> String {
+    let text = std::fs::read_to_string(pub_file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", pub_file.display()));
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a free port")
+}

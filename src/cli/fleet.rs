@@ -49,7 +49,7 @@ pub fn run(cli: &Cli, args: &FleetArgs) -> Result<ExitCode> {
         } => {
             let answers = match prometheus {
                 Some(url) => {
-                    let api = crate::fleet::prometheus::Api::parse(url, transport.timeout)
+                    let api = crate::host::prometheus::Api::parse(url, transport.timeout)
                         .map_err(|e| UsageError(format!("{e:#}")))?;
                     crate::fleet::prometheus::answers(&api, &all)?
                 }
@@ -178,11 +178,21 @@ fn table(doc: &Document) {
             .head
             .as_deref()
             .map_or("?".to_string(), |h| h.chars().take(10).collect());
+        let waiting = match (r.waiting_from, r.waiting_until) {
+            (Some(a), Some(b)) => format!(
+                " (adopting from {} to {} UTC)",
+                crate::util::format_utc(a as i64),
+                crate::util::format_utc(b as i64)
+            ),
+            _ => String::new(),
+        };
         say!(
-            "{}: {}/{} at {head}, {} behind, {} frozen behind, {} unreachable, {} failing",
+            "{}: {}/{} at {head}, {} waiting{waiting}, {} rejected, {} behind, {} frozen behind, {} unreachable, {} failing",
             r.name,
             r.at_head,
             r.machines,
+            r.waiting,
+            r.rejected,
             r.behind,
             r.frozen,
             r.unreachable,
@@ -210,7 +220,8 @@ fn machine_rows(m: &MachineStatus, now: u64) -> Vec<(bool, Vec<String>)> {
         .map(|s| {
             let in_sync = s["in_sync"].as_bool();
             let ok = s["last_pass"]["ok"].as_bool();
-            let problem = in_sync == Some(false)
+            let waiting = s["rollout"]["at"].as_u64();
+            let problem = (in_sync == Some(false) && waiting.is_none())
                 || ok == Some(false)
                 || s["mounts_ok"] == false
                 || s["drift"]["count"].as_u64().is_some_and(|n| n > 0)
@@ -236,10 +247,13 @@ fn machine_rows(m: &MachineStatus, now: u64) -> Vec<(bool, Vec<String>)> {
                 s["state"].as_str().unwrap_or("?").to_string(),
                 short(&s["deployed"]["commit"]),
                 short(&s["upstream"]["commit"]),
-                match in_sync {
-                    Some(true) => "yes".into(),
-                    Some(false) => "no".into(),
-                    None => dash(),
+                match (in_sync, waiting) {
+                    (Some(true), _) => "yes".into(),
+                    (Some(false), Some(at)) => {
+                        format!("waiting ({} UTC)", crate::util::format_utc(at as i64))
+                    }
+                    (Some(false), None) => "no".into(),
+                    (None, _) => dash(),
                 },
                 s["drift"]["count"]
                     .as_u64()

@@ -371,6 +371,7 @@ fn row(s: &ServiceStatus, now: u64) -> Vec<String> {
     };
     let sync = match (&s.rejected, s.in_sync, s.behind_seconds) {
         (Some(_), _, _) => "REJECTED".to_string(),
+        (None, Some(false), _) if s.rollout.is_some() => "no (waiting)".to_string(),
         (None, Some(false), Some(b)) => format!("no ({} behind)", ago(b, 0)),
         (None, in_sync, _) => yes_no(in_sync, "yes", "no"),
     };
@@ -417,6 +418,18 @@ fn detail_lines(s: &ServiceStatus, now: u64) -> Vec<String> {
             r.commit.short(),
             r.stage.as_str(),
             utc(r.time),
+        ));
+    }
+    if let Some(w) = &s.rollout {
+        let gate = w
+            .gate
+            .as_deref()
+            .map_or(String::new(), |g| format!("; gate closed: {g}"));
+        out.push(format!(
+            "{n}: waiting for rollout: {} at {} UTC (position {:.3}){gate}; `provision forward {n}` adopts it now",
+            w.commit.short(),
+            utc(w.at),
+            w.position
         ));
     }
     // A pass that failed by rejecting a commit is told by the line above.

@@ -88,6 +88,50 @@ pub struct Service {
     pub limits: Limits,
     /// Commands that decide whether a commit may stay deployed.
     pub checks: Checks,
+    /// How a new head spreads across the fleet.
+    pub rollout: Rollout,
+}
+
+/// How long canaries must have served a commit when `soak` is not set.
+pub const DEFAULT_SOAK: Duration = Duration::from_secs(600);
+/// The longest `rollout` window: a longer one is more likely a typo.
+pub const MAX_ROLLOUT: Duration = Duration::from_secs(30 * 86400);
+
+/// A staged rollout: each machine decides from the commit and its own name
+/// when to adopt a new head, so no server coordinates the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rollout {
+    /// Adoption of each new head is spread over this window (zero: at once).
+    pub window: Duration,
+    /// Machines that adopt at once, lowercased as `machine` is.
+    pub canary: Vec<String>,
+    /// What the other machines wait for besides their time.
+    pub gate: Option<Gate>,
+}
+
+impl Rollout {
+    /// Whether a new head may wait at all.
+    pub fn staged(&self) -> bool {
+        !self.window.is_zero() || self.gate.is_some()
+    }
+
+    /// Whether `machine` (a `machine` value) is a canary.
+    pub fn is_canary(&self, machine: &str) -> bool {
+        self.canary.iter().any(|c| c.eq_ignore_ascii_case(machine))
+    }
+}
+
+/// The fleet's Prometheus as a rollout gate: a machine adopts a head only
+/// once enough canaries have served it well for long enough, and never
+/// while any machine reports it rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gate {
+    /// `http://HOST[:PORT][/PREFIX]` of Prometheus.
+    pub url: String,
+    /// How long a canary must have served the commit.
+    pub soak: Duration,
+    /// How many canaries must have.
+    pub min: u32,
 }
 
 /// How long `validate` may run when `validate_timeout` is not set.

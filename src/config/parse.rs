@@ -41,6 +41,12 @@ pub(super) struct RawSettings {
     pub validate_timeout: Option<Sp<String>>,
     pub health: Option<Sp<String>>,
     pub health_timeout: Option<Sp<String>>,
+    pub rollout: Option<Sp<String>>,
+    /// `canary`: one name or a list of them.
+    pub canary: Option<Sp<Vec<Sp<String>>>>,
+    pub gate: Option<Sp<String>>,
+    pub soak: Option<Sp<String>>,
+    pub gate_min: Option<Sp<i64>>,
 }
 
 /// One `[[services]]` table.
@@ -134,7 +140,7 @@ impl<'a> Locator<'a> {
 }
 
 const GLOBAL: &str = "[global]";
-const SHARED_KEYS: [&str; 22] = [
+const SHARED_KEYS: [&str; 27] = [
     "upstream",
     "branch",
     "user",
@@ -157,6 +163,11 @@ const SHARED_KEYS: [&str; 22] = [
     "validate_timeout",
     "health",
     "health_timeout",
+    "rollout",
+    "canary",
+    "gate",
+    "soak",
+    "gate_min",
 ];
 /// Accepted for gitopper compatibility and otherwise ignored.
 const IGNORED_KEYS: [&str; 1] = ["keys"];
@@ -356,6 +367,23 @@ impl Walker<'_, '_> {
                 s.depth = self.integer(v, ctx, key);
                 return true;
             }
+            "gate" => &mut s.gate,
+            "rollout" => {
+                s.rollout = self.string_or_integer(v, ctx, key);
+                return true;
+            }
+            "soak" => {
+                s.soak = self.string_or_integer(v, ctx, key);
+                return true;
+            }
+            "gate_min" => {
+                s.gate_min = self.integer(v, ctx, key);
+                return true;
+            }
+            "canary" => {
+                s.canary = self.names(v, ctx, key);
+                return true;
+            }
             "timeout" => {
                 s.timeout = self.integer(v, ctx, key);
                 return true;
@@ -507,6 +535,18 @@ impl Walker<'_, '_> {
         }
         let first = names.remove(0);
         (Some(first), names)
+    }
+
+    /// One name or a list of names (possibly empty).
+    fn names(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<Vec<Sp<String>>>> {
+        let items: Vec<Option<Sp<String>>> = match v.get_ref() {
+            DeValue::Array(items) => items.iter().map(|i| self.string(i, ctx, key)).collect(),
+            _ => vec![self.string(v, ctx, key)],
+        };
+        Some(Sp {
+            value: items.into_iter().collect::<Option<Vec<_>>>()?,
+            span: v.span(),
+        })
     }
 
     /// A string, or an integer kept as its decimal text.

@@ -627,3 +627,55 @@ fn machine_may_be_a_list_and_checks_stay_per_machine() {
         .to_string();
     assert!(e.contains("key `machine`: must be a string"), "{e}");
 }
+
+#[test]
+fn rollout_keys_are_read_with_their_defaults() {
+    let c = parse(&service_with("")).expect("valid");
+    assert!(!c.services[0].rollout.staged(), "no rollout by default");
+
+    let text = format!(
+        "[global]\nrollout = \"2h\"\ncanary = [\"Web1.example.net\", \"web2\"]\ngate = \"http://prometheus:9090/\"\n{}",
+        service_with("gate_min = 2")
+    );
+    let c = parse(&text).expect("valid");
+    let r = &c.services[0].rollout;
+    assert_eq!(r.window, Duration::from_secs(7200));
+    assert_eq!(r.canary, ["web1.example.net", "web2"]);
+    assert!(r.is_canary("WEB2"));
+    assert!(!r.is_canary("m1"));
+    let gate = r.gate.as_ref().expect("gate");
+    assert_eq!(gate.url, "http://prometheus:9090");
+    assert_eq!((gate.soak, gate.min), (DEFAULT_SOAK, 2));
+
+    let c = parse(&service_with("rollout = 90\ncanary = \"m1\"")).expect("valid");
+    let r = &c.services[0].rollout;
+    assert_eq!(r.window, Duration::from_secs(90));
+    assert!(r.is_canary("m1") && r.gate.is_none());
+}
+
+#[test]
+fn bad_rollout_keys_are_errors_naming_the_key() {
+    for (extra, key, wanted) in [
+        ("rollout = \"soon\"", "rollout", "not a time span"),
+        ("rollout = \"40d\"", "rollout", "at most 30 days"),
+        ("canary = [\"web 1\"]", "canary", "not a host name"),
+        ("canary = [1]", "canary", "must be a string"),
+        ("gate = \"https://p:9090\"", "gate", "http:// URL"),
+        (
+            "gate = \"http://p:9090\"",
+            "gate",
+            "needs `canary` machines",
+        ),
+        (
+            "gate = \"http://p:9090\"\ncanary = [\"a\"]\ngate_min = 2",
+            "gate_min",
+            "only 1 canaries",
+        ),
+        ("gate_min = 0", "gate_min", "at least 1"),
+        ("soak = \"a while\"", "soak", "not a time span"),
+    ] {
+        let e = parse(&service_with(extra)).expect_err(extra).to_string();
+        assert!(e.contains(&format!("key `{key}`: ")), "{extra}: {e}");
+        assert!(e.contains(wanted), "{extra}: {e}");
+    }
+}

@@ -8,7 +8,8 @@ use std::time::Duration;
 use super::parse::{Locator, RawDir, RawService, RawSettings, Sp};
 use super::Credentials;
 use super::{
-    Action, Check, Checks, Diagnostic, Dir, DriftPolicy, Limits, Service, Transport, Upstream,
+    Action, Check, Checks, Diagnostic, Dir, DriftPolicy, Gate, Limits, Rollout, Service, Transport,
+    Upstream,
 };
 
 /// Mounting over these (or `/`) would take the machine down with the repo.
@@ -141,6 +142,7 @@ impl Resolver<'_> {
         let drift = self.drift(s.drift.as_ref());
         let limits = self.limits(&s);
         let checks = self.checks(&s);
+        let rollout = self.rollout(&s);
         let dirs = self.dirs(raw);
         let machine = machine.and_then(|m| self.machine(m));
         Some(Service {
@@ -164,7 +166,110 @@ impl Resolver<'_> {
             drift: drift?,
             limits: limits?,
             checks: checks?,
+            rollout: rollout?,
         })
+    }
+
+    /// `rollout`, `canary`, `gate`, `soak` and `gate_min`.
+    fn rollout(&mut self, s: &RawSettings) -> Option<Rollout> {
+        let window = match &s.rollout {
+            None => Some(Duration::ZERO),
+            Some(v) => match parse_span(&v.value) {
+                Ok(d) if d <= super::MAX_ROLLOUT => Some(d),
+                Ok(_) => {
+                    self.err(Some(&v.span), "rollout", "must be at most 30 days");
+                    None
+                }
+                Err(m) => {
+                    self.err(Some(&v.span), "rollout", m);
+                    None
+                }
+            },
+        };
+        let canary: Option<Vec<String>> = match &s.canary {
+            None => Some(Vec::new()),
+            Some(list) => list
+                .value
+                .iter()
+                .map(|m| self.canary_name(m))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .collect(),
+        };
+        let gate = self.gate(s, canary.as_ref().map_or(0, Vec::len));
+        Some(Rollout {
+            window: window?,
+            canary: canary?,
+            gate: gate?,
+        })
+    }
+
+    /// One `canary` entry: a machine name as `machine` takes it.
+    fn canary_name(&mut self, m: &Sp<String>) -> Option<String> {
+        let ok = !m.value.is_empty()
+            && m.value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.:_".contains(c));
+        if !ok {
+            self.err(
+                Some(&m.span),
+                "canary",
+                format!("{:?} is not a host name, FQDN or IP address", m.value),
+            );
+            return None;
+        }
+        Some(m.value.to_ascii_lowercase())
+    }
+
+    /// `gate` with its `soak` and `gate_min`; `Some(None)` without a gate.
+    fn gate(&mut self, s: &RawSettings, canaries: usize) -> Option<Option<Gate>> {
+        let soak = match &s.soak {
+            None => Some(super::DEFAULT_SOAK),
+            Some(v) => parse_span(&v.value)
+                .map_err(|m| self.err(Some(&v.span), "soak", m))
+                .ok(),
+        };
+        let min = self.positive(s.gate_min.as_ref(), "gate_min", 1);
+        let Some(url) = &s.gate else {
+            return soak.and(min).map(|_| None);
+        };
+        let host = url
+            .value
+            .strip_prefix("http://")
+            .map(|rest| rest.split(['/', ':']).next().unwrap_or(""));
+        if host.is_none_or(str::is_empty) || url.value.contains(char::is_whitespace) {
+            self.err(
+                Some(&url.span),
+                "gate",
+                "must be the http:// URL of the fleet's Prometheus, such as \"http://prometheus:9090\"",
+            );
+            return None;
+        }
+        if canaries == 0 {
+            self.err(
+                Some(&url.span),
+                "gate",
+                "needs `canary` machines: the gate opens when enough of them have soaked the commit",
+            );
+            return None;
+        }
+        let min = min?;
+        if min > canaries as u64 {
+            let span = s.gate_min.as_ref().map(|g| &g.span);
+            self.err(
+                span,
+                "gate_min",
+                format!(
+                    "is {min} but there are only {canaries} canaries: the gate could never open"
+                ),
+            );
+            return None;
+        }
+        Some(Some(Gate {
+            url: url.value.trim_end_matches('/').to_string(),
+            soak: soak?,
+            min: u32::try_from(min).ok()?,
+        }))
     }
 
     /// `validate` and `health`, each with its timeout.
@@ -717,6 +822,11 @@ fn merge(s: &RawSettings, g: &RawSettings) -> RawSettings {
         validate_timeout: pick(&s.validate_timeout, &g.validate_timeout),
         health: pick(&s.health, &g.health),
         health_timeout: pick(&s.health_timeout, &g.health_timeout),
+        rollout: pick(&s.rollout, &g.rollout),
+        canary: pick(&s.canary, &g.canary),
+        gate: pick(&s.gate, &g.gate),
+        soak: pick(&s.soak, &g.soak),
+        gate_min: pick(&s.gate_min, &g.gate_min),
     }
 }
 

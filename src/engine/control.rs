@@ -11,6 +11,7 @@ use crate::config::{DriftPolicy, Service};
 use crate::engine::apply::{self, Outcome, Report};
 use crate::engine::pass;
 use crate::engine::rev::{Lookup, Rev};
+use crate::engine::rollout::Pace;
 use crate::engine::trial::{Rejection, WhenStopped};
 use crate::git::mirror::Mirror;
 use crate::store::commit::CommitId;
@@ -199,8 +200,9 @@ pub fn forget(state_dir: &Path, name: &str) -> Result<Vec<String>> {
 }
 
 /// Ends a freeze or pin, forgets a rejected commit (so it is tried
-/// again), and runs a pass for this service now, starting its unit if it
-/// is not running.
+/// again), and runs a pass for this service now that adopts the head
+/// without waiting for its place in a staged rollout, starting the unit if
+/// it is not running.
 pub fn forward(svc: &Service, all: &[&Service], state_dir: &Path) -> Result<Report> {
     {
         let sd = StateDir::new(state_dir, &svc.name);
@@ -213,6 +215,7 @@ pub fn forward(svc: &Service, all: &[&Service], state_dir: &Path) -> Result<Repo
     let intent = pass::Intent {
         drift: None,
         stopped: WhenStopped::Start,
+        pace: Pace::Now,
     };
     let mut reports = pass::sync(&[svc], all, state_dir, intent);
     reports

@@ -1,12 +1,15 @@
 //! What changes a machine: the reconcile pass, the apply transaction it
 //! shares with operator commands, the gates a new commit passes (validate
-//! before the switch, the trial after it), and those commands.
+//! before the switch, the trial after it), the staged rollout that decides
+//! when a new head is adopted, and those commands.
 
 pub mod apply;
 pub mod bootstrap;
 pub mod check;
 pub mod control;
+pub mod gate;
 pub mod pass;
 pub mod rev;
+pub mod rollout;
 pub mod timers;
 pub mod trial;

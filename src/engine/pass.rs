@@ -14,6 +14,7 @@ use anyhow::Result;
 
 use crate::config::{DriftPolicy, Service};
 use crate::engine::apply::{self, Outcome, Report, Serving};
+use crate::engine::rollout::{self, Decision, Pace};
 use crate::engine::trial::WhenStopped;
 use crate::git::mirror::{self, Mirror};
 use crate::store::commit::CommitId;
@@ -29,6 +30,8 @@ pub struct Intent {
     pub drift: Option<DriftPolicy>,
     /// Whether a unit that is not running is started (`forward`).
     pub stopped: WhenStopped,
+    /// Whether a staged rollout's wait applies (`forward` adopts now).
+    pub pace: Pace,
 }
 
 impl Intent {
@@ -36,6 +39,7 @@ impl Intent {
     pub const TIMER: Intent = Intent {
         drift: None,
         stopped: WhenStopped::Leave,
+        pace: Pace::Staged,
     };
 }
 
@@ -208,11 +212,22 @@ fn follow(
                 crate::util::format_utc(r.time as i64),
                 svc.name
             ));
+            state.rollout = None;
             match deployed {
                 Some(d) => d,
                 None => return Ok(Outcome::nothing(notes)),
             }
         }
+        (None, Some(deployed), None) => match rollout::decide(svc, state, head, now, intent.pace) {
+            Decision::Adopt(note) => {
+                notes.extend(note);
+                head
+            }
+            Decision::Wait(note) => {
+                notes.push(note);
+                deployed
+            }
+        },
         _ => head,
     };
     let repo = mirror.open()?;
@@ -223,6 +238,7 @@ fn follow(
         stopped: intent.stopped,
     };
     let result = apply::apply(svc, state_dir, sd, state, &plan, notes);
+    rollout::settle(state);
     note_lag(state, now);
     let mut outcome = result?;
     outcome.held = held;

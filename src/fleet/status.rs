@@ -47,7 +47,15 @@ pub struct Rollout {
     pub machines: usize,
     /// Deploying the head.
     pub at_head: usize,
-    /// Following, but not at the head yet.
+    /// Waiting for their turn in a staged rollout of the head.
+    pub waiting: usize,
+    /// When the first of the waiting machines adopts it (Unix time).
+    pub waiting_from: Option<u64>,
+    /// When the last of them does.
+    pub waiting_until: Option<u64>,
+    /// Refused the head (a check or the service rejected it).
+    pub rejected: usize,
+    /// Following, but not at the head yet (nor waiting or rejected).
     pub behind: usize,
     /// Frozen or pinned away from the head.
     pub frozen: usize,
@@ -150,9 +158,16 @@ fn rollout(config: &Config, machines: &[MachineStatus], name: &str) -> Rollout {
         }
         let deployed = s["deployed"]["commit"].as_str();
         let held = matches!(s["state"].as_str(), Some("frozen" | "pinned"));
+        let wait_at = s["rollout"]["at"].as_u64();
         match (deployed, &head) {
             (Some(d), Some(h)) if d == h => r.at_head += 1,
             _ if held => r.frozen += 1,
+            _ if s["rejected"].is_object() => r.rejected += 1,
+            _ if wait_at.is_some() => {
+                r.waiting += 1;
+                r.waiting_from = r.waiting_from.min(wait_at).or(wait_at);
+                r.waiting_until = r.waiting_until.max(wait_at);
+            }
             _ => r.behind += 1,
         }
     }

@@ -1,5 +1,5 @@
 //! The machine provision works on: bind mounts, systemd over D-Bus, the
-//! unit generator, package managers, external processes, identity, mount
+//! unit generator, package managers, the fleet's Prometheus, external processes, identity, mount
 //! namespaces.
 
 pub mod generator;
@@ -8,5 +8,6 @@ pub mod mount;
 pub mod namespace;
 pub mod package;
 pub mod process;
+pub mod prometheus;
 pub mod systemd;
 pub mod volatile;

@@ -70,6 +70,10 @@ pub struct State {
     /// deployed; `None` while in sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behind_since: Option<u64>,
+    /// The head this machine is waiting to adopt in a staged rollout,
+    /// kept until it is deployed or a newer head replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutWait>,
     /// Totals kept across runs, for the metrics' counters.
     #[serde(default)]
     pub counters: Counters,
@@ -80,6 +84,18 @@ impl State {
     /// not a pass has run since to remove it.
     pub fn hold_at(&self, now: u64) -> Option<&Hold> {
         self.hold.as_ref().filter(|h| !h.expired(now))
+    }
+
+    /// The staged rollout's wait while it is what keeps the head away: not
+    /// under a hold in force at `now`, nor for a rejected head.
+    pub fn rollout_wait(&self, now: u64) -> Option<&RolloutWait> {
+        if self.hold_at(now).is_some() || self.rejected.is_some() {
+            return None;
+        }
+        let deployed = self.deployed.as_ref().map(|d| d.commit);
+        self.rollout
+            .as_ref()
+            .filter(|w| w.waiting() && deployed != Some(w.commit))
     }
 }
 
@@ -121,6 +137,67 @@ impl MountRecord {
             readonly: self.readonly,
             allow_writable_parents: self.allow_writable_parents,
         }
+    }
+}
+
+/// A new head's place in a staged rollout on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutWait {
+    /// The head waited for.
+    pub commit: CommitId,
+    /// Unix time this machine first saw it.
+    pub seen: u64,
+    /// This machine's place in the rollout of this commit.
+    pub position: Position,
+    /// Unix time it may be adopted (`seen` + position × window).
+    pub at: u64,
+    /// Why the gate was closed at the last pass, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
+    /// Its time has come and the gate (if any) opened: the pass that saw
+    /// it deploys it, and a failed attempt is retried without a new wait.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopting: bool,
+}
+
+impl RolloutWait {
+    /// Whether the service still waits for the commit (not adopting it).
+    pub fn waiting(&self) -> bool {
+        !self.adopting
+    }
+}
+
+/// A place in [0, 1) with 32 bits of resolution, so that state files
+/// compare exactly; written as a fraction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position(pub u32);
+
+impl Position {
+    /// The first place: canaries and machines with nothing deployed.
+    pub const FIRST: Position = Position(0);
+
+    /// As a fraction of the window.
+    pub fn fraction(self) -> f64 {
+        f64::from(self.0) / 4_294_967_296.0
+    }
+}
+
+impl Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.fraction())
+    }
+}
+
+impl<'de> Deserialize<'de> for Position {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let f = f64::deserialize(d)?;
+        if !(0.0..1.0).contains(&f) {
+            return Err(serde::de::Error::custom(format!(
+                "rollout position {f} is not in [0, 1)"
+            )));
+        }
+        // Exact: every u32 over 2^32 is a double.
+        Ok(Position((f * 4_294_967_296.0) as u32))
     }
 }
 

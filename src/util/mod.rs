@@ -104,6 +104,22 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
+/// A time span for messages, as the config writes it: `2h`, `1h 30m`, `45s`.
+pub fn human_span(d: std::time::Duration) -> String {
+    let mut s = d.as_secs();
+    if s == 0 {
+        return "0s".to_string();
+    }
+    let mut parts = Vec::new();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if s >= size {
+            parts.push(format!("{}{unit}", s / size));
+            s %= size;
+        }
+    }
+    parts.join(" ")
+}
+
 /// Seconds since the Unix epoch, for state files and metrics.
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now()

@@ -74,7 +74,7 @@ struct Family {
 }
 
 /// The families, in output order: name, type, help.
-pub const FAMILIES: [(&str, &str, &str); 22] = [
+pub const FAMILIES: [(&str, &str, &str); 23] = [
     (
         "provision_service_info",
         "gauge",
@@ -134,6 +134,11 @@ pub const FAMILIES: [(&str, &str, &str); 22] = [
         "provision_rejected_commit_info",
         "gauge",
         "The upstream commit a check or the service rejected, and at which stage (validate, action, visibility, health); absent when none.",
+    ),
+    (
+        "provision_rollout_wait_until_timestamp_seconds",
+        "gauge",
+        "When this machine adopts the head it waits for in a staged rollout (its gate permitting); absent when not waiting.",
     ),
     (
         "provision_drift_files",
@@ -287,6 +292,12 @@ fn samples(svc: &Service, state: Option<&State>, now: u64) -> Vec<Sample> {
                 ("stage", r.stage.as_str().to_string()),
             ],
             1.0,
+        ));
+    }
+    if let Some(w) = state.rollout_wait(now) {
+        out.push(one(
+            "provision_rollout_wait_until_timestamp_seconds",
+            w.at as f64,
         ));
     }
     if let Some(p) = &state.last_pass {

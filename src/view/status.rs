@@ -14,7 +14,7 @@ use crate::config::{DriftPolicy, Service};
 use crate::git::mirror::Mirror;
 use crate::store::commit::CommitId;
 use crate::store::drift::Change;
-use crate::store::state::{HoldKind, Rejected, State, StateDir};
+use crate::store::state::{HoldKind, Rejected, RolloutWait, State, StateDir};
 use crate::util::now_unix;
 use crate::view::observe::{self, MountState};
 
@@ -65,6 +65,9 @@ pub struct ServiceStatus {
     /// The commit a check or the service refused, while it is the upstream
     /// head; `None` otherwise.
     pub rejected: Option<Rejected>,
+    /// The head this machine waits to adopt in a staged rollout; `None`
+    /// when not waiting.
+    pub rollout: Option<RolloutStatus>,
     /// Seconds upstream has had a commit that is not deployed: 0 in sync,
     /// `None` until both are known.
     pub behind_seconds: Option<u64>,
@@ -85,6 +88,33 @@ pub struct HoldStatus {
     pub until: Option<u64>,
     /// Who set it.
     pub by: Option<String>,
+}
+
+/// A staged rollout's wait, as status shows it.
+#[derive(Debug, Serialize)]
+pub struct RolloutStatus {
+    /// The head waited for.
+    pub commit: CommitId,
+    /// Unix time this machine's turn comes.
+    pub at: u64,
+    /// Its place in the rollout, in [0, 1) (0: a canary).
+    pub position: f64,
+    /// Unix time this machine first saw the head.
+    pub seen: u64,
+    /// Why the gate was closed at the last pass, while it is.
+    pub gate: Option<String>,
+}
+
+impl RolloutStatus {
+    fn of(w: &RolloutWait) -> RolloutStatus {
+        RolloutStatus {
+            commit: w.commit,
+            at: w.at,
+            position: w.position.fraction(),
+            seen: w.seen,
+            gate: w.gate.clone(),
+        }
+    }
 }
 
 /// A commit and a time.
@@ -291,6 +321,7 @@ fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
             duration_ms: p.duration_ms,
         }),
         rejected: state.rejected.clone(),
+        rollout: state.rollout_wait(now).map(RolloutStatus::of),
         behind_seconds: behind_seconds(&state, now),
         state_error,
     }
@@ -358,6 +389,7 @@ fn orphan_status(state_dir: &Path, name: String) -> ServiceStatus {
             duration_ms: p.duration_ms,
         }),
         rejected: None,
+        rollout: None,
         behind_seconds: None,
         state_error,
         name,

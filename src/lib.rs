@@ -25,3 +25,9 @@ pub(crate) mod host;
 pub(crate) mod store;
 pub(crate) mod util;
 pub mod view;
+
+/// A machine's place in the staged rollout of a commit, for tools that plan
+/// a rollout (and for the bench that measures how evenly it spreads).
+pub use engine::rollout::position as rollout_position;
+pub use store::commit::CommitId;
+pub use store::state::Position;

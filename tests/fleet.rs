@@ -95,30 +95,7 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
         "config in git",
     );
     let first_config = up.head("main");
-    let op = Operator {
-        dir: tempfile::tempdir().expect("tempdir"),
-    };
-    common::ssh_keygen(&op.path("operator"));
-    fs::write(op.path("config.toml"), &text).expect("writing the config");
-    let mut ssh_config = String::new();
-    let mut known = String::new();
-    let mut machines = Vec::new();
-    for name in NAMES {
-        common::ssh_keygen(&op.path(&format!("{name}_host")));
-        let port = common::free_port();
-        let host_key = common::public_key(&op.path(&format!("{name}_host.pub")));
-        known.push_str(&format!("{name} {host_key}\n"));
-        ssh_config.push_str(&format!(
-            "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n  \
-             IdentitiesOnly yes\n  HostKeyAlias {name}\n  UserKnownHostsFile {kh}\n  \
-             GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  LogLevel ERROR\n",
-            key = op.path("operator").display(),
-            kh = op.path("known_hosts").display(),
-        ));
-        machines.push(machine(name, &text, &op, port));
-    }
-    fs::write(op.path("known_hosts"), &known).expect("known_hosts");
-    fs::write(op.path("ssh_config"), &ssh_config).expect("ssh_config");
+    let (op, mut machines, known) = fleet_of(&NAMES, &text);
 
     // Every machine, with its deployed commit.
     let out = op.fleet(&["status"]);
@@ -196,47 +173,8 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
     // node_exporter (textfile collector), without SSH.
     if common::require_tool("prometheus") && common::require_tool("prometheus-node-exporter") {
         let head = up.head("main");
-        let mut children = Vec::new();
-        let mut targets = String::new();
-        for (name, m) in NAMES.iter().zip(&machines) {
-            let port = common::free_port();
-            children.push(
-                Command::new("prometheus-node-exporter")
-                    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                    .args(["--collector.disable-defaults", "--collector.textfile"])
-                    .arg(format!(
-                        "--collector.textfile.directory=/proc/{}/root/var/lib/prometheus/node-exporter",
-                        m.pid()
-                    ))
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .expect("node_exporter"),
-            );
-            targets.push_str(&format!(
-                "      - targets: ['127.0.0.1:{port}']\n        labels: {{instance: {name}}}\n"
-            ));
-        }
-        let prom_port = common::free_port();
-        fs::write(
-            op.path("prometheus.yml"),
-            format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: node\n    static_configs:\n{targets}"),
-        )
-        .expect("prometheus.yml");
-        children.push(
-            Command::new("prometheus")
-                .arg(format!(
-                    "--config.file={}",
-                    op.path("prometheus.yml").display()
-                ))
-                .arg(format!("--storage.tsdb.path={}", op.path("tsdb").display()))
-                .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("prometheus"),
-        );
-        let url = format!("http://127.0.0.1:{prom_port}");
+        let watch = Watch::start(&op, &NAMES, &machines);
+        let url = watch.url.clone();
         let until = Instant::now() + Duration::from_secs(60);
         let doc = loop {
             let out = Command::new(BIN)
@@ -272,10 +210,7 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
             .expect("fleet status --prometheus");
         let table = common::output_text(&out);
         assert!(table.contains("web: 3/3 at"), "{table}");
-        for mut c in children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        drop(watch);
     }
 
     // Several machines without --yes and without a terminal: refused.
@@ -364,6 +299,112 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
     assert_eq!(doc["machines"][2]["reachable"], false);
 }
 
+/// Boots `names`, each running `text` with its own sshd, and the
+/// operator's side that reaches them; returns the known_hosts text too.
+fn fleet_of(names: &[&str], text: &str) -> (Operator, Vec<Machine>, String) {
+    let op = Operator {
+        dir: tempfile::tempdir().expect("tempdir"),
+    };
+    common::ssh_keygen(&op.path("operator"));
+    fs::write(op.path("config.toml"), text).expect("writing the config");
+    let mut ssh_config = String::new();
+    let mut known = String::new();
+    let mut machines = Vec::new();
+    for name in names {
+        common::ssh_keygen(&op.path(&format!("{name}_host")));
+        let port = common::free_port();
+        let host_key = common::public_key(&op.path(&format!("{name}_host.pub")));
+        known.push_str(&format!("{name} {host_key}\n"));
+        ssh_config.push_str(&format!(
+            "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n  \
+             IdentitiesOnly yes\n  HostKeyAlias {name}\n  UserKnownHostsFile {kh}\n  \
+             GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  LogLevel ERROR\n",
+            key = op.path("operator").display(),
+            kh = op.path("known_hosts").display(),
+        ));
+        machines.push(machine(name, text, &op, port));
+    }
+    fs::write(op.path("known_hosts"), &known).expect("known_hosts");
+    fs::write(op.path("ssh_config"), &ssh_config).expect("ssh_config");
+    (op, machines, known)
+}
+
+/// A real Prometheus scraping each machine's node_exporter (textfile
+/// collector, on its own loopback port) every second, with `instance` set
+/// to the machine's name. Stopped when dropped.
+struct Watch {
+    url: String,
+    node_exporters: Vec<std::process::Child>,
+    prometheus: Option<std::process::Child>,
+}
+
+impl Watch {
+    fn start(op: &Operator, names: &[&str], machines: &[Machine]) -> Watch {
+        let mut node_exporters = Vec::new();
+        let mut targets = String::new();
+        for (name, m) in names.iter().zip(machines) {
+            let port = common::free_port();
+            node_exporters.push(
+                Command::new("prometheus-node-exporter")
+                    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                    .args(["--collector.disable-defaults", "--collector.textfile"])
+                    .arg(format!(
+                        "--collector.textfile.directory=/proc/{}/root/var/lib/prometheus/node-exporter",
+                        m.pid()
+                    ))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("node_exporter"),
+            );
+            targets.push_str(&format!(
+                "      - targets: ['127.0.0.1:{port}']\n        labels: {{instance: {name}}}\n"
+            ));
+        }
+        let prom_port = common::free_port();
+        let yml = op.path(&format!("prometheus-{prom_port}.yml"));
+        fs::write(
+            &yml,
+            format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: node\n    static_configs:\n{targets}"),
+        )
+        .expect("prometheus.yml");
+        let prometheus = Command::new("prometheus")
+            .arg(format!("--config.file={}", yml.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                op.path(&format!("tsdb-{prom_port}")).display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus");
+        Watch {
+            url: format!("http://127.0.0.1:{prom_port}"),
+            node_exporters,
+            prometheus: Some(prometheus),
+        }
+    }
+
+    /// Stops Prometheus only (the node_exporters go on).
+    fn stop_prometheus(&mut self) {
+        if let Some(mut p) = self.prometheus.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop_prometheus();
+        for c in &mut self.node_exporters {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A stand-in for ssh that runs the remote command here, so the fan-out
 /// and its output can be checked without machines.
 fn stand_in(dir: &Path) -> PathBuf {
@@ -423,4 +464,266 @@ fn a_terminal_sees_progress_and_a_pipe_does_not() {
         "{text}"
     );
     assert!(text.contains("web: 0/3 at"), "{text}");
+}
+
+const ROLL: [&str; 3] = ["roll1", "roll2", "roll3"];
+
+fn rollout_config(up: &Upstream, staging: &str) -> String {
+    format!(
+        "[global]\ncanary = [\"roll1\"]\n{staging}\n\n[[services]]\nmachine = [\"roll1\", \"roll2\", \"roll3\"]\n\
+         service = \"web\"\nupstream = \"{}\"\naction = \"reload\"\n\
+         health = \"! grep -q bad /etc/web/web.conf\"\nhealth_timeout = \"3s\"\n\
+         dirs = [ {{ local = \"/etc/web\", link = \"web\" }} ]\n",
+        up.url()
+    )
+}
+
+/// Commits `web/web.conf` with `text`, again with a counter until every
+/// machine of `places` has at least its place in the commit's rollout, so
+/// that the waits below are long enough to watch.
+fn commit_placed(up: &Upstream, text: &str, places: &[(&str, f64)]) -> String {
+    for i in 0..50 {
+        let c = up.commit(
+            "main",
+            &[("web/web.conf", Some(&format!("{text} {i}\n")))],
+            text,
+        );
+        let id: provision::CommitId = c.parse().expect("commit id");
+        if places
+            .iter()
+            .all(|(m, min)| provision::rollout_position(m, "web", id).fraction() >= *min)
+        {
+            return c;
+        }
+    }
+    panic!("no commit placed {places:?} in 50 tries");
+}
+
+fn service_status(m: &Machine) -> serde_json::Value {
+    let out = m.sh(&format!("{BIN} status --json"));
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    doc["services"][0].clone()
+}
+
+fn deployed(m: &Machine) -> String {
+    service_status(m)["deployed"]["commit"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[test]
+fn a_staged_rollout_reaches_the_canary_first_then_each_machine_at_its_time() {
+    if !common::require_tool("git-daemon")
+        || !common::require_tool("sshd")
+        || !common::require_tool("prometheus")
+        || !common::require_tool("prometheus-node-exporter")
+        || !common::container::require_containers()
+    {
+        return;
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    up.commit("main", &[("web/web.conf", Some("one\n"))], "one");
+    let first = up.head("main");
+    let text = rollout_config(&up, "rollout = \"20s\"");
+    let (op, machines, _) = fleet_of(&ROLL, &text);
+    for m in &machines {
+        assert_eq!(deployed(m), first, "a first deployment adopts at once");
+    }
+
+    // A new head: the canary adopts at once, the others wait for their
+    // place in a 20 s window.
+    let second = commit_placed(&up, "two", &[("roll2", 0.15), ("roll3", 0.15)]);
+    let mut at = Vec::new();
+    for m in &machines {
+        let before = now();
+        let out = m.sh(&format!("{BIN} sync"));
+        let s = service_status(m);
+        if m.hostname() == "roll1" {
+            assert_eq!(s["deployed"]["commit"], second.as_str(), "{out}");
+            assert!(s["rollout"].is_null(), "{s}");
+            continue;
+        }
+        assert_eq!(s["deployed"]["commit"], first.as_str(), "{out}");
+        assert!(out.contains("waiting for rollout"), "{out}");
+        let r = &s["rollout"];
+        assert_eq!(r["commit"], second.as_str(), "{s}");
+        let id: provision::CommitId = second.parse().expect("id");
+        let p = provision::rollout_position(m.hostname(), "web", id).fraction();
+        assert_eq!(r["position"].as_f64(), Some(p), "{s}");
+        let seen = r["seen"].as_u64().expect("seen");
+        assert!(seen >= before && seen <= now(), "{s}");
+        assert_eq!(r["at"].as_u64(), Some(seen + (p * 20.0) as u64), "{s}");
+        at.push(r["at"].as_u64().expect("at"));
+        let table = m.sh(&format!("{BIN} status"));
+        assert!(table.contains("web: waiting for rollout"), "{table}");
+        let metrics = m
+            .read("/var/lib/prometheus/node-exporter/provision.prom")
+            .expect("metrics file");
+        assert!(
+            metrics.contains(&format!(
+                "provision_rollout_wait_until_timestamp_seconds{{service=\"web\"}} {}",
+                r["at"]
+            )),
+            "{metrics}"
+        );
+    }
+
+    // The fleet sees one adopted and two waiting, with their times.
+    let out = op.fleet(&["status"]);
+    let table = common::output_text(&out);
+    assert!(table.contains("web: 1/3 at"), "{table}");
+    assert!(table.contains("2 waiting (adopting from"), "{table}");
+    let doc = op.status(&[]);
+    assert_eq!(doc["services"][0]["waiting"], 2, "{doc}");
+    assert_eq!(
+        doc["services"][0]["waiting_until"].as_u64(),
+        at.iter().max().copied()
+    );
+
+    // A freeze holds roll3; roll2 adopts at its time, not before.
+    machines[2].sh(&format!("{BIN} freeze web --reason 'not today'"));
+    let end = at.iter().max().copied().unwrap_or(0) + 3;
+    let mut adopted = None;
+    while now() <= end {
+        machines[1].sh(&format!("{BIN} sync"));
+        machines[2].sh(&format!("{BIN} sync"));
+        let t = now();
+        if adopted.is_none() && deployed(&machines[1]) == second {
+            adopted = Some(t);
+        }
+        assert_eq!(deployed(&machines[2]), first, "frozen");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let adopted = adopted.expect("roll2 adopted in the window");
+    assert!(
+        adopted >= at[0],
+        "adopted at {adopted}, its time was {}",
+        at[0]
+    );
+    assert!(
+        adopted <= at[0] + 3,
+        "adopted at {adopted}, its time was {}",
+        at[0]
+    );
+    let s = service_status(&machines[2]);
+    assert_eq!(s["state"], "frozen", "{s}");
+    assert!(
+        s["rollout"].is_null(),
+        "a freeze is not a rollout wait: {s}"
+    );
+    machines[2].sh(&format!("{BIN} forward web"));
+    assert_eq!(deployed(&machines[2]), second);
+
+    // `forward` adopts before the machine's time.
+    let third = commit_placed(&up, "three", &[("roll2", 0.6)]);
+    machines[1].sh(&format!("{BIN} sync"));
+    let wait = service_status(&machines[1])["rollout"]["at"]
+        .as_u64()
+        .expect("waiting");
+    let out = machines[1].sh(&format!("{BIN} forward web"));
+    assert!(now() < wait, "forward came too late to prove anything");
+    assert_eq!(deployed(&machines[1]), third, "{out}");
+    assert!(service_status(&machines[1])["rollout"].is_null());
+
+    // The gate: the others adopt only once the canary has served the head
+    // for `soak`, as the fleet's Prometheus shows.
+    let mut watch = Watch::start(&op, &ROLL, &machines);
+    let gated = rollout_config(&up, &format!("gate = \"{}\"\nsoak = \"6s\"", watch.url));
+    for m in &machines {
+        m.put("/etc/provision/config.toml", &gated, 0o644);
+        m.sh(&format!("{BIN} sync"));
+    }
+    let fourth = up.commit("main", &[("web/web.conf", Some("four\n"))], "four");
+    machines[0].sh(&format!("{BIN} sync"));
+    let canary_at = service_status(&machines[0])["deployed"]["time"]
+        .as_u64()
+        .expect("canary deployed");
+    let out = machines[1].sh(&format!("{BIN} sync"));
+    assert!(out.contains("gate closed"), "{out}");
+    let s = service_status(&machines[1]);
+    assert!(
+        s["rollout"]["gate"]
+            .as_str()
+            .is_some_and(|g| g.contains("canaries needed have served")),
+        "{s}"
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut adopted: [Option<u64>; 2] = [None, None];
+    while adopted.iter().any(Option::is_none) {
+        for (m, when) in machines[1..].iter().zip(&mut adopted) {
+            m.sh(&format!("{BIN} sync"));
+            if when.is_none() && deployed(m) == fourth {
+                *when = Some(now());
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "the gate never opened: {}",
+            service_status(&machines[1])
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for when in adopted.into_iter().flatten() {
+        assert!(
+            when >= canary_at + 6,
+            "adopted at {when}, the canary deployed at {canary_at} (soak 6s)"
+        );
+    }
+
+    // The canary rejects a commit (its health check fails): the rollout
+    // halts for good, however long the others wait.
+    let bad = up.commit("main", &[("web/web.conf", Some("bad\n"))], "bad");
+    let (code, out) = machines[0].sh_status(&format!("{BIN} sync"));
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        service_status(&machines[0])["rejected"]["commit"],
+        bad.as_str()
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        machines[2].sh(&format!("{BIN} sync"));
+        let gate = service_status(&machines[2])["rollout"]["gate"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if gate.contains("was rejected on roll1 (health)") {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the rejection never reached the gate: {gate}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    let out = machines[2].sh(&format!("{BIN} sync"));
+    assert!(out.contains("the rollout is halted"), "{out}");
+    assert_eq!(deployed(&machines[2]), fourth);
+    let table = machines[2].sh(&format!("{BIN} status"));
+    assert!(table.contains("gate closed"), "{table}");
+
+    // Prometheus gone: the gate fails closed and says why.
+    watch.stop_prometheus();
+    let fifth = up.commit("main", &[("web/web.conf", Some("five\n"))], "five");
+    machines[0].sh(&format!("{BIN} sync"));
+    assert_eq!(deployed(&machines[0]), fifth);
+    std::thread::sleep(Duration::from_secs(7));
+    let out = machines[1].sh(&format!("{BIN} sync"));
+    assert!(out.contains("cannot be asked"), "{out}");
+    assert_eq!(deployed(&machines[1]), fourth);
+    let s = service_status(&machines[1]);
+    assert!(
+        s["rollout"]["gate"]
+            .as_str()
+            .is_some_and(|g| g.contains("Prometheus at http://127.0.0.1")),
+        "{s}"
+    );
 }

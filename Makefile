@@ -51,6 +51,7 @@ bench: deps release
 	@bash scripts/deps.sh $(BENCH_APT_PACKAGES)
 	$(CARGO) bench --bench reconcile -- --out $(CURDIR)/docs/BENCHMARKS.md
 	$(CARGO) bench --bench fleet -- --out $(CURDIR)/docs/BENCHMARKS.md
+	$(CARGO) bench --bench rollout -- --out $(CURDIR)/docs/BENCHMARKS.md
 
 UNITDIR ?= /etc/systemd/system
 GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators

@@ -268,20 +268,6 @@ fn main() {
     }
     println!("{section}");
     if let Some(path) = out {
-        let text = fs::read_to_string(&path).unwrap_or_default();
-        let kept = match text.find(HEADING) {
-            Some(i) => {
-                let rest = &text[i + HEADING.len()..];
-                let end = rest
-                    .find("\n## ")
-                    .map_or(text.len(), |j| i + HEADING.len() + j + 1);
-                format!("{}{}", &text[..i], &text[end..])
-            }
-            None => text,
-        };
-        let mut doc = kept.trim_end().to_string();
-        doc.push_str("\n\n");
-        doc.push_str(&section);
-        fs::write(&path, doc).expect("writing the document");
+        common::replace_section(&path, HEADING, &section);
     }
 }

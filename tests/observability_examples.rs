@@ -39,6 +39,7 @@ const METRICS: &[&str] = &[
     "provision_behind_seconds",
     "provision_rejected_commit_info",
     "provision_reverts_total",
+    "provision_rollout_wait_until_timestamp_seconds",
 ];
 
 const ALERTS: &str = "examples/alerts.yml";

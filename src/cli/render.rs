@@ -181,7 +181,7 @@ fn headline(o: &Outcome, doing: Doing) -> String {
     match &o.held {
         Some(h) if h.upstream != to => format!(
             "{} at {} (upstream at {})",
-            h.kind.as_str(),
+            h.by.as_str(),
             to.short(),
             h.upstream.short()
         ),
@@ -479,7 +479,7 @@ pub fn ago(now: u64, then: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::apply::Held;
+    use crate::engine::apply::{Held, Keeper};
     use crate::store::commit::CommitId;
     use crate::store::state::HoldKind;
 
@@ -519,7 +519,7 @@ mod tests {
     #[test]
     fn a_held_service_behind_upstream_says_so() {
         let pinned = Held {
-            kind: HoldKind::Pinned,
+            by: Keeper::Hold(HoldKind::Pinned),
             upstream: commit('b'),
         };
         let r = Report {

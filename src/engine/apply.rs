@@ -150,13 +150,32 @@ impl Outcome {
     }
 }
 
-/// A service kept on its commit by a freeze or a pin.
+/// A service kept on its commit by a freeze, a pin or a staged rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
-    /// A freeze or a pin.
-    pub kind: HoldKind,
+    /// What keeps it there.
+    pub by: Keeper,
     /// The upstream head as last fetched.
     pub upstream: CommitId,
+}
+
+/// What keeps a service off the upstream head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keeper {
+    /// The operator's freeze or pin.
+    Hold(HoldKind),
+    /// Its turn in a staged rollout has not come (or its gate is closed).
+    Rollout,
+}
+
+impl Keeper {
+    /// As reports say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Keeper::Hold(kind) => kind.as_str(),
+            Keeper::Rollout => "waiting for rollout",
+        }
+    }
 }
 
 /// What [`apply`] deploys, and how it treats local edits.

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::config::{DriftPolicy, Service};
-use crate::engine::apply::{self, Outcome, Report, Serving};
+use crate::engine::apply::{self, Keeper, Outcome, Report, Serving};
 use crate::engine::rollout::{self, Decision, Pace};
 use crate::engine::trial::WhenStopped;
 use crate::git::mirror::{self, Mirror};
@@ -185,9 +185,9 @@ fn follow(
         state.rejected = None;
     }
     let deployed = state.deployed.as_ref().map(|d| d.commit);
-    let held = match (&state.hold, deployed) {
+    let mut held = match (&state.hold, deployed) {
         (Some(hold), Some(_)) => Some(apply::Held {
-            kind: hold.kind,
+            by: Keeper::Hold(hold.kind),
             upstream: head,
         }),
         _ => None,
@@ -225,6 +225,10 @@ fn follow(
             }
             Decision::Wait(note) => {
                 notes.push(note);
+                held = Some(apply::Held {
+                    by: Keeper::Rollout,
+                    upstream: head,
+                });
                 deployed
             }
         },

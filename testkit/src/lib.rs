@@ -970,3 +970,24 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("binding a free port")
 }
+
+/// Replaces the section under `heading` (up to the next `## `) of the
+/// Markdown file at `path` with `section`, or appends it: how each bench
+/// writes its part of docs/BENCHMARKS.md.
+pub fn replace_section(path: &Path, heading: &str, section: &str) {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let kept = match text.find(heading) {
+        Some(i) => {
+            let rest = &text[i + heading.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(text.len(), |j| i + heading.len() + j + 1);
+            format!("{}{}", &text[..i], &text[end..])
+        }
+        None => text,
+    };
+    let mut doc = kept.trim_end().to_string();
+    doc.push_str("\n\n");
+    doc.push_str(section);
+    fs::write(path, doc).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}

@@ -243,11 +243,41 @@ pub fn service(out: &mut impl Write, svc: &Service) {
             );
         }
     }
+    if let Some(line) = rollout_line(svc) {
+        let _ = writeln!(out, "    {line}");
+    }
     for d in &svc.dirs {
         let kind = if d.file { " (file)" } else { "" };
         let ro = if d.readonly { " read-only" } else { "" };
         let _ = writeln!(out, "    {} <- {}{kind}{ro}", d.local.display(), d.link);
     }
+}
+
+/// How the service's new heads spread, as `check` says it.
+fn rollout_line(svc: &Service) -> Option<String> {
+    let r = &svc.rollout;
+    if !r.staged() {
+        return None;
+    }
+    let mut line = format!("rollout: over {}", crate::util::human_span(r.window));
+    let role = if r.is_canary(&svc.machine) {
+        "this machine is a canary"
+    } else {
+        "this machine waits its turn"
+    };
+    if !r.canary.is_empty() {
+        line.push_str(&format!(", canaries {} ({role})", r.canary.join(", ")));
+    }
+    if let Some(g) = &r.gate {
+        line.push_str(&format!(
+            ", gate {}: {} canar{} for {}",
+            g.url,
+            g.min,
+            if g.min == 1 { "y" } else { "ies" },
+            crate::util::human_span(g.soak)
+        ));
+    }
+    Some(line)
 }
 
 /// `provision history` as lines, newest first.

@@ -446,6 +446,7 @@ impl Config {
         );
         let metrics_dir = validate::metrics_dir(&loc, parsed.metrics_dir.as_ref(), &mut errors);
         validate::check_machine_conflicts(&loc, &services, &mut errors);
+        validate::check_canaries(&loc, &services, &mut warnings);
         warnings.sort_by_key(|d| d.line);
         if errors.is_empty() {
             Ok(Config {

@@ -647,7 +647,15 @@ fn rollout_keys_are_read_with_their_defaults() {
     assert_eq!(gate.url, "http://prometheus:9090");
     assert_eq!((gate.soak, gate.min), (DEFAULT_SOAK, 2));
 
+    assert!(
+        c.warnings.iter().any(|w| w.key == "canary"
+            && w.message
+                .starts_with("web1.example.net runs no service app")),
+        "{:?}",
+        c.warnings
+    );
     let c = parse(&service_with("rollout = 90\ncanary = \"m1\"")).expect("valid");
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     let r = &c.services[0].rollout;
     assert_eq!(r.window, Duration::from_secs(90));
     assert!(r.is_canary("m1") && r.gate.is_none());

@@ -13,6 +13,10 @@ use crate::host::prometheus::{instance_host, Api};
 use crate::store::commit::CommitId;
 use crate::util::human_span;
 
+/// The longest a pass waits for Prometheus: a gate that cannot be asked
+/// stays closed, so waiting longer gains nothing.
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What one canary shows, from its series.
 #[derive(Debug, Default)]
 struct Canary {
@@ -24,7 +28,8 @@ struct Canary {
 
 /// `Ok(why it opened)` when `commit` may be adopted, else why not.
 pub fn check(gate: &Gate, svc: &Service, commit: CommitId, now: u64) -> Result<String, String> {
-    let api = Api::parse(&gate.url, svc.timeout).map_err(|e| format!("{e:#}"))?;
+    let api =
+        Api::parse(&gate.url, svc.timeout.min(QUERY_TIMEOUT)).map_err(|e| format!("{e:#}"))?;
     let asked = ask(&api, &svc.name, commit).map_err(|e| {
         format!(
             "Prometheus at {} cannot be asked ({e:#}); the gate stays closed until it answers",

@@ -1071,6 +1071,31 @@ fn valid_refname(name: &str) -> bool {
             .all(|part| !part.is_empty() && !part.starts_with('.') && !part.ends_with(".lock"))
 }
 
+/// Warns about a `canary` that runs no service of that name in this config:
+/// a misspelt canary never adopts first, and a gate waiting for it never
+/// opens.
+pub(super) fn check_canaries(
+    loc: &Locator<'_>,
+    services: &[(Service, Origin)],
+    warnings: &mut Vec<Diagnostic>,
+) {
+    let mut told: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for (svc, _) in services {
+        for canary in &svc.rollout.canary {
+            let runs = services
+                .iter()
+                .any(|(s, _)| s.name == svc.name && s.machine.eq_ignore_ascii_case(canary));
+            if !runs && told.insert((svc.name.as_str(), canary.as_str())) {
+                let msg = format!(
+                    "{canary} runs no service {} in this config: it cannot go first, and a gate waiting for it never opens",
+                    svc.name
+                );
+                warnings.push(loc.diag(None, &format!("service {}", svc.name), "canary", msg));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod refname_tests {
     /// The same verdict as libgit2's on names that break each rule, and on
@@ -1133,31 +1158,6 @@ mod refname_tests {
                 git2::Reference::is_valid_name(&full),
                 "{full:?}"
             );
-        }
-    }
-}
-
-/// Warns about a `canary` that runs no service of that name in this config:
-/// a misspelt canary never adopts first, and a gate waiting for it never
-/// opens.
-pub(super) fn check_canaries(
-    loc: &Locator<'_>,
-    services: &[(Service, Origin)],
-    warnings: &mut Vec<Diagnostic>,
-) {
-    let mut told: BTreeSet<(&str, &str)> = BTreeSet::new();
-    for (svc, _) in services {
-        for canary in &svc.rollout.canary {
-            let runs = services
-                .iter()
-                .any(|(s, _)| s.name == svc.name && s.machine.eq_ignore_ascii_case(canary));
-            if !runs && told.insert((svc.name.as_str(), canary.as_str())) {
-                let msg = format!(
-                    "{canary} runs no service {} in this config: it cannot go first, and a gate waiting for it never opens",
-                    svc.name
-                );
-                warnings.push(loc.diag(None, &format!("service {}", svc.name), "canary", msg));
-            }
         }
     }
 }

@@ -8,7 +8,7 @@ use testkit as common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::container::Machine;
@@ -49,9 +49,9 @@ impl Operator {
     }
 }
 
-fn config(up: &Upstream) -> String {
+fn config(up: &Upstream, names: &[&str]) -> String {
     format!(
-        "[[services]]\nmachine = [\"fleet1\", \"fleet2\", \"fleet3\"]\nservice = \"web\"\n\
+        "[[services]]\nmachine = {names:?}\nservice = \"web\"\n\
          upstream = \"{}\"\naction = \"reload\"\ndirs = [ {{ local = \"/etc/web\", link = \"web\" }} ]\n",
         up.url()
     )
@@ -88,7 +88,7 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
     let d = GitDaemon::start();
     let up = d.repo("cfg");
     let first = up.commit("main", &[("web/web.conf", Some("one\n"))], "one");
-    let text = config(&up);
+    let text = config(&up, &NAMES);
     up.commit(
         "main",
         &[("provision/config.toml", Some(&text))],
@@ -726,4 +726,291 @@ fn a_staged_rollout_reaches_the_canary_first_then_each_machine_at_its_time() {
             .is_some_and(|g| g.contains("Prometheus at http://127.0.0.1")),
         "{s}"
     );
+}
+
+const WEB: [&str; 2] = ["webui1", "webui2"];
+
+/// `curl` with `args`: (HTTP status, body).
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "120"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The value of attribute `attr` of the first tag containing `marker`.
+fn attribute(html: &str, marker: &str, attr: &str) -> Option<String> {
+    let at = html.find(marker)?;
+    let tag_start = html[..=at].rfind('<')?;
+    let tag = &html[tag_start..tag_start + html[tag_start..].find('>')?];
+    let key = format!("{attr}=\"");
+    let v = &tag[tag.find(&key)? + key.len()..];
+    Some(v[..v.find('"')?].to_string())
+}
+
+/// A running `provision fleet serve`, stopped when dropped (a failed
+/// assertion included).
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `provision fleet ... serve ARGS` and waits until it answers.
+fn serve(op: &Operator, port: u16, args: &[&str]) -> Served {
+    let log = fs::File::create(op.path(&format!("serve-{port}.log"))).expect("log");
+    let child = Command::new(BIN)
+        .arg("fleet")
+        .arg("-c")
+        .arg(op.path("config.toml"))
+        .arg("--ssh-config")
+        .arg(op.path("ssh_config"))
+        .args(["--remote-command", BIN, "serve", "--refresh", "2s"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("provision fleet serve");
+    let child = Served(child);
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < until,
+            "fleet serve never listened on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+fn chromium(args: &[&str], url: &str) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("chromium");
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_fleet_web_page_shows_every_machine_and_acts_only_with_its_token() {
+    if !common::require_tool("git-daemon")
+        || !common::require_tool("sshd")
+        || !common::require_tool("curl")
+        || !common::require_tool("chromium")
+        || !common::require_tool("htpasswd")
+        || !common::container::require_containers()
+    {
+        return;
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    let first = up.commit("main", &[("web/web.conf", Some("one\n"))], "one");
+    let second = up.commit(
+        "main",
+        &[("web/web.conf", Some("two\n"))],
+        "two: a longer subject",
+    );
+    let text = config(&up, &WEB);
+    let (op, machines, _) = fleet_of(&WEB, &text);
+    let state = |m: &Machine| {
+        service_status(m)["state"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
+    };
+    let port = common::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let server = serve(&op, port, &["--listen", &format!("127.0.0.1:{port}")]);
+
+    // The page and the API list every machine with its deployed commit.
+    let (code, api) = curl(&[&format!("{base}/api/v1/status")]);
+    assert_eq!(code, 200, "{api}");
+    let doc: serde_json::Value = serde_json::from_str(&api).expect("status JSON");
+    for (name, m) in WEB
+        .iter()
+        .zip(&doc["machines"].as_array().expect("machines")[..])
+    {
+        assert_eq!(m["machine"], *name);
+        assert_eq!(
+            m["status"]["services"][0]["deployed"]["commit"],
+            second.as_str()
+        );
+    }
+    let (code, page) = curl(&[&format!("{base}/")]);
+    assert_eq!(code, 200, "{page}");
+    for name in WEB {
+        assert!(page.contains(&format!("data-machine=\"{name}\"")), "{page}");
+    }
+    assert!(
+        page.contains(&second[..10]) && page.contains("two: a longer subject"),
+        "{page}"
+    );
+    let token = attribute(&page, "name=\"provision-token\"", "content").expect("token meta");
+    assert!(token.len() >= 32, "{token}");
+
+    // Without the token: 403, and nothing changes.
+    let (code, body) = curl(&[
+        "-d",
+        "service=web&machines=webui1&reason=x",
+        &format!("{base}/api/v1/freeze"),
+    ]);
+    assert_eq!(code, 403, "{body}");
+    let (code, _) = curl(&[
+        "-d",
+        "service=web&machines=webui1",
+        "-H",
+        "X-Provision-Token: wrong",
+        &format!("{base}/api/v1/freeze"),
+    ]);
+    assert_eq!(code, 403);
+    assert_eq!(state(&machines[0]), "following");
+
+    // The machine page's form, with its token, freezes that machine only.
+    let (code, mpage) = curl(&[&format!("{base}/machine/webui1")]);
+    assert_eq!(code, 200, "{mpage}");
+    assert_eq!(
+        attribute(&mpage, "name=\"token\"", "value").as_deref(),
+        Some(token.as_str())
+    );
+    assert!(mpage.contains("formaction=\"/api/v1/freeze\""), "{mpage}");
+    let (code, result) = curl(&[
+        "--data-urlencode",
+        "service=web",
+        "--data-urlencode",
+        "machines=webui1",
+        "--data-urlencode",
+        "reason=from the page",
+        "--data-urlencode",
+        &format!("token={token}"),
+        "--data-urlencode",
+        "do=freeze",
+        &format!("{base}/api/v1/freeze"),
+    ]);
+    assert_eq!(code, 200, "{result}");
+    assert!(result.contains("1 of 1 ok"), "{result}");
+    assert_eq!(state(&machines[0]), "frozen");
+    assert_eq!(state(&machines[1]), "following");
+    let hold = service_status(&machines[0])["hold"].clone();
+    assert_eq!(hold["reason"], "from the page");
+    assert!(
+        hold["by"]
+            .as_str()
+            .is_some_and(|b| b.ends_with("(fleet web)")),
+        "{hold}"
+    );
+
+    // A rollback from the service page: pick the older commit, tick webui2.
+    let (code, spage) = curl(&[&format!("{base}/service/web")]);
+    assert_eq!(code, 200, "{spage}");
+    let option = attribute(&spage, &format!("<option value=\"{first}\""), "value")
+        .expect("the older commit is offered");
+    assert!(spage.contains("formaction=\"/api/v1/rollback\""), "{spage}");
+    assert!(
+        spage.contains("name=\"machines\" value=\"webui2\""),
+        "{spage}"
+    );
+    let (code, result) = curl(&[
+        "-H",
+        "Accept: application/json",
+        "--data-urlencode",
+        "service=web",
+        "--data-urlencode",
+        "machines=webui2",
+        "--data-urlencode",
+        &format!("rev={option}"),
+        "--data-urlencode",
+        &format!("token={token}"),
+        &format!("{base}/api/v1/rollback"),
+    ]);
+    assert_eq!(code, 200, "{result}");
+    let r: serde_json::Value = serde_json::from_str(&result).expect("JSON result");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["results"][0]["machine"], "webui2", "{r}");
+    assert_eq!(deployed(&machines[1]), first);
+    assert_eq!(deployed(&machines[0]), second, "only the chosen machine");
+    let log = fs::read_to_string(op.path(&format!("serve-{port}.log"))).expect("log");
+    assert!(
+        log.contains(&format!("provision rollback web {first} on webui2")),
+        "{log}"
+    );
+    assert!(log.contains("refused freeze"), "{log}");
+
+    // A real browser: the DOM has the grid with both machines; a
+    // screenshot of the page as it is now.
+    let dom = chromium(&["--dump-dom"], &format!("{base}/?refresh=1"));
+    assert!(dom.contains("id=\"grid\""), "{dom}");
+    for name in WEB {
+        assert!(dom.contains(&format!("data-machine=\"{name}\"")), "{dom}");
+    }
+    assert!(
+        dom.contains("data-state=\"frozen\"") && dom.contains("data-state=\"pinned\""),
+        "{dom}"
+    );
+    let shot = common::project_root().join("target/fleet-web.png");
+    let _ = fs::remove_file(&shot);
+    chromium(
+        &[
+            "--window-size=1100,760",
+            &format!("--screenshot={}", shot.display()),
+        ],
+        &format!("{base}/"),
+    );
+    let png = fs::read(&shot).expect("screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    drop(server);
+
+    // Beyond loopback: only with an auth file; a wrong password gets 401.
+    let out = op.fleet(&[
+        "serve",
+        "--listen",
+        &format!("0.0.0.0:{}", common::free_port()),
+    ]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("--auth-file"), "{text}");
+    let out = Command::new("htpasswd")
+        .args(["-nbB", "alice", "s3cret"])
+        .output()
+        .expect("htpasswd");
+    assert!(out.status.success());
+    fs::write(op.path("users"), &out.stdout).expect("auth file");
+    let port = common::free_port();
+    let auth = op.path("users").display().to_string();
+    let _server = serve(
+        &op,
+        port,
+        &["--listen", &format!("0.0.0.0:{port}"), "--auth-file", &auth],
+    );
+    let url = format!("http://127.0.0.1:{port}/api/v1/status");
+    assert_eq!(curl(&[&url]).0, 401);
+    assert_eq!(curl(&["-u", "alice:wrong", &url]).0, 401);
+    let (code, body) = curl(&["-u", "alice:s3cret", &url]);
+    assert_eq!(code, 200, "{body}");
 }

@@ -410,6 +410,28 @@ pub enum FleetVerb {
         /// The service.
         name: String,
     },
+    /// A web page of the fleet: rollouts at a glance, and freeze,
+    /// unfreeze, rollback and forward from the browser.
+    ///
+    /// Loopback only unless --auth-file names who may use it. Every page
+    /// carries a token that actions must send back; TLS comes from a
+    /// reverse proxy (see the README).
+    Serve {
+        /// Where to listen.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8484")]
+        listen: String,
+        /// Users (USER:BCRYPT, as `htpasswd -nB` writes) and bearer tokens
+        /// (bearer:NAME:BCRYPT); required beyond loopback.
+        #[arg(long, value_name = "FILE")]
+        auth_file: Option<PathBuf>,
+        /// How old the shown status may get before it is collected again.
+        #[arg(long, value_name = "SPAN", default_value = "30s")]
+        refresh: String,
+        /// Read the status from this Prometheus (http://HOST:PORT) instead
+        /// of over SSH; actions still go over SSH.
+        #[arg(long, value_name = "URL")]
+        prometheus: Option<String>,
+    },
     /// The machines, for Ansible, pdsh, clustershell and the like.
     Inventory {
         /// ansible (a JSON inventory), json, or ssh (one name per line).

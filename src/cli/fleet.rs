@@ -10,10 +10,11 @@ use super::args::{FleetArgs, FleetOpts, FleetVerb, InventoryFormat};
 use super::render::{self, ago};
 use super::{Cli, UsageError, EXIT_FAILED};
 use crate::config::{self, Config};
+use crate::fleet::action::{self, Change};
 use crate::fleet::inventory::{self, Format};
+use crate::fleet::machines;
 use crate::fleet::ssh::{Answer, Transport};
 use crate::fleet::status::{self, Document, MachineStatus};
-use crate::fleet::{fanout, machines};
 use crate::util::now_unix;
 
 /// Runs a `fleet` verb.
@@ -53,12 +54,74 @@ pub fn run(cli: &Cli, args: &FleetArgs) -> Result<ExitCode> {
                         .map_err(|e| UsageError(format!("{e:#}")))?;
                     crate::fleet::prometheus::answers(&api, &all)?
                 }
-                None => ask_status(&all, &transport, opts, names),
+                None => status::ask(&all, &transport, opts.jobs, names, progress(all.len())),
             };
             status(&config, answers, *json)
         }
+        FleetVerb::Serve {
+            listen,
+            auth_file,
+            refresh,
+            prometheus,
+        } => {
+            let options = serve_options(
+                listen,
+                auth_file.as_deref(),
+                refresh,
+                prometheus,
+                &transport,
+            )?;
+            let fleet = crate::fleet::web::Fleet {
+                config,
+                machines: all,
+                transport,
+                jobs: opts.jobs,
+            };
+            crate::fleet::web::serve(fleet, options)?;
+            Ok(ExitCode::SUCCESS)
+        }
         verb => act(&config, &all, &transport, opts, verb),
     }
+}
+
+/// `fleet serve`'s options, checked: beyond loopback only with users.
+fn serve_options(
+    listen: &str,
+    auth_file: Option<&std::path::Path>,
+    refresh: &str,
+    prometheus: &Option<String>,
+    transport: &Transport,
+) -> Result<crate::fleet::web::Options> {
+    let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+        UsageError(format!(
+            "--listen {listen:?}: give an address and port, such as 127.0.0.1:8484 or [::1]:8484"
+        ))
+    })?;
+    let users = match auth_file {
+        Some(p) => Some(
+            crate::fleet::web::auth::Users::load(p).map_err(|e| UsageError(format!("--auth-file: {e:#}")))?,
+        ),
+        None if !addr.ip().is_loopback() => bail!(UsageError(format!(
+            "--listen {addr} is reachable from other machines: anyone there could freeze and roll back \
+             the fleet. Give --auth-file FILE (users made with `htpasswd -nB USER`), or listen on loopback \
+             and reach it through an SSH tunnel or a reverse proxy"
+        ))),
+        None => None,
+    };
+    let refresh = config::parse_span(refresh)
+        .map_err(|m| UsageError(format!("--refresh: {m}")))?
+        .max(std::time::Duration::from_secs(1));
+    let prometheus = prometheus
+        .as_deref()
+        .map(|url| crate::host::prometheus::Api::parse(url, transport.timeout))
+        .transpose()
+        .map_err(|e| UsageError(format!("--prometheus: {e:#}")))?;
+    Ok(crate::fleet::web::Options {
+        listen: addr,
+        users,
+        refresh,
+        prometheus,
+    })
 }
 
 /// The config from -c, or from the config repository (--repo).
@@ -113,23 +176,6 @@ fn progress(total: usize) -> impl Fn(usize) + Sync {
         }
         let _ = err.flush();
     }
-}
-
-/// Every machine's answer to `status --json` over SSH.
-fn ask_status(
-    machines: &[String],
-    transport: &Transport,
-    opts: &FleetOpts,
-    names: &[String],
-) -> Vec<(String, Answer)> {
-    let mut args = vec!["status".to_string(), "--json".to_string()];
-    args.extend(names.iter().cloned());
-    fanout::each(
-        machines,
-        opts.jobs,
-        |m| (m.clone(), transport.call(m, &args)),
-        progress(machines.len()),
-    )
 }
 
 /// `fleet status`, from the machines' answers.
@@ -283,16 +329,7 @@ fn act(
     let (args, service, changes) = remote_args(verb);
     // Only the machines that run the service.
     let targets: Vec<String> = match &service {
-        Some(name) => machines
-            .iter()
-            .filter(|m| {
-                config
-                    .services
-                    .iter()
-                    .any(|s| &s.name == name && &s.machine == *m)
-            })
-            .cloned()
-            .collect(),
+        Some(name) => action::running(config, machines, name),
         None => machines.to_vec(),
     };
     if targets.is_empty() {
@@ -312,10 +349,11 @@ fn act(
         tell!("nothing done");
         return Ok(ExitCode::from(EXIT_FAILED));
     }
-    let answers = fanout::each(
+    let answers = action::run_on(
         &targets,
+        transport,
         opts.jobs,
-        |m| (m.clone(), transport.call(m, &args)),
+        &args,
         progress(targets.len()),
     );
     let (mut ok, mut failed, mut unreachable) = (0, 0, 0);
@@ -359,31 +397,28 @@ fn act(
 /// changes machines.
 fn remote_args(verb: &FleetVerb) -> (Vec<String>, Option<String>, bool) {
     let s = |v: &str| v.to_string();
+    let change = |name: &String, c: Change| {
+        (
+            c.remote_args(name, &format!("{} (fleet)", action::operator())),
+            Some(name.clone()),
+            true,
+        )
+    };
     match verb {
         FleetVerb::Freeze {
             name,
             reason,
             until,
-        } => {
-            let mut a = vec![s("freeze"), name.clone()];
-            if let Some(r) = reason {
-                a.extend([s("--reason"), r.clone()]);
-            }
-            if let Some(u) = until {
-                a.extend([s("--until"), u.clone()]);
-            }
-            a.extend([s("--by"), operator()]);
-            (a, Some(name.clone()), true)
-        }
-        FleetVerb::Unfreeze { name } => {
-            (vec![s("unfreeze"), name.clone()], Some(name.clone()), true)
-        }
-        FleetVerb::Rollback { name, rev } => (
-            vec![s("rollback"), name.clone(), rev.clone()],
-            Some(name.clone()),
-            true,
+        } => change(
+            name,
+            Change::Freeze {
+                reason: reason.clone(),
+                until: until.clone(),
+            },
         ),
-        FleetVerb::Forward { name } => (vec![s("forward"), name.clone()], Some(name.clone()), true),
+        FleetVerb::Unfreeze { name } => change(name, Change::Unfreeze),
+        FleetVerb::Rollback { name, rev } => change(name, Change::Rollback { rev: rev.clone() }),
+        FleetVerb::Forward { name } => change(name, Change::Forward),
         FleetVerb::Sync { names } => {
             let mut a = vec![s("sync")];
             a.extend(names.iter().cloned());
@@ -393,20 +428,10 @@ fn remote_args(verb: &FleetVerb) -> (Vec<String>, Option<String>, bool) {
         FleetVerb::History { name } => {
             (vec![s("history"), name.clone()], Some(name.clone()), false)
         }
-        FleetVerb::Status { .. } | FleetVerb::Inventory { .. } => (Vec::new(), None, false),
+        FleetVerb::Status { .. } | FleetVerb::Inventory { .. } | FleetVerb::Serve { .. } => {
+            (Vec::new(), None, false)
+        }
     }
-}
-
-/// The operator, for the holds' `by`.
-fn operator() -> String {
-    let user = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "operator".to_string());
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default();
-    format!("{user}@{host} (fleet)")
 }
 
 /// Asks on the terminal before changing several machines; refuses when

@@ -4,11 +4,13 @@
 //! `provision --machine NAME ...`, so what the fleet shows and does is
 //! exactly what the machine shows and does.
 
+pub mod action;
 pub mod fanout;
 pub mod inventory;
 pub mod prometheus;
 pub mod ssh;
 pub mod status;
+pub mod web;
 
 use crate::config::Config;
 

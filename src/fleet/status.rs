@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::fleet::ssh::Answer;
+use crate::fleet::ssh::{Answer, Transport};
 
 /// Version of the `fleet status --json` document.
 pub const SCHEMA: u32 = 1;
@@ -63,6 +63,20 @@ pub struct Rollout {
     pub failing: usize,
     /// Not reached.
     pub unreachable: usize,
+}
+
+/// Every machine's answer to `status --json [NAMES]` over SSH, `jobs` at
+/// a time; `done` is told how many have answered.
+pub fn ask(
+    machines: &[String],
+    transport: &Transport,
+    jobs: usize,
+    names: &[String],
+    done: impl Fn(usize) + Sync,
+) -> Vec<(String, Answer)> {
+    let mut args = vec!["status".to_string(), "--json".to_string()];
+    args.extend(names.iter().cloned());
+    crate::fleet::action::run_on(machines, transport, jobs, &args, done)
 }
 
 /// Builds the document from each machine's answer to `status --json`.

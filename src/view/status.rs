@@ -124,6 +124,23 @@ pub struct CommitAt {
     pub commit: CommitId,
     /// Deployment time, or fetch time for upstream.
     pub time: u64,
+    /// The first line of its message, when the mirror has the commit.
+    pub subject: Option<String>,
+    /// Its committer time (Unix seconds), when the mirror has the commit.
+    pub committed: Option<i64>,
+}
+
+impl CommitAt {
+    /// `commit` at `time`, described from `repo` when it has the commit.
+    fn of(commit: CommitId, time: u64, repo: Option<&git2::Repository>) -> CommitAt {
+        let found = repo.and_then(|r| r.find_commit(commit.oid()).ok());
+        CommitAt {
+            commit,
+            time,
+            subject: found.as_ref().and_then(|c| c.summary().map(str::to_string)),
+            committed: found.as_ref().map(|c| c.time().seconds()),
+        }
+    }
 }
 
 /// Local changes to the deployed files.
@@ -298,14 +315,14 @@ fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
             by: h.by.clone(),
         }),
         in_sync: in_sync(&state),
-        deployed: state.deployed.as_ref().map(|d| CommitAt {
-            commit: d.commit,
-            time: d.time,
-        }),
-        upstream: state.upstream.as_ref().map(|u| CommitAt {
-            commit: u.commit,
-            time: u.fetched,
-        }),
+        deployed: state
+            .deployed
+            .as_ref()
+            .map(|d| CommitAt::of(d.commit, d.time, repo.as_ref())),
+        upstream: state
+            .upstream
+            .as_ref()
+            .map(|u| CommitAt::of(u.commit, u.fetched, repo.as_ref())),
         drift,
         mounts_ok: state.deployed.as_ref().map(|_| seen.mounts_ok()),
         mounts: seen
@@ -362,10 +379,10 @@ fn orphan_status(state_dir: &Path, name: String) -> ServiceStatus {
         unit: state.unit.clone().unwrap_or_else(|| "?".to_string()),
         state: Tracking::Orphaned,
         hold: None,
-        deployed: state.deployed.as_ref().map(|d| CommitAt {
-            commit: d.commit,
-            time: d.time,
-        }),
+        deployed: state
+            .deployed
+            .as_ref()
+            .map(|d| CommitAt::of(d.commit, d.time, None)),
         upstream: None,
         in_sync: None,
         drift: DriftStatus {

@@ -1,0 +1,661 @@
+//! The fleet's pages, rendered on the server from the `fleet status`
+//! document (and, for details, each machine's own history and diff):
+//! the overview, one machine, one service, and an action's results.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::fleet::action;
+use crate::fleet::status::{service_of, Document, MachineStatus, Rollout};
+use crate::fleet::web::html::{age, esc, path_segment};
+
+/// How one (machine, service) stands, for a badge and the ordering.
+struct Standing {
+    class: &'static str,
+    label: String,
+    problem: bool,
+}
+
+fn standing(m: &MachineStatus, s: Option<&Value>, head: Option<&str>) -> Standing {
+    let st = |class, label: &str, problem| Standing {
+        class,
+        label: label.to_string(),
+        problem,
+    };
+    let Some(s) = s else {
+        return st("b-off", "unreachable", true);
+    };
+    if !m.reachable {
+        return st("b-off", "unreachable", true);
+    }
+    let hurt = s["mounts_ok"] == false
+        || s["drift"]["count"].as_u64().is_some_and(|n| n > 0)
+        || s["unit_state"]
+            .as_str()
+            .is_some_and(|u| u != "active" && u != "reloading");
+    let mut out = if s["rejected"].is_object() {
+        st("b-rej", "rejected", true)
+    } else if s["last_pass"]["ok"] == false {
+        st("b-bad", "failing", true)
+    } else if let Some(kind @ ("frozen" | "pinned")) = s["state"].as_str() {
+        st("b-held", kind, false)
+    } else if s["rollout"].is_object() {
+        st("b-wait", "waiting", false)
+    } else if head.is_some() && s["deployed"]["commit"].as_str() == head {
+        st("b-ok", "at head", false)
+    } else {
+        st("b-behind", "behind", false)
+    };
+    out.problem |= hurt;
+    out
+}
+
+fn short(v: &Value) -> String {
+    v.as_str()
+        .map_or("-".to_string(), |c| c.chars().take(10).collect())
+}
+
+/// The subject and commit time of `head`, from any machine that has it.
+fn head_described(doc: &Document, service: &str, head: &str) -> Option<(String, Option<i64>)> {
+    doc.machines.iter().find_map(|m| {
+        let s = service_of(m, service)?;
+        ["upstream", "deployed"].iter().find_map(|k| {
+            (s[k]["commit"].as_str() == Some(head))
+                .then(|| {
+                    (
+                        s[k]["subject"].as_str().unwrap_or("").to_string(),
+                        s[k]["committed"].as_i64(),
+                    )
+                })?
+                .into()
+        })
+    })
+}
+
+/// A service's rollout: the head and a bar of where its machines stand.
+fn rollout_block(doc: &Document, r: &Rollout, link: bool) -> String {
+    let mut out = String::new();
+    let name = if link {
+        format!(
+            "<a href=\"/service/{}\">{}</a>",
+            path_segment(&r.name),
+            esc(&r.name)
+        )
+    } else {
+        format!("<strong>{}</strong>", esc(&r.name))
+    };
+    let head = match &r.head {
+        Some(h) => {
+            let (subject, committed) = head_described(doc, &r.name, h).unwrap_or_default();
+            let when = committed
+                .map(|t| format!(", {} ago", age(doc.time, t.max(0) as u64)))
+                .unwrap_or_default();
+            format!(
+                "head <code data-head=\"{}\">{}</code> {}<span class=\"mute\">{when}</span>",
+                esc(h),
+                esc(&h.chars().take(10).collect::<String>()),
+                esc(&subject)
+            )
+        }
+        None => "head unknown".to_string(),
+    };
+    let _ = write!(
+        out,
+        "<section class=\"svc\" data-service=\"{}\"><div class=\"head\">{name}<span>{head}</span>\
+         <span class=\"mute\">{} machines</span></div><div class=\"bar\" role=\"img\" aria-label=\"rollout of {}\">",
+        esc(&r.name),
+        r.machines,
+        esc(&r.name)
+    );
+    let parts = [
+        ("at_head", "at head", r.at_head),
+        ("waiting", "waiting", r.waiting),
+        ("behind", "behind", r.behind),
+        ("frozen", "frozen", r.frozen),
+        ("rejected", "rejected", r.rejected),
+        ("unreachable", "unreachable", r.unreachable),
+    ];
+    let total = r.machines.max(1) as f64;
+    for (class, label, n) in parts.iter().filter(|p| p.2 > 0) {
+        let _ = write!(
+            out,
+            "<span class=\"{class}\" style=\"width:{:.2}%\" title=\"{n} {label}\"></span>",
+            *n as f64 * 100.0 / total
+        );
+    }
+    out.push_str("</div><div class=\"legend\">");
+    for (class, label, n) in parts {
+        let _ = write!(
+            out,
+            "<span data-count=\"{class}\"><i class=\"{class}\"></i>{n} {label}</span>"
+        );
+    }
+    let _ = write!(
+        out,
+        "<span data-count=\"failing\"><i class=\"failing\"></i>{} failing</span>",
+        r.failing
+    );
+    if let (Some(a), Some(b)) = (r.waiting_from, r.waiting_until) {
+        let _ = write!(
+            out,
+            "<span>adopting from {} to {} UTC</span>",
+            crate::util::format_utc(a as i64),
+            crate::util::format_utc(b as i64)
+        );
+    }
+    out.push_str("</div></section>");
+    out
+}
+
+/// The machines × services grid cell of one service.
+fn cell(m: &MachineStatus, service: &str, head: Option<&str>, now: u64) -> (bool, String) {
+    let s = service_of(m, service);
+    let st = standing(m, s, head);
+    let Some(s) = s else {
+        return (
+            st.problem,
+            format!(
+                "<td class=\"cell\" data-service=\"{}\"><span class=\"badge {}\">{}</span></td>",
+                esc(service),
+                st.class,
+                esc(&st.label)
+            ),
+        );
+    };
+    let last = match (
+        s["last_pass"]["time"].as_u64(),
+        s["last_pass"]["ok"].as_bool(),
+    ) {
+        (Some(t), Some(ok)) => format!(
+            "pass {} ago {}",
+            age(now, t),
+            if ok { "ok" } else { "FAILED" }
+        ),
+        _ => "no pass yet".to_string(),
+    };
+    let mounts = match s["mounts_ok"].as_bool() {
+        Some(true) => "mounts ok",
+        Some(false) => "mounts BROKEN",
+        None => "no mounts",
+    };
+    let text = format!(
+        "<td class=\"cell\" data-service=\"{svc}\" data-commit=\"{commit}\" data-state=\"{label}\">\
+         <code>{short}</code> <span class=\"badge {class}\">{label}</span>\
+         <small>drift {drift} · {mounts} · {unit}</small><small>{last}</small></td>",
+        svc = esc(service),
+        commit = esc(s["deployed"]["commit"].as_str().unwrap_or("")),
+        short = esc(&short(&s["deployed"]["commit"])),
+        class = st.class,
+        label = esc(&st.label),
+        drift = s["drift"]["count"]
+            .as_u64()
+            .map_or("?".to_string(), |n| n.to_string()),
+        unit = esc(s["unit_state"].as_str().unwrap_or("?")),
+        last = esc(&last),
+    );
+    (st.problem, text)
+}
+
+/// `/`: every service's rollout, then the grid, problems first.
+pub fn overview(doc: &Document) -> String {
+    let mut out = String::from("<h2>Services</h2>");
+    for r in &doc.services {
+        out.push_str(&rollout_block(doc, r, true));
+    }
+    out.push_str(
+        "<h2>Machines</h2><div class=\"scroll\"><table id=\"grid\"><thead><tr><th>Machine</th>",
+    );
+    for r in &doc.services {
+        let _ = write!(out, "<th>{}</th>", esc(&r.name));
+    }
+    out.push_str("</tr></thead><tbody>");
+    let mut rows: Vec<(bool, String)> = doc
+        .machines
+        .iter()
+        .map(|m| {
+            let mut problem = !m.reachable;
+            let mut cells = String::new();
+            for r in &doc.services {
+                if service_of(m, &r.name).is_none() && m.reachable {
+                    cells.push_str("<td class=\"mute\">·</td>");
+                    continue;
+                }
+                let (p, c) = cell(m, &r.name, r.head.as_deref(), doc.time);
+                problem |= p;
+                cells.push_str(&c);
+            }
+            let error = m
+                .error
+                .as_deref()
+                .map(|e| format!("<small class=\"mute\">{}</small>", esc(e)))
+                .unwrap_or_default();
+            let row = format!(
+                "<tr data-machine=\"{name}\"{class}><td><a href=\"/machine/{link}\">{name}</a>{error}</td>{cells}</tr>",
+                name = esc(&m.machine),
+                link = path_segment(&m.machine),
+                class = if problem { " class=\"problem\"" } else { "" },
+            );
+            (problem, row)
+        })
+        .collect();
+    rows.sort_by_key(|(problem, _)| !problem);
+    for (_, row) in rows {
+        out.push_str(&row);
+    }
+    out.push_str("</tbody></table></div>");
+    out
+}
+
+/// What a page needs besides the status document: each machine's history
+/// and drift of the service, asked when the page is made.
+pub struct Details {
+    /// `history --json` entries (newest first), from one machine.
+    pub history: Vec<Value>,
+    /// Where the history came from, or why there is none.
+    pub history_from: Result<String, String>,
+    /// `diff NAME` output per machine with drift.
+    pub diffs: Vec<(String, String)>,
+}
+
+/// A hold, rejection or rollout wait, in words.
+fn conditions(s: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let utc = |v: &Value| {
+        v.as_u64()
+            .map(|t| format!("{} UTC", crate::util::format_utc(t as i64)))
+    };
+    if s["hold"].is_object() {
+        let h = &s["hold"];
+        let mut line = format!(
+            "{} since {}: {}",
+            h["kind"].as_str().unwrap_or("held"),
+            utc(&h["since"]).unwrap_or_default(),
+            h["reason"].as_str().unwrap_or("")
+        );
+        if let Some(by) = h["by"].as_str() {
+            let _ = write!(line, " (by {by})");
+        }
+        if let Some(until) = utc(&h["until"]) {
+            let _ = write!(line, ", until {until}");
+        }
+        out.push(line);
+    }
+    if s["rejected"].is_object() {
+        let r = &s["rejected"];
+        out.push(format!(
+            "rejected {} at {}: {}",
+            short(&r["commit"]),
+            r["stage"].as_str().unwrap_or("?"),
+            r["reason"]
+                .as_str()
+                .unwrap_or("")
+                .lines()
+                .next()
+                .unwrap_or("")
+        ));
+    }
+    if s["rollout"].is_object() {
+        let w = &s["rollout"];
+        let mut line = format!(
+            "waiting for rollout: {} at {}",
+            short(&w["commit"]),
+            utc(&w["at"]).unwrap_or_default()
+        );
+        if let Some(g) = w["gate"].as_str() {
+            let _ = write!(line, "; gate closed: {g}");
+        }
+        out.push(line);
+    }
+    if let Some(e) = s["last_pass"]["error"].as_str() {
+        out.push(format!("last pass failed: {e}"));
+    }
+    out
+}
+
+/// The history as a table, with where each commit is deployed.
+fn history_table(details: &Details, deployed_on: &dyn Fn(&str) -> Vec<String>, now: u64) -> String {
+    let mut out = String::new();
+    match &details.history_from {
+        Ok(from) => {
+            let _ = write!(out, "<p class=\"mute\">as {} knows it</p>", esc(from));
+        }
+        Err(why) => {
+            let _ = write!(out, "<p class=\"mute\">no history: {}</p>", esc(why));
+            return out;
+        }
+    }
+    out.push_str(
+        "<div class=\"scroll\"><table class=\"history\"><thead><tr><th>Commit</th><th>Subject</th>\
+         <th>Author</th><th>Age</th><th>Marks</th></tr></thead><tbody>",
+    );
+    for e in &details.history {
+        let commit = e["commit"].as_str().unwrap_or("");
+        let mut marks = Vec::new();
+        if e["upstream"] == true {
+            marks.push("<span class=\"badge b-wait\">upstream</span>".to_string());
+        }
+        let on = deployed_on(commit);
+        if !on.is_empty() {
+            marks.push(format!(
+                "<span class=\"badge b-ok\">deployed</span> {}",
+                esc(&on.join(", "))
+            ));
+        }
+        if e["offline"] == true {
+            marks.push("<span class=\"mute\">offline rollback</span>".to_string());
+        }
+        let _ = write!(
+            out,
+            "<tr data-commit=\"{}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(commit),
+            esc(&commit.chars().take(10).collect::<String>()),
+            esc(e["subject"].as_str().unwrap_or("")),
+            esc(e["author"].as_str().unwrap_or("")),
+            e["time"]
+                .as_i64()
+                .filter(|t| *t > 0)
+                .map_or("-".to_string(), |t| age(now, t as u64)),
+            marks.join(" ")
+        );
+    }
+    out.push_str("</tbody></table></div>");
+    out
+}
+
+/// The action form: `machines` as hidden fields (one machine) or as the
+/// checkboxes the caller put in the table (`form` attribute).
+fn actions_form(
+    id: &str,
+    service: &str,
+    token: &str,
+    machines: Option<&str>,
+    details: &Details,
+) -> String {
+    let mut out = format!(
+        "<form class=\"act\" id=\"{id}\" method=\"post\" action=\"/api/v1/freeze\" data-verb=\"freeze\" data-service=\"{svc}\">\
+         <input type=\"hidden\" name=\"service\" value=\"{svc}\"><input type=\"hidden\" name=\"token\" value=\"{token}\">",
+        id = esc(id),
+        svc = esc(service),
+        token = esc(token)
+    );
+    if let Some(m) = machines {
+        let _ = write!(
+            out,
+            "<input type=\"hidden\" name=\"machines\" value=\"{}\">",
+            esc(m)
+        );
+    }
+    out.push_str(
+        "<input type=\"text\" name=\"reason\" placeholder=\"reason (freeze)\" aria-label=\"reason\">\
+         <button name=\"do\" value=\"freeze\" formaction=\"/api/v1/freeze\">Freeze</button>\
+         <button name=\"do\" value=\"unfreeze\" formaction=\"/api/v1/unfreeze\">Unfreeze</button>\
+         <button name=\"do\" value=\"forward\" formaction=\"/api/v1/forward\">Forward</button>",
+    );
+    if details.history.is_empty() {
+        out.push_str("<input type=\"text\" name=\"rev\" placeholder=\"HEAD~1, hash or tag\" aria-label=\"revision\">");
+    } else {
+        out.push_str("<select name=\"rev\" aria-label=\"revision\">");
+        for e in &details.history {
+            let c = e["commit"].as_str().unwrap_or("");
+            let _ = write!(
+                out,
+                "<option value=\"{}\">{} {}</option>",
+                esc(c),
+                esc(&c.chars().take(10).collect::<String>()),
+                esc(e["subject"].as_str().unwrap_or(""))
+            );
+        }
+        out.push_str("</select>");
+    }
+    out.push_str(
+        "<button class=\"danger\" name=\"do\" value=\"rollback\" formaction=\"/api/v1/rollback\">Roll back</button></form>",
+    );
+    out
+}
+
+fn rows_of_fields(s: &Value, now: u64) -> String {
+    let commit = |k: &str| {
+        let c = &s[k];
+        if !c.is_object() {
+            return "-".to_string();
+        }
+        format!(
+            "<code>{}</code> {} <span class=\"mute\">{}</span>",
+            esc(&short(&c["commit"])),
+            esc(c["subject"].as_str().unwrap_or("")),
+            c["time"]
+                .as_u64()
+                .map(|t| format!("{} ago", age(now, t)))
+                .unwrap_or_default()
+        )
+    };
+    let mounts: Vec<String> = s["mounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "{} {}",
+                esc(m["local"].as_str().unwrap_or("?")),
+                esc(m["state"].as_str().unwrap_or("?"))
+            )
+        })
+        .collect();
+    let drift: Vec<String> = s["drift"]["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            format!(
+                "{} {}",
+                esc(f["change"].as_str().unwrap_or("?")),
+                esc(f["path"].as_str().unwrap_or("?"))
+            )
+        })
+        .collect();
+    let fields = [
+        ("Unit", esc(s["unit"].as_str().unwrap_or("?"))),
+        ("State", esc(s["state"].as_str().unwrap_or("?"))),
+        ("Deployed", commit("deployed")),
+        ("Upstream", commit("upstream")),
+        (
+            "Drift",
+            if drift.is_empty() {
+                s["drift"]["count"]
+                    .as_u64()
+                    .map_or("?".to_string(), |n| n.to_string())
+            } else {
+                drift.join("<br>")
+            },
+        ),
+        ("Mounts", mounts.join("<br>")),
+        ("Unit state", esc(s["unit_state"].as_str().unwrap_or("?"))),
+    ];
+    fields
+        .iter()
+        .map(|(k, v)| format!("<tr><th>{k}</th><td>{v}</td></tr>"))
+        .collect()
+}
+
+/// `/machine/NAME`: each of its services in detail, with its actions.
+pub fn machine(
+    doc: &Document,
+    m: &MachineStatus,
+    details: &[(String, Details)],
+    token: &str,
+) -> String {
+    let mut out = format!("<h2 data-machine=\"{0}\">{0}</h2>", esc(&m.machine));
+    if let Some(e) = &m.error {
+        let _ = write!(
+            out,
+            "<p class=\"badge b-off\">unreachable</p><pre>{}</pre>",
+            esc(e)
+        );
+    }
+    let services = m
+        .status
+        .as_ref()
+        .and_then(|d| d["services"].as_array().cloned())
+        .unwrap_or_default();
+    for s in &services {
+        let name = s["name"].as_str().unwrap_or("?");
+        let head = doc
+            .services
+            .iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.head.clone());
+        let st = standing(m, Some(s), head.as_deref());
+        let _ = write!(
+            out,
+            "<section class=\"svc\" data-service=\"{n}\"><div class=\"head\"><a href=\"/service/{link}\">{n}</a>\
+             <span class=\"badge {}\">{}</span></div>",
+            st.class,
+            esc(&st.label),
+            n = esc(name),
+            link = path_segment(name)
+        );
+        for c in conditions(s) {
+            let _ = write!(out, "<p>{}</p>", esc(&c));
+        }
+        let _ = write!(
+            out,
+            "<div class=\"scroll\"><table>{}</table></div>",
+            rows_of_fields(s, doc.time)
+        );
+        let empty = Details {
+            history: Vec::new(),
+            history_from: Err("not asked".to_string()),
+            diffs: Vec::new(),
+        };
+        let d = details
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(&empty, |(_, d)| d);
+        for (_, diff) in &d.diffs {
+            let _ = write!(out, "<h3>Drift</h3><pre>{}</pre>", esc(diff));
+        }
+        out.push_str("<h3>History</h3>");
+        let here = m.machine.clone();
+        let deployed = s["deployed"]["commit"].as_str().unwrap_or("").to_string();
+        out.push_str(&history_table(
+            d,
+            &|c: &str| {
+                if c == deployed {
+                    vec![here.clone()]
+                } else {
+                    Vec::new()
+                }
+            },
+            doc.time,
+        ));
+        out.push_str("<h3>Act</h3>");
+        out.push_str(&actions_form(
+            &format!("act-{name}"),
+            name,
+            token,
+            Some(&m.machine),
+            d,
+        ));
+        out.push_str("</section>");
+    }
+    out
+}
+
+/// `/service/NAME`: its rollout, every machine that runs it (to choose
+/// from), the history with where each commit is deployed, and drift.
+pub fn service(
+    doc: &Document,
+    name: &str,
+    machines: &[String],
+    details: &Details,
+    token: &str,
+) -> String {
+    let mut out = String::new();
+    if let Some(r) = doc.services.iter().find(|r| r.name == name) {
+        out.push_str(&rollout_block(doc, r, false));
+    }
+    let head = doc
+        .services
+        .iter()
+        .find(|r| r.name == name)
+        .and_then(|r| r.head.clone());
+    let form = "act-service";
+    out.push_str(
+        "<h2>Machines</h2><div class=\"scroll\"><table id=\"machines\"><thead><tr><th></th><th>Machine</th>\
+         <th>State</th><th>Deployed</th><th>Upstream</th><th>Drift</th><th>Mounts</th><th>Unit</th><th>Notes</th></tr></thead><tbody>",
+    );
+    for m in doc
+        .machines
+        .iter()
+        .filter(|m| machines.contains(&m.machine))
+    {
+        let s = service_of(m, name);
+        let st = standing(m, s, head.as_deref());
+        let v = s.cloned().unwrap_or(Value::Null);
+        let _ = write!(
+            out,
+            "<tr data-machine=\"{n}\"{class}><td><input type=\"checkbox\" name=\"machines\" value=\"{n}\" form=\"{form}\" aria-label=\"{n}\"></td>\
+             <td><a href=\"/machine/{link}\">{n}</a></td><td><span class=\"badge {}\">{}</span></td>\
+             <td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td class=\"notes\">{}</td></tr>",
+            st.class,
+            esc(&st.label),
+            esc(&short(&v["deployed"]["commit"])),
+            esc(&short(&v["upstream"]["commit"])),
+            v["drift"]["count"].as_u64().map_or("?".to_string(), |n| n.to_string()),
+            match v["mounts_ok"].as_bool() {
+                Some(true) => "ok",
+                Some(false) => "BROKEN",
+                None => "-",
+            },
+            esc(v["unit_state"].as_str().unwrap_or("?")),
+            esc(&conditions(&v).join("; ")),
+            n = esc(&m.machine),
+            link = path_segment(&m.machine),
+            class = if st.problem { " class=\"problem\"" } else { "" },
+        );
+    }
+    out.push_str("</tbody></table></div><h3>Act on the machines ticked above</h3>");
+    out.push_str(&actions_form(form, name, token, None, details));
+    out.push_str("<h2>History</h2>");
+    let deployed_on = |c: &str| -> Vec<String> {
+        doc.machines
+            .iter()
+            .filter(|m| service_of(m, name).is_some_and(|s| s["deployed"]["commit"] == c))
+            .map(|m| m.machine.clone())
+            .collect()
+    };
+    out.push_str(&history_table(details, &deployed_on, doc.time));
+    for (m, diff) in &details.diffs {
+        let _ = write!(out, "<h3>Drift on {}</h3><pre>{}</pre>", esc(m), esc(diff));
+    }
+    out
+}
+
+/// An action's results, one line per machine.
+pub fn results(verb: &str, service: &str, results: &[action::Result]) -> String {
+    let ok = results.iter().filter(|r| r.ok).count();
+    let mut out = format!(
+        "<h2>{} {}: {ok} of {} ok</h2><ul class=\"results\">",
+        esc(verb),
+        esc(service),
+        results.len()
+    );
+    for r in results {
+        let _ = write!(
+            out,
+            "<li class=\"{}\" data-machine=\"{}\"><strong>{}</strong>: {}</li>",
+            if r.ok { "ok" } else { "fail" },
+            esc(&r.machine),
+            esc(&r.machine),
+            esc(&r.message)
+        );
+    }
+    let _ = write!(
+        out,
+        "</ul><p><a href=\"/service/{}\">back to {}</a> · <a href=\"/\">overview</a></p>",
+        path_segment(service),
+        esc(service)
+    );
+    out
+}

@@ -116,6 +116,9 @@ fuzz: deps
 	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none --debug-assertions config fuzz/corpus/config -- \
 		-max_total_time=$(FUZZ_SECONDS) -dict=fuzz/config.dict -max_len=8192 -print_final_stats=1 || status=1; \
 	echo "corpus: $$(ls fuzz/corpus/config | wc -l) inputs in fuzz/corpus/config"; \
+	mkdir -p fuzz/corpus/allowed_signers && cp fuzz/seeds/allowed_signers fuzz/corpus/allowed_signers/; \
+	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none --debug-assertions allowed_signers fuzz/corpus/allowed_signers -- \
+		-max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 || status=1; \
 	PROVISION_FUZZ_ITERS=$(FUZZ_ITERS) PROVISION_FUZZ_SEED=$(FUZZ_SEED) \
 		$(CARGO) test --test config_fuzz -- --nocapture || status=1; \
 	exit $$status

@@ -107,8 +107,16 @@ pub enum Command {
     /// Follow upstream again and run a pass for this service now.
     ///
     /// Ends a freeze or pin, forgets a rejected commit (so it is tried
-    /// again), and starts the unit if it is not running.
-    Forward(NameOpts),
+    /// again), adopts the head now (ahead of its turn in a staged rollout),
+    /// and starts the unit if it is not running.
+    Forward(ForwardOpts),
+    /// Show whether a commit carries a valid signature by an allowed key.
+    ///
+    /// REV (default: the upstream head as last fetched, else the deployed
+    /// commit) is checked against the service's allowed_signers: the
+    /// signer, the key's fingerprint and the result. Exit 0 when verified,
+    /// 1 when not. Needs no network for a commit in the local mirror.
+    Verify(VerifyOpts),
     /// See and steer every machine of the config, over OpenSSH.
     ///
     /// Runs on an operator's machine (no root needed). The machines are
@@ -173,6 +181,29 @@ pub struct NameOpts {
     /// The service's name.
     #[arg(add = ArgValueCandidates::new(complete::service_names))]
     pub name: String,
+}
+
+/// Options of `forward`.
+#[derive(Debug, Args)]
+pub struct ForwardOpts {
+    /// The service's name.
+    #[arg(add = ArgValueCandidates::new(complete::service_names))]
+    pub name: String,
+    /// Deploy the head even when it was committed before the deployed
+    /// commit (refused otherwise when signatures are checked: a server
+    /// replaying an old signed commit).
+    #[arg(long)]
+    pub allow_older: bool,
+}
+
+/// Options of `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyOpts {
+    /// The service's name.
+    #[arg(add = ArgValueCandidates::new(complete::service_names))]
+    pub name: String,
+    /// HEAD~N (from the deployed commit), a commit hash or a tag.
+    pub rev: Option<String>,
 }
 
 /// Options of `freeze`.

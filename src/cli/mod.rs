@@ -81,6 +81,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Unfreeze(opts) => unfreeze(&cli, opts),
         Command::Rollback(opts) => rollback(&cli, opts),
         Command::Forward(opts) => forward(&cli, opts),
+        Command::Verify(opts) => verify(&cli, opts),
         Command::History(opts) => history(&cli, opts),
     }
 }
@@ -95,6 +96,7 @@ fn require_root(cli: &Cli) -> Result<()> {
         Command::Status(_) => Some("status"),
         Command::Diff(_) => Some("diff"),
         Command::History(_) => Some("history"),
+        Command::Verify(_) => Some("verify"),
         _ => None,
     };
     if let Some(verb) = reader {
@@ -124,6 +126,7 @@ fn require_root(cli: &Cli) -> Result<()> {
         | Command::Status(_)
         | Command::Diff(_)
         | Command::History(_)
+        | Command::Verify(_)
         | Command::Generate(_)
         | Command::Fleet(_) => return Ok(()),
     };
@@ -173,7 +176,39 @@ fn check(cli: &Cli) -> Result<ExitCode> {
     for w in volatile_warnings(&cli.state_dir, &mine) {
         tell!("warning: {w}");
     }
-    Ok(ExitCode::SUCCESS)
+    let mut bad = false;
+    for (path, n) in signer_files(&mine) {
+        match crate::git::allowed_signers::load(&path) {
+            Ok(signers) => say!(
+                "{}: {} allowed signer(s), for {n}",
+                path.display(),
+                signers.len()
+            ),
+            Err(e) => {
+                tell!("error: {e:#}");
+                bad = true;
+            }
+        }
+    }
+    Ok(if bad {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Each allowed_signers file once, with the services that use it.
+fn signer_files(services: &[&Service]) -> Vec<(std::path::PathBuf, String)> {
+    let mut out: Vec<(std::path::PathBuf, Vec<&str>)> = Vec::new();
+    for svc in services {
+        if let Some(p) = &svc.allowed_signers {
+            match out.iter_mut().find(|(q, _)| q == p) {
+                Some((_, names)) => names.push(&svc.name),
+                None => out.push((p.clone(), vec![&svc.name])),
+            }
+        }
+    }
+    out.into_iter().map(|(p, n)| (p, n.join(", "))).collect()
 }
 
 /// The state dir and `mount` directories that a reboot would empty.
@@ -536,15 +571,43 @@ fn rollback(cli: &Cli, opts: &RollbackOpts) -> Result<ExitCode> {
     Ok(code)
 }
 
-/// `provision forward NAME`
-fn forward(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
+/// `provision forward NAME [--allow-older]`
+fn forward(cli: &Cli, opts: &ForwardOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
     let svc = one(&config, &id, &opts.name)?;
     let all = id.services(&config);
-    let report = control::forward(svc, &all, &cli.state_dir)?;
+    let report = control::forward(svc, &all, &cli.state_dir, opts.allow_older)?;
     let code = print_reports(vec![report], Doing::Deploy);
     publish_metrics(cli, &config, &all);
     Ok(code)
+}
+
+/// `provision verify NAME [REV]`
+fn verify(cli: &Cli, opts: &VerifyOpts) -> Result<ExitCode> {
+    let (config, id) = machine_config(cli)?;
+    let svc = one(&config, &id, &opts.name)?;
+    let rev = opts
+        .rev
+        .as_deref()
+        .map(|r| crate::engine::rev::Rev::parse(r).map_err(UsageError))
+        .transpose()?;
+    let found = control::verify(svc, &cli.state_dir, rev.as_ref())?;
+    if svc.allowed_signers.is_none() {
+        tell!(
+            "note: {} has no allowed_signers: no key is trusted, and passes do not check signatures",
+            svc.name
+        );
+    }
+    say!(
+        "{}: {}",
+        found.commit.chars().take(10).collect::<String>(),
+        found.describe()
+    );
+    Ok(if found.verified {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
 }
 
 /// `provision history NAME [--json]`

@@ -450,6 +450,13 @@ fn detail_lines(s: &ServiceStatus, now: u64) -> Vec<String> {
             utc(r.time),
         ));
     }
+    if let Some(v) = s.signature.as_ref().filter(|v| !v.verified) {
+        out.push(format!(
+            "{n}: signature of {}: {}",
+            v.commit.chars().take(10).collect::<String>(),
+            v.describe()
+        ));
+    }
     if let Some(w) = &s.rollout {
         let gate = w
             .gate

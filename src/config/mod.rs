@@ -90,6 +90,9 @@ pub struct Service {
     pub checks: Checks,
     /// How a new head spreads across the fleet.
     pub rollout: Rollout,
+    /// SSH keys allowed to sign the commits deployed (git's allowed
+    /// signers format); `None`: signatures are not checked.
+    pub allowed_signers: Option<PathBuf>,
 }
 
 /// How long canaries must have served a commit when `soak` is not set.

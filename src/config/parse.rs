@@ -47,6 +47,8 @@ pub(super) struct RawSettings {
     pub gate: Option<Sp<String>>,
     pub soak: Option<Sp<String>>,
     pub gate_min: Option<Sp<i64>>,
+    pub allowed_signers: Option<Sp<String>>,
+    pub openpgp_keys: Option<Sp<String>>,
 }
 
 /// One `[[services]]` table.
@@ -140,7 +142,7 @@ impl<'a> Locator<'a> {
 }
 
 const GLOBAL: &str = "[global]";
-const SHARED_KEYS: [&str; 27] = [
+const SHARED_KEYS: [&str; 29] = [
     "upstream",
     "branch",
     "user",
@@ -168,6 +170,8 @@ const SHARED_KEYS: [&str; 27] = [
     "gate",
     "soak",
     "gate_min",
+    "allowed_signers",
+    "openpgp_keys",
 ];
 /// Accepted for gitopper compatibility and otherwise ignored.
 const IGNORED_KEYS: [&str; 1] = ["keys"];
@@ -368,6 +372,8 @@ impl Walker<'_, '_> {
                 return true;
             }
             "gate" => &mut s.gate,
+            "allowed_signers" => &mut s.allowed_signers,
+            "openpgp_keys" => &mut s.openpgp_keys,
             "rollout" => {
                 s.rollout = self.string_or_integer(v, ctx, key);
                 return true;

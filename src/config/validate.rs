@@ -143,6 +143,7 @@ impl Resolver<'_> {
         let limits = self.limits(&s);
         let checks = self.checks(&s);
         let rollout = self.rollout(&s);
+        let allowed_signers = self.trust(&s);
         let dirs = self.dirs(raw);
         let machine = machine.and_then(|m| self.machine(m));
         Some(Service {
@@ -167,7 +168,26 @@ impl Resolver<'_> {
             limits: limits?,
             checks: checks?,
             rollout: rollout?,
+            allowed_signers: allowed_signers?,
         })
+    }
+
+    /// `allowed_signers` (an absolute path); `openpgp_keys` is refused
+    /// rather than ignored, so no one believes OpenPGP signatures are
+    /// checked when they are not.
+    fn trust(&mut self, s: &RawSettings) -> Option<Option<PathBuf>> {
+        if let Some(k) = &s.openpgp_keys {
+            self.err(
+                Some(&k.span),
+                "openpgp_keys",
+                "OpenPGP signatures cannot be verified by this version of provision; sign commits with SSH keys and list them in allowed_signers",
+            );
+            return None;
+        }
+        match &s.allowed_signers {
+            None => Some(None),
+            Some(p) => self.abs_path(p, "allowed_signers").map(Some),
+        }
     }
 
     /// `rollout`, `canary`, `gate`, `soak` and `gate_min`.
@@ -827,6 +847,8 @@ fn merge(s: &RawSettings, g: &RawSettings) -> RawSettings {
         gate: pick(&s.gate, &g.gate),
         soak: pick(&s.soak, &g.soak),
         gate_min: pick(&s.gate_min, &g.gate_min),
+        allowed_signers: pick(&s.allowed_signers, &g.allowed_signers),
+        openpgp_keys: pick(&s.openpgp_keys, &g.openpgp_keys),
     }
 }
 

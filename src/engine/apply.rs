@@ -201,6 +201,10 @@ pub(crate) fn apply(
     mut notes: Vec<String>,
 ) -> Result<Outcome> {
     let (repo, target) = (plan.repo, plan.target);
+    let moving = state.deployed.as_ref().map(|d| d.commit) != Some(CommitId::from(target));
+    if moving {
+        crate::engine::trust::require_signed(svc, repo, state, target)?;
+    }
     if let Some(pkg) = &svc.package {
         if package::ensure(pkg)? {
             notes.push(format!("installed package {pkg}"));

@@ -203,7 +203,12 @@ pub fn forget(state_dir: &Path, name: &str) -> Result<Vec<String>> {
 /// again), and runs a pass for this service now that adopts the head
 /// without waiting for its place in a staged rollout, starting the unit if
 /// it is not running.
-pub fn forward(svc: &Service, all: &[&Service], state_dir: &Path) -> Result<Report> {
+pub fn forward(
+    svc: &Service,
+    all: &[&Service],
+    state_dir: &Path,
+    allow_older: bool,
+) -> Result<Report> {
     {
         let sd = StateDir::new(state_dir, &svc.name);
         let _lock = layout::lock_service(&sd, svc)?;
@@ -216,9 +221,50 @@ pub fn forward(svc: &Service, all: &[&Service], state_dir: &Path) -> Result<Repo
         drift: None,
         stopped: WhenStopped::Start,
         pace: Pace::Now,
+        allow_older,
     };
     let mut reports = pass::sync(&[svc], all, state_dir, intent);
     reports
         .pop()
         .ok_or_else(|| anyhow::anyhow!("no pass report for {}", svc.name))
+}
+
+/// The signature check of `rev` (default: the upstream head as last
+/// fetched, else the deployed commit) against the service's
+/// allowed_signers (none trusted when it has none). Takes no lock.
+pub fn verify(
+    svc: &Service,
+    state_dir: &Path,
+    rev: Option<&Rev>,
+) -> Result<crate::git::signature::Verdict> {
+    let state = StateDir::new(state_dir, &svc.name).load()?;
+    let mirror = Mirror::of(svc, state_dir);
+    let deployed = state.deployed.as_ref().map(|d| d.commit);
+    let target = match rev {
+        Some(rev) => {
+            let releases = layout::releases(svc, state_dir);
+            let lookup = Lookup {
+                svc,
+                mirror: &mirror,
+                releases: &releases,
+                deployed,
+            };
+            lookup.resolve(rev)?
+        }
+        None => match (state.upstream.as_ref().map(|u| u.commit), deployed) {
+            (Some(c), _) | (None, Some(c)) => c.oid(),
+            (None, None) => bail!(
+                "{} has no fetched or deployed commit yet; run provision sync",
+                svc.name
+            ),
+        },
+    };
+    let repo = mirror
+        .open()
+        .with_context(|| format!("the mirror of {} is needed to read signatures", svc.name))?;
+    let signers = match &svc.allowed_signers {
+        Some(p) => crate::git::allowed_signers::load(p)?,
+        None => Vec::new(),
+    };
+    Ok(crate::git::signature::verify(&repo, target, &signers))
 }

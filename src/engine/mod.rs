@@ -13,3 +13,4 @@ pub mod rev;
 pub mod rollout;
 pub mod timers;
 pub mod trial;
+pub mod trust;

@@ -32,6 +32,9 @@ pub struct Intent {
     pub stopped: WhenStopped,
     /// Whether a staged rollout's wait applies (`forward` adopts now).
     pub pace: Pace,
+    /// Deploy a head older than the deployed commit (`forward
+    /// --allow-older`); refused otherwise when signatures are checked.
+    pub allow_older: bool,
 }
 
 impl Intent {
@@ -40,6 +43,7 @@ impl Intent {
         drift: None,
         stopped: WhenStopped::Leave,
         pace: Pace::Staged,
+        allow_older: false,
     };
 }
 
@@ -235,6 +239,9 @@ fn follow(
         _ => head,
     };
     let repo = mirror.open()?;
+    if target == head {
+        crate::engine::trust::require_fresh(svc, &repo, deployed, head, intent.allow_older)?;
+    }
     let plan = apply::Plan {
         repo: Some(&repo),
         target: target.oid(),

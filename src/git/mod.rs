@@ -1,7 +1,9 @@
-//! Mirrors of upstream branches, and the credentials and host keys used
-//! to fetch them.
+//! Mirrors of upstream branches, the credentials and host keys used to
+//! fetch them, and the signatures that say who wrote a commit.
 
+pub mod allowed_signers;
 pub mod auth;
 pub(crate) mod known_hosts;
 pub(crate) mod mirror;
+pub mod signature;
 pub(crate) mod tls;

@@ -70,6 +70,10 @@ pub struct State {
     /// deployed; `None` while in sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behind_since: Option<u64>,
+    /// The last signature check (with `allowed_signers`): of the commit
+    /// last deployed or refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::git::signature::Verdict>,
     /// The head this machine is waiting to adopt in a staged rollout,
     /// kept until it is deployed or a newer head replaces it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -280,6 +284,8 @@ pub enum Stage {
     Visibility,
     /// `health`, after the action.
     Health,
+    /// Not signed by a key of `allowed_signers`, before anything else.
+    Signature,
 }
 
 impl Stage {
@@ -290,6 +296,7 @@ impl Stage {
             Stage::Action => "action",
             Stage::Visibility => "visibility",
             Stage::Health => "health",
+            Stage::Signature => "signature",
         }
     }
 }

@@ -74,7 +74,7 @@ struct Family {
 }
 
 /// The families, in output order: name, type, help.
-pub const FAMILIES: [(&str, &str, &str); 23] = [
+pub const FAMILIES: [(&str, &str, &str); 24] = [
     (
         "provision_service_info",
         "gauge",
@@ -139,6 +139,11 @@ pub const FAMILIES: [(&str, &str, &str); 23] = [
         "provision_rollout_wait_until_timestamp_seconds",
         "gauge",
         "When this machine adopts the head it waits for in a staged rollout (its gate permitting); absent when not waiting.",
+    ),
+    (
+        "provision_signature_verified",
+        "gauge",
+        "1 when the last commit checked (deployed or refused) carries a valid signature by a key of allowed_signers, 0 when not; absent without allowed_signers.",
     ),
     (
         "provision_drift_files",
@@ -293,6 +298,9 @@ fn samples(svc: &Service, state: Option<&State>, now: u64) -> Vec<Sample> {
             ],
             1.0,
         ));
+    }
+    if let (Some(_), Some(v)) = (&svc.allowed_signers, &state.signature) {
+        out.push(one("provision_signature_verified", bool(v.verified)));
     }
     if let Some(w) = state.rollout_wait(now) {
         out.push(one(

@@ -68,6 +68,8 @@ pub struct ServiceStatus {
     /// The head this machine waits to adopt in a staged rollout; `None`
     /// when not waiting.
     pub rollout: Option<RolloutStatus>,
+    /// The last signature check, with `allowed_signers`; `None` without.
+    pub signature: Option<crate::git::signature::Verdict>,
     /// Seconds upstream has had a commit that is not deployed: 0 in sync,
     /// `None` until both are known.
     pub behind_seconds: Option<u64>,
@@ -339,6 +341,7 @@ fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
         }),
         rejected: state.rejected.clone(),
         rollout: state.rollout_wait(now).map(RolloutStatus::of),
+        signature: svc.allowed_signers.as_ref().and(state.signature.clone()),
         behind_seconds: behind_seconds(&state, now),
         state_error,
     }
@@ -407,6 +410,7 @@ fn orphan_status(state_dir: &Path, name: String) -> ServiceStatus {
         }),
         rejected: None,
         rollout: None,
+        signature: None,
         behind_seconds: None,
         state_error,
         name,

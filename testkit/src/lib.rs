@@ -664,13 +664,26 @@ impl Upstream {
     /// `main`) if that resolves, else as a root commit. An empty `files`
     /// slice makes an empty commit.
     pub fn commit(&self, branch: &str, files: &[(&str, Option<&str>)], message: &str) -> String {
-        self.author(branch, files, message, Authoring::Normal)
+        self.author(branch, files, message, Authoring::Normal, &[])
     }
 
     /// Create `n` commits on `branch` with `git fast-import` directly in the
     /// bare repo, each changing only `history/counter` (the rest of the tree is
     /// kept); returns the new head hash. A missing branch starts from the bare
     /// repo's HEAD if any, else from a root commit.
+    /// Like [`Upstream::commit`], signed by `git commit -S` with the `git
+    /// -c` settings `sign` (such as `gpg.format=ssh` and
+    /// `user.signingkey=PATH`).
+    pub fn commit_signed(
+        &self,
+        branch: &str,
+        files: &[(&str, Option<&str>)],
+        message: &str,
+        sign: &[&str],
+    ) -> String {
+        self.author(branch, files, message, Authoring::Normal, sign)
+    }
+
     pub fn commit_many(&self, branch: &str, n: usize) -> String {
         let parent = self.head_opt(branch).or_else(|| self.bare_head());
         if n == 0 {
@@ -756,14 +769,14 @@ impl Upstream {
         message: &str,
     ) -> String {
         let files: Vec<(&str, Option<&str>)> = files.iter().map(|(p, c)| (*p, Some(*c))).collect();
-        self.author(branch, &files, message, Authoring::Unrelated)
+        self.author(branch, &files, message, Authoring::Unrelated, &[])
     }
 
     /// Rewrite the last commit of `branch` (amend with new content and
     /// message) and force-push; returns the new hash (always different from
     /// the old one). Panics if the branch does not exist.
     pub fn amend(&self, branch: &str, files: &[(&str, Option<&str>)], message: &str) -> String {
-        self.author(branch, files, message, Authoring::Amend)
+        self.author(branch, files, message, Authoring::Amend, &[])
     }
 
     /// Delete `branch` from the bare repo. Panics if it does not exist.
@@ -825,6 +838,7 @@ impl Upstream {
         files: &[(&str, Option<&str>)],
         message: &str,
         mode: Authoring,
+        sign: &[&str],
     ) -> String {
         // Bring the work clone up to date with whatever happened in the bare
         // repo (fast-import, force pushes, deletions ...).
@@ -874,6 +888,9 @@ impl Upstream {
 
         let date = format!("@{} +0000", next_timestamp());
         let mut commit = self.work_git();
+        for setting in sign {
+            commit.args(["-c", setting]);
+        }
         commit
             .env("GIT_AUTHOR_DATE", &date)
             .env("GIT_COMMITTER_DATE", &date)
@@ -887,6 +904,9 @@ impl Upstream {
             ]);
         if matches!(mode, Authoring::Amend) {
             commit.arg("--amend");
+        }
+        if !sign.is_empty() {
+            commit.arg("-S");
         }
         run(&mut commit);
 

@@ -1,0 +1,289 @@
+//! Signed commits, made by real tools (`git commit -S` with SSH keys from
+//! `ssh-keygen`, and hand-built commit objects signed by `ssh-keygen -Y
+//! sign`), checked by provision in-process: an allowed key deploys;
+//! unsigned, unknown, expired, wrong-namespace, tampered and replayed
+//! commits are refused with their reasons, nothing switching; a rollback
+//! to an unsigned commit is refused; `verify` and `check` say why.
+
+use testkit as common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::host::{app_config, Host};
+use common::{GitDaemon, Upstream};
+
+/// Signing settings for `git commit -S` with the SSH key at `key`.
+fn ssh_signing(key: &Path) -> [String; 2] {
+    [
+        "gpg.format=ssh".to_string(),
+        format!("user.signingkey={}", key.display()),
+    ]
+}
+
+fn commit_as(up: &Upstream, key: &Path, content: &str, message: &str) -> String {
+    let sign = ssh_signing(key);
+    let sign: Vec<&str> = sign.iter().map(String::as_str).collect();
+    up.commit_signed(
+        "main",
+        &[("app/etc/app.conf", Some(content))],
+        message,
+        &sign,
+    )
+}
+
+/// The raw commit object of `sha`.
+fn raw(up: &Upstream, sha: &str) -> String {
+    common::run(common::git_cmd(up.bare()).args(["cat-file", "commit", sha])) + "\n"
+}
+
+/// Writes `text` as a commit object and points main at it.
+fn write_commit(up: &Upstream, text: &str) -> String {
+    let mut child = common::git_cmd(up.bare())
+        .args([
+            "hash-object",
+            "-t",
+            "commit",
+            "-w",
+            "--stdin",
+            "--literally",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("git hash-object");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("writing the commit");
+    let out = child.wait_with_output().expect("git hash-object");
+    assert!(out.status.success());
+    let sha = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    common::run(common::git_cmd(up.bare()).args(["update-ref", "refs/heads/main", &sha]));
+    sha
+}
+
+/// A commit object like `unsigned_sha`'s, signed by `key` in `namespace`
+/// (git signs in "git").
+fn signed_in_namespace(
+    up: &Upstream,
+    unsigned_sha: &str,
+    key: &Path,
+    namespace: &str,
+    dir: &Path,
+) -> String {
+    let payload = raw(up, unsigned_sha);
+    let payload = payload.strip_suffix('\n').unwrap_or(&payload).to_string();
+    let file = dir.join("payload");
+    fs::write(&file, &payload).expect("payload");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", namespace, "-f"])
+        .arg(key)
+        .arg(&file)
+        .output()
+        .expect("ssh-keygen -Y sign");
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let sig = fs::read_to_string(dir.join("payload.sig")).expect("signature");
+    let _ = fs::remove_file(dir.join("payload.sig"));
+    let header: String = sig
+        .trim_end()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                format!("gpgsig {l}\n")
+            } else {
+                format!(" {l}\n")
+            }
+        })
+        .collect();
+    let (head, message) = payload.split_once("\n\n").expect("a commit has a message");
+    write_commit(up, &format!("{head}\n{header}\n{message}"))
+}
+
+#[test]
+fn only_commits_signed_by_an_allowed_key_deploy_and_each_refusal_says_why() {
+    if !common::require_tool("git-daemon") || !common::require_tool("ssh-keygen") {
+        return;
+    }
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = |n: &str| keys.path().join(n);
+    for n in ["alice", "mallory", "old", "files"] {
+        common::ssh_keygen(&key(n));
+    }
+    let public = |n: &str| common::public_key(&key(&format!("{n}.pub")));
+    let signers = key("allowed_signers");
+    fs::write(
+        &signers,
+        format!(
+            "# who may sign\nalice@example.net {}\nold@example.net valid-before=\"20200101\" {}\n\
+             files@example.net namespaces=\"file\" {}\n",
+            public("alice"),
+            public("old"),
+            public("files")
+        ),
+    )
+    .expect("allowed_signers");
+    let d = GitDaemon::start();
+    let up = d.repo("app");
+    let h = Host::new();
+    h.write_config(&app_config(
+        &up.url(),
+        &format!("allowed_signers = \"{}\"", signers.display()),
+    ));
+    let deployed = |h: &Host| {
+        h.status_json()["deployed"]["commit"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+
+    // Signed by an allowed key: deployed, and said so.
+    up.commit(
+        "main",
+        &[("app/default", Some("OPTS=-v\n"))],
+        "unsigned base",
+    );
+    let good = commit_as(&up, &key("alice"), "port = 1\n", "one");
+    h.sync(0);
+    assert_eq!(deployed(&h), good);
+    let s = h.status_json();
+    assert_eq!(s["signature"]["verified"], true, "{s}");
+    assert_eq!(s["signature"]["signer"], "alice@example.net");
+    assert!(h
+        .metrics_text()
+        .contains("provision_signature_verified{service=\"app\"} 1"));
+
+    // Each bad head is refused with its reason; nothing switches.
+    let unsigned = up.commit(
+        "main",
+        &[("app/etc/app.conf", Some("port = 2\n"))],
+        "unsigned",
+    );
+    let mallory = commit_as(&up, &key("mallory"), "port = 3\n", "mallory");
+    let cases: Vec<(String, &str)> = vec![
+        (unsigned.clone(), "unsigned"),
+        (mallory.clone(), "unknown key"),
+        (
+            commit_as(&up, &key("old"), "port = 4\n", "old"),
+            "expired: the key was valid until 2020-01-01",
+        ),
+        (
+            commit_as(&up, &key("files"), "port = 5\n", "files"),
+            "the key may not sign in \"git\"",
+        ),
+    ];
+    for (commit, reason) in &cases {
+        common::run(common::git_cmd(up.bare()).args(["update-ref", "refs/heads/main", commit]));
+        let out = h.sync(1);
+        assert!(
+            out.contains(&format!("rejected {} at signature", &commit[..10])),
+            "{out}"
+        );
+        assert!(out.contains(reason), "{reason}: {out}");
+        assert!(out.contains("nothing switched"), "{out}");
+        assert_eq!(deployed(&h), good, "{reason}");
+        let s = h.status_json();
+        assert_eq!(s["rejected"]["stage"], "signature", "{s}");
+        assert_eq!(s["signature"]["verified"], false, "{s}");
+        assert!(h
+            .metrics_text()
+            .contains("provision_signature_verified{service=\"app\"} 0"));
+    }
+
+    // Signed in another namespace than git's, and a signed commit whose
+    // content was changed afterwards.
+    let base = up.commit(
+        "main",
+        &[("app/etc/app.conf", Some("port = 6\n"))],
+        "to be signed by hand",
+    );
+    let other_ns = signed_in_namespace(&up, &base, &key("alice"), "file", keys.path());
+    let out = h.sync(1);
+    assert!(
+        out.contains(&other_ns[..10]) && out.contains("wrong namespace \"file\""),
+        "{out}"
+    );
+    let signed = commit_as(&up, &key("alice"), "port = 7\n", "seven");
+    let tampered = write_commit(&up, &raw(&up, &signed).replacen("seven", "eleven", 1));
+    let out = h.sync(1);
+    assert!(
+        out.contains(&tampered[..10]) && out.contains("bad signature"),
+        "{out}"
+    );
+    assert_eq!(deployed(&h), good);
+
+    // A newer signed head deploys; the server replaying the older signed
+    // one is refused until the operator says so.
+    common::run(common::git_cmd(up.bare()).args(["update-ref", "refs/heads/main", &signed]));
+    h.sync(0);
+    assert_eq!(deployed(&h), signed);
+    common::run(common::git_cmd(up.bare()).args(["update-ref", "refs/heads/main", &good]));
+    let out = h.sync(1);
+    assert!(out.contains("is older than the deployed"), "{out}");
+    assert!(out.contains("--allow-older"), "{out}");
+    assert_eq!(deployed(&h), signed);
+    let out = h.run(&["forward", "--allow-older", "app"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    assert_eq!(deployed(&h), good);
+
+    // A rollback to an unsigned commit is refused.
+    let out = h.run(&["rollback", "app", &unsigned]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("unsigned"), "{text}");
+    assert_eq!(deployed(&h), good);
+
+    // `verify` shows a commit's signature; `check` reads the key file.
+    let out = h.run(&["verify", "app", &good]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("signed by alice@example.net (ssh, SHA256:"),
+        "{text}"
+    );
+    let out = h.run(&["verify", "app", &mallory]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("unknown key"), "{text}");
+    fs::write(
+        &signers,
+        format!(
+            "alice@example.net {}\nbob@example.net ssh-ed25519\n",
+            public("alice")
+        ),
+    )
+    .expect("a broken allowed_signers");
+    let out = h.run(&["check"]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("{}:2:", signers.display())),
+        "{text}"
+    );
+}
+
+#[test]
+fn openpgp_keys_are_refused_rather_than_ignored() {
+    if !common::require_tool("git-daemon") {
+        return;
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("app");
+    let h = Host::new();
+    h.write_config(&app_config(
+        &up.url(),
+        "openpgp_keys = \"/etc/provision/keys.asc\"",
+    ));
+    let out = h.run(&["check"]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("key `openpgp_keys`") && text.contains("allowed_signers"),
+        "{text}"
+    );
+}

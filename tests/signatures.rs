@@ -287,3 +287,83 @@ fn openpgp_keys_are_refused_rather_than_ignored() {
         "{text}"
     );
 }
+
+/// The same rules on a booted machine, through its timer-run unit: a
+/// signed commit is deployed and the unit reloaded; an unsigned head is
+/// refused by the pass systemd runs, the unit keeps the signed files, and
+/// the journal and metrics say why.
+#[test]
+fn a_booted_machine_deploys_signed_commits_and_refuses_an_unsigned_head() {
+    if !common::require_tool("git-daemon")
+        || !common::require_tool("ssh-keygen")
+        || !common::container::require_containers()
+    {
+        return;
+    }
+    const BIN: &str = env!("CARGO_BIN_EXE_provision");
+    let keys = tempfile::tempdir().expect("tempdir");
+    common::ssh_keygen(&keys.path().join("alice"));
+    let d = GitDaemon::start();
+    let up = d.repo("web");
+    up.commit("main", &[("web/default", Some("x\n"))], "unsigned base");
+    let signed = commit_signed_web(&up, &keys.path().join("alice"), "one\n");
+    let m = common::container::Machine::boot("sig1");
+    m.put(
+        "/etc/provision/allowed_signers",
+        &format!(
+            "alice@example.net {}\n",
+            common::public_key(&keys.path().join("alice.pub"))
+        ),
+        0o644,
+    );
+    m.put(
+        "/etc/systemd/system/web.service",
+        "[Service]\nExecStart=/bin/sleep infinity\nExecReload=/bin/sh -c 'echo r >> /var/log/web.reloads'\n",
+        0o644,
+    );
+    m.put(
+        "/etc/provision/config.toml",
+        &format!(
+            "[[services]]\nmachine = \"sig1\"\nservice = \"web\"\nupstream = \"{}\"\naction = \"reload\"\n\
+             allowed_signers = \"/etc/provision/allowed_signers\"\ndirs = [ {{ local = \"/etc/web\", link = \"web\" }} ]\n",
+            up.url()
+        ),
+        0o644,
+    );
+    m.sh("systemctl daemon-reload && systemctl start web");
+    common::container::install_provision(&m, BIN);
+    let run =
+        |m: &common::container::Machine| m.sh_status("systemctl start provision@web.service").0;
+    assert_eq!(run(&m), 0, "{}", m.journal("provision@web.service"));
+    assert_eq!(m.read("/etc/web/web.conf").as_deref(), Some("one\n"));
+    assert_eq!(m.reloads("web"), 1);
+
+    let unsigned = up.commit("main", &[("web/web.conf", Some("evil\n"))], "unsigned");
+    assert_ne!(run(&m), 0, "the pass fails");
+    assert_eq!(m.read("/etc/web/web.conf").as_deref(), Some("one\n"));
+    assert_eq!(m.reloads("web"), 1, "no reload for a refused commit");
+    let journal = m.journal("provision@web.service");
+    assert!(
+        journal.contains(&format!(
+            "rejected {} at signature: unsigned",
+            &unsigned[..10]
+        )),
+        "{journal}"
+    );
+    let metrics = m
+        .read("/var/lib/prometheus/node-exporter/provision.prom")
+        .expect("metrics");
+    assert!(
+        metrics.contains("provision_signature_verified{service=\"web\"} 0"),
+        "{metrics}"
+    );
+    let out = m.sh_status(&format!("{BIN} verify web {signed}"));
+    assert_eq!(out.0, 0, "{}", out.1);
+    assert!(out.1.contains("signed by alice@example.net"), "{}", out.1);
+}
+
+fn commit_signed_web(up: &Upstream, key: &Path, content: &str) -> String {
+    let sign = ssh_signing(key);
+    let sign: Vec<&str> = sign.iter().map(String::as_str).collect();
+    up.commit_signed("main", &[("web/web.conf", Some(content))], "signed", &sign)
+}

@@ -1,9 +1,10 @@
 //! Signed commits, made by real tools (`git commit -S` with SSH keys from
-//! `ssh-keygen`, and hand-built commit objects signed by `ssh-keygen -Y
-//! sign`), checked by provision in-process: an allowed key deploys;
-//! unsigned, unknown, expired, wrong-namespace, tampered and replayed
-//! commits are refused with their reasons, nothing switching; a rollback
-//! to an unsigned commit is refused; `verify` and `check` say why.
+//! `ssh-keygen` and with GnuPG keys in a throwaway keyring, and hand-built
+//! commit objects signed by `ssh-keygen -Y sign`), checked by provision
+//! in-process: an allowed key deploys; unsigned, unknown, expired,
+//! wrong-namespace, tampered and replayed commits are refused with their
+//! reasons, nothing switching; a rollback to an unsigned commit is refused;
+//! `verify` and `check` say why.
 
 use testkit as common;
 
@@ -267,25 +268,133 @@ fn only_commits_signed_by_an_allowed_key_deploy_and_each_refusal_says_why() {
     );
 }
 
+/// A GnuPG home of its own, and a `gpg` that uses it, for `gpg.program`.
+struct Gpg {
+    dir: tempfile::TempDir,
+}
+
+impl Gpg {
+    fn new() -> Gpg {
+        let g = Gpg {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        let home = g.dir.path().join("home");
+        fs::create_dir(&home).expect("GNUPGHOME");
+        let wrapper = g.program();
+        fs::write(
+            &wrapper,
+            format!("#!/bin/sh\nexec gpg --homedir {} \"$@\"\n", home.display()),
+        )
+        .expect("gpg wrapper");
+        common::run(Command::new("chmod").arg("+x").arg(&wrapper));
+        g
+    }
+
+    fn program(&self) -> std::path::PathBuf {
+        self.dir.path().join("gpg")
+    }
+
+    fn gpg(&self, args: &[&str]) -> String {
+        common::run(
+            Command::new(self.program())
+                .args(["--batch", "--quiet"])
+                .args(args),
+        )
+    }
+
+    /// A new signing key for `uid`; returns its fingerprint.
+    fn key(&self, uid: &str) -> String {
+        self.gpg(&[
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            uid,
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        let listing = self.gpg(&["--with-colons", "--list-keys", uid]);
+        listing
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:::::::::"))
+            .map(|f| f.trim_end_matches(':').to_string())
+            .expect("a fingerprint")
+    }
+
+    fn commit(&self, up: &Upstream, fpr: &str, content: &str, message: &str) -> String {
+        let program = format!("gpg.program={}", self.program().display());
+        let key = format!("user.signingkey={fpr}");
+        up.commit_signed(
+            "main",
+            &[("app/etc/app.conf", Some(content))],
+            message,
+            &["gpg.format=openpgp", &program, &key],
+        )
+    }
+}
+
 #[test]
-fn openpgp_keys_are_refused_rather_than_ignored() {
-    if !common::require_tool("git-daemon") {
+fn gnupg_signed_commits_deploy_with_openpgp_keys_and_others_are_refused() {
+    if !common::require_tool("git-daemon") || !common::require_tool("gpg") {
         return;
     }
+    let g = Gpg::new();
+    let bob = g.key("Bob <bob@example.net>");
+    let eve = g.key("Eve <eve@example.net>");
+    let keys = g.dir.path().join("keys.asc");
+    fs::write(&keys, g.gpg(&["--armor", "--export", &bob])).expect("keys.asc");
     let d = GitDaemon::start();
     let up = d.repo("app");
+    up.commit(
+        "main",
+        &[("app/default", Some("OPTS=-v\n"))],
+        "unsigned base",
+    );
     let h = Host::new();
     h.write_config(&app_config(
         &up.url(),
-        "openpgp_keys = \"/etc/provision/keys.asc\"",
+        &format!("openpgp_keys = \"{}\"", keys.display()),
     ));
+    let deployed = |h: &Host| {
+        h.status_json()["deployed"]["commit"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+
+    let good = g.commit(&up, &bob, "port = 1\n", "by bob");
+    h.sync(0);
+    assert_eq!(deployed(&h), good);
+    let s = h.status_json()["signature"].clone();
+    assert_eq!(s["verified"], true, "{s}");
+    assert_eq!(s["format"], "openpgp");
+    assert_eq!(s["signer"], "Bob <bob@example.net>");
+    assert_eq!(s["fingerprint"].as_str(), Some(bob.as_str()));
+
+    let by_eve = g.commit(&up, &eve, "port = 2\n", "by eve");
+    let out = h.sync(1);
+    assert!(
+        out.contains(&format!("rejected {} at signature", &by_eve[..10])),
+        "{out}"
+    );
+    assert!(out.contains("unknown key"), "{out}");
+    let signed = g.commit(&up, &bob, "port = 3\n", "three");
+    let tampered = write_commit(&up, &raw(&up, &signed).replacen("three", "thirty", 1));
+    let out = h.sync(1);
+    assert!(
+        out.contains(&tampered[..10]) && out.contains("Bob <bob@example.net>: bad signature"),
+        "{out}"
+    );
+    assert_eq!(deployed(&h), good);
+
+    let out = h.run(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    assert!(common::output_text(&out).contains("1 OpenPGP key(s)"));
+    fs::write(&keys, "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot base64 at all\n-----END PGP PUBLIC KEY BLOCK-----\n").expect("broken keys");
     let out = h.run(&["check"]);
     let text = common::output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(
-        text.contains("key `openpgp_keys`") && text.contains("allowed_signers"),
-        "{text}"
-    );
+    assert!(text.contains(&format!("{}:1:", keys.display())), "{text}");
 }
 
 /// The same rules on a booted machine, through its timer-run unit: a

@@ -113,7 +113,7 @@ pub enum Command {
     /// Show whether a commit carries a valid signature by an allowed key.
     ///
     /// REV (default: the upstream head as last fetched, else the deployed
-    /// commit) is checked against the service's allowed_signers: the
+    /// commit) is checked against the keys the service trusts: the
     /// signer, the key's fingerprint and the result. Exit 0 when verified,
     /// 1 when not. Needs no network for a commit in the local mirror.
     Verify(VerifyOpts),

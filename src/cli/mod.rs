@@ -177,13 +177,15 @@ fn check(cli: &Cli) -> Result<ExitCode> {
         tell!("warning: {w}");
     }
     let mut bad = false;
-    for (path, n) in signer_files(&mine) {
-        match crate::git::allowed_signers::load(&path) {
-            Ok(signers) => say!(
-                "{}: {} allowed signer(s), for {n}",
-                path.display(),
-                signers.len()
-            ),
+    for (path, openpgp, n) in key_files(&mine) {
+        let read = if openpgp {
+            crate::git::openpgp_keys::load(&path).map(|k| format!("{} OpenPGP key(s)", k.len()))
+        } else {
+            crate::git::allowed_signers::load(&path)
+                .map(|s| format!("{} allowed signer(s)", s.len()))
+        };
+        match read {
+            Ok(what) => say!("{}: {what}, for {n}", path.display()),
             Err(e) => {
                 tell!("error: {e:#}");
                 bad = true;
@@ -197,18 +199,25 @@ fn check(cli: &Cli) -> Result<ExitCode> {
     })
 }
 
-/// Each allowed_signers file once, with the services that use it.
-fn signer_files(services: &[&Service]) -> Vec<(std::path::PathBuf, String)> {
-    let mut out: Vec<(std::path::PathBuf, Vec<&str>)> = Vec::new();
+/// Each key file once (and whether it holds OpenPGP keys), with the
+/// services that use it.
+fn key_files(services: &[&Service]) -> Vec<(std::path::PathBuf, bool, String)> {
+    let mut out: Vec<(std::path::PathBuf, bool, Vec<&str>)> = Vec::new();
     for svc in services {
-        if let Some(p) = &svc.allowed_signers {
-            match out.iter_mut().find(|(q, _)| q == p) {
-                Some((_, names)) => names.push(&svc.name),
-                None => out.push((p.clone(), vec![&svc.name])),
+        let files = [(&svc.allowed_signers, false), (&svc.openpgp_keys, true)];
+        for (p, openpgp) in files
+            .iter()
+            .filter_map(|(p, o)| p.as_ref().map(|p| (p, *o)))
+        {
+            match out.iter_mut().find(|(q, o, _)| q == p && *o == openpgp) {
+                Some((_, _, names)) => names.push(&svc.name),
+                None => out.push((p.clone(), openpgp, vec![&svc.name])),
             }
         }
     }
-    out.into_iter().map(|(p, n)| (p, n.join(", "))).collect()
+    out.into_iter()
+        .map(|(p, o, n)| (p, o, n.join(", ")))
+        .collect()
 }
 
 /// The state dir and `mount` directories that a reboot would empty.
@@ -592,9 +601,9 @@ fn verify(cli: &Cli, opts: &VerifyOpts) -> Result<ExitCode> {
         .map(|r| crate::engine::rev::Rev::parse(r).map_err(UsageError))
         .transpose()?;
     let found = control::verify(svc, &cli.state_dir, rev.as_ref())?;
-    if svc.allowed_signers.is_none() {
+    if !svc.checks_signatures() {
         tell!(
-            "note: {} has no allowed_signers: no key is trusted, and passes do not check signatures",
+            "note: {} has neither allowed_signers nor openpgp_keys: no key is trusted, and passes do not check signatures",
             svc.name
         );
     }

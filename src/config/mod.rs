@@ -93,6 +93,9 @@ pub struct Service {
     /// SSH keys allowed to sign the commits deployed (git's allowed
     /// signers format); `None`: signatures are not checked.
     pub allowed_signers: Option<PathBuf>,
+    /// ASCII-armored OpenPGP public keys allowed to sign them; `None`:
+    /// none (with no allowed_signers either, signatures are not checked).
+    pub openpgp_keys: Option<PathBuf>,
 }
 
 /// How long canaries must have served a commit when `soak` is not set.
@@ -110,6 +113,13 @@ pub struct Rollout {
     pub canary: Vec<String>,
     /// What the other machines wait for besides their time.
     pub gate: Option<Gate>,
+}
+
+impl Service {
+    /// Whether commits must be signed by a trusted key to deploy.
+    pub fn checks_signatures(&self) -> bool {
+        self.allowed_signers.is_some() || self.openpgp_keys.is_some()
+    }
 }
 
 impl Rollout {

@@ -143,7 +143,7 @@ impl Resolver<'_> {
         let limits = self.limits(&s);
         let checks = self.checks(&s);
         let rollout = self.rollout(&s);
-        let allowed_signers = self.trust(&s);
+        let trust = self.trust(&s);
         let dirs = self.dirs(raw);
         let machine = machine.and_then(|m| self.machine(m));
         Some(Service {
@@ -168,26 +168,20 @@ impl Resolver<'_> {
             limits: limits?,
             checks: checks?,
             rollout: rollout?,
-            allowed_signers: allowed_signers?,
+            allowed_signers: trust.clone()?.0,
+            openpgp_keys: trust?.1,
         })
     }
 
-    /// `allowed_signers` (an absolute path); `openpgp_keys` is refused
-    /// rather than ignored, so no one believes OpenPGP signatures are
-    /// checked when they are not.
-    fn trust(&mut self, s: &RawSettings) -> Option<Option<PathBuf>> {
-        if let Some(k) = &s.openpgp_keys {
-            self.err(
-                Some(&k.span),
-                "openpgp_keys",
-                "OpenPGP signatures cannot be verified by this version of provision; sign commits with SSH keys and list them in allowed_signers",
-            );
-            return None;
-        }
-        match &s.allowed_signers {
+    /// `allowed_signers` and `openpgp_keys`: absolute paths of key files.
+    fn trust(&mut self, s: &RawSettings) -> Option<(Option<PathBuf>, Option<PathBuf>)> {
+        let mut path = |v: &Option<Sp<String>>, key: &str| match v {
             None => Some(None),
-            Some(p) => self.abs_path(p, "allowed_signers").map(Some),
-        }
+            Some(p) => self.abs_path(p, key).map(Some),
+        };
+        let ssh = path(&s.allowed_signers, "allowed_signers");
+        let openpgp = path(&s.openpgp_keys, "openpgp_keys");
+        Some((ssh?, openpgp?))
     }
 
     /// `rollout`, `canary`, `gate`, `soak` and `gate_min`.

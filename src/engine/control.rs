@@ -262,9 +262,6 @@ pub fn verify(
     let repo = mirror
         .open()
         .with_context(|| format!("the mirror of {} is needed to read signatures", svc.name))?;
-    let signers = match &svc.allowed_signers {
-        Some(p) => crate::git::allowed_signers::load(p)?,
-        None => Vec::new(),
-    };
-    Ok(crate::git::signature::verify(&repo, target, &signers))
+    let trusted = crate::engine::trust::trusted(svc)?.unwrap_or_default();
+    Ok(crate::git::signature::verify(&repo, target, &trusted))
 }

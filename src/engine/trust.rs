@@ -1,4 +1,5 @@
-//! Only signed commits deploy: with `allowed_signers`, every commit a
+//! Only signed commits deploy: with `allowed_signers` or `openpgp_keys`,
+//! every commit a
 //! pass, a rollback or `forward` would deploy must carry a valid signature
 //! by an allowed key, and a new head must not be older than what is
 //! deployed (a server replaying an old signed commit) unless the operator
@@ -8,7 +9,7 @@ use anyhow::{bail, Result};
 use git2::{Oid, Repository};
 
 use crate::config::Service;
-use crate::git::{allowed_signers, signature};
+use crate::git::{allowed_signers, openpgp_keys, signature};
 use crate::store::commit::CommitId;
 use crate::store::state::{Rejected, Stage, State};
 use crate::util::now_unix;
@@ -21,18 +22,17 @@ pub fn require_signed(
     state: &mut State,
     target: Oid,
 ) -> Result<()> {
-    let Some(path) = &svc.allowed_signers else {
+    let Some(trusted) = trusted(svc)? else {
         state.signature = None;
         return Ok(());
     };
     let short = CommitId::from(target).short();
-    let signers = allowed_signers::load(path)?;
     let Some(repo) = repo else {
         bail!(
             "cannot check the signature of {short}: the mirror is unavailable; run provision sync"
         );
     };
-    let verdict = signature::verify(repo, target, &signers);
+    let verdict = signature::verify(repo, target, &trusted);
     let verified = verdict.verified;
     let said = verdict.describe();
     state.signature = Some(verdict);
@@ -60,7 +60,7 @@ pub fn require_fresh(
     let Some(deployed) = deployed.filter(|d| *d != head) else {
         return Ok(());
     };
-    if svc.allowed_signers.is_none() || allow_older {
+    if !svc.checks_signatures() || allow_older {
         return Ok(());
     }
     let time = |c: CommitId| {
@@ -83,4 +83,20 @@ pub fn require_fresh(
         }
     }
     Ok(())
+}
+
+/// The keys `svc` trusts, read now (a bad file fails the caller naming its
+/// line); `None` when it checks no signatures.
+pub fn trusted(svc: &Service) -> Result<Option<signature::Trusted>> {
+    if !svc.checks_signatures() {
+        return Ok(None);
+    }
+    let mut t = signature::Trusted::default();
+    if let Some(p) = &svc.allowed_signers {
+        t.ssh = allowed_signers::load(p)?;
+    }
+    if let Some(p) = &svc.openpgp_keys {
+        t.openpgp = openpgp_keys::load(p)?;
+    }
+    Ok(Some(t))
 }

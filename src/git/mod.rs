@@ -5,5 +5,6 @@ pub mod allowed_signers;
 pub mod auth;
 pub(crate) mod known_hosts;
 pub(crate) mod mirror;
+pub mod openpgp_keys;
 pub mod signature;
 pub(crate) mod tls;

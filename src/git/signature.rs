@@ -1,13 +1,24 @@
 //! Commit signatures: who signed a commit, checked in-process against the
-//! keys a service trusts. SSH signatures (`gpg.format = ssh`: an `sshsig`
-//! in the `git` namespace over the commit without its `gpgsig` header) are
-//! verified with the `ssh-key` crate; no gpg or ssh-keygen runs.
+//! keys a service trusts, over the commit without its `gpgsig` header. SSH
+//! signatures (`gpg.format = ssh`: an `sshsig` in the `git` namespace) are
+//! verified with the `ssh-key` crate, OpenPGP ones (GnuPG's default) with
+//! rPGP; no gpg or ssh-keygen runs.
 
 use git2::{Oid, Repository};
 use serde::{Deserialize, Serialize};
 use ssh_key::{HashAlg, PublicKey, SshSig};
 
 use crate::git::allowed_signers::Signer;
+use crate::git::openpgp_keys;
+
+/// The keys a service trusts.
+#[derive(Default)]
+pub struct Trusted {
+    /// From `allowed_signers`.
+    pub ssh: Vec<Signer>,
+    /// From `openpgp_keys`.
+    pub openpgp: Vec<pgp::composed::SignedPublicKey>,
+}
 
 /// The namespace git signs commits in.
 const NAMESPACE: &str = "git";
@@ -73,8 +84,8 @@ impl Verdict {
     }
 }
 
-/// Checks `commit` of `repo` against `signers`.
-pub fn verify(repo: &Repository, commit: Oid, signers: &[Signer]) -> Verdict {
+/// Checks `commit` of `repo` against the `trusted` keys.
+pub fn verify(repo: &Repository, commit: Oid, trusted: &Trusted) -> Verdict {
     let (signature, payload) = match repo.extract_signature(&commit, None) {
         Ok((s, p)) => (s, p),
         Err(e) if e.code() == git2::ErrorCode::NotFound => {
@@ -96,20 +107,102 @@ pub fn verify(repo: &Repository, commit: Oid, signers: &[Signer]) -> Verdict {
             .find_commit(commit)
             .map(|c| c.committer().when().seconds())
             .unwrap_or(0);
-        return ssh(commit, &text, &payload, when, signers);
+        return ssh(commit, &text, &payload, when, &trusted.ssh);
     }
-    let format = if text.contains("-----BEGIN PGP SIGNATURE-----") {
-        "openpgp"
-    } else {
-        "x509"
-    };
+    if text.contains("-----BEGIN PGP SIGNATURE-----") {
+        return openpgp(commit, &text, &payload, &trusted.openpgp);
+    }
     Verdict::refused(
         commit,
         "unknown",
         None,
-        Some(format),
-        format!("signed with {format}, and no {format} keys are trusted (allowed_signers holds SSH keys)"),
+        Some("x509"),
+        "signed with an X.509 certificate, which provision does not verify".to_string(),
     )
+}
+
+fn openpgp(
+    commit: Oid,
+    armored: &str,
+    payload: &[u8],
+    keys: &[pgp::composed::SignedPublicKey],
+) -> Verdict {
+    use pgp::composed::{Deserializable as _, DetachedSignature};
+    use pgp::types::KeyDetails as _;
+    let sig = match DetachedSignature::from_string(armored) {
+        Ok((s, _)) => s,
+        Err(e) => {
+            return Verdict::refused(
+                commit,
+                "unknown",
+                None,
+                Some("openpgp"),
+                format!("bad signature (unreadable: {e})"),
+            )
+        }
+    };
+    let issuers: Vec<String> = sig
+        .signature
+        .issuer_fingerprint()
+        .iter()
+        .map(|f| format!("{f:X}"))
+        .chain(
+            sig.signature
+                .issuer_key_id()
+                .iter()
+                .map(|k| hex(k.as_ref())),
+        )
+        .collect();
+    for key in keys {
+        let primary = sig.verify(&key.primary_key, payload).is_ok();
+        let sub = key
+            .public_subkeys
+            .iter()
+            .any(|s| sig.verify(&s.key, payload).is_ok());
+        if primary || sub {
+            return Verdict {
+                commit: commit.to_string(),
+                verified: true,
+                signer: openpgp_keys::name(key),
+                fingerprint: Some(openpgp_keys::fingerprint(key)),
+                format: Some("openpgp".to_string()),
+                reason: None,
+            };
+        }
+    }
+    let issuer = issuers
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "unknown".to_string());
+    // A trusted key named as the issuer that does not verify: the content
+    // changed after signing.
+    let known = keys.iter().find(|k| {
+        std::iter::once(format!("{:X}", k.primary_key.fingerprint()))
+            .chain(std::iter::once(hex(k.primary_key.legacy_key_id().as_ref())))
+            .chain(k.public_subkeys.iter().flat_map(|s| {
+                [
+                    format!("{:X}", s.key.fingerprint()),
+                    hex(s.key.legacy_key_id().as_ref()),
+                ]
+            }))
+            .any(|id| issuers.iter().any(|i| i.eq_ignore_ascii_case(&id)))
+    });
+    match known {
+        Some(k) => Verdict::refused(
+            commit,
+            &openpgp_keys::name(k),
+            Some(openpgp_keys::fingerprint(k)),
+            Some("openpgp"),
+            "bad signature".to_string(),
+        ),
+        None => Verdict::refused(
+            commit,
+            &issuer,
+            Some(issuer.clone()),
+            Some("openpgp"),
+            "unknown key".to_string(),
+        ),
+    }
 }
 
 fn ssh(commit: Oid, armored: &str, payload: &[u8], when: i64, signers: &[Signer]) -> Verdict {
@@ -201,4 +294,9 @@ fn ssh(commit: Oid, armored: &str, payload: &[u8], when: i64, signers: &[Signer]
         format: Some("ssh".to_string()),
         reason: None,
     }
+}
+
+/// Upper-case hex, as gpg shows key ids.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }

@@ -143,7 +143,7 @@ pub const FAMILIES: [(&str, &str, &str); 24] = [
     (
         "provision_signature_verified",
         "gauge",
-        "1 when the last commit checked (deployed or refused) carries a valid signature by a key of allowed_signers, 0 when not; absent without allowed_signers.",
+        "1 when the last commit checked (deployed or refused) carries a valid signature by a trusted key (allowed_signers, openpgp_keys), 0 when not; absent when signatures are not checked.",
     ),
     (
         "provision_drift_files",
@@ -299,7 +299,7 @@ fn samples(svc: &Service, state: Option<&State>, now: u64) -> Vec<Sample> {
             1.0,
         ));
     }
-    if let (Some(_), Some(v)) = (&svc.allowed_signers, &state.signature) {
+    if let Some(v) = state.signature.as_ref().filter(|_| svc.checks_signatures()) {
         out.push(one("provision_signature_verified", bool(v.verified)));
     }
     if let Some(w) = state.rollout_wait(now) {

@@ -68,7 +68,7 @@ pub struct ServiceStatus {
     /// The head this machine waits to adopt in a staged rollout; `None`
     /// when not waiting.
     pub rollout: Option<RolloutStatus>,
-    /// The last signature check, with `allowed_signers`; `None` without.
+    /// The last signature check, when signatures are checked; `None` else.
     pub signature: Option<crate::git::signature::Verdict>,
     /// Seconds upstream has had a commit that is not deployed: 0 in sync,
     /// `None` until both are known.
@@ -341,7 +341,7 @@ fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
         }),
         rejected: state.rejected.clone(),
         rollout: state.rollout_wait(now).map(RolloutStatus::of),
-        signature: svc.allowed_signers.as_ref().and(state.signature.clone()),
+        signature: state.signature.clone().filter(|_| svc.checks_signatures()),
         behind_seconds: behind_seconds(&state, now),
         state_error,
     }

@@ -434,7 +434,8 @@ fn a_booted_machine_deploys_signed_commits_and_refuses_an_unsigned_head() {
         "/etc/provision/config.toml",
         &format!(
             "[[services]]\nmachine = \"sig1\"\nservice = \"web\"\nupstream = \"{}\"\naction = \"reload\"\n\
-             allowed_signers = \"/etc/provision/allowed_signers\"\ndirs = [ {{ local = \"/etc/web\", link = \"web\" }} ]\n",
+             allowed_signers = \"/etc/provision/allowed_signers\"\nhealth = \"! grep -q bad /etc/web/web.conf\"\nhealth_timeout = \"3s\"\n\
+             dirs = [ {{ local = \"/etc/web\", link = \"web\" }} ]\n",
             up.url()
         ),
         0o644,
@@ -469,6 +470,30 @@ fn a_booted_machine_deploys_signed_commits_and_refuses_an_unsigned_head() {
     let out = m.sh_status(&format!("{BIN} verify web {signed}"));
     assert_eq!(out.0, 0, "{}", out.1);
     assert!(out.1.contains("signed by alice@example.net"), "{}", out.1);
+
+    // Alice's key is withdrawn; Bob signs a commit that fails its health
+    // check. Going back would deploy Alice's commit again, which no trusted
+    // key signed any more: the revert is refused and says so.
+    common::ssh_keygen(&keys.path().join("bob"));
+    m.put(
+        "/etc/provision/allowed_signers",
+        &format!(
+            "bob@example.net {}\n",
+            common::public_key(&keys.path().join("bob.pub"))
+        ),
+        0o644,
+    );
+    commit_signed_web(&up, &keys.path().join("bob"), "bad\n");
+    assert_ne!(run(&m), 0);
+    let journal = m.journal("provision@web.service");
+    assert!(
+        journal.contains(&format!(
+            "could not revert: the previous commit {} is not signed by a trusted key",
+            &signed[..10]
+        )),
+        "{journal}"
+    );
+    assert_eq!(m.read("/etc/web/web.conf").as_deref(), Some("bad\n"));
 }
 
 fn commit_signed_web(up: &Upstream, key: &Path, content: &str) -> String {

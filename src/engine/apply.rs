@@ -298,7 +298,7 @@ pub(crate) fn apply(
         let verdict = trial::confirm(svc, &path, sd, state, &mut notes, act, plan.stopped)?;
         if let Some(refusal) = verdict {
             return Err(reject_and_revert(
-                svc, &releases, sd, state, &refusal, &mut notes,
+                svc, repo, &releases, sd, state, &refusal, &mut notes,
             ));
         }
     } else if plan.stopped == WhenStopped::Start && svc.action.is_some() {
@@ -411,11 +411,37 @@ pub(crate) fn mount_notes(svc: &Service, befores: &[Before], same_release: bool)
         .collect()
 }
 
+/// Why the revert target may not be deployed again (signatures are
+/// checked and it carries no valid one now: a key was removed, say);
+/// `None` when it may.
+fn untrusted(svc: &Service, repo: Option<&Repository>, commit: CommitId) -> Option<String> {
+    let trusted = match crate::engine::trust::trusted(svc) {
+        Ok(Some(t)) => t,
+        Ok(None) => return None,
+        Err(e) => return Some(format!("{e:#}")),
+    };
+    let Some(repo) = repo else {
+        return Some(format!(
+            "the signature of {} cannot be checked: the mirror is unavailable",
+            commit.short()
+        ));
+    };
+    let verdict = crate::git::signature::verify(repo, commit.oid(), &trusted);
+    (!verdict.verified).then(|| {
+        format!(
+            "the previous commit {} is not signed by a trusted key ({})",
+            commit.short(),
+            verdict.describe()
+        )
+    })
+}
+
 /// Rejects the commit on trial: switches back to the last good release
 /// (when there is one), runs the action there, starting the unit if needed,
 /// and returns the rejection as the pass's error.
 pub(crate) fn reject_and_revert(
     svc: &Service,
+    repo: Option<&Repository>,
     releases: &Releases,
     sd: &StateDir,
     state: &mut State,
@@ -437,6 +463,9 @@ pub(crate) fn reject_and_revert(
         state.action_pending = svc.action.is_some();
         return trial::first_deployment_failed(sd, state, commit, refusal);
     };
+    if let Some(why) = untrusted(svc, repo, previous.commit) {
+        return trial::record(sd, state, commit, refusal, trial::After::RevertFailed(why)).into();
+    }
     let path = releases.path(&previous.release);
     if !path.is_dir() {
         let why = format!("its release {} is gone", path.display());

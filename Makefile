@@ -9,7 +9,7 @@ DESTDIR ?=
 CARGO ?= cargo
 # Debian packages the tests and the demo use (real git daemon, real sshd,
 # real nginx checked by its own `nginx -t` and by curl).
-APT_PACKAGES := git pkg-config libssl-dev openssh-server prometheus prometheus-node-exporter strace python3 nginx-light curl lintian man-db bash-completion chromium apache2-utils
+APT_PACKAGES := git pkg-config libssl-dev openssh-server prometheus prometheus-node-exporter strace python3 nginx-light curl lintian man-db bash-completion chromium apache2-utils gnupg
 # The peers `make bench` compares provision with, and an independent timer.
 BENCH_APT_PACKAGES := ansible-core hyperfine
 

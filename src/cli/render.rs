@@ -503,15 +503,7 @@ fn detail_lines(s: &ServiceStatus, now: u64) -> Vec<String> {
 }
 
 /// A compact age: `42s`, `5m`, `3h`, `2d`.
-pub fn ago(now: u64, then: u64) -> String {
-    let s = now.saturating_sub(then);
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m", s / 60),
-        3600..=86_399 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    }
-}
+pub use crate::util::age as ago;
 
 #[cfg(test)]
 mod tests {

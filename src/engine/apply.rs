@@ -138,6 +138,17 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// `commit` stays deployed; `notes` say what was done to its mounts.
+    pub fn stayed(commit: CommitId, notes: Vec<String>) -> Outcome {
+        Outcome {
+            from: Some(commit),
+            to: Some(commit),
+            new_release: false,
+            notes,
+            held: None,
+        }
+    }
+
     /// Nothing deployed, nothing done but `notes`.
     pub fn nothing(notes: Vec<String>) -> Outcome {
         Outcome {

@@ -325,13 +325,7 @@ fn remount(svc: &Service, state_dir: &Path, deployed: Option<Deployed>) -> Resul
     );
     let befores = apply::mount_release(svc, &release)?;
     let notes = apply::mount_notes(svc, &befores, true);
-    Ok(Outcome {
-        from: Some(deployed.commit),
-        to: Some(deployed.commit),
-        new_release: false,
-        notes,
-        held: None,
-    })
+    Ok(Outcome::stayed(deployed.commit, notes))
 }
 
 /// Restores the mounts of services named `names` (all with a state file
@@ -380,13 +374,7 @@ fn remount_recorded(state: &State) -> Result<Outcome> {
             notes.push(format!("mounted {}", r.local.display()));
         }
     }
-    Ok(Outcome {
-        from: Some(deployed.commit),
-        to: Some(deployed.commit),
-        new_release: false,
-        notes,
-        held: None,
-    })
+    Ok(Outcome::stayed(deployed.commit, notes))
 }
 
 /// Deletes mirrors no service of this machine uses any more (after a branch

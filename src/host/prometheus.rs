@@ -57,7 +57,7 @@ impl Api {
             } else {
                 format!("/{}", self.prefix)
             },
-            encode(promql)
+            crate::util::percent_encode(promql)
         );
         let body = self.get(&path)?;
         let doc: Value = serde_json::from_str(&body).context("Prometheus's answer is not JSON")?;
@@ -100,19 +100,6 @@ impl Api {
         }
         Ok(body.to_string())
     }
-}
-
-/// Percent-encodes a query parameter.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// Connects to the first address of `addr` that answers within `timeout`,
@@ -163,7 +150,10 @@ mod tests {
             ("127.0.0.1", 9090, "prom")
         );
         assert!(Api::parse("https://x", Duration::from_secs(1)).is_err());
-        assert_eq!(encode("up{job=\"node\"}"), "up%7Bjob%3D%22node%22%7D");
+        assert_eq!(
+            crate::util::percent_encode("up{job=\"node\"}"),
+            "up%7Bjob%3D%22node%22%7D"
+        );
         let host = |i: &str| instance_host(&serde_json::json!({ "instance": i }));
         assert_eq!(host("Web1:9100").as_deref(), Some("web1"));
         assert_eq!(host("web1").as_deref(), Some("web1"));

@@ -195,14 +195,45 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
         }
         _ => return None,
     };
+    let days = days_from_civil(year, month, day);
+    Some(days * 86_400 + hour * 3600 + min * 60 + sec - offset)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of
+/// [`format_utc`]'s conversion; no time-zone database needed).
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let mp = (month + 9) % 12;
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hour * 3600 + min * 60 + sec - offset)
+    era * 146_097 + doe - 719_468
+}
+
+/// Percent-encodes everything but unreserved characters: a URL query
+/// value or one path segment.
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A compact age: `42s`, `5m`, `3h`, `2d`.
+pub fn age(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
 }
 
 #[cfg(test)]

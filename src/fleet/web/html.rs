@@ -23,15 +23,7 @@ pub fn esc(s: &str) -> String {
 
 /// Text made safe as one path segment of a link.
 pub fn path_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    crate::util::percent_encode(s)
 }
 
 /// What a page says about its data.
@@ -77,16 +69,7 @@ pub fn page(f: &Frame<'_>, body: &str) -> String {
     out
 }
 
-/// A compact age: `42s`, `5m`, `3h`, `2d`.
-pub fn age(now: u64, then: u64) -> String {
-    let s = now.saturating_sub(then);
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m", s / 60),
-        3600..=86_399 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    }
-}
+pub use crate::util::age;
 
 /// Reloads the page every `provision-reload` seconds unless a form field
 /// has the focus or holds input; asks before any action form is sent.

@@ -34,6 +34,14 @@ fn commit_as(up: &Upstream, key: &Path, content: &str, message: &str) -> String 
     )
 }
 
+/// The commit the host has deployed, as status says it.
+fn deployed(h: &Host) -> String {
+    h.status_json()["deployed"]["commit"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
 /// The raw commit object of `sha`.
 fn raw(up: &Upstream, sha: &str) -> String {
     common::run(common::git_cmd(up.bare()).args(["cat-file", "commit", sha])) + "\n"
@@ -136,12 +144,6 @@ fn only_commits_signed_by_an_allowed_key_deploy_and_each_refusal_says_why() {
         &up.url(),
         &format!("allowed_signers = \"{}\"", signers.display()),
     ));
-    let deployed = |h: &Host| {
-        h.status_json()["deployed"]["commit"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
-    };
 
     // Signed by an allowed key: deployed, and said so.
     up.commit(
@@ -355,12 +357,6 @@ fn gnupg_signed_commits_deploy_with_openpgp_keys_and_others_are_refused() {
         &up.url(),
         &format!("openpgp_keys = \"{}\"", keys.display()),
     ));
-    let deployed = |h: &Host| {
-        h.status_json()["deployed"]["commit"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
-    };
 
     let good = g.commit(&up, &bob, "port = 1\n", "by bob");
     h.sync(0);

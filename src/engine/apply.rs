@@ -11,6 +11,7 @@ use git2::{Oid, Repository};
 use crate::config::{DriftPolicy, Service};
 use crate::engine::check::Refusal;
 use crate::engine::trial::{self, WhenStopped};
+use crate::git::mirror::Mirror;
 use crate::host::mount::{self, Before, Wanted};
 use crate::host::package;
 use crate::store::commit::CommitId;
@@ -244,6 +245,9 @@ pub(crate) fn apply(
         }
         _ => false,
     };
+    if let Some(repo) = repo.filter(|_| rewrite || !releases.exists(&name)) {
+        Mirror::of(svc, state_dir).ensure_files(repo, target, &svc.credentials, svc.timeout)?;
+    }
     let path = match repo {
         Some(repo) if rewrite => releases.rewrite(repo, target, svc)?,
         Some(repo) => releases.materialize(repo, target, svc)?,

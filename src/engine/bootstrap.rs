@@ -47,6 +47,7 @@ pub fn fetch(source: &Source, state_dir: &Path) -> Result<Fetched> {
     crate::util::private_dir(state_dir)?;
     let mut mirror = Mirror::new(state_dir, &source.upstream, &source.branch);
     mirror.max_fetch_bytes = MAX_FETCH_BYTES;
+    mirror.files = crate::git::partial::Files::paths([source.path.as_str()]);
     let creds = Credentials::default().with_env_defaults();
     let fetched = mirror.fetch(1, &creds, FETCH_TIMEOUT)?;
     let repo = mirror.open()?;

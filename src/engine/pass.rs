@@ -90,9 +90,12 @@ fn fetch_all(
     for svc in services {
         let m = Mirror::of(svc, state_dir);
         let max_bytes = m.max_fetch_bytes;
+        let files = m.files.clone();
         let e = groups.entry(m.path.clone()).or_insert((m, svc.depth, svc));
         e.1 = e.1.max(svc.depth);
         e.0.max_fetch_bytes = e.0.max_fetch_bytes.max(max_bytes);
+        e.0.files = e.0.files.union(&files);
+        e.0.window = e.0.window.max(svc.depth);
     }
     groups
         .into_iter()

@@ -413,6 +413,16 @@ fn is_http(url: &str) -> bool {
 }
 
 /// The first line of `path`, trimmed: the https password or token.
+/// The user and token sent to an https server up front when a token file
+/// is configured, as libgit2 would send them when asked.
+pub fn https_basic(creds: &Credentials) -> Result<Option<(String, String)>> {
+    let Some(file) = creds.https_token_file.as_deref() else {
+        return Ok(None);
+    };
+    let user = creds.https_user.as_deref().unwrap_or(DEFAULT_HTTPS_USER);
+    Ok(Some((user.to_string(), read_token(file)?)))
+}
+
 fn read_token(path: &Path) -> Result<String> {
     let text = fs::read_to_string(path)
         .with_context(|| format!("reading https token file {}", path.display()))?;

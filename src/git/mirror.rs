@@ -22,6 +22,9 @@ use git2::{AutotagOption, Direction, ErrorClass, FetchOptions, Oid, Repository};
 use crate::config::Credentials;
 use crate::config::Upstream;
 use crate::git::auth;
+use crate::git::http;
+use crate::git::partial::{self, Files};
+use crate::git::upload_pack::{self, Bounds, Opened, Session, Target, Want};
 use crate::util::lock::Lock;
 use crate::util::remove_tree;
 
@@ -85,6 +88,11 @@ pub struct Mirror {
     pub branch: String,
     /// Most bytes one fetch may receive (the service's `max_fetch_bytes`).
     pub max_fetch_bytes: u64,
+    /// The files its services mount: the only blobs it needs.
+    pub files: Files,
+    /// Commits whose files are kept for offline use (the services'
+    /// `depth`).
+    pub window: u32,
 }
 
 impl Mirror {
@@ -105,6 +113,8 @@ impl Mirror {
             upstream: upstream.clone(),
             branch: branch.to_string(),
             max_fetch_bytes: crate::config::Limits::default().max_fetch_bytes,
+            files: Files::All,
+            window: 1,
         }
     }
 
@@ -112,6 +122,8 @@ impl Mirror {
     pub fn of(svc: &crate::config::Service, state_dir: &Path) -> Mirror {
         let mut m = Mirror::new(&svc.base_dir(state_dir), &svc.upstream, &svc.branch);
         m.max_fetch_bytes = svc.limits.max_fetch_bytes;
+        m.files = Files::of(&svc.dirs);
+        m.window = svc.depth;
         m
     }
 
@@ -191,8 +203,74 @@ impl Mirror {
         })?;
         let commit = reference
             .peel_to_commit()
-            .with_context(|| format!("reading the commit of tag {tag:?}"))?;
-        Ok(commit.id())
+            .with_context(|| format!("reading the commit of tag {tag:?}"))?
+            .id();
+        self.fetch_files(&repo, commit, &creds, timeout)?;
+        Ok(commit)
+    }
+
+    /// Makes sure the mirror holds the files its services mount from
+    /// `commit` (a partial mirror may lack them for a commit outside the
+    /// window), fetching them when needed.
+    pub fn ensure_files(
+        &self,
+        repo: &Repository,
+        commit: Oid,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<()> {
+        if !partial::is_partial(&self.path) {
+            return Ok(());
+        }
+        let _lock = self.lock()?;
+        let creds = network_setup(creds, timeout)?;
+        self.fetch_files(repo, commit, &creds, timeout)
+    }
+
+    /// Fetches the blobs of `commit` under the mounted paths that the
+    /// mirror lacks, through protocol v2 (fetching objects by id).
+    fn fetch_files(
+        &self,
+        repo: &Repository,
+        commit: Oid,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<()> {
+        let Files::Under(paths) = &self.files else {
+            return Ok(());
+        };
+        if !partial::is_partial(&self.path) {
+            return Ok(());
+        }
+        let missing = partial::missing(repo, &[commit], paths)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let lacking = || {
+            format!(
+                "the files of {commit} under {} are not in the mirror",
+                paths.join(", ")
+            )
+        };
+        let mut session = match self.open_v2(creds, timeout) {
+            Ok(Some(s)) => s,
+            Ok(None) => anyhow::bail!(
+                "{}, and {} no longer speaks protocol v2 to fetch them",
+                lacking(),
+                self.upstream.url
+            ),
+            Err(e) => return Err(e.context(lacking())),
+        };
+        let want = Want {
+            wants: &missing,
+            ..Want::default()
+        };
+        let odb = repo.odb().context("opening the mirror's objects")?;
+        session
+            .fetch(&want, &odb, self.max_fetch_bytes)
+            .map_err(|e| self.download_failed(e, timeout))?;
+        session.close();
+        Ok(())
     }
 
     /// Serializes every change to this mirror between processes.
@@ -240,6 +318,11 @@ impl Mirror {
     ) -> Result<Oid> {
         let repo = open_or_init(path)?;
         let creds = network_setup(creds, timeout)?;
+        if let Some(head) = self.try_fetch_v2(&repo, path, depth, &creds, timeout)? {
+            repo.find_commit(head)
+                .with_context(|| format!("reading fetched commit {head} in {}", path.display()))?;
+            return Ok(head);
+        }
         let remote_head = self.advertised_head(&repo, &creds, timeout)?;
         let refname = self.refname();
         let local = repo.refname_to_id(&refname).ok();
@@ -253,6 +336,171 @@ impl Mirror {
         repo.find_commit(head)
             .with_context(|| format!("reading fetched commit {head} in {}", path.display()))?;
         Ok(head)
+    }
+
+    /// A protocol v2 session with the upstream; `None` when the transport
+    /// is not spoken here (ssh, local) or the server answered in v0.
+    fn open_v2(&self, creds: &Credentials, timeout: Duration) -> Result<Option<Box<Session>>> {
+        let Some(target) = Target::parse(&self.upstream.url) else {
+            return Ok(None);
+        };
+        let auth = if self.upstream.url.starts_with("http") {
+            auth::https_basic(creds)?
+        } else {
+            None
+        };
+        let bounds = Bounds {
+            connect: timeout.min(Duration::from_secs(15)),
+            deadline: Instant::now() + timeout,
+        };
+        match Session::open(&target, auth, bounds)? {
+            Opened::V2(s) => Ok(Some(s)),
+            Opened::NotV2 => Ok(None),
+        }
+    }
+
+    /// One fetch attempt through protocol v2: `ls-refs` for the branch
+    /// alone, and, when it moved, a download of its commits and trees
+    /// (blobs only under the mounted paths where the server can filter).
+    /// `None` leaves the fetch to libgit2: the server does not speak v2,
+    /// or the first exchange failed in a way libgit2 explains in its own
+    /// words (refused, closed, unknown repository, credentials). A timeout
+    /// is final: asking again would double the wait.
+    fn try_fetch_v2(
+        &self,
+        repo: &Repository,
+        path: &Path,
+        depth: u32,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<Option<Oid>> {
+        let opened = self.open_v2(creds, timeout);
+        let mut session = match opened {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(None),
+            Err(e) if http::is_timeout(&e) => return Err(self.unanswered(e)),
+            Err(_) => return Ok(None),
+        };
+        let refname = self.refname();
+        let remote = match session.ls_ref(&refname) {
+            Ok(Some(head)) => head,
+            Ok(None) => return Err(branch_missing(&self.upstream.url, &self.branch)),
+            Err(e) if http::is_timeout(&e) => return Err(self.unanswered(e)),
+            Err(_) => return Ok(None),
+        };
+        let local = repo
+            .refname_to_id(&refname)
+            .ok()
+            .filter(|l| repo.find_commit(*l).is_ok());
+        if local != Some(remote) {
+            self.download_v2(&mut session, repo, path, remote, local, depth, timeout)?;
+        }
+        self.complete_window(&mut session, repo, path, remote, timeout)?;
+        session.close();
+        Ok(Some(remote))
+    }
+
+    /// Downloads `head` to `depth` over `session`, sending `have` so the
+    /// server leaves out what the mirror holds, then moves the branch and
+    /// the shallow boundary.
+    #[allow(clippy::too_many_arguments)]
+    fn download_v2(
+        &self,
+        session: &mut Session,
+        repo: &Repository,
+        path: &Path,
+        head: Oid,
+        have: Option<Oid>,
+        depth: u32,
+        timeout: Duration,
+    ) -> Result<()> {
+        let blobless = depth > 0 && matches!(self.files, Files::Under(_)) && session.can_filter();
+        let shallow = read_shallow(path)?;
+        let haves: Vec<Oid> = have.into_iter().collect();
+        let want = Want {
+            wants: &[head],
+            haves: &haves,
+            shallow: &shallow,
+            depth,
+            blobless,
+        };
+        let odb = repo.odb().context("opening the mirror's objects")?;
+        let got = session
+            .fetch(&want, &odb, self.max_fetch_bytes)
+            .map_err(|e| self.download_failed(e, timeout))?;
+        if blobless {
+            partial::mark_partial(path)?;
+        }
+        let mut edge: Vec<Oid> = shallow
+            .into_iter()
+            .filter(|s| !got.unshallow.contains(s))
+            .collect();
+        edge.extend(
+            got.shallow
+                .iter()
+                .filter(|s| !edge.contains(s))
+                .collect::<Vec<_>>(),
+        );
+        write_shallow(path, &edge)?;
+        repo.reference(&self.refname(), head, true, "provision: fetch")
+            .with_context(|| format!("moving {} in {}", self.refname(), path.display()))?;
+        Ok(())
+    }
+
+    /// Fetches, over `session`, the blobs under the mounted paths of every
+    /// commit of the window that the mirror lacks, unless a previous pass
+    /// recorded them complete for this head.
+    fn complete_window(
+        &self,
+        session: &mut Session,
+        repo: &Repository,
+        path: &Path,
+        head: Oid,
+        timeout: Duration,
+    ) -> Result<()> {
+        let Files::Under(paths) = &self.files else {
+            return Ok(());
+        };
+        if !partial::is_partial(path) || partial::complete(path, head, paths) {
+            return Ok(());
+        }
+        let commits = partial::window(repo, head, self.window.max(1));
+        let missing = partial::missing(repo, &commits, paths)?;
+        if !missing.is_empty() {
+            let want = Want {
+                wants: &missing,
+                ..Want::default()
+            };
+            let odb = repo.odb().context("opening the mirror's objects")?;
+            session
+                .fetch(&want, &odb, self.max_fetch_bytes)
+                .map_err(|e| self.download_failed(e, timeout))?;
+        }
+        partial::record_complete(path, head, paths)
+    }
+
+    /// The server stopped answering before the ref check ended.
+    fn unanswered(&self, e: anyhow::Error) -> anyhow::Error {
+        anyhow::Error::new(ServerError(format!("{e:#}"))).context(format!(
+            "fetching branch {:?} from {}",
+            self.branch, self.upstream.url
+        ))
+    }
+
+    /// A download of ours that failed: the server, not the mirror, is at
+    /// fault (nothing was written: a pack is kept only once complete).
+    fn download_failed(&self, e: anyhow::Error, timeout: Duration) -> anyhow::Error {
+        let why = if let Some(max) = e.downcast_ref::<upload_pack::TooLarge>() {
+            stopped_message(&auth::Stopped::TooLarge(max.0), timeout)
+        } else if http::is_timeout(&e) {
+            stopped_message(&auth::Stopped::Deadline, timeout)
+        } else {
+            format!("{e:#}")
+        };
+        anyhow::Error::new(ServerError(why)).context(format!(
+            "fetching branch {:?} from {}",
+            self.branch, self.upstream.url
+        ))
     }
 
     /// The branch head as the server advertises it right now.
@@ -321,23 +569,63 @@ impl Mirror {
         fetched.map_err(|e| match watch.stopped() {
             // Stopped by us: the server, not the mirror, is at fault, so
             // the mirror is kept (not rebuilt and downloaded again).
-            Some(why) => anyhow::Error::new(ServerError(match why {
-                auth::Stopped::Deadline => format!(
-                    "the download did not finish within {} s (the service's `timeout`); stopped it",
-                    timeout.as_secs()
-                ),
-                auth::Stopped::TooLarge(max) => format!(
-                    "the server sent more than {} (the service's `max_fetch_bytes`); stopped the download",
-                    crate::util::human_size(max)
-                ),
-            }))
-            .context(format!(
-                "fetching branch {:?} from {}",
-                self.branch, self.upstream.url
-            )),
+            Some(why) => {
+                anyhow::Error::new(ServerError(stopped_message(&why, timeout))).context(format!(
+                    "fetching branch {:?} from {}",
+                    self.branch, self.upstream.url
+                ))
+            }
             None => fetch_error(e, &self.upstream.url, &self.branch),
         })
     }
+}
+
+/// Why a download was stopped, naming the setting that stopped it.
+fn stopped_message(why: &auth::Stopped, timeout: Duration) -> String {
+    match why {
+        auth::Stopped::Deadline => format!(
+            "the download did not finish within {} s (the service's `timeout`); stopped it",
+            timeout.as_secs()
+        ),
+        auth::Stopped::TooLarge(max) => format!(
+            "the server sent more than {} (the service's `max_fetch_bytes`); stopped the download",
+            crate::util::human_size(*max)
+        ),
+    }
+}
+
+/// The commits at the mirror's shallow boundary (git's `shallow` file).
+fn read_shallow(path: &Path) -> Result<Vec<Oid>> {
+    let file = path.join("shallow");
+    let text = match fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            Oid::from_str(l.trim())
+                .with_context(|| format!("{}: {l:?} is not a commit id", file.display()))
+        })
+        .collect()
+}
+
+/// Writes the shallow boundary (removing the file when there is none).
+fn write_shallow(path: &Path, edge: &[Oid]) -> Result<()> {
+    let file = path.join("shallow");
+    if edge.is_empty() {
+        return match fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", file.display()))
+            }
+            _ => Ok(()),
+        };
+    }
+    let text: String = edge.iter().map(|o| format!("{o}\n")).collect();
+    let tmp = path.join("shallow.provision");
+    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &file).with_context(|| format!("writing {}", file.display()))
 }
 
 /// Credentials with env defaults applied, and libgit2's timeouts set, for

@@ -1,0 +1,402 @@
+//! The HTTP/1.1 requests of git's smart HTTP protocol, over TCP or TLS:
+//! one request per connection (`Connection: close`), a body read to its
+//! length, through its chunks, or to the end of the stream.
+//!
+//! Only what a git server needs is here: redirects, proxies and
+//! compression are left to libgit2, which a caller falls back to when a
+//! request here does not succeed.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Most bytes of a response's status line and headers.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Whether TLS is spoken (`https://`).
+    pub tls: bool,
+    /// Host name or address as the URL writes it (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+/// A connection that gives up at a deadline: every read and write waits at
+/// most until then.
+pub struct Conn {
+    stream: Stream,
+    deadline: Instant,
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<openssl::ssl::SslStream<TcpStream>>),
+}
+
+/// The deadline passed while waiting for the server.
+#[derive(Debug)]
+pub struct TimedOut(pub String);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+impl Conn {
+    /// Connects to `host:port` (TLS when `tls`), waiting at most `connect`
+    /// for the TCP handshake and never past `deadline`.
+    pub fn open(ep: &Endpoint, connect: Duration, deadline: Instant) -> Result<Conn> {
+        let tcp = tcp(&ep.host, ep.port, connect, deadline)?;
+        let mut conn = Conn {
+            stream: Stream::Tcp(tcp),
+            deadline,
+        };
+        if ep.tls {
+            conn = conn.into_tls(&ep.host)?;
+        }
+        Ok(conn)
+    }
+
+    fn into_tls(self, host: &str) -> Result<Conn> {
+        let Stream::Tcp(tcp) = self.stream else {
+            return Ok(self);
+        };
+        set_timeouts(&tcp, self.deadline, host)?;
+        let connector = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+            .context("setting up TLS")?
+            .build();
+        let tls = connector
+            .connect(host, tcp)
+            .map_err(|e| anyhow::anyhow!("TLS handshake with {host}: {e}"))?;
+        Ok(Conn {
+            stream: Stream::Tls(Box::new(tls)),
+            deadline: self.deadline,
+        })
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match &self.stream {
+            Stream::Tcp(t) => t,
+            Stream::Tls(t) => t.get_ref(),
+        }
+    }
+
+    /// Bounds the next socket operation by the deadline.
+    fn arm(&self) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+        }
+        self.tcp().set_read_timeout(Some(left))?;
+        self.tcp().set_write_timeout(Some(left))
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm()?;
+        let r = match &mut self.stream {
+            Stream::Tcp(t) => t.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        };
+        r.map_err(timed_out)
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm()?;
+        let r = match &mut self.stream {
+            Stream::Tcp(t) => t.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        };
+        r.map_err(timed_out)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.stream {
+            Stream::Tcp(t) => t.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// Socket timeouts surface as `WouldBlock`; call them what they are.
+fn timed_out(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(io::ErrorKind::TimedOut, "timed out")
+    } else {
+        e
+    }
+}
+
+/// Whether `e` (anywhere in its chain) is a timeout.
+pub fn is_timeout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<TimedOut>()
+            || c.downcast_ref::<io::Error>()
+                .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+    })
+}
+
+fn set_timeouts(tcp: &TcpStream, deadline: Instant, host: &str) -> Result<()> {
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    tcp.set_read_timeout(Some(left))
+        .and_then(|()| tcp.set_write_timeout(Some(left)))
+        .with_context(|| format!("setting timeouts on the connection to {host}"))
+}
+
+/// A TCP connection to the first address of `host` that accepts one.
+fn tcp(host: &str, port: u16, connect: Duration, deadline: Instant) -> Result<TcpStream> {
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {host}"))?
+        .collect();
+    let mut last = None;
+    for addr in addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(&addr, connect.min(left)) {
+            Ok(s) => {
+                s.set_nodelay(true)
+                    .with_context(|| format!("setting TCP_NODELAY on the connection to {addr}"))?;
+                return Ok(s);
+            }
+            Err(e) => last = Some((addr, e)),
+        }
+    }
+    match last {
+        Some((addr, e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) =>
+        {
+            Err(TimedOut(format!("connecting to {addr} timed out")).into())
+        }
+        Some((addr, e)) => Err(anyhow::Error::new(e).context(format!("connecting to {addr}"))),
+        None => bail!("{host} has no address to connect to"),
+    }
+}
+
+/// One request: method, path (with query), extra headers, body.
+pub struct Request<'a> {
+    /// `GET` or `POST`.
+    pub method: &'a str,
+    /// Path and query, starting with `/`.
+    pub target: &'a str,
+    /// `Name: value` lines, without line ends.
+    pub headers: Vec<String>,
+    /// Sent with a `Content-Length` when not empty.
+    pub body: &'a [u8],
+}
+
+/// A response whose body is read on demand.
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// The `Content-Type`, lower case, if any.
+    pub content_type: String,
+    /// The body, de-chunked.
+    pub body: Box<dyn Read>,
+}
+
+/// Sends `req` over a new connection to `ep` and reads the response head.
+pub fn send(
+    ep: &Endpoint,
+    req: &Request<'_>,
+    connect: Duration,
+    deadline: Instant,
+) -> Result<Response> {
+    let mut conn = Conn::open(ep, connect, deadline)?;
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        req.method,
+        req.target,
+        host_header(ep)
+    );
+    for h in &req.headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    if !req.body.is_empty() || req.method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", req.body.len()));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(req.body);
+    conn.write_all(&out)
+        .and_then(|()| conn.flush())
+        .with_context(|| format!("sending {} {} to {}", req.method, req.target, ep.host))?;
+    read_response(BufReader::new(conn))
+}
+
+fn host_header(ep: &Endpoint) -> String {
+    let host = if ep.host.contains(':') {
+        format!("[{}]", ep.host)
+    } else {
+        ep.host.clone()
+    };
+    let default = if ep.tls { 443 } else { 80 };
+    if ep.port == default {
+        host
+    } else {
+        format!("{host}:{}", ep.port)
+    }
+}
+
+fn read_response<R: BufRead + 'static>(mut r: R) -> Result<Response> {
+    let mut seen = 0usize;
+    let mut next_line = |r: &mut R| -> Result<String> {
+        let mut line = Vec::new();
+        let n = r
+            .by_ref()
+            .take((MAX_HEAD - seen) as u64)
+            .read_until(b'\n', &mut line)
+            .context("reading the response head")?;
+        seen += n;
+        if n == 0 || !line.ends_with(b"\n") {
+            bail!("the server closed the connection or sent an over-long response head");
+        }
+        Ok(String::from_utf8_lossy(&line).trim_end().to_string())
+    };
+    let status_line = next_line(&mut r)?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("the server answered {status_line:?}, not an HTTP status"))?;
+    let (mut content_type, mut length, mut chunked) = (String::new(), None, false);
+    loop {
+        let line = next_line(&mut r)?;
+        if line.is_empty() {
+            break;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-type" => content_type = value.to_ascii_lowercase(),
+            "content-length" => length = value.parse::<u64>().ok(),
+            "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
+            _ => {}
+        }
+    }
+    let body: Box<dyn Read> = if chunked {
+        Box::new(Chunked {
+            inner: r,
+            left: 0,
+            done: false,
+        })
+    } else if let Some(n) = length {
+        Box::new(r.take(n))
+    } else {
+        Box::new(r)
+    };
+    Ok(Response {
+        status,
+        content_type,
+        body,
+    })
+}
+
+/// A chunked body, read chunk by chunk.
+struct Chunked<R> {
+    inner: R,
+    left: u64,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut size = String::new();
+            self.inner.by_ref().take(1024).read_line(&mut size)?;
+            let hex = size.trim().split(';').next().unwrap_or_default();
+            self.left = u64::from_str_radix(hex, 16).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad chunk size {size:?}"),
+                )
+            })?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.left -= n as u64;
+        if self.left == 0 {
+            let mut crlf = String::new();
+            self.inner.by_ref().take(2).read_line(&mut crlf)?;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(raw: &'static [u8]) -> (u16, String) {
+        let mut resp = read_response(BufReader::new(raw)).expect("a response");
+        let mut text = String::new();
+        resp.body.read_to_string(&mut text).expect("a body");
+        (resp.status, text)
+    }
+
+    #[test]
+    fn bodies_are_read_by_length_by_chunks_or_to_the_end() {
+        assert_eq!(
+            body(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef"),
+            (200, "abc".into())
+        );
+        assert_eq!(
+            body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"),
+            (200, "abcde".into())
+        );
+        assert_eq!(
+            body(b"HTTP/1.0 404 Not Found\r\n\r\ngone"),
+            (404, "gone".into())
+        );
+    }
+
+    #[test]
+    fn a_response_that_is_not_http_is_refused() {
+        assert!(read_response(BufReader::new(&b"SSH-2.0-OpenSSH\r\n\r\n"[..])).is_err());
+        assert!(read_response(BufReader::new(&b"HTTP/1.1 200 OK\r\n"[..])).is_err());
+    }
+
+    #[test]
+    fn the_host_header_names_a_port_only_when_it_is_not_the_default() {
+        let ep = |tls, port| Endpoint {
+            tls,
+            host: "git.example.net".into(),
+            port,
+        };
+        assert_eq!(host_header(&ep(true, 443)), "git.example.net");
+        assert_eq!(host_header(&ep(false, 8080)), "git.example.net:8080");
+    }
+}

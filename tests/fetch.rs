@@ -1,0 +1,242 @@
+//! How a pass fetches: protocol v2 over `git://` and smart HTTP, a mirror
+//! holding only the files services mount, and libgit2 for servers that do
+//! not speak v2.
+
+use testkit as common;
+
+use std::fs;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::host::{app_config, read, seed, Host};
+use common::smart_http::{Protocol, SmartHttp};
+use common::{GitDaemon, Upstream};
+
+macro_rules! need_git {
+    () => {
+        if !common::require_tool("git") || !common::require_tool("git-daemon") {
+            return;
+        }
+    };
+}
+
+/// Lets clients ask for a partial clone, as hosting servers do.
+fn allow_filter(up: &Upstream) {
+    common::run(common::git_cmd(up.bare()).args(["config", "uploadpack.allowFilter", "true"]));
+}
+
+/// The id of `path` in `rev` of the upstream.
+fn blob_id(up: &Upstream, rev: &str, path: &str) -> String {
+    common::run(common::git_cmd(up.bare()).args(["rev-parse", &format!("{rev}:{path}")]))
+}
+
+/// Whether the mirror holds object `id`.
+fn holds(mirror: &Path, id: &str) -> bool {
+    Command::new("git")
+        .arg("-C")
+        .arg(mirror)
+        .args(["cat-file", "-e", id])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `count` tags and `branches` branches on the head, packed like a
+/// server's refs.
+fn add_refs(up: &Upstream, tags: usize, branches: usize) {
+    let head = up.head("main");
+    let mut input = String::new();
+    for i in 0..tags {
+        input.push_str(&format!("create refs/tags/v{i:05} {head}\n"));
+    }
+    for i in 0..branches {
+        input.push_str(&format!("create refs/heads/feature-{i:04} {head}\n"));
+    }
+    let mut child = common::git_cmd(up.bare())
+        .args(["update-ref", "--stdin"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawning git update-ref");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())
+        .expect("writing refs");
+    assert!(child.wait().expect("git update-ref").success());
+    common::run(common::git_cmd(up.bare()).args(["pack-refs", "--all"]));
+}
+
+/// A smart HTTP server whose certificate provision trusts: every test of
+/// this file runs provision with `SSL_CERT_FILE` naming the one CA file
+/// all servers here share.
+fn https(base: &Path, protocol: Protocol) -> SmartHttp {
+    let server = SmartHttp::start(base, protocol);
+    let shared = std::env::temp_dir().join(format!(
+        "provision-fetch-test-ca-{}.pem",
+        std::process::id()
+    ));
+    let mut all = fs::read(&shared).unwrap_or_default();
+    all.extend(fs::read(&server.ca).expect("reading the certificate"));
+    fs::write(&shared, all).expect("writing the CA file");
+    std::env::set_var("SSL_CERT_FILE", &shared);
+    server
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn over_smart_http_the_mirror_holds_only_the_mounted_files_and_rolls_back_offline() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    allow_filter(&up);
+    let first = seed(&up);
+    let http = https(d.base(), Protocol::AsAsked);
+    let h = Host::new();
+    h.write_config(&app_config(&http.url("r"), "depth = 3"));
+    let out = h.sync(0);
+    assert!(
+        out.contains(&format!("app: deployed {}", &first[..10])),
+        "{out}"
+    );
+    let rel = h.deployed("app");
+    assert_eq!(read(&rel.join("app/etc/app.conf")), "port = 1\n");
+    assert_eq!(read(&rel.join("app/default")), "OPTS=-v\n");
+
+    let mirror = &h.mirrors()[0];
+    assert!(holds(mirror, &blob_id(&up, "main", "app/etc/app.conf")));
+    assert!(
+        !holds(mirror, &blob_id(&up, "main", "other/secret.conf")),
+        "a file no service mounts is not in the mirror"
+    );
+    assert!(holds(
+        mirror,
+        &common::run(common::git_cmd(up.bare()).args(["rev-parse", "main^{tree}"]))
+    ));
+
+    let second = up.commit(
+        "main",
+        &[
+            ("app/etc/app.conf", Some("port = 2\n")),
+            ("other/secret.conf", Some("still not for app\n")),
+        ],
+        "bump",
+    );
+    let out = h.sync(0);
+    assert!(
+        out.contains(&format!("app: deployed {}", &second[..10])),
+        "{out}"
+    );
+    assert_eq!(
+        read(&h.deployed("app").join("app/etc/app.conf")),
+        "port = 2\n"
+    );
+    assert!(!holds(mirror, &blob_id(&up, "main", "other/secret.conf")));
+
+    // The server goes away: the window's files are on disk.
+    http.set_down(true);
+    let out = h.run_mounted(&["rollback", "app", &first[..12]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        read(&h.deployed("app").join("app/etc/app.conf")),
+        "port = 1\n"
+    );
+    let out = h.run(&["diff", "--upstream", "app"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("+port = 2"), "{}", text(&out));
+}
+
+#[test]
+fn a_service_sharing_a_mirror_gets_its_own_files_when_it_first_runs() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    allow_filter(&up);
+    seed(&up);
+    let h = Host::new();
+    let local = h.root().join("srv/other");
+    h.write_config(&format!(
+        "{}\n[[services]]\nmachine = \"test-host\"\nservice = \"other\"\nupstream = \"{}\"\ndirs = [ {{ local = \"{}\", link = \"other\" }} ]\n",
+        app_config(&up.url(), ""),
+        up.url(),
+        local.display()
+    ));
+    let out = h.run(&["sync", "app"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mirror = &h.mirrors()[0];
+    assert!(!holds(mirror, &blob_id(&up, "main", "other/secret.conf")));
+    let out = h.run(&["sync", "other"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        read(&h.deployed("other").join("other/secret.conf")),
+        "not for app\n"
+    );
+}
+
+#[test]
+fn a_no_op_poll_asks_for_the_followed_branch_alone_whatever_the_refs() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    seed(&up);
+    add_refs(&up, 5_000, 500);
+    let http = https(d.base(), Protocol::AsAsked);
+    let h = Host::new();
+    h.write_config(&app_config(&http.url("r"), ""));
+    h.sync(0);
+    http.take_sent();
+    let out = h.sync(0);
+    assert!(out.contains("app: up to date"), "{out}");
+    let (bytes, requests) = http.take_sent();
+    assert!(
+        bytes < 1024,
+        "a no-op poll received {bytes} bytes of bodies in {requests} requests"
+    );
+    // Without v2 the server lists every ref: the same poll is that large.
+    let old = https(d.base(), Protocol::V0Only);
+    let h0 = Host::new();
+    h0.write_config(&app_config(&old.url("r"), ""));
+    h0.sync(0);
+    old.take_sent();
+    h0.sync(0);
+    let (v0, _) = old.take_sent();
+    assert!(
+        v0 > 100 * bytes,
+        "v0 poll {v0} bytes, v2 poll {bytes} bytes"
+    );
+}
+
+#[test]
+fn a_server_without_protocol_v2_is_fetched_through_libgit2() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    allow_filter(&up);
+    seed(&up);
+    let http = https(d.base(), Protocol::V0Only);
+    let h = Host::new();
+    h.write_config(&app_config(&http.url("r"), ""));
+    h.sync(0);
+    let second = up.commit("main", &[("app/etc/app.conf", Some("port = 2\n"))], "bump");
+    let out = h.sync(0);
+    assert!(
+        out.contains(&format!("app: deployed {}", &second[..10])),
+        "{out}"
+    );
+    assert_eq!(
+        read(&h.deployed("app").join("app/etc/app.conf")),
+        "port = 2\n"
+    );
+    assert!(
+        holds(&h.mirrors()[0], &blob_id(&up, "main", "other/secret.conf")),
+        "libgit2 fetches every file"
+    );
+    let _ = fs::metadata(h.path());
+}

@@ -199,6 +199,7 @@ fn a_no_op_poll_asks_for_the_followed_branch_alone_whatever_the_refs() {
         bytes < 1024,
         "a no-op poll received {bytes} bytes of bodies in {requests} requests"
     );
+    assert_eq!(requests, 1, "a no-op poll is one ls-refs request");
     // Without v2 the server lists every ref: the same poll is that large.
     let old = https(d.base(), Protocol::V0Only);
     let h0 = Host::new();

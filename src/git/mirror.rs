@@ -34,6 +34,9 @@ pub const MIRRORS_DIR: &str = ".mirrors";
 /// fetch: every fetch that brings objects adds one pack, and libgit2 has no
 /// `gc`, so this is what bounds the disk of a long-lived mirror.
 pub const MAX_PACKS: usize = 32;
+/// File in a mirror naming the `fetch` features of an https server that
+/// speaks protocol v2, so later polls skip asking for them.
+const V2_MARK: &str = "provision-v2";
 /// How long a pass waits for another process fetching the same mirror.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -252,7 +255,7 @@ impl Mirror {
                 paths.join(", ")
             )
         };
-        let mut session = match self.open_v2(creds, timeout) {
+        let mut session = match self.open_v2(&self.path, creds, timeout, false) {
             Ok(Some(s)) => s,
             Ok(None) => anyhow::bail!(
                 "{}, and {} no longer speaks protocol v2 to fetch them",
@@ -339,8 +342,17 @@ impl Mirror {
     }
 
     /// A protocol v2 session with the upstream; `None` when the transport
-    /// is not spoken here (ssh, local) or the server answered in v0.
-    fn open_v2(&self, creds: &Credentials, timeout: Duration) -> Result<Option<Box<Session>>> {
+    /// is not spoken here (ssh, local) or the server answered in v0. An
+    /// https server that spoke v2 to the mirror in `dir` before is resumed
+    /// without asking for its capabilities (`resume`), which saves a
+    /// request per poll; `fresh` asks again.
+    fn open_v2(
+        &self,
+        dir: &Path,
+        creds: &Credentials,
+        timeout: Duration,
+        fresh: bool,
+    ) -> Result<Option<Box<Session>>> {
         let Some(target) = Target::parse(&self.upstream.url) else {
             return Ok(None);
         };
@@ -353,9 +365,28 @@ impl Mirror {
             connect: timeout.min(Duration::from_secs(15)),
             deadline: Instant::now() + timeout,
         };
+        let known = dir.join(V2_MARK);
+        if !fresh {
+            if let Ok(features) = fs::read_to_string(&known) {
+                let features = features.split_whitespace().map(str::to_string).collect();
+                if let Some(s) = Session::resume(&target, auth.clone(), bounds, features) {
+                    return Ok(Some(s));
+                }
+            }
+        }
         match Session::open(&target, auth, bounds)? {
-            Opened::V2(s) => Ok(Some(s)),
-            Opened::NotV2 => Ok(None),
+            Opened::V2(s) => {
+                if s.is_http() && dir.join("HEAD").exists() {
+                    let features = s.fetch_features().join(" ");
+                    fs::write(&known, features)
+                        .with_context(|| format!("writing {}", known.display()))?;
+                }
+                Ok(Some(s))
+            }
+            Opened::NotV2 => {
+                let _ = fs::remove_file(&known);
+                Ok(None)
+            }
         }
     }
 
@@ -374,19 +405,27 @@ impl Mirror {
         creds: &Credentials,
         timeout: Duration,
     ) -> Result<Option<Oid>> {
-        let opened = self.open_v2(creds, timeout);
-        let mut session = match opened {
-            Ok(Some(s)) => s,
-            Ok(None) => return Ok(None),
-            Err(e) if http::is_timeout(&e) => return Err(self.unanswered(e)),
-            Err(_) => return Ok(None),
-        };
         let refname = self.refname();
-        let remote = match session.ls_ref(&refname) {
-            Ok(Some(head)) => head,
-            Ok(None) => return Err(branch_missing(&self.upstream.url, &self.branch)),
-            Err(e) if http::is_timeout(&e) => return Err(self.unanswered(e)),
-            Err(_) => return Ok(None),
+        let mut fresh = false;
+        let (mut session, remote) = loop {
+            let mut session = match self.open_v2(path, creds, timeout, fresh) {
+                Ok(Some(s)) => s,
+                Ok(None) => return Ok(None),
+                Err(e) if http::is_timeout(&e) => return Err(self.unanswered(e)),
+                Err(_) => return Ok(None),
+            };
+            match session.ls_ref(&refname) {
+                Ok(Some(head)) => break (session, head),
+                Ok(None) => return Err(branch_missing(&self.upstream.url, &self.branch)),
+                Err(e) if http::is_timeout(&e) => return Err(self.unanswered(e)),
+                // A resumed session the server no longer accepts: ask it
+                // for its capabilities once.
+                Err(_) if !fresh && path.join(V2_MARK).exists() => {
+                    let _ = fs::remove_file(path.join(V2_MARK));
+                    fresh = true;
+                }
+                Err(_) => return Ok(None),
+            }
         };
         let local = repo
             .refname_to_id(&refname)

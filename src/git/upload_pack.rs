@@ -155,15 +155,10 @@ impl Session {
     /// Opens a session: one connection (`git://`) or one `GET
     /// info/refs` (HTTP) that reads the server's capabilities.
     pub fn open(target: &Target, auth: Option<(String, String)>, bounds: Bounds) -> Result<Opened> {
-        let auth = auth.map(|(user, token)| {
-            use base64::Engine as _;
-            let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}"));
-            format!("Authorization: Basic {pair}")
-        });
         let mut session = Session {
             target: target.clone(),
             bounds,
-            auth,
+            auth: basic(auth),
             daemon: None,
             fetch_features: Vec::new(),
         };
@@ -190,6 +185,38 @@ impl Session {
             return Ok(Opened::NotV2);
         }
         Ok(Opened::V2(Box::new(session)))
+    }
+
+    /// A session with a smart HTTP server known to speak v2 with these
+    /// `fetch` features, without asking for its capabilities again: one
+    /// request per command, none before. `None` for `git://`, where the
+    /// capabilities come with the connection anyway.
+    pub fn resume(
+        target: &Target,
+        auth: Option<(String, String)>,
+        bounds: Bounds,
+        fetch_features: Vec<String>,
+    ) -> Option<Box<Session>> {
+        if target.daemon {
+            return None;
+        }
+        Some(Box::new(Session {
+            target: target.clone(),
+            bounds,
+            auth: basic(auth),
+            daemon: None,
+            fetch_features,
+        }))
+    }
+
+    /// The features the server lists for `fetch`, to resume with.
+    pub fn fetch_features(&self) -> &[String] {
+        &self.fetch_features
+    }
+
+    /// Whether commands go over smart HTTP (and can be resumed).
+    pub fn is_http(&self) -> bool {
+        !self.target.daemon
     }
 
     /// Whether the server can leave blobs out of a fetch.
@@ -422,6 +449,15 @@ impl Session {
             let _ = pkt_line::send(conn.get_mut(), b"0000");
         }
     }
+}
+
+/// The `Authorization` header for a user and token.
+fn basic(auth: Option<(String, String)>) -> Option<String> {
+    use base64::Engine as _;
+    auth.map(|(user, token)| {
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}"));
+        format!("Authorization: Basic {pair}")
+    })
 }
 
 /// Reads the capability advertisement of protocol v2 (`version 2`, then

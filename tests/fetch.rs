@@ -68,18 +68,18 @@ fn add_refs(up: &Upstream, tags: usize, branches: usize) {
 }
 
 /// A smart HTTP server whose certificate provision trusts: every test of
-/// this file runs provision with `SSL_CERT_FILE` naming the one CA file
-/// all servers here share.
+/// this file runs provision with `SSL_CERT_DIR` naming one hashed
+/// directory of the servers' certificates (as /etc/ssl/certs is), and no
+/// `SSL_CERT_FILE`, as a systemd unit runs it.
 fn https(base: &Path, protocol: Protocol) -> SmartHttp {
     let server = SmartHttp::start(base, protocol);
-    let shared = std::env::temp_dir().join(format!(
-        "provision-fetch-test-ca-{}.pem",
-        std::process::id()
-    ));
-    let mut all = fs::read(&shared).unwrap_or_default();
-    all.extend(fs::read(&server.ca).expect("reading the certificate"));
-    fs::write(&shared, all).expect("writing the CA file");
-    std::env::set_var("SSL_CERT_FILE", &shared);
+    let dir = std::env::temp_dir().join(format!("provision-fetch-test-ca-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("creating the CA directory");
+    let name = format!("server-{}.pem", server.port());
+    fs::copy(&server.ca, dir.join(name)).expect("copying the certificate");
+    common::run(Command::new("openssl").arg("rehash").arg(&dir));
+    std::env::set_var("SSL_CERT_DIR", &dir);
+    std::env::remove_var("SSL_CERT_FILE");
     server
 }
 

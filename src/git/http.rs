@@ -151,8 +151,7 @@ fn tls_context() -> Result<openssl::ssl::SslContext> {
         .context("setting the TLS version")?;
     ctx.set_options(SslOptions::NO_COMPRESSION);
     ctx.set_verify(SslVerifyMode::PEER);
-    let file = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty());
-    let dir = std::env::var_os("SSL_CERT_DIR").filter(|d| !d.is_empty());
+    let (file, dir) = CA_ENV.get().cloned().unwrap_or_else(ca_env);
     match (&file, &dir) {
         (None, None) if std::path::Path::new(CA_DIR).is_dir() => ctx
             .load_verify_locations(None, Some(std::path::Path::new(CA_DIR)))
@@ -168,6 +167,22 @@ fn tls_context() -> Result<openssl::ssl::SslContext> {
             .context("reading the CA certificates of SSL_CERT_FILE or SSL_CERT_DIR")?,
     }
     Ok(ctx.build())
+}
+
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR` as the operator set them, before git2
+/// filled them in with its own guesses (it does so when it initializes).
+static CA_ENV: std::sync::OnceLock<(Option<std::ffi::OsString>, Option<std::ffi::OsString>)> =
+    std::sync::OnceLock::new();
+
+/// Keeps the operator's `SSL_CERT_FILE` and `SSL_CERT_DIR`; call before
+/// git2 initializes.
+pub fn remember_ca_env() {
+    let _ = CA_ENV.set(ca_env());
+}
+
+fn ca_env() -> (Option<std::ffi::OsString>, Option<std::ffi::OsString>) {
+    let var = |v: &str| std::env::var_os(v).filter(|x| !x.is_empty());
+    (var("SSL_CERT_FILE"), var("SSL_CERT_DIR"))
 }
 
 /// Socket timeouts surface as `WouldBlock`; call them what they are.

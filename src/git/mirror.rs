@@ -49,35 +49,70 @@ pub struct Fetched {
     pub rebuilt: Option<String>,
 }
 
-/// Initializes libgit2, without loading the CA bundle when no upstream
-/// needs TLS.
+/// Initializes libgit2 without loading the CA bundle.
 ///
 /// libgit2 sets up OpenSSL when it initializes, whatever the transport, and
 /// OpenSSL then parses every certificate of the bundle SSL_CERT_FILE names
 /// (git2 points it at the system bundle when it is unset): about 235 M
-/// instructions, 25 ms of CPU, over 90% of a one-service no-op pass. Only
-/// https verifies certificates, so when no upstream uses it the variable
-/// names an empty file for that one initialization, and is restored right
-/// after, so that programs provision runs (a package manager) see it as it
-/// was. Call before any other git2 call, while the process has one thread.
+/// instructions, 25 ms of CPU, over 90% of a one-service no-op pass. https
+/// upstreams are fetched over our own TLS ([`crate::git::http`]), which
+/// looks CAs up one by one in the hashed directory, so the variable names
+/// an empty file for that one initialization, and is restored right after
+/// (programs provision runs, a package manager, see it as it was). The
+/// bundle is loaded into libgit2 only when libgit2 itself speaks https
+/// ([`libgit2_ca_bundle`]): a server without protocol v2. A bundle the
+/// operator names in SSL_CERT_FILE is loaded as before when an upstream
+/// uses https. Call before any other git2 call, while the process has one
+/// thread.
 pub fn init<'a>(upstreams: impl IntoIterator<Item = &'a Upstream>) {
     use crate::config::Transport;
     const VAR: &str = "SSL_CERT_FILE";
+    http::remember_ca_env();
     let tls = upstreams
         .into_iter()
         .any(|u| u.transport == Transport::Https);
-    let before = std::env::var_os(VAR);
-    if !tls {
+    let before = std::env::var_os(VAR).filter(|v| !v.is_empty());
+    let skip = !tls || before.is_none();
+    if skip {
         std::env::set_var(VAR, "/dev/null");
     }
     // Every git2 entry point initializes libgit2, once per process.
     let _ = Oid::hash_object(git2::ObjectType::Blob, b"");
-    if !tls {
+    if skip {
         match before {
             Some(v) => std::env::set_var(VAR, v),
             None => std::env::remove_var(VAR),
         }
+        BUNDLE_SKIPPED.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// Whether [`init`] kept the CA bundle out of libgit2.
+static BUNDLE_SKIPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Where distributions keep the CA bundle, first found wins.
+const CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// Loads the CA bundle into libgit2 before it speaks https itself, when
+/// [`init`] kept it out: once per process.
+#[allow(unsafe_code)]
+fn libgit2_ca_bundle(url: &str) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    if !url.starts_with("https://") || !BUNDLE_SKIPPED.swap(false, Ordering::SeqCst) {
+        return Ok(());
+    }
+    let Some(bundle) = CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) else {
+        return Ok(());
+    };
+    // SAFETY: git2 marks this unsafe because it changes libgit2's global TLS
+    // context; no other libgit2 operation runs at this point (a pass fetches
+    // from one thread, before anything else uses the mirror).
+    unsafe { git2::opts::set_ssl_cert_file(bundle) }
+        .with_context(|| format!("loading the CA bundle {}", bundle.display()))
 }
 
 /// A mirror on disk: where it is and what it follows.
@@ -550,6 +585,7 @@ impl Mirror {
         timeout: Duration,
     ) -> Result<Oid> {
         let url = &self.upstream.url;
+        libgit2_ca_bundle(url)?;
         let (callbacks, watch) = auth::watched_callbacks(creds, Instant::now() + timeout, None);
         let unreachable = |e: git2::Error| {
             anyhow::Error::new(ServerError(explain_certificate(&e, &watch)))
@@ -590,6 +626,7 @@ impl Mirror {
         creds: &Credentials,
         timeout: Duration,
     ) -> Result<()> {
+        libgit2_ca_bundle(&self.upstream.url)?;
         let refspec = format!("+{refname}:{refname}");
         let mut opts = FetchOptions::new();
         let (callbacks, watch) =

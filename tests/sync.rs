@@ -174,12 +174,13 @@ fn services_sharing_an_upstream_fetch_it_once_per_pass() {
         1,
         "one mirror for one (upstream, branch)"
     );
-    // One ref advertisement plus one download, for both services together.
-    assert_eq!(fetches_logged(&d, "shared"), 2, "{}", d.log_tail());
+    // One connection, for both services together: the ref check and the
+    // download (protocol v2 asks both on the same connection).
+    assert_eq!(fetches_logged(&d, "shared"), 1, "{}", d.log_tail());
     assert!(h.deployed("one").exists() && h.deployed("two").exists());
     h.sync(0);
-    // Nothing changed: a single ref advertisement, no download.
-    assert_eq!(fetches_logged(&d, "shared"), 3, "{}", d.log_tail());
+    // Nothing changed: a single ref check, no download.
+    assert_eq!(fetches_logged(&d, "shared"), 2, "{}", d.log_tail());
 }
 
 #[test]

@@ -462,12 +462,10 @@ impl Mirror {
                 Err(_) => return Ok(None),
             }
         };
-        let local = repo
-            .refname_to_id(&refname)
-            .ok()
-            .filter(|l| repo.find_commit(*l).is_ok());
+        let local = repo.refname_to_id(&refname).ok();
         if local != Some(remote) {
-            self.download_v2(&mut session, repo, path, remote, local, depth, timeout)?;
+            let have = intact(repo, path, local, depth)?;
+            self.download_v2(&mut session, repo, path, remote, have, depth, timeout)?;
         }
         self.complete_window(&mut session, repo, path, remote, timeout)?;
         session.close();
@@ -654,6 +652,49 @@ impl Mirror {
             None => fetch_error(e, &self.upstream.url, &self.branch),
         })
     }
+}
+
+/// The mirror's branch head, once checked to be usable as a `have`: its
+/// commits readable down to `depth` generations (0: all), each missing
+/// parent recorded as a shallow boundary. A mirror that has objects but no
+/// branch, an unreadable commit, or a lost boundary is unusable: the error
+/// makes the caller rebuild it, as a failed libgit2 fetch would.
+fn intact(repo: &Repository, path: &Path, local: Option<Oid>, depth: u32) -> Result<Option<Oid>> {
+    let Some(head) = local else {
+        anyhow::ensure!(
+            pack_count(path) == 0,
+            "the branch is gone from {} while objects remain",
+            path.display()
+        );
+        return Ok(None);
+    };
+    let shallow = read_shallow(path)?;
+    let odb = repo.odb().context("opening the mirror's objects")?;
+    let mut level = vec![head];
+    let mut seen = std::collections::BTreeSet::new();
+    let mut generation = 0;
+    while !level.is_empty() && (depth == 0 || generation < depth) {
+        let mut next = Vec::new();
+        for id in level.into_iter().filter(|id| seen.insert(*id)) {
+            let commit = repo
+                .find_commit(id)
+                .with_context(|| format!("reading commit {id} in {}", path.display()))?;
+            if shallow.contains(&id) {
+                continue;
+            }
+            for parent in commit.parent_ids() {
+                anyhow::ensure!(
+                    odb.exists(parent),
+                    "commit {id} lacks its parent {parent} and {} records no shallow boundary there",
+                    path.display()
+                );
+                next.push(parent);
+            }
+        }
+        level = next;
+        generation += 1;
+    }
+    Ok(Some(head))
 }
 
 /// Why a download was stopped, naming the setting that stopped it.

@@ -93,10 +93,23 @@ pub(crate) fn allow_filter(up: &Upstream) {
 
 /// `count` lightweight tags on the head, packed like a server's refs.
 pub(crate) fn add_tags(up: &Upstream, count: usize) {
+    add_refs(up, "refs/tags/v", count);
+}
+
+/// `count` branches besides `main`, on its head, packed.
+pub(crate) fn add_branches(up: &Upstream, count: usize) {
+    add_refs(up, "refs/heads/feature-", count);
+}
+
+/// `count` refs named `PREFIX00000`… on the head, packed.
+fn add_refs(up: &Upstream, prefix: &str, count: usize) {
+    if count == 0 {
+        return;
+    }
     let head = up.head("main");
     let mut input = String::new();
     for i in 0..count {
-        let _ = writeln!(input, "create refs/tags/v{i:05} {head}");
+        let _ = writeln!(input, "create {prefix}{i:05} {head}");
     }
     let mut cmd = common::git_cmd(up.bare());
     cmd.args(["update-ref", "--stdin"])

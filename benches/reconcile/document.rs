@@ -175,7 +175,9 @@ pub(crate) fn render(
     reload: &Result<Reload, String>,
     cross: &Option<CrossCheck>,
     disk: &[DiskRow],
+    sparse: &SparseRow,
     traffic: &[TrafficRow],
+    server: &[ServerRow],
 ) -> String {
     let mut o = String::new();
     o.push_str("# Benchmarks\n\n");
@@ -386,20 +388,88 @@ pub(crate) fn render(
             met((sz as f64) <= (sa as f64) * 1.1).into(),
         ]);
     }
-    if let (Some(a), Some(z)) = (traffic.first(), traffic.last()) {
-        let ta = a.provision.up + a.provision.down;
-        let tz = z.provision.up + z.provision.down;
+    for transport in ["git://", "https://"] {
+        let rows: Vec<&TrafficRow> = traffic
+            .iter()
+            .filter(|r| r.transport == transport)
+            .collect();
+        if let (Some(a), Some(z)) = (rows.first(), rows.last()) {
+            let ta = a.provision.up + a.provision.down;
+            let tz = z.provision.up + z.provision.down;
+            targets.push(vec![
+                format!(
+                    "no-op poll over {transport}: at most 2 KiB with {} tags and {} branches",
+                    group(z.tags as u64),
+                    group(z.branches as u64)
+                ),
+                format!(
+                    "{} B ({} B with {} tag{})",
+                    group(tz),
+                    group(ta),
+                    group(a.tags as u64),
+                    if a.tags == 1 { "" } else { "s" }
+                ),
+                met(tz <= 2048).into(),
+            ]);
+            targets.push(vec![
+                format!("no-op pass over {transport}: CPU does not grow with the refs"),
+                format!(
+                    "{} ms with {} ref{}, {} ms with {} refs",
+                    ms(a.provision_cpu),
+                    group((a.tags + a.branches + 1) as u64),
+                    if a.tags + a.branches == 0 { "" } else { "s" },
+                    ms(z.provision_cpu),
+                    group((z.tags + z.branches + 1) as u64)
+                ),
+                met(z.provision_cpu <= a.provision_cpu * 1.2 + 0.5).into(),
+            ]);
+        }
+    }
+    if let Some(g) = one {
+        let r = g.provision.wall_med / g.git.wall_med;
         targets.push(vec![
-            "no-op poll bytes independent of the number of tags".into(),
+            "no-op pass, 1 service: at most 1/5 of the git CLI sequence's wall time".into(),
             format!(
-                "{} B with {} tag{}, {} B with {} tags",
-                group(ta),
-                group(a.tags as u64),
-                if a.tags == 1 { "" } else { "s" },
-                group(tz),
-                group(z.tags as u64)
+                "{} ms vs {} ms: 1/{:.1}",
+                ms(g.provision.wall_med),
+                ms(g.git.wall_med),
+                1.0 / r
             ),
-            met((tz as f64) <= (ta as f64) * 1.1).into(),
+            met(r <= 0.2).into(),
+        ]);
+    }
+    let sp = sparse.prov_mirror + sparse.prov_releases;
+    let sg = sparse.git_dotgit + sparse.git_tree;
+    targets.push(vec![
+        format!(
+            "disk, a service using {} of {} files: at most 1.5× a blobless sparse clone",
+            group(sparse.used as u64),
+            group(sparse.files as u64)
+        ),
+        format!(
+            "{} KiB vs {} KiB: {:.2}×",
+            kib(sp),
+            kib(sg),
+            sp as f64 / sg as f64
+        ),
+        met((sp as f64) <= 1.5 * sg as f64).into(),
+    ]);
+    for r in server {
+        let ratio = r.provision_ms / r.git_ms;
+        targets.push(vec![
+            format!(
+                "server CPU, {} no-op polls over {}, {} tags: at most 1/3 of gitopper's",
+                group(r.polls as u64),
+                r.transport,
+                group(r.tags as u64)
+            ),
+            format!(
+                "{:.0} ms vs {:.0} ms: 1/{:.1}",
+                r.provision_ms,
+                r.git_ms,
+                1.0 / ratio
+            ),
+            met(ratio <= 1.0 / 3.0).into(),
         ]);
     }
     o.push_str("## Targets\n\n");
@@ -610,25 +680,71 @@ pub(crate) fn render(
         &rows,
     );
 
+    o.push_str("### 4b. A service using 1% of a large repository\n\n");
+    let _ = writeln!(
+        o,
+        "One service mounting `data/d000` ({} of the {} files, 1%) of an upstream with that \
+         many files. provision: its mirror (blobs only under the mounted path, every tree of \
+         its 3 commits) and its release. git: `git clone --depth 1 --filter=blob:none \
+         --sparse` and `git sparse-checkout set data/d000` (`.git` and the work tree). \
+         Allocated KiB.\n",
+        group(sparse.used as u64),
+        group(sparse.files as u64)
+    );
+    table(
+        &mut o,
+        &[
+            "files used",
+            "provision KiB (mirror + releases)",
+            "git KiB (.git + tree)",
+            "ratio",
+        ],
+        &[vec![
+            format!(
+                "{} of {}",
+                group(sparse.used as u64),
+                group(sparse.files as u64)
+            ),
+            format!(
+                "**{}** ({} + {})",
+                kib(sp),
+                kib(sparse.prov_mirror),
+                kib(sparse.prov_releases)
+            ),
+            format!(
+                "{} ({} + {})",
+                kib(sg),
+                kib(sparse.git_dotgit),
+                kib(sparse.git_tree)
+            ),
+            format!("{:.2}×", sp as f64 / sg as f64),
+        ]],
+    );
+
     o.push_str("## 5. Bytes per no-op poll\n\n");
     o.push_str(
-        "Through a byte-counting TCP forwarder between the client and `git daemon`; the \
-         upstream has one branch and N lightweight tags (packed refs). Bytes sent by the \
-         client / received by it, and TCP connections opened, median of the runs. Wall \
-         times go through the forwarder too. git speaks protocol v2 here: `git fetch` asks \
-         for branches and tags, `git ls-remote URL PATTERN` sends no ref prefix (its \
-         patterns match the end of ref names) so it receives every ref, and \
-         `git ls-remote --heads` asks for `refs/heads/` only. provision (libgit2) speaks \
-         protocol v0, where the server advertises every ref: the bytes it sends are its \
-         request line alone.\n\n",
+        "Through a byte-counting TCP forwarder between the client and the server (`git daemon` \
+         for git://; `git http-backend` behind TLS for https://, one process per request as \
+         a CGI server runs it); the upstream has `main`, N lightweight tags and M other \
+         branches (packed refs). Bytes sent by the client / received by it, and TCP \
+         connections opened, median of the runs; over https the bytes include TLS. Wall \
+         times go through the forwarder too. git speaks protocol v2: `git fetch` asks for \
+         branches and tags, `git ls-remote URL PATTERN` sends no ref prefix (its patterns \
+         match the end of ref names) so it receives every ref, and `git ls-remote --heads` \
+         asks for `refs/heads/` only. provision speaks protocol v2 too and asks `ls-refs` \
+         for `refs/heads/main` alone; over https, once a server spoke v2 to a mirror, a \
+         poll is one POST without the capability request. CPU is provision's whole pass.\n\n",
     );
     let tr = |t: &Traffic| format!("{} / {} ({})", group(t.up), group(t.down), t.connections);
     let rows: Vec<Vec<String>> = traffic
         .iter()
         .map(|r| {
             vec![
+                r.transport.to_string(),
                 group(r.tags as u64),
+                group(r.branches as u64),
                 format!("**{}**", tr(&r.provision)),
+                ms(r.provision_cpu),
                 tr(&r.fetch),
                 tr(&r.ls_remote),
                 tr(&r.ls_heads),
@@ -639,12 +755,60 @@ pub(crate) fn render(
     table(
         &mut o,
         &[
+            "transport",
             "tags",
+            "branches",
             "provision B sent / received (conns)",
+            "provision CPU ms",
             "`git fetch`",
             "`git ls-remote … refs/heads/main` (the floor)",
             "`git ls-remote --heads … main`",
             "wall ms (provision / git fetch)",
+        ],
+        &rows,
+    );
+
+    o.push_str("## 6. Server CPU per no-op poll\n\n");
+    o.push_str(
+        "The git server's CPU time while a fleet polls once per machine with nothing new: \
+         user + system time of the server process and of every process it ran and reaped \
+         (`upload-pack`, `http-backend`), from /proc, over all polls. provision: one no-op \
+         `sync` per machine. gitopper: its per-poll sequence, of which only `git fetch` \
+         reaches the server (stash, diff and merge are local). The machines are simulated: \
+         each poll comes from one state directory or checkout, which the server cannot tell \
+         from a thousand machines. The https server is single-threaded and runs one CGI \
+         process per request; TLS handshakes count as the server's time.\n\n",
+    );
+    let rows: Vec<Vec<String>> = server
+        .iter()
+        .map(|r| {
+            vec![
+                r.transport.to_string(),
+                format!("{} / {}", group(r.tags as u64), group(r.branches as u64)),
+                group(r.polls as u64),
+                format!(
+                    "**{:.0}** ({:.2} per poll)",
+                    r.provision_ms,
+                    r.provision_ms / r.polls as f64
+                ),
+                format!(
+                    "{:.0} ({:.2} per poll)",
+                    r.git_ms,
+                    r.git_ms / r.polls as f64
+                ),
+                format!("1/{:.1}", r.git_ms / r.provision_ms.max(0.001)),
+            ]
+        })
+        .collect();
+    table(
+        &mut o,
+        &[
+            "transport",
+            "tags / branches",
+            "polls",
+            "provision: server CPU ms",
+            "gitopper's sequence: server CPU ms",
+            "provision / gitopper",
         ],
         &rows,
     );

@@ -33,9 +33,13 @@ pub(crate) struct DiskRow {
     pub(crate) ansible_first: Run,
 }
 
-/// Figure 5: one tag count.
+/// Figure 5: one transport and ref count.
 pub(crate) struct TrafficRow {
+    pub(crate) transport: &'static str,
     pub(crate) tags: usize,
+    pub(crate) branches: usize,
+    /// CPU of provision's no-op pass, median, ms.
+    pub(crate) provision_cpu: f64,
     pub(crate) provision: Traffic,
     pub(crate) fetch: Traffic,
     pub(crate) ls_remote: Traffic,
@@ -448,68 +452,143 @@ pub(crate) fn disk(b: &Bench, d: &GitDaemon) -> Vec<DiskRow> {
     rows
 }
 
-pub(crate) fn traffic(b: &Bench, d: &GitDaemon) -> Vec<TrafficRow> {
-    let proxy = Proxy::start(d.port());
+pub(crate) fn traffic(b: &Bench, d: &GitDaemon, https: &HttpsServer, tls: &Tls) -> Vec<TrafficRow> {
+    let proxies = [
+        ("git://", Proxy::start(d.port())),
+        ("https://", Proxy::start(https.port)),
+    ];
     let mut rows = Vec::new();
-    for &tags in &TAGS {
-        progress(&format!("bytes per no-op poll: {tags} tags"));
-        let name = format!("tags-{tags}");
+    for &(tags, branches) in &REFS {
+        let name = format!("refs-{tags}-{branches}");
         let up = d.repo(&name);
         allow_filter(&up);
         let head = seed(&up, 1, &[]);
         add_tags(&up, tags);
-        let url = proxy.url(&name);
-        let svc = svc_name(0);
-
-        let p = Prov::new(
-            b.path(&format!("{name}/provision")),
-            &[(svc.clone(), url.clone())],
-        );
-        b.prov_deploy(&p, 1);
-        let co = b.path(&format!("{name}/git/checkout"));
-        b.git_clone(&url, &co, &svc);
-        proxy.take();
-
-        let (mut pv, mut fv, mut lv, mut hv) = (vec![], vec![], vec![], vec![]);
-        let (mut pw, mut fw) = (vec![], vec![]);
-        for _ in 0..b.reps.traffic {
-            pw.push(b.prov_noop(&p, 1).wall_ms);
-            pv.push(proxy.take());
-            let (r, _) = must(b.git(&co).arg("fetch"), &b.log);
-            fw.push(r.wall_ms);
-            fv.push(proxy.take());
-            b.ls_remote(&url, &head);
-            lv.push(proxy.take());
-            let (_, out) = must(
-                b.git(b.scratch.path())
-                    .args(["ls-remote", "--heads", &url, "main"]),
-                &b.log,
-            );
-            assert!(
-                out.contains(&head),
-                "ls-remote --heads did not show {head}:\n{out}"
-            );
-            hv.push(proxy.take());
-        }
-        let mid = |v: &[Traffic]| -> Traffic {
-            let med = |f: fn(&Traffic) -> u64| {
-                median(&v.iter().map(|t| f(t) as f64).collect::<Vec<_>>()) as u64
+        add_branches(&up, branches);
+        for (transport, proxy) in &proxies {
+            progress(&format!(
+                "bytes per no-op poll: {tags} tags, {branches} branches, {transport}"
+            ));
+            let url = if *transport == "git://" {
+                proxy.url(&name)
+            } else {
+                HttpsServer::url(proxy.port, &name)
             };
-            Traffic {
-                up: med(|t| t.up),
-                down: med(|t| t.down),
-                connections: med(|t| t.connections),
+            let svc = svc_name(0);
+            let slug = format!("{name}-{}", transport.trim_end_matches("://"));
+            let mut p = Prov::new(
+                b.path(&format!("{slug}/provision")),
+                &[(svc.clone(), url.clone())],
+            );
+            if *transport == "https://" {
+                p.ca_dir = Some(tls.ca_dir.clone());
             }
-        };
-        rows.push(TrafficRow {
-            tags,
-            provision: mid(&pv),
-            fetch: mid(&fv),
-            ls_remote: mid(&lv),
-            ls_heads: mid(&hv),
-            provision_wall: median(&pw),
-            fetch_wall: median(&fw),
-        });
+            b.prov_deploy(&p, 1);
+            let co = b.path(&format!("{slug}/git/checkout"));
+            b.git_clone(&url, &co, &svc);
+            proxy.take();
+
+            let (mut pv, mut fv, mut lv, mut hv) = (vec![], vec![], vec![], vec![]);
+            let (mut pw, mut pc, mut fw) = (vec![], vec![], vec![]);
+            for _ in 0..b.reps.traffic {
+                let run = b.prov_noop(&p, 1);
+                pw.push(run.wall_ms);
+                pc.push(run.cpu_ms);
+                pv.push(proxy.take());
+                let (r, _) = must(b.git(&co).arg("fetch"), &b.log);
+                fw.push(r.wall_ms);
+                fv.push(proxy.take());
+                b.ls_remote(&url, &head);
+                lv.push(proxy.take());
+                let (_, out) = must(
+                    b.git(b.scratch.path())
+                        .args(["ls-remote", "--heads", &url, "main"]),
+                    &b.log,
+                );
+                assert!(
+                    out.contains(&head),
+                    "ls-remote --heads did not show {head}:\n{out}"
+                );
+                hv.push(proxy.take());
+            }
+            let mid = |v: &[Traffic]| -> Traffic {
+                let med = |f: fn(&Traffic) -> u64| {
+                    median(&v.iter().map(|t| f(t) as f64).collect::<Vec<_>>()) as u64
+                };
+                Traffic {
+                    up: med(|t| t.up),
+                    down: med(|t| t.down),
+                    connections: med(|t| t.connections),
+                }
+            };
+            rows.push(TrafficRow {
+                transport,
+                tags,
+                branches,
+                provision_cpu: median(&pc),
+                provision: mid(&pv),
+                fetch: mid(&fv),
+                ls_remote: mid(&lv),
+                ls_heads: mid(&hv),
+                provision_wall: median(&pw),
+                fetch_wall: median(&fw),
+            });
+        }
     }
     rows
+}
+
+/// Figure 4b: a service using 1% of a large repository.
+pub(crate) struct SparseRow {
+    pub(crate) files: usize,
+    pub(crate) used: usize,
+    pub(crate) prov_mirror: u64,
+    pub(crate) prov_releases: u64,
+    pub(crate) git_dotgit: u64,
+    pub(crate) git_tree: u64,
+}
+
+/// provision against `git clone --depth 1 --filter=blob:none --sparse` plus
+/// a sparse checkout of the same directory: 100 files of 10,000.
+pub(crate) fn sparse(b: &Bench, d: &GitDaemon) -> SparseRow {
+    progress("disk: a service using 1% of a 10,000-file repository");
+    let up = d.repo("sparse");
+    allow_filter(&up);
+    seed(&up, 1, &[]);
+    add_large_tree(&up, LARGE_FILES);
+    common::run(common::git_cmd(up.bare()).args(["gc", "-q"]));
+    let link = "data/d000";
+    let p = Prov::with_links(
+        b.path("sparse/provision"),
+        &[(svc_name(0), up.url(), link.to_string())],
+    );
+    b.prov_deploy(&p, 1);
+    let prov_mirror = disk_use(&p.state().join(".mirrors"));
+    let prov_total = disk_use(&p.state());
+    let co = b.path("sparse/git/checkout");
+    fs::create_dir_all(b.path("sparse/git")).expect("creating the checkout's parent");
+    must(
+        b.git(&b.path("sparse/git"))
+            .args([
+                "clone",
+                "--depth",
+                "1",
+                "--filter=blob:none",
+                "--sparse",
+                &up.url(),
+            ])
+            .arg(&co),
+        &b.log,
+    );
+    must(b.git(&co).args(["sparse-checkout", "set", link]), &b.log);
+    let git_dotgit = disk_use(&co.join(".git"));
+    let used = fs::read_dir(co.join(link)).map(|d| d.count()).unwrap_or(0);
+    SparseRow {
+        files: LARGE_FILES,
+        used,
+        prov_mirror,
+        prov_releases: prov_total - prov_mirror,
+        git_dotgit,
+        git_tree: disk_use(&co) - git_dotgit,
+    }
 }

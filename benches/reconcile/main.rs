@@ -39,8 +39,10 @@ const FLEET: [usize; 3] = [1, 10, 50];
 const HISTORIES: [usize; 3] = [10, 1_000, 100_000];
 /// Files in the large repository of the disk figure.
 const LARGE_FILES: usize = 10_000;
-/// Tag counts of the bytes-per-poll figure.
-const TAGS: [usize; 3] = [1, 1_000, 10_000];
+/// Ref counts of the bytes-per-poll figure: (tags, branches besides main).
+const REFS: [(usize, usize); 3] = [(1, 0), (10_000, 0), (10_000, 1_000)];
+/// Polls of the server figure, each a machine polling once.
+const SERVER_POLLS: usize = 1_000;
 
 mod content;
 mod disk;
@@ -49,6 +51,7 @@ mod figures;
 mod measure;
 mod proxy;
 mod run;
+mod server;
 mod stats;
 
 use content::*;
@@ -58,6 +61,7 @@ use figures::*;
 use measure::*;
 use proxy::*;
 use run::*;
+use server::*;
 use stats::*;
 
 /// Makes this process's mount namespace its own, so the bind mounts of the
@@ -108,6 +112,9 @@ fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "--launch") {
         launch(&args[2..]);
+    }
+    if args.get(1).is_some_and(|a| a == "--serve-https") {
+        serve_https(&args[2..]);
     }
     let opts = parse_args();
     // SAFETY: geteuid has no preconditions.
@@ -165,13 +172,19 @@ fn main() {
     let daemon = GitDaemon::start();
 
     let (noop, unshare, change, cross) = noop_and_change(&b, &daemon);
+    let tls = Tls::new(&b.path("tls"));
+    let https = HttpsServer::start(daemon.base(), &tls);
     let disk = disk(&b, &daemon);
-    let traffic = traffic(&b, &daemon);
+    let sparse = sparse(&b, &daemon);
+    let traffic = traffic(&b, &daemon, &https, &tls);
+    let polls = if opts.quick { 20 } else { SERVER_POLLS };
+    let server = server_cpu(&b, &daemon, &https, &tls, polls);
     let reload = reload_in_machine(&b, &daemon);
 
     facts.load_end = loadavg();
     let doc = render(
-        &facts, opts.quick, &noop, &unshare, &change, &reload, &cross, &disk, &traffic,
+        &facts, opts.quick, &noop, &unshare, &change, &reload, &cross, &disk, &sparse, &traffic,
+        &server,
     );
     let mut doc = doc;
     let _ = writeln!(
@@ -186,5 +199,6 @@ fn main() {
     println!("{doc}");
     eprintln!("[bench] wrote {}", opts.out.display());
 
+    drop(https);
     drop(daemon);
 }

@@ -56,19 +56,31 @@ pub(crate) struct Bench {
 /// One provision machine: config, state dir, metrics dir, mount root.
 pub(crate) struct Prov {
     pub(crate) dir: PathBuf,
+    /// The hashed CA directory of the bench's https server, for https
+    /// upstreams (as /etc/ssl/certs would hold it).
+    pub(crate) ca_dir: Option<PathBuf>,
 }
 
 impl Prov {
     pub(crate) fn new(dir: PathBuf, services: &[(String, String)]) -> Prov {
-        let p = Prov { dir };
+        let links: Vec<(String, String, String)> = services
+            .iter()
+            .map(|(s, u)| (s.clone(), u.clone(), service_link(s)))
+            .collect();
+        Prov::with_links(dir, &links)
+    }
+
+    /// Services mounting the given repository paths: (name, URL, link).
+    pub(crate) fn with_links(dir: PathBuf, services: &[(String, String, String)]) -> Prov {
+        let p = Prov { dir, ca_dir: None };
         fs::create_dir_all(&p.dir).expect("creating a provision dir");
         let mut config = String::new();
-        for (svc, url) in services {
+        for (svc, url, link) in services {
             let _ = write!(
                 config,
                 "[[services]]\nmachine = \"bench\"\nservice = \"{svc}\"\nupstream = \"{url}\"\naction = \"\"\ndirs = [ {{ local = \"{}\", link = \"{}\" }} ]\n\n",
                 p.local(svc).display(),
-                service_link(svc)
+                link
             );
         }
         fs::write(p.config(), config).expect("writing provision config");
@@ -110,6 +122,9 @@ impl Bench {
     pub(crate) fn sync(&self, p: &Prov) -> Command {
         let mut cmd = Command::new(&self.bin);
         unit_env(&mut cmd);
+        if let Some(dir) = &p.ca_dir {
+            cmd.env("SSL_CERT_DIR", dir);
+        }
         cmd.arg("--config")
             .arg(p.config())
             .arg("--state-dir")

@@ -409,6 +409,11 @@ impl GitDaemon {
         format!("git://127.0.0.1:{}/{repo}.git", self.port)
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -200,44 +200,67 @@ fn a_no_op_poll_asks_for_the_followed_branch_alone_whatever_the_refs() {
         "a no-op poll received {bytes} bytes of bodies in {requests} requests"
     );
     assert_eq!(requests, 1, "a no-op poll is one ls-refs request");
-    // Without v2 the server lists every ref: the same poll is that large.
-    let old = https(d.base(), Protocol::V0Only);
-    let h0 = Host::new();
-    h0.write_config(&app_config(&old.url("r"), ""));
-    h0.sync(0);
-    old.take_sent();
-    h0.sync(0);
-    let (v0, _) = old.take_sent();
-    assert!(
-        v0 > 100 * bytes,
-        "v0 poll {v0} bytes, v2 poll {bytes} bytes"
-    );
 }
 
 #[test]
-fn a_server_without_protocol_v2_is_fetched_through_libgit2() {
+fn an_https_server_without_protocol_v2_is_named_and_the_deployment_kept() {
     need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
-    allow_filter(&up);
-    seed(&up);
-    let http = https(d.base(), Protocol::V0Only);
+    let first = seed(&up);
+    let http = https(d.base(), Protocol::AsAsked);
     let h = Host::new();
     h.write_config(&app_config(&http.url("r"), ""));
     h.sync(0);
-    let second = up.commit("main", &[("app/etc/app.conf", Some("port = 2\n"))], "bump");
-    let out = h.sync(0);
-    assert!(
-        out.contains(&format!("app: deployed {}", &second[..10])),
-        "{out}"
-    );
+    // The same repository, now behind a server that drops `Git-Protocol`.
+    let old = https(d.base(), Protocol::V0Only);
+    h.write_config(&app_config(&old.url("r"), ""));
+    up.commit("main", &[("app/etc/app.conf", Some("port = 2\n"))], "bump");
+    let out = h.sync(1);
+    assert!(out.contains(&old.url("r")), "{out}");
+    assert!(out.contains("does not speak git's protocol v2"), "{out}");
+    assert!(!out.contains("rebuil"), "{out}");
     assert_eq!(
         read(&h.deployed("app").join("app/etc/app.conf")),
-        "port = 2\n"
+        "port = 1\n"
     );
+    assert!(h.deployed("app").to_string_lossy().contains(&first));
+}
+
+#[test]
+fn https_credentials_come_from_the_token_file_and_a_refusal_names_it() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    seed(&up);
+    let http = https(d.base(), Protocol::AsAsked);
+    http.require("deploy", "s3cret");
+    let h = Host::new();
+    h.write_config(&app_config(&http.url("r"), ""));
+    let out = h.sync(1);
     assert!(
-        holds(&h.mirrors()[0], &blob_id(&up, "main", "other/secret.conf")),
-        "libgit2 fetches every file"
+        out.contains("asks for credentials: set https_user and https_token_file"),
+        "{out}"
     );
-    let _ = fs::metadata(h.path());
+
+    let token = h.path().join("token");
+    fs::write(&token, "wrong\n").expect("writing the token");
+    let extra = format!(
+        "https_user = \"deploy\"\nhttps_token_file = \"{}\"",
+        token.display()
+    );
+    h.write_config(&app_config(&http.url("r"), &extra));
+    let out = h.sync(1);
+    assert!(
+        out.contains(&format!(
+            "https authentication was rejected for {} with token file {}",
+            http.url("r"),
+            token.display()
+        )),
+        "{out}"
+    );
+
+    fs::write(&token, "s3cret\n").expect("writing the token");
+    let out = h.sync(0);
+    assert!(out.contains("app: deployed"), "{out}");
 }

@@ -389,7 +389,6 @@ fn generate(cli: &Cli, opts: &GenerateOpts) -> Result<ExitCode> {
 fn machine_config(cli: &Cli) -> Result<(Config, Identity)> {
     let config = Config::load(&cli.config)?;
     let id = identity(cli)?;
-    crate::git::mirror::init(id.services(&config).into_iter().map(|s| &s.upstream));
     Ok((config, id))
 }
 

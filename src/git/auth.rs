@@ -413,13 +413,20 @@ fn is_http(url: &str) -> bool {
 }
 
 /// The first line of `path`, trimmed: the https password or token.
-/// The user and token sent to an https server up front when a token file
-/// is configured, as libgit2 would send them when asked.
-pub fn https_basic(creds: &Credentials) -> Result<Option<(String, String)>> {
+/// The user (`https_user`, else the URL's, else `git`) and token sent to
+/// an https server with every request when a token file is configured.
+pub fn https_basic(
+    creds: &Credentials,
+    url_user: Option<&str>,
+) -> Result<Option<(String, String)>> {
     let Some(file) = creds.https_token_file.as_deref() else {
         return Ok(None);
     };
-    let user = creds.https_user.as_deref().unwrap_or(DEFAULT_HTTPS_USER);
+    let user = creds
+        .https_user
+        .as_deref()
+        .or(url_user)
+        .unwrap_or(DEFAULT_HTTPS_USER);
     Ok(Some((user.to_string(), read_token(file)?)))
 }
 

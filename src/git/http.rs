@@ -79,9 +79,13 @@ impl Conn {
                 .and_then(|()| ssl.param_mut().set_host(host)),
         }
         .with_context(|| format!("setting up TLS for {host}"))?;
-        let tls = ssl
-            .connect(tcp)
-            .map_err(|e| anyhow::anyhow!("TLS handshake with {host}: {e}"))?;
+        let tls = match ssl.connect(tcp) {
+            Ok(tls) => tls,
+            Err(openssl::ssl::HandshakeError::Failure(mid)) => {
+                return Err(refused(host, mid.ssl(), mid.error()))
+            }
+            Err(e) => bail!("TLS handshake with {host}: {e}"),
+        };
         Ok(Conn {
             stream: Stream::Tls(Box::new(tls)),
             deadline: self.deadline,
@@ -135,6 +139,29 @@ impl Write for Conn {
     }
 }
 
+/// Why the TLS handshake with `host` failed: for a certificate this
+/// machine does not accept, what is wrong with it and what to do
+/// ([`crate::git::tls::diagnose`]).
+fn refused(host: &str, ssl: &openssl::ssl::SslRef, e: &openssl::ssl::Error) -> anyhow::Error {
+    let verify = ssl.verify_result();
+    if verify == openssl::x509::X509VerifyResult::OK {
+        return anyhow::anyhow!("TLS handshake with {host}: {e}");
+    }
+    // The leaf is in the chain the server sent; OpenSSL keeps it as the
+    // peer's certificate only once verified.
+    let der = ssl
+        .peer_certificate()
+        .or_else(|| {
+            ssl.peer_cert_chain()
+                .and_then(|c| c.get(0).map(|x| x.to_owned()))
+        })
+        .and_then(|c| c.to_der().ok());
+    let why = der
+        .and_then(|d| crate::git::tls::diagnose(host, &d))
+        .unwrap_or_else(|| verify.error_string().to_string());
+    anyhow::anyhow!("the SSL certificate of {host} is invalid: {why}")
+}
+
 /// Where the CA certificates are when neither `SSL_CERT_FILE` nor
 /// `SSL_CERT_DIR` says: Debian's hashed directory.
 const CA_DIR: &str = "/etc/ssl/certs";
@@ -151,7 +178,8 @@ fn tls_context() -> Result<openssl::ssl::SslContext> {
         .context("setting the TLS version")?;
     ctx.set_options(SslOptions::NO_COMPRESSION);
     ctx.set_verify(SslVerifyMode::PEER);
-    let (file, dir) = CA_ENV.get().cloned().unwrap_or_else(ca_env);
+    let var = |v: &str| std::env::var_os(v).filter(|x| !x.is_empty());
+    let (file, dir) = (var("SSL_CERT_FILE"), var("SSL_CERT_DIR"));
     match (&file, &dir) {
         (None, None) if std::path::Path::new(CA_DIR).is_dir() => ctx
             .load_verify_locations(None, Some(std::path::Path::new(CA_DIR)))
@@ -167,22 +195,6 @@ fn tls_context() -> Result<openssl::ssl::SslContext> {
             .context("reading the CA certificates of SSL_CERT_FILE or SSL_CERT_DIR")?,
     }
     Ok(ctx.build())
-}
-
-/// `SSL_CERT_FILE` and `SSL_CERT_DIR` as the operator set them, before git2
-/// filled them in with its own guesses (it does so when it initializes).
-static CA_ENV: std::sync::OnceLock<(Option<std::ffi::OsString>, Option<std::ffi::OsString>)> =
-    std::sync::OnceLock::new();
-
-/// Keeps the operator's `SSL_CERT_FILE` and `SSL_CERT_DIR`; call before
-/// git2 initializes.
-pub fn remember_ca_env() {
-    let _ = CA_ENV.set(ca_env());
-}
-
-fn ca_env() -> (Option<std::ffi::OsString>, Option<std::ffi::OsString>) {
-    let var = |v: &str| std::env::var_os(v).filter(|x| !x.is_empty());
-    (var("SSL_CERT_FILE"), var("SSL_CERT_DIR"))
 }
 
 /// Socket timeouts surface as `WouldBlock`; call them what they are.
@@ -265,6 +277,8 @@ pub struct Response {
     pub status: u16,
     /// The `Content-Type`, lower case, if any.
     pub content_type: String,
+    /// The `Location` of a redirect.
+    pub location: Option<String>,
     /// The body, de-chunked.
     pub body: Box<dyn Read>,
 }
@@ -335,6 +349,7 @@ fn read_response<R: BufRead + 'static>(mut r: R) -> Result<Response> {
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("the server answered {status_line:?}, not an HTTP status"))?;
     let (mut content_type, mut length, mut chunked) = (String::new(), None, false);
+    let mut location = None;
     loop {
         let line = next_line(&mut r)?;
         if line.is_empty() {
@@ -346,6 +361,7 @@ fn read_response<R: BufRead + 'static>(mut r: R) -> Result<Response> {
         let value = value.trim();
         match name.trim().to_ascii_lowercase().as_str() {
             "content-type" => content_type = value.to_ascii_lowercase(),
+            "location" => location = Some(value.to_string()),
             "content-length" => length = value.parse::<u64>().ok(),
             "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
             _ => {}
@@ -365,6 +381,7 @@ fn read_response<R: BufRead + 'static>(mut r: R) -> Result<Response> {
     Ok(Response {
         status,
         content_type,
+        location,
         body,
     })
 }

@@ -49,72 +49,6 @@ pub struct Fetched {
     pub rebuilt: Option<String>,
 }
 
-/// Initializes libgit2 without loading the CA bundle.
-///
-/// libgit2 sets up OpenSSL when it initializes, whatever the transport, and
-/// OpenSSL then parses every certificate of the bundle SSL_CERT_FILE names
-/// (git2 points it at the system bundle when it is unset): about 235 M
-/// instructions, 25 ms of CPU, over 90% of a one-service no-op pass. https
-/// upstreams are fetched over our own TLS ([`crate::git::http`]), which
-/// looks CAs up one by one in the hashed directory, so the variable names
-/// an empty file for that one initialization, and is restored right after
-/// (programs provision runs, a package manager, see it as it was). The
-/// bundle is loaded into libgit2 only when libgit2 itself speaks https
-/// ([`libgit2_ca_bundle`]): a server without protocol v2. A bundle the
-/// operator names in SSL_CERT_FILE is loaded as before when an upstream
-/// uses https. Call before any other git2 call, while the process has one
-/// thread.
-pub fn init<'a>(upstreams: impl IntoIterator<Item = &'a Upstream>) {
-    use crate::config::Transport;
-    const VAR: &str = "SSL_CERT_FILE";
-    http::remember_ca_env();
-    let tls = upstreams
-        .into_iter()
-        .any(|u| u.transport == Transport::Https);
-    let before = std::env::var_os(VAR).filter(|v| !v.is_empty());
-    let skip = !tls || before.is_none();
-    if skip {
-        std::env::set_var(VAR, "/dev/null");
-    }
-    // Every git2 entry point initializes libgit2, once per process.
-    let _ = Oid::hash_object(git2::ObjectType::Blob, b"");
-    if skip {
-        match before {
-            Some(v) => std::env::set_var(VAR, v),
-            None => std::env::remove_var(VAR),
-        }
-        BUNDLE_SKIPPED.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// Whether [`init`] kept the CA bundle out of libgit2.
-static BUNDLE_SKIPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Where distributions keep the CA bundle, first found wins.
-const CA_BUNDLES: [&str; 3] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
-
-/// Loads the CA bundle into libgit2 before it speaks https itself, when
-/// [`init`] kept it out: once per process.
-#[allow(unsafe_code)]
-fn libgit2_ca_bundle(url: &str) -> Result<()> {
-    use std::sync::atomic::Ordering;
-    if !url.starts_with("https://") || !BUNDLE_SKIPPED.swap(false, Ordering::SeqCst) {
-        return Ok(());
-    }
-    let Some(bundle) = CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) else {
-        return Ok(());
-    };
-    // SAFETY: git2 marks this unsafe because it changes libgit2's global TLS
-    // context; no other libgit2 operation runs at this point (a pass fetches
-    // from one thread, before anything else uses the mirror).
-    unsafe { git2::opts::set_ssl_cert_file(bundle) }
-        .with_context(|| format!("loading the CA bundle {}", bundle.display()))
-}
-
 /// A mirror on disk: where it is and what it follows.
 #[derive(Debug, Clone)]
 pub struct Mirror {
@@ -232,7 +166,25 @@ impl Mirror {
         let creds = network_setup(creds, timeout)?;
         let refname = format!("refs/tags/{tag}");
         let depth = u32::from(self.upstream.supports_shallow());
-        self.download_ref(&repo, &refname, depth, &creds, timeout)?;
+        match self.ask_v2(&self.path, &refname, &creds, timeout)? {
+            Some((mut session, Some(id))) => {
+                let have = repo.refname_to_id(&self.refname()).ok();
+                let have = have.filter(|h| repo.find_commit(*h).is_ok());
+                self.download_v2(
+                    &mut session,
+                    &repo,
+                    &self.path,
+                    &refname,
+                    id,
+                    have,
+                    1,
+                    timeout,
+                )?;
+                session.close();
+            }
+            Some((_, None)) => {}
+            None => self.download_ref(&repo, &refname, depth, &creds, timeout)?,
+        }
         let reference = repo.find_reference(&refname).map_err(|_| {
             anyhow::Error::new(ServerError(format!(
                 "tag {tag:?} does not exist on {}",
@@ -391,8 +343,8 @@ impl Mirror {
         let Some(target) = Target::parse(&self.upstream.url) else {
             return Ok(None);
         };
-        let auth = if self.upstream.url.starts_with("http") {
-            auth::https_basic(creds)?
+        let auth = if self.is_https() {
+            auth::https_basic(creds, target.user.as_deref())?
         } else {
             None
         };
@@ -411,7 +363,7 @@ impl Mirror {
         }
         match Session::open(&target, auth, bounds)? {
             Opened::V2(s) => {
-                if s.is_http() && dir.join("HEAD").exists() {
+                if s.is_http() && !s.redirected() && dir.join("HEAD").exists() {
                     let features = s.fetch_features().join(" ");
                     fs::write(&known, features)
                         .with_context(|| format!("writing {}", known.display()))?;
@@ -428,10 +380,7 @@ impl Mirror {
     /// One fetch attempt through protocol v2: `ls-refs` for the branch
     /// alone, and, when it moved, a download of its commits and trees
     /// (blobs only under the mounted paths where the server can filter).
-    /// `None` leaves the fetch to libgit2: the server does not speak v2,
-    /// or the first exchange failed in a way libgit2 explains in its own
-    /// words (refused, closed, unknown repository, credentials). A timeout
-    /// is final: asking again would double the wait.
+    /// `None` leaves the fetch to libgit2 (see [`Mirror::ask_v2`]).
     fn try_fetch_v2(
         &self,
         repo: &Repository,
@@ -441,35 +390,108 @@ impl Mirror {
         timeout: Duration,
     ) -> Result<Option<Oid>> {
         let refname = self.refname();
-        let mut fresh = false;
-        let (mut session, remote) = loop {
-            let mut session = match self.open_v2(path, creds, timeout, fresh) {
-                Ok(Some(s)) => s,
-                Ok(None) => return Ok(None),
-                Err(e) if http::is_timeout(&e) => return Err(self.unanswered(e)),
-                Err(_) => return Ok(None),
-            };
-            match session.ls_ref(&refname) {
-                Ok(Some(head)) => break (session, head),
-                Ok(None) => return Err(branch_missing(&self.upstream.url, &self.branch)),
-                Err(e) if http::is_timeout(&e) => return Err(self.unanswered(e)),
-                // A resumed session the server no longer accepts: ask it
-                // for its capabilities once.
-                Err(_) if !fresh && path.join(V2_MARK).exists() => {
-                    let _ = fs::remove_file(path.join(V2_MARK));
-                    fresh = true;
-                }
-                Err(_) => return Ok(None),
-            }
+        let Some((mut session, remote)) = self.ask_v2(path, &refname, creds, timeout)? else {
+            return Ok(None);
         };
+        let remote = remote.ok_or_else(|| branch_missing(&self.upstream.url, &self.branch))?;
         let local = repo.refname_to_id(&refname).ok();
         if local != Some(remote) {
             let have = intact(repo, path, local, depth)?;
-            self.download_v2(&mut session, repo, path, remote, have, depth, timeout)?;
+            self.download_v2(
+                &mut session,
+                repo,
+                path,
+                &refname,
+                remote,
+                have,
+                depth,
+                timeout,
+            )?;
         }
         self.complete_window(&mut session, repo, path, remote, timeout)?;
         session.close();
         Ok(Some(remote))
+    }
+
+    /// Opens a protocol v2 session and asks `ls-refs` where `refname` is.
+    /// `None` leaves the work to libgit2 (`git://` only): the server does
+    /// not speak v2, or the first exchange failed in a way libgit2 explains
+    /// in its own words (refused, closed, unknown repository). A timeout is
+    /// final (asking again would double the wait), and so is every failure
+    /// over https, which only this client speaks.
+    fn ask_v2(
+        &self,
+        path: &Path,
+        refname: &str,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<Option<(Box<Session>, Option<Oid>)>> {
+        let mut fresh = false;
+        loop {
+            let mut session = match self.open_v2(path, creds, timeout, fresh) {
+                Ok(Some(s)) => s,
+                Ok(None) if self.is_https() => return Err(self.not_v2()),
+                Ok(None) => return Ok(None),
+                Err(e) => return self.first_failure(e, creds).map(|_| None),
+            };
+            match session.ls_ref(refname) {
+                Ok(found) => return Ok(Some((session, found))),
+                // A resumed session the server no longer accepts: ask it
+                // for its capabilities once.
+                Err(e) if !fresh && !http::is_timeout(&e) && path.join(V2_MARK).exists() => {
+                    let _ = fs::remove_file(path.join(V2_MARK));
+                    fresh = true;
+                }
+                Err(e) => return self.first_failure(e, creds).map(|_| None),
+            }
+        }
+    }
+
+    fn is_https(&self) -> bool {
+        self.upstream.url.starts_with("https://")
+    }
+
+    /// `Ok` when libgit2 is to try after `e` ended the first exchange;
+    /// the error to report otherwise.
+    fn first_failure(&self, e: anyhow::Error, creds: &Credentials) -> Result<()> {
+        if http::is_timeout(&e) {
+            return Err(self.unanswered(e));
+        }
+        if !self.is_https() {
+            return Ok(());
+        }
+        let url = &self.upstream.url;
+        let denied = e
+            .downcast_ref::<upload_pack::HttpStatus>()
+            .is_some_and(|s| matches!(s.status, 401 | 403));
+        let why = match (&creds.https_token_file, denied) {
+            (None, true) => format!(
+                "{url} asks for credentials: set https_user and https_token_file (or PROVISION_HTTPS_USER and PROVISION_HTTPS_TOKEN_FILE)"
+            ),
+            (Some(file), true) => format!(
+                "https authentication was rejected for {url} with token file {}",
+                file.display()
+            ),
+            _ => format!("{e:#}"),
+        };
+        Err(self.server_error(why))
+    }
+
+    /// An https server that answers in protocol v0 (or a dumb one).
+    fn not_v2(&self) -> anyhow::Error {
+        self.server_error(format!(
+            "{} does not speak git's protocol v2 (git 2.18 and later serve it, as GitHub, GitLab, Gitea and Bitbucket do); https upstreams are fetched over protocol v2",
+            self.upstream.url
+        ))
+    }
+
+    /// `why`, as the server's fault (never a reason to rebuild), naming the
+    /// branch and URL.
+    fn server_error(&self, why: String) -> anyhow::Error {
+        anyhow::Error::new(ServerError(why)).context(format!(
+            "fetching branch {:?} from {}",
+            self.branch, self.upstream.url
+        ))
     }
 
     /// Downloads `head` to `depth` over `session`, sending `have` so the
@@ -481,6 +503,7 @@ impl Mirror {
         session: &mut Session,
         repo: &Repository,
         path: &Path,
+        refname: &str,
         head: Oid,
         have: Option<Oid>,
         depth: u32,
@@ -514,8 +537,8 @@ impl Mirror {
                 .collect::<Vec<_>>(),
         );
         write_shallow(path, &edge)?;
-        repo.reference(&self.refname(), head, true, "provision: fetch")
-            .with_context(|| format!("moving {} in {}", self.refname(), path.display()))?;
+        repo.reference(refname, head, true, "provision: fetch")
+            .with_context(|| format!("moving {refname} in {}", path.display()))?;
         Ok(())
     }
 
@@ -553,10 +576,7 @@ impl Mirror {
 
     /// The server stopped answering before the ref check ended.
     fn unanswered(&self, e: anyhow::Error) -> anyhow::Error {
-        anyhow::Error::new(ServerError(format!("{e:#}"))).context(format!(
-            "fetching branch {:?} from {}",
-            self.branch, self.upstream.url
-        ))
+        self.server_error(format!("{e:#}"))
     }
 
     /// A download of ours that failed: the server, not the mirror, is at
@@ -569,10 +589,7 @@ impl Mirror {
         } else {
             format!("{e:#}")
         };
-        anyhow::Error::new(ServerError(why)).context(format!(
-            "fetching branch {:?} from {}",
-            self.branch, self.upstream.url
-        ))
+        self.server_error(why)
     }
 
     /// The branch head as the server advertises it right now.
@@ -583,7 +600,6 @@ impl Mirror {
         timeout: Duration,
     ) -> Result<Oid> {
         let url = &self.upstream.url;
-        libgit2_ca_bundle(url)?;
         let (callbacks, watch) = auth::watched_callbacks(creds, Instant::now() + timeout, None);
         let unreachable = |e: git2::Error| {
             anyhow::Error::new(ServerError(explain_certificate(&e, &watch)))
@@ -624,7 +640,6 @@ impl Mirror {
         creds: &Credentials,
         timeout: Duration,
     ) -> Result<()> {
-        libgit2_ca_bundle(&self.upstream.url)?;
         let refspec = format!("+{refname}:{refname}");
         let mut opts = FetchOptions::new();
         let (callbacks, watch) =

@@ -29,6 +29,8 @@ const AGENT: &str = concat!("provision/", env!("CARGO_PKG_VERSION"));
 #[derive(Debug, Clone)]
 pub struct Target {
     endpoint: Endpoint,
+    /// The user the URL names (`https://USER@host/…`), if any.
+    pub user: Option<String>,
     /// `git://`: the repository path; HTTP: the URL path without a trailing
     /// slash.
     path: String,
@@ -37,8 +39,8 @@ pub struct Target {
 
 impl Target {
     /// The target of `url`, or `None` for transports spoken only through
-    /// libgit2 (ssh, local paths) and URLs with user info (libgit2 handles
-    /// their credentials).
+    /// libgit2 (ssh, local paths) and URLs this client cannot read (a
+    /// password in the URL, a query).
     pub fn parse(url: &str) -> Option<Target> {
         let (scheme, rest) = url.split_once("://")?;
         let (daemon, tls, default_port) = match scheme {
@@ -51,11 +53,17 @@ impl Target {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        if authority.contains('@') || path.contains(['?', '#']) {
+        let (user, authority) = match authority.rsplit_once('@') {
+            Some((user, _)) if user.contains(':') || daemon => return None,
+            Some((user, rest)) => (Some(user.to_string()), rest),
+            None => (None, authority),
+        };
+        if path.contains(['?', '#']) {
             return None;
         }
         let (host, port) = split_port(authority, default_port)?;
         Some(Target {
+            user,
             endpoint: Endpoint { tls, host, port },
             path: if daemon {
                 path.to_string()
@@ -111,6 +119,8 @@ pub struct Session {
     daemon: Option<BufReader<Conn>>,
     /// The features the server lists for `fetch`.
     fetch_features: Vec<String>,
+    /// The first request was redirected.
+    redirected: bool,
 }
 
 /// What the server's answer to a fetch said beyond the pack.
@@ -139,6 +149,31 @@ pub struct Want<'a> {
     pub blobless: bool,
 }
 
+/// An HTTP answer other than 200 (after redirects).
+#[derive(Debug)]
+pub struct HttpStatus {
+    /// The status code.
+    pub status: u16,
+    /// What was asked.
+    pub request: String,
+}
+
+impl std::fmt::Display for HttpStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.status {
+            401 | 403 => " (the server wants credentials, or refused them)",
+            404 => " (no such repository)",
+            _ => "",
+        };
+        write!(f, "{} answered HTTP {}{what}", self.request, self.status)
+    }
+}
+
+impl std::error::Error for HttpStatus {}
+
+/// Redirects followed for the first request, as git does.
+const MAX_REDIRECTS: usize = 5;
+
 /// The server sent more than allowed.
 #[derive(Debug)]
 pub struct TooLarge(pub u64);
@@ -161,6 +196,7 @@ impl Session {
             auth: basic(auth),
             daemon: None,
             fetch_features: Vec::new(),
+            redirected: false,
         };
         let caps = if target.daemon {
             session.open_daemon()?
@@ -206,6 +242,7 @@ impl Session {
             auth: basic(auth),
             daemon: None,
             fetch_features,
+            redirected: false,
         }))
     }
 
@@ -258,27 +295,63 @@ impl Session {
     /// `GET info/refs` with `Git-Protocol: version=2`; `None` when the
     /// server answered in v0.
     fn open_http(&mut self) -> Result<Option<Vec<String>>> {
-        let target = format!("{}/info/refs?service=git-upload-pack", self.target.path);
-        let resp = http::send(
-            &self.target.endpoint,
-            &http::Request {
-                method: "GET",
-                target: &target,
-                headers: self.headers(&["Accept: */*"]),
-                body: &[],
-            },
-            self.bounds.connect,
-            self.bounds.deadline,
-        )?;
-        if resp.status != 200 {
-            bail!("GET {target} answered HTTP {}", resp.status);
+        const INFO_REFS: &str = "/info/refs?service=git-upload-pack";
+        let mut redirects = 0;
+        let resp = loop {
+            let target = format!("{}{INFO_REFS}", self.target.path);
+            let resp = http::send(
+                &self.target.endpoint,
+                &http::Request {
+                    method: "GET",
+                    target: &target,
+                    headers: self.headers(&["Accept: */*"]),
+                    body: &[],
+                },
+                self.bounds.connect,
+                self.bounds.deadline,
+            )?;
+            let moved = matches!(resp.status, 301 | 302 | 303 | 307 | 308);
+            match resp.location.as_deref() {
+                Some(to) if moved && redirects < MAX_REDIRECTS => {
+                    // Never from https to anything else; the repository is
+                    // what precedes `/info/refs` in the new location.
+                    let base = to.split_once(INFO_REFS).map_or(to, |(b, _)| b);
+                    let next = Target::parse(base)
+                        .filter(|t| t.endpoint.tls == self.target.endpoint.tls && !t.daemon)
+                        .with_context(|| {
+                            format!("the server redirected to {to:?}, which is not followed")
+                        })?;
+                    self.target = Target {
+                        user: self.target.user.clone(),
+                        ..next
+                    };
+                    redirects += 1;
+                }
+                _ if resp.status != 200 => {
+                    return Err(HttpStatus {
+                        status: resp.status,
+                        request: format!("GET {target}"),
+                    }
+                    .into())
+                }
+                _ => break resp,
+            }
+        };
+        if redirects > 0 {
+            self.redirected = true;
         }
         if resp.content_type != "application/x-git-upload-pack-advertisement" {
-            // A dumb HTTP server: libgit2 knows how to read it.
+            // A dumb HTTP server: it has no upload-pack to speak v2.
             return Ok(None);
         }
         let mut r = Reader::new(resp.body);
         read_capabilities(&mut r)
+    }
+
+    /// Whether the first request was redirected (the URL to resume with
+    /// is then not the configured one).
+    pub fn redirected(&self) -> bool {
+        self.redirected
     }
 
     fn headers(&self, extra: &[&str]) -> Vec<String> {
@@ -313,7 +386,11 @@ impl Session {
             self.bounds.deadline,
         )?;
         if resp.status != 200 {
-            bail!("POST {target} answered HTTP {}", resp.status);
+            return Err(HttpStatus {
+                status: resp.status,
+                request: format!("POST {target}"),
+            }
+            .into());
         }
         Ok(Reader::new(resp.body))
     }

@@ -43,6 +43,8 @@ pub struct Shared {
     sent: AtomicU64,
     /// Requests answered.
     requests: AtomicU64,
+    /// `user:password` every request must carry (HTTP basic), if any.
+    basic: std::sync::Mutex<Option<String>>,
 }
 
 impl SmartHttp {
@@ -69,6 +71,13 @@ impl SmartHttp {
     /// Makes every request fail with 503 (`true`) or be served again.
     pub fn set_down(&self, down: bool) {
         self.shared.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Requires HTTP basic credentials `user:password` from now on.
+    pub fn require(&self, user: &str, password: &str) {
+        if let Ok(mut b) = self.shared.basic.lock() {
+            *b = Some(format!("{user}:{password}"));
+        }
     }
 
     /// Response body bytes and requests since the last call.
@@ -139,7 +148,54 @@ pub fn serve(
             let _ = request.respond(tiny_http::Response::empty(503));
             continue;
         }
+        if !authorized(&request, shared) {
+            let challenge = tiny_http::Header::from_bytes(
+                &b"WWW-Authenticate"[..],
+                &b"Basic realm=\"git\""[..],
+            )
+            .expect("a header");
+            let _ = request.respond(tiny_http::Response::empty(401).with_header(challenge));
+            continue;
+        }
         answer(request, base, protocol, shared);
+    }
+}
+
+/// Whether `request` carries the credentials the server requires.
+fn authorized(request: &tiny_http::Request, shared: &Shared) -> bool {
+    use base64_free::encode;
+    let Some(want) = shared.basic.lock().ok().and_then(|b| b.clone()) else {
+        return true;
+    };
+    let expected = format!("Basic {}", encode(want.as_bytes()));
+    request
+        .headers()
+        .iter()
+        .any(|h| h.field.equiv("Authorization") && h.value.as_str() == expected)
+}
+
+/// Base64 without a crate: the test kit needs it for one header.
+mod base64_free {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
     }
 }
 

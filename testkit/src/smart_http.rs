@@ -211,6 +211,7 @@ fn answer(mut request: tiny_http::Request, base: &Path, protocol: Protocol, shar
     };
     let git_protocol = header("Git-Protocol").filter(|_| protocol == Protocol::AsAsked);
     let content_type = header("Content-Type").unwrap_or_default();
+    let encoding = header("Content-Encoding");
     let mut body = Vec::new();
     let _ = request.as_reader().read_to_end(&mut body);
     let mut cmd = Command::new("git");
@@ -232,6 +233,10 @@ fn answer(mut request: tiny_http::Request, base: &Path, protocol: Protocol, shar
         .stderr(Stdio::null());
     if let Some(p) = git_protocol {
         cmd.env("GIT_PROTOCOL", p);
+    }
+    // git compresses large request bodies; the backend inflates them.
+    if let Some(e) = encoding {
+        cmd.env("HTTP_CONTENT_ENCODING", e);
     }
     let Ok(mut child) = cmd.spawn() else {
         let _ = request.respond(tiny_http::Response::empty(500));

@@ -66,15 +66,6 @@ impl Watch {
     pub fn stopped(&self) -> Option<Stopped> {
         self.0.stopped.get()
     }
-
-    /// Why the TLS certificate the server presented is not acceptable, if
-    /// one was presented and a reason is found in it.
-    pub fn certificate_problem(&self) -> Option<String> {
-        let presented = self.0.x509.borrow();
-        let (host, der) = presented.as_ref()?;
-        super::tls::diagnose(host, der)
-            .map(|why| format!("the https certificate of {host} is not accepted: {why}"))
-    }
 }
 
 /// [`remote_callbacks`] that also stop the transfer once more than
@@ -203,22 +194,14 @@ struct FetchState {
     presented: RefCell<Option<PresentedKey>>,
     host_verified: Cell<bool>,
     ssh_attempts: Cell<u32>,
-    https_attempts: Cell<u32>,
     stopped: Cell<Option<Stopped>>,
-    /// The host and DER certificate a TLS server presented.
-    x509: RefCell<Option<(String, Vec<u8>)>>,
 }
 
 impl FetchState {
     /// Certificate callback: remember an ssh host key for checking in the
-    /// credentials callback; let libgit2/openssl validate TLS certificates.
+    /// credentials callback (libgit2 speaks ssh only; https is ours).
     fn record_host_key(&self, cert: &Cert<'_>, host: &str) -> CertificateCheckStatus {
         let Some(hostkey) = cert.as_hostkey() else {
-            // TLS: libgit2 decides; the certificate is kept to explain a
-            // refusal.
-            if let Some(x509) = cert.as_x509() {
-                *self.x509.borrow_mut() = Some((host.to_owned(), x509.data().to_vec()));
-            }
             return CertificateCheckStatus::CertificatePassthrough;
         };
         let blob = hostkey.hostkey().map(<[u8]>::to_vec).unwrap_or_default();
@@ -259,9 +242,6 @@ impl FetchState {
         user: Option<&str>,
         allowed: CredentialType,
     ) -> Result<Cred> {
-        if is_http(url) {
-            return self.https_credential(creds, url, user, allowed);
-        }
         self.verify_host_key(creds, url)?;
         if allowed.contains(CredentialType::USERNAME) {
             return Ok(Cred::username(user.unwrap_or(DEFAULT_SSH_USER))?);
@@ -307,36 +287,6 @@ impl FetchState {
             key,
             None,
         )?)
-    }
-
-    /// User and token from `https_user`/`https_token_file`, once per fetch.
-    fn https_credential(
-        &self,
-        creds: &Credentials,
-        url: &str,
-        user: Option<&str>,
-        allowed: CredentialType,
-    ) -> Result<Cred> {
-        let Some(token_file) = creds.https_token_file.as_deref() else {
-            bail!("{url} asks for credentials: set https_user and https_token_file (or PROVISION_HTTPS_USER and PROVISION_HTTPS_TOKEN_FILE)");
-        };
-        ensure!(
-            allowed.contains(CredentialType::USER_PASS_PLAINTEXT),
-            "server for {url} does not accept a user and token"
-        );
-        if bump(&self.https_attempts) > 1 {
-            bail!(
-                "https authentication was rejected for {url} with token file {}",
-                token_file.display()
-            );
-        }
-        let token = read_token(token_file)?;
-        let user = creds
-            .https_user
-            .as_deref()
-            .or(user)
-            .unwrap_or(DEFAULT_HTTPS_USER);
-        Ok(Cred::userpass_plaintext(user, &token)?)
     }
 
     /// Check the presented ssh host key against known_hosts for the URL's port.
@@ -406,12 +356,6 @@ fn bump(counter: &Cell<u32>) -> u32 {
     counter.get()
 }
 
-/// Whether libgit2 talks http(s) (not ssh) for this URL.
-fn is_http(url: &str) -> bool {
-    let lower = url.to_ascii_lowercase();
-    lower.starts_with("https://") || lower.starts_with("http://")
-}
-
 /// The first line of `path`, trimmed: the https password or token.
 /// The user (`https_user`, else the URL's, else `git`) and token sent to
 /// an https server with every request when a token file is configured.
@@ -476,46 +420,9 @@ mod tests {
     }
 
     #[test]
-    fn https_credential_is_given_once_then_rejected() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let token = dir.path().join("token");
-        fs::write(&token, "  s3cret  \nignored\n").expect("writing token");
-        let creds = Credentials {
-            https_token_file: Some(token.clone()),
-            ..Credentials::default()
-        };
-        let state = FetchState::default();
-        let url = "https://example.org/r.git";
-        let allowed = CredentialType::USER_PASS_PLAINTEXT;
-        assert!(state.credential(&creds, url, None, allowed).is_ok());
-        let err = format!(
-            "{:#}",
-            state
-                .credential(&creds, url, None, allowed)
-                .err()
-                .expect("rejected")
-        );
-        assert!(
-            err.contains("rejected") && err.contains(&token.display().to_string()),
-            "{err}"
-        );
-        assert!(!err.contains("s3cret"), "{err}");
-    }
-
-    #[test]
     fn missing_configuration_names_the_key_to_set() {
         let state = FetchState::default();
         let none = Credentials::default();
-        let err = state
-            .credential(
-                &none,
-                "https://example.org/r",
-                None,
-                CredentialType::USER_PASS_PLAINTEXT,
-            )
-            .err()
-            .expect("no token configured");
-        assert!(err.to_string().contains("https_token_file"), "{err}");
         state.host_verified.set(true);
         let err = state
             .credential(
@@ -530,20 +437,22 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_token_file_is_named() {
-        let creds = Credentials {
-            https_token_file: Some(PathBuf::from("/nonexistent/token")),
+    fn the_token_file_is_read_and_an_unreadable_one_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        fs::write(&token, "  s3cret  \nignored\n").expect("writing token");
+        let creds = |file: PathBuf, user: Option<&str>| Credentials {
+            https_token_file: Some(file),
+            https_user: user.map(str::to_string),
             ..Credentials::default()
         };
-        let err = FetchState::default()
-            .credential(
-                &creds,
-                "https://h/r",
-                None,
-                CredentialType::USER_PASS_PLAINTEXT,
-            )
-            .err()
-            .expect("unreadable");
+        let got = https_basic(&creds(token.clone(), None), Some("deploy")).expect("read");
+        assert_eq!(got, Some(("deploy".into(), "s3cret".into())));
+        let got = https_basic(&creds(token, Some("ops")), Some("deploy")).expect("read");
+        assert_eq!(got, Some(("ops".into(), "s3cret".into())));
+        assert_eq!(https_basic(&Credentials::default(), None).ok(), Some(None));
+        let err = https_basic(&creds(PathBuf::from("/nonexistent/token"), None), None)
+            .expect_err("unreadable");
         assert!(format!("{err:#}").contains("/nonexistent/token"), "{err:#}");
     }
 

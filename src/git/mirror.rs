@@ -600,9 +600,9 @@ impl Mirror {
         timeout: Duration,
     ) -> Result<Oid> {
         let url = &self.upstream.url;
-        let (callbacks, watch) = auth::watched_callbacks(creds, Instant::now() + timeout, None);
+        let callbacks = auth::remote_callbacks(creds, Instant::now() + timeout);
         let unreachable = |e: git2::Error| {
-            anyhow::Error::new(ServerError(explain_certificate(&e, &watch)))
+            anyhow::Error::new(ServerError(e.message().to_string()))
                 .context(format!("fetching branch {:?} from {url}", self.branch))
         };
         let mut remote = repo.remote_anonymous(url).map_err(unreachable)?;
@@ -799,16 +799,6 @@ fn branch_missing(url: &str, branch: &str) -> anyhow::Error {
     anyhow::Error::new(ServerError(format!(
         "branch {branch:?} does not exist on {url}"
     )))
-}
-
-/// libgit2's message, with the reason a TLS certificate was refused when
-/// that is what failed (libgit2 says only that it is invalid).
-fn explain_certificate(e: &git2::Error, watch: &auth::Watch) -> String {
-    let tls = e.code() == git2::ErrorCode::Certificate || e.class() == git2::ErrorClass::Ssl;
-    match watch.certificate_problem() {
-        Some(why) if tls => format!("{}: {why}", e.message()),
-        _ => e.message().to_string(),
-    }
 }
 
 /// Says which setting ran out when the server stopped answering: libgit2

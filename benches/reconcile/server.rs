@@ -136,6 +136,9 @@ pub(crate) struct ServerRow {
     pub(crate) provision_ms: f64,
     /// Server CPU for all polls of gitopper's sequence (its `git fetch`), ms.
     pub(crate) git_ms: f64,
+    /// Server CPU for as many `git ls-remote --heads URL main`: one
+    /// `ls-refs` of the branches, the least a client can ask, ms.
+    pub(crate) floor_ms: f64,
 }
 
 /// The server's CPU for `polls` no-op polls by provision and by gitopper's
@@ -192,6 +195,16 @@ pub(crate) fn server_cpu(
             }
             settle();
             let git_ms = cpu() - before;
+            let before = cpu();
+            for _ in 0..polls {
+                must(
+                    b.git(b.scratch.path())
+                        .args(["ls-remote", "--heads", &url, "main"]),
+                    &b.log,
+                );
+            }
+            settle();
+            let floor_ms = cpu() - before;
             rows.push(ServerRow {
                 transport,
                 tags,
@@ -199,6 +212,7 @@ pub(crate) fn server_cpu(
                 polls,
                 provision_ms,
                 git_ms,
+                floor_ms,
             });
         }
     }

@@ -200,6 +200,12 @@ fn a_no_op_poll_asks_for_the_followed_branch_alone_whatever_the_refs() {
         "a no-op poll received {bytes} bytes of bodies in {requests} requests"
     );
     assert_eq!(requests, 1, "a no-op poll is one ls-refs request");
+    // The TLS session is kept for the next poll to resume; a damaged one
+    // only costs a full handshake.
+    let session = h.mirrors()[0].join("provision-tls-session");
+    assert!(session.is_file(), "{}", session.display());
+    fs::write(&session, b"not a session").expect("damaging the session");
+    assert!(h.sync(0).contains("app: up to date"));
 }
 
 #[test]

@@ -24,6 +24,8 @@ pub struct Endpoint {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// File keeping the last TLS session with this server, to resume it.
+    pub resume: Option<std::path::PathBuf>,
 }
 
 /// A connection that gives up at a deadline: every read and write waits at
@@ -31,6 +33,7 @@ pub struct Endpoint {
 pub struct Conn {
     stream: Stream,
     deadline: Instant,
+    resume: Option<std::path::PathBuf>,
 }
 
 enum Stream {
@@ -58,6 +61,7 @@ impl Conn {
         let mut conn = Conn {
             stream: Stream::Tcp(tcp),
             deadline,
+            resume: ep.resume.clone(),
         };
         if ep.tls {
             conn = conn.into_tls(&ep.host)?;
@@ -69,9 +73,13 @@ impl Conn {
         let Stream::Tcp(tcp) = self.stream else {
             return Ok(self);
         };
+        let resume = self.resume;
         set_timeouts(&tcp, self.deadline, host)?;
-        let ctx = tls_context()?;
+        let ctx = tls_context(resume.clone())?;
         let mut ssl = openssl::ssl::Ssl::new(&ctx).context("setting up TLS")?;
+        if let Some(file) = &resume {
+            offer_session(&mut ssl, file);
+        }
         match host.parse::<std::net::IpAddr>() {
             Ok(ip) => ssl.param_mut().set_ip(ip),
             Err(_) => ssl
@@ -89,6 +97,7 @@ impl Conn {
         Ok(Conn {
             stream: Stream::Tls(Box::new(tls)),
             deadline: self.deadline,
+            resume,
         })
     }
 
@@ -162,6 +171,49 @@ fn refused(host: &str, ssl: &openssl::ssl::SslRef, e: &openssl::ssl::Error) -> a
     anyhow::anyhow!("the SSL certificate of {host} is invalid: {why}")
 }
 
+/// How long a kept TLS session is offered; servers bound it too (their
+/// ticket lifetime), and OpenSSL drops an expired one itself.
+const SESSION_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Offers the session kept in `file` to the server: a resumed handshake
+/// sends no certificate and signs nothing, which saves the certificate
+/// chain's bytes (often 3-5 KB) and the server's signature on every poll.
+/// The server may refuse it; the handshake is then a full one, verified
+/// as always.
+#[allow(unsafe_code)]
+fn offer_session(ssl: &mut openssl::ssl::SslRef, file: &std::path::Path) {
+    let fresh = std::fs::metadata(file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < SESSION_MAX_AGE);
+    let Some(session) = fresh
+        .then(|| std::fs::read(file).ok())
+        .flatten()
+        .and_then(|der| openssl::ssl::SslSession::from_der(&der).ok())
+    else {
+        return;
+    };
+    // SAFETY: `set_session` is unsafe because OpenSSL requires the session
+    // to have been made with a compatible context; it was made by this same
+    // code with the same settings (`tls_context`), and OpenSSL still checks
+    // its protocol and cipher before resuming, falling back to a full
+    // handshake otherwise.
+    let _ = unsafe { ssl.set_session(&session) };
+}
+
+/// Keeps the session the server just gave, for the next poll to resume
+/// (written whole, private to root like the mirror it sits in).
+fn keep_session(file: &std::path::Path, session: &openssl::ssl::SslSessionRef) {
+    let Ok(der) = session.to_der() else {
+        return;
+    };
+    let tmp = file.with_extension("tmp");
+    if std::fs::write(&tmp, der).is_ok() {
+        let _ = std::fs::rename(&tmp, file);
+    }
+}
+
 /// Where the CA certificates are when neither `SSL_CERT_FILE` nor
 /// `SSL_CERT_DIR` says: Debian's hashed directory.
 const CA_DIR: &str = "/etc/ssl/certs";
@@ -171,9 +223,13 @@ const CA_DIR: &str = "/etc/ssl/certs";
 /// certificate needs it, rather than from the bundle file: parsing the
 /// whole bundle costs about 25 ms of CPU on every pass. `SSL_CERT_FILE`
 /// and `SSL_CERT_DIR` are honoured as OpenSSL does.
-fn tls_context() -> Result<openssl::ssl::SslContext> {
+fn tls_context(resume: Option<std::path::PathBuf>) -> Result<openssl::ssl::SslContext> {
     use openssl::ssl::{SslContext, SslMethod, SslOptions, SslVerifyMode, SslVersion};
     let mut ctx = SslContext::builder(SslMethod::tls_client()).context("setting up TLS")?;
+    if let Some(file) = resume {
+        ctx.set_session_cache_mode(openssl::ssl::SslSessionCacheMode::CLIENT);
+        ctx.set_new_session_callback(move |_, session| keep_session(&file, &session));
+    }
     ctx.set_min_proto_version(Some(SslVersion::TLS1_2))
         .context("setting the TLS version")?;
     ctx.set_options(SslOptions::NO_COMPRESSION);
@@ -468,6 +524,7 @@ mod tests {
             tls,
             host: "git.example.net".into(),
             port,
+            resume: None,
         };
         assert_eq!(host_header(&ep(true, 443)), "git.example.net");
         assert_eq!(host_header(&ep(false, 8080)), "git.example.net:8080");

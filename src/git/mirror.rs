@@ -37,6 +37,9 @@ pub const MAX_PACKS: usize = 32;
 /// File in a mirror naming the `fetch` features of an https server that
 /// speaks protocol v2, so later polls skip asking for them.
 const V2_MARK: &str = "provision-v2";
+/// File in a mirror keeping the last TLS session with an https server, so
+/// the next poll resumes it instead of a full handshake.
+const TLS_SESSION: &str = "provision-tls-session";
 /// How long a pass waits for another process fetching the same mirror.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -343,6 +346,7 @@ impl Mirror {
         let Some(target) = Target::parse(&self.upstream.url) else {
             return Ok(None);
         };
+        let target = target.resume_tls_in(dir.join(TLS_SESSION));
         let auth = if self.is_https() {
             auth::https_basic(creds, target.user.as_deref())?
         } else {

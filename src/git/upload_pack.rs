@@ -38,6 +38,14 @@ pub struct Target {
 }
 
 impl Target {
+    /// Keeps TLS sessions with the server in `file` and resumes them.
+    pub fn resume_tls_in(mut self, file: std::path::PathBuf) -> Target {
+        if self.endpoint.tls {
+            self.endpoint.resume = Some(file);
+        }
+        self
+    }
+
     /// The target of `url`, or `None` for transports spoken only through
     /// libgit2 (ssh, local paths) and URLs this client cannot read (a
     /// password in the URL, a query).
@@ -64,7 +72,12 @@ impl Target {
         let (host, port) = split_port(authority, default_port)?;
         Some(Target {
             user,
-            endpoint: Endpoint { tls, host, port },
+            endpoint: Endpoint {
+                tls,
+                host,
+                port,
+                resume: None,
+            },
             path: if daemon {
                 path.to_string()
             } else {

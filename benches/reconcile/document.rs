@@ -234,6 +234,11 @@ pub(crate) fn render(
          them and notifies a `command` handler that appends to a file. One run covers N services.\n\
          - **floor**: `git ls-remote git://… refs/heads/main` (one ref advertisement round \
          trip to the same server); after a change, that plus `cp -r` of the service's files.\n\
+         - **https** (sections 5 and 6): `git http-backend` run per request as a CGI program \
+         behind TLS (a self-signed certificate for 127.0.0.1, EC P-256) by a small server \
+         process of the bench's own; provision then runs with `SSL_CERT_DIR` naming a hashed \
+         directory holding that certificate (as /etc/ssl/certs would), and git with \
+         `GIT_SSL_CAINFO`.\n\
          - Each service has 4 files (about 5 KiB). Wall time is spawn to reap; CPU is user + \
          system time and peak RSS is `ru_maxrss`, both from `wait4` (so they include the \
          processes a tool runs and reaps). A sequence of processes adds up wall and CPU and \

@@ -11,7 +11,7 @@ CARGO ?= cargo
 # real nginx checked by its own `nginx -t` and by curl).
 APT_PACKAGES := git pkg-config libssl-dev openssh-server prometheus prometheus-node-exporter strace python3 nginx-light curl lintian man-db bash-completion chromium apache2-utils gnupg
 # The peers `make bench` compares provision with, and an independent timer.
-BENCH_APT_PACKAGES := ansible-core hyperfine
+BENCH_APT_PACKAGES := ansible-core hyperfine valgrind
 
 .PHONY: all build release deps test lint unit demo install clean
 

@@ -178,6 +178,7 @@ pub(crate) fn render(
     sparse: &SparseRow,
     traffic: &[TrafficRow],
     server: &[ServerRow],
+    profile: &Result<Profile, String>,
 ) -> String {
     let mut o = String::new();
     o.push_str("# Benchmarks\n\n");
@@ -218,7 +219,8 @@ pub(crate) fn render(
         "- **provision**: `target/release/provision --config … --state-dir … --metrics-dir … \
          --machine bench sync`, one service per `[[services]]` entry (`action = \"\"`, \
          `depth` 3, one `dirs` entry mounting `svc/sNN/etc`), all on one upstream, with no \
-         `SSL_CERT_FILE` or `SSL_CERT_DIR` in its environment (as a systemd unit runs it). \
+         `SSL_CERT_FILE`, `SSL_CERT_DIR` or `RUST_BACKTRACE` in its environment (as a \
+         systemd unit runs it). \
          The bench process runs in its own private mount namespace (entered once, at start), \
          so provision's bind mounts persist from one pass to the next as they do on a host, \
          and no pass pays for a wrapper.\n\
@@ -539,6 +541,46 @@ pub(crate) fn render(
             ms(c.floor_ms),
             ms(c.provision_ms)
         );
+    }
+
+    o.push_str("### 1b. Where a no-op pass spends its instructions\n\n");
+    match profile {
+        Ok(p) => {
+            o.push_str(
+                "User-space instructions counted by valgrind's callgrind (exact, unlike CPU \
+                 times on a shared machine; the kernel's part, exec and page faults, is not \
+                 in them). Process start is `provision --version`: the dynamic loader \
+                 relocating the binary and binding libssl and libcrypto, which ssh (libssh2) \
+                 and https need.\n\n",
+            );
+            table(
+                &mut o,
+                &["what", "instructions", "share of the pass"],
+                &[
+                    vec![
+                        "process start (`provision --version`)".into(),
+                        group(p.start),
+                        format!("{:.0}%", 100.0 * p.start as f64 / p.noop as f64),
+                    ],
+                    vec![
+                        "the pass itself (config, ref check, state, metrics)".into(),
+                        group(p.noop.saturating_sub(p.start)),
+                        format!(
+                            "{:.0}%",
+                            100.0 * p.noop.saturating_sub(p.start) as f64 / p.noop as f64
+                        ),
+                    ],
+                    vec![
+                        "**no-op `sync`, 1 service, git://**".into(),
+                        format!("**{}**", group(p.noop)),
+                        "100%".into(),
+                    ],
+                ],
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(o, "Not measured: {why}.\n");
+        }
     }
 
     o.push_str("## 2. Change applied (one service, one changed file)\n\n");

@@ -154,7 +154,7 @@ fn main() {
             ansible_noop: [5, 2, 1],
             change: 15,
             ansible_change: 5,
-            traffic: 3,
+            traffic: 9,
         }
     };
     let scratch = tempfile::Builder::new()
@@ -177,6 +177,7 @@ fn main() {
     let disk = disk(&b, &daemon);
     let sparse = sparse(&b, &daemon);
     let traffic = traffic(&b, &daemon, &https, &tls);
+    let profile = profile(&b, &daemon);
     let polls = if opts.quick { 20 } else { SERVER_POLLS };
     let server = server_cpu(&b, &daemon, &https, &tls, polls);
     let reload = reload_in_machine(&b, &daemon);
@@ -184,7 +185,7 @@ fn main() {
     facts.load_end = loadavg();
     let doc = render(
         &facts, opts.quick, &noop, &unshare, &change, &reload, &cross, &disk, &sparse, &traffic,
-        &server,
+        &server, &profile,
     );
     let mut doc = doc;
     let _ = writeln!(

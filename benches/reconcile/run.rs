@@ -242,9 +242,13 @@ impl Bench {
 }
 
 /// provision as a systemd unit runs it: without the TLS variables a shell
-/// may carry (they decide which CA bundle libgit2 loads, if any).
+/// may carry (they decide where CAs are read from), nor a request for
+/// backtraces (which makes every error capture one).
 pub(crate) fn unit_env(cmd: &mut Command) {
-    cmd.env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR");
+    cmd.env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
 }
 
 /// Environment of the peers (git, ansible-pull): default configuration,

@@ -218,3 +218,47 @@ pub(crate) fn server_cpu(
     }
     rows
 }
+
+/// User-space instructions of a no-op pass and of process start alone,
+/// counted by valgrind's callgrind: exact where CPU times wobble with the
+/// machine's load.
+pub(crate) struct Profile {
+    /// `provision --version`: loading the binary and its libraries.
+    pub(crate) start: u64,
+    /// A one-service no-op `sync` over git://.
+    pub(crate) noop: u64,
+}
+
+/// [`Profile`], or why it was not taken.
+pub(crate) fn profile(b: &Bench, d: &GitDaemon) -> Result<Profile, String> {
+    if common::find_tool("valgrind").is_none() {
+        return Err("valgrind is not installed".into());
+    }
+    progress("user-space instructions of a no-op pass (callgrind)");
+    let up = d.repo("profile");
+    seed(&up, 1, &[]);
+    let p = Prov::new(b.path("profile/provision"), &[(svc_name(0), up.url())]);
+    b.prov_deploy(&p, 1);
+    b.prov_noop(&p, 1);
+    let count = |cmd: &mut Command| -> Result<u64, String> {
+        let out = Command::new("valgrind")
+            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .map_err(|e| format!("running valgrind: {e}"))?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        err.lines()
+            .find_map(|l| l.split("refs:").nth(1))
+            .map(|n| n.trim().replace(',', ""))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("no instruction count in valgrind's output: {err}"))
+    };
+    let start = count(Command::new(&b.bin).arg("--version"))?;
+    let noop = count(&mut b.sync(&p))?;
+    Ok(Profile { start, noop })
+}

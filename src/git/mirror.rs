@@ -229,20 +229,22 @@ impl Mirror {
         creds: &Credentials,
         timeout: Duration,
     ) -> Result<()> {
-        let Files::Under(paths) = &self.files else {
-            return Ok(());
-        };
         if !partial::is_partial(&self.path) {
             return Ok(());
         }
-        let missing = partial::missing(repo, &[commit], paths)?;
+        let paths = self.files.roots();
+        let missing = partial::missing(repo, &[commit], &paths)?;
         if missing.is_empty() {
             return Ok(());
         }
         let lacking = || {
             format!(
                 "the files of {commit} under {} are not in the mirror",
-                paths.join(", ")
+                paths
+                    .iter()
+                    .map(|p| if p.is_empty() { "/" } else { p.as_str() })
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         let mut session = match self.open_v2(&self.path, creds, timeout, false) {
@@ -557,14 +559,12 @@ impl Mirror {
         head: Oid,
         timeout: Duration,
     ) -> Result<()> {
-        let Files::Under(paths) = &self.files else {
-            return Ok(());
-        };
-        if !partial::is_partial(path) || partial::complete(path, head, paths) {
+        let paths = self.files.roots();
+        if !partial::is_partial(path) || partial::complete(path, head, &paths) {
             return Ok(());
         }
         let commits = partial::window(repo, head, self.window.max(1));
-        let missing = partial::missing(repo, &commits, paths)?;
+        let missing = partial::missing(repo, &commits, &paths)?;
         if !missing.is_empty() {
             let want = Want {
                 wants: &missing,
@@ -575,7 +575,7 @@ impl Mirror {
                 .fetch(&want, &odb, self.max_fetch_bytes)
                 .map_err(|e| self.download_failed(e, timeout))?;
         }
-        partial::record_complete(path, head, paths)
+        partial::record_complete(path, head, &paths)
     }
 
     /// The server stopped answering before the ref check ended.

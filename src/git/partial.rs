@@ -52,6 +52,14 @@ impl Files {
         Files::Under(set.into_iter().collect())
     }
 
+    /// The repository paths whose blobs are needed; `""` is the root.
+    pub fn roots(&self) -> Vec<String> {
+        match self {
+            Files::All => vec![String::new()],
+            Files::Under(paths) => paths.clone(),
+        }
+    }
+
     /// What both need.
     pub fn union(&self, other: &Files) -> Files {
         match (self, other) {
@@ -134,8 +142,9 @@ pub fn window(repo: &Repository, head: Oid, depth: u32) -> Vec<Oid> {
     seen.into_iter().collect()
 }
 
-/// The blobs under `paths` of `commits` that the mirror lacks, with the
-/// symlinks met on the way to each path (a release resolves them).
+/// The blobs under `paths` of `commits` that the mirror lacks (`""`: the
+/// whole tree), with the symlinks met on the way to each path (a release
+/// resolves them).
 pub fn missing(repo: &Repository, commits: &[Oid], paths: &[String]) -> Result<Vec<Oid>> {
     let odb = repo.odb().context("opening the mirror's objects")?;
     let mut want = BTreeSet::new();
@@ -146,6 +155,10 @@ pub fn missing(repo: &Repository, commits: &[Oid], paths: &[String]) -> Result<V
             .and_then(|c| c.tree())
             .with_context(|| format!("reading the tree of commit {id}"))?;
         for p in paths {
+            if p.is_empty() {
+                collect(repo, &tree, &odb, &mut walked, &mut want)?;
+                continue;
+            }
             let mut at = PathBuf::new();
             for part in Path::new(p).components() {
                 at.push(part);
@@ -211,6 +224,8 @@ mod tests {
             Files::Under(vec!["a".into(), "b".into()])
         );
         assert_eq!(Files::paths(["a"]).union(&Files::All), Files::All);
+        assert_eq!(Files::All.roots(), [""], "the whole tree");
+        assert_eq!(Files::paths(["b", "a"]).roots(), ["a", "b"]);
     }
 
     #[test]

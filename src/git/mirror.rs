@@ -515,7 +515,14 @@ impl Mirror {
         depth: u32,
         timeout: Duration,
     ) -> Result<()> {
-        let blobless = depth > 0 && matches!(self.files, Files::Under(_)) && session.can_filter();
+        // Blobs are left out of a first download (or a rebuild), where
+        // they are the bulk. A later one sends `have` and brings only what
+        // changed, in one round trip: filtering it too would cost a second
+        // request for the changed files, and a second pack on the server.
+        let blobless = have.is_none()
+            && depth > 0
+            && matches!(self.files, Files::Under(_))
+            && session.can_filter();
         let shallow = read_shallow(path)?;
         let haves: Vec<Oid> = have.into_iter().collect();
         let want = Want {

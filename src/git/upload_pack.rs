@@ -143,8 +143,6 @@ pub struct Fetched {
     pub shallow: Vec<Oid>,
     /// Commits that are no longer shallow.
     pub unshallow: Vec<Oid>,
-    /// Bytes the server sent for this fetch.
-    pub bytes: u64,
 }
 
 /// One fetch request.
@@ -502,7 +500,6 @@ impl Session {
             }
         }
         writer.commit().context("indexing the fetched pack")?;
-        out.bytes = r.read - start;
         Ok(out)
     }
 

@@ -7,9 +7,12 @@
 PREFIX ?= /usr/local
 DESTDIR ?=
 CARGO ?= cargo
-# Debian packages the tests and the demo use (real git daemon, real sshd,
-# real nginx checked by its own `nginx -t` and by curl).
-APT_PACKAGES := git pkg-config libssl-dev openssh-server prometheus prometheus-node-exporter strace python3 nginx-light curl lintian man-db bash-completion chromium apache2-utils gnupg
+# Debian packages the build and the demo use, plus the package of every tool
+# a test requires (testkit/tools.txt: real git daemon, sshd, nginx, Prometheus,
+# Chromium, ansible for the inventory...), so nothing the tests use comes
+# only from `make bench` or by hand.
+TEST_TOOL_PACKAGES := $(shell awk '!/^\#/ && NF { print $$2 }' testkit/tools.txt | sort -u)
+APT_PACKAGES := $(sort git pkg-config libssl-dev python3 man-db bash-completion $(TEST_TOOL_PACKAGES))
 # The peers `make bench` compares provision with, and an independent timer.
 BENCH_APT_PACKAGES := ansible-core hyperfine valgrind
 
@@ -32,12 +35,16 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Examples are built by clippy above; they hold no tests. The last line is
-# the total over every test binary.
+# Examples are built by clippy above; they hold no tests. The tools check
+# names a missing tool and its package before any test runs; --no-fail-fast
+# runs every test binary even after one fails, and the last line is the total
+# over all of them.
 unit: deps deb
+	@bash scripts/check-tools.sh
 	@mkdir -p target
-	bash -o pipefail -c '$(CARGO) test --lib --bins --tests 2>&1 | tee target/test.log'
-	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test.log
+	@status=0; bash -o pipefail -c '$(CARGO) test --no-fail-fast --lib --bins --tests 2>&1 | tee target/test.log' || status=$$?; \
+	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test.log; \
+	exit $$status
 
 test: lint unit
 

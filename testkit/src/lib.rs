@@ -172,6 +172,25 @@ fn git_exec_path() -> Option<PathBuf> {
     (!s.is_empty()).then(|| PathBuf::from(s))
 }
 
+/// The tools tests require and their Debian packages: the table `make deps`
+/// installs from and `scripts/check-tools.sh` checks before any test runs.
+const TOOLS_TABLE: &str = include_str!("../tools.txt");
+
+/// The Debian package that provides `name`, as testkit/tools.txt lists it.
+pub fn tool_package(name: &str) -> Option<&'static str> {
+    // `python3-at-/usr/bin/python3` asks for python3 at a fixed path.
+    let name = name.split("-at-").next().unwrap_or(name);
+    TOOLS_TABLE
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            Some((cols.next()?, cols.next()?))
+        })
+        .find(|(tool, _)| *tool == name)
+        .map(|(_, package)| package)
+}
+
 /// Fails the test under CI=true, otherwise returns false after printing why,
 /// when a required external tool is missing.
 ///
@@ -181,8 +200,10 @@ pub fn require_tool(name: &str) -> bool {
     if find_tool(name).is_some() {
         return true;
     }
+    let package = tool_package(name).unwrap_or("unlisted in testkit/tools.txt");
     let why = format!(
-        "required tool `{name}` not found on PATH, in git's exec-path or in {EXTRA_TOOL_DIRS:?}"
+        "required tool `{name}` (Debian package {package}; `make deps` installs it) not found \
+         on PATH, in git's exec-path or in {EXTRA_TOOL_DIRS:?}"
     );
     if under_ci() {
         panic!("{why} (CI=true, so this is a failure rather than a skip)");

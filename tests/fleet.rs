@@ -772,17 +772,24 @@ impl Drop for Served {
 
 /// Starts `provision fleet ... serve ARGS` and waits until it answers.
 fn serve(op: &Operator, port: u16, args: &[&str]) -> Served {
-    let log = fs::File::create(op.path(&format!("serve-{port}.log"))).expect("log");
-    let child = Command::new(BIN)
-        .arg("fleet")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("fleet")
         .arg("-c")
         .arg(op.path("config.toml"))
         .arg("--ssh-config")
         .arg(op.path("ssh_config"))
         .args(["--remote-command", BIN, "serve", "--refresh", "2s"])
-        .args(args)
+        .args(args);
+    serve_with(cmd, &op.path(&format!("serve-{port}.log")), port)
+}
+
+/// Runs `cmd` (a `fleet serve`) with its stderr in `log` until it listens
+/// on `port`.
+fn serve_with(mut cmd: Command, log: &Path, port: u16) -> Served {
+    let file = fs::File::create(log).expect("log");
+    let child = cmd
         .stdout(Stdio::null())
-        .stderr(log)
+        .stderr(file)
         .spawn()
         .expect("provision fleet serve");
     let child = Served(child);
@@ -795,6 +802,34 @@ fn serve(op: &Operator, port: u16, args: &[&str]) -> Served {
         std::thread::sleep(Duration::from_millis(100));
     }
     child
+}
+
+/// The newest login link `fleet serve` printed in `log`.
+fn login_link(log: &Path) -> String {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if let Some(link) = text
+            .lines()
+            .rev()
+            .find_map(|l| l.split_whitespace().find(|w| w.contains("/login?key=")))
+        {
+            return link.to_string();
+        }
+        assert!(Instant::now() < until, "no login link in the log:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Logs in with the newest link of `log`, keeping the session in `jar`.
+fn log_in(log: &Path, jar: &Path) {
+    let jar = jar.display().to_string();
+    let (code, body) = curl(&["-c", &jar, &login_link(log)]);
+    assert_eq!(code, 303, "{body}");
+    assert!(
+        fs::read_to_string(&jar).is_ok_and(|j| j.contains("provision-session")),
+        "no session cookie"
+    );
 }
 
 fn chromium(args: &[&str], url: &str) -> String {
@@ -851,6 +886,18 @@ fn the_fleet_web_page_shows_every_machine_and_acts_only_with_its_token() {
     let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let server = serve(&op, port, &["--listen", &format!("127.0.0.1:{port}")]);
+    let log = op.path(&format!("serve-{port}.log"));
+    let jar = op.path("cookies").display().to_string();
+    // Without a session: 401 and no token; with the login link: a session.
+    let (code, body) = curl(&[&format!("{base}/")]);
+    assert_eq!(code, 401, "{body}");
+    assert!(!body.contains("token"), "{body}");
+    log_in(&log, Path::new(&jar));
+    let curl = |args: &[&str]| {
+        let mut all = vec!["-b", jar.as_str()];
+        all.extend_from_slice(args);
+        curl(&all)
+    };
 
     // The page and the API list every machine with its deployed commit.
     let (code, api) = curl(&[&format!("{base}/api/v1/status")]);
@@ -958,16 +1005,19 @@ fn the_fleet_web_page_shows_every_machine_and_acts_only_with_its_token() {
     assert_eq!(r["results"][0]["machine"], "webui2", "{r}");
     assert_eq!(deployed(&machines[1]), first);
     assert_eq!(deployed(&machines[0]), second, "only the chosen machine");
-    let log = fs::read_to_string(op.path(&format!("serve-{port}.log"))).expect("log");
+    let log_text = fs::read_to_string(&log).expect("log");
     assert!(
-        log.contains(&format!("provision rollback web {first} on webui2")),
-        "{log}"
+        log_text.contains(&format!("provision rollback web {first} on webui2")),
+        "{log_text}"
     );
-    assert!(log.contains("refused freeze"), "{log}");
+    assert!(log_text.contains("refused freeze"), "{log_text}");
 
     // A real browser: the DOM has the grid with both machines; a
     // screenshot of the page as it is now.
-    let dom = chromium(&["--dump-dom"], &format!("{base}/?refresh=1"));
+    let dom = chromium(
+        &["--dump-dom"],
+        &format!("{}&next=/%3Frefresh%3D1", login_link(&log)),
+    );
     assert!(dom.contains("id=\"grid\""), "{dom}");
     for name in WEB {
         assert!(dom.contains(&format!("data-machine=\"{name}\"")), "{dom}");
@@ -983,7 +1033,7 @@ fn the_fleet_web_page_shows_every_machine_and_acts_only_with_its_token() {
             "--window-size=1100,760",
             &format!("--screenshot={}", shot.display()),
         ],
-        &format!("{base}/"),
+        &login_link(&log),
     );
     let png = fs::read(&shot).expect("screenshot");
     assert!(
@@ -1016,8 +1066,290 @@ fn the_fleet_web_page_shows_every_machine_and_acts_only_with_its_token() {
         &["--listen", &format!("0.0.0.0:{port}"), "--auth-file", &auth],
     );
     let url = format!("http://127.0.0.1:{port}/api/v1/status");
+    let curl = |args: &[&str]| self::curl(args);
     assert_eq!(curl(&[&url]).0, 401);
     assert_eq!(curl(&["-u", "alice:wrong", &url]).0, 401);
     let (code, body) = curl(&["-u", "alice:s3cret", &url]);
     assert_eq!(code, 200, "{body}");
+}
+
+/// A `fleet serve` for machines `a` and `b` that no ssh reaches: every ssh
+/// run is counted in `ssh-runs` and fails. For attacks on the server itself.
+fn unreachable_fleet(dir: &Path, port: u16) -> (Served, PathBuf) {
+    let cfg = dir.join("config.toml");
+    fs::write(
+        &cfg,
+        "[[services]]\nmachine = [\"a\", \"b\"]\nservice = \"web\"\nupstream = \"git://127.0.0.1:9/x\"\n\
+         dirs = [ { local = \"/srv/web\", link = \"web\" } ]\n",
+    )
+    .expect("config");
+    let ssh = dir.join("counting-ssh");
+    fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\necho run >> {}\necho 'ssh: connect: refused' >&2\nexit 255\n",
+            dir.join("ssh-runs").display()
+        ),
+    )
+    .expect("ssh stand-in");
+    common::run(Command::new("chmod").arg("755").arg(&ssh));
+    let mut cmd = Command::new(BIN);
+    cmd.arg("fleet")
+        .arg("-c")
+        .arg(&cfg)
+        .arg("--ssh-command")
+        .arg(&ssh)
+        .args(["serve", "--refresh", "60s", "--listen"])
+        .arg(format!("127.0.0.1:{port}"));
+    let log = dir.join("serve.log");
+    (serve_with(cmd, &log, port), log)
+}
+
+/// How many times the fleet's ssh ran.
+fn ssh_runs(dir: &Path) -> usize {
+    fs::read_to_string(dir.join("ssh-runs"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// One raw HTTP exchange: sends `bytes`, returns what came back before the
+/// server closed (or `timeout` passed).
+fn raw(port: u16, bytes: &[u8], timeout: Duration) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    s.set_read_timeout(Some(timeout)).expect("timeout");
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn the_fleet_page_shuts_out_other_local_users_rebound_names_and_other_sites() {
+    if !common::require_tool("curl")
+        || !common::require_tool("chromium")
+        || !common::require_tool("setpriv")
+        || !common::require_tool("python3")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = common::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let (_server, log) = unreachable_fleet(dir.path(), port);
+    let jar = dir.path().join("cookies");
+    let jar_arg = jar.display().to_string();
+
+    // Another local account (nobody, through setpriv) gets 401 everywhere,
+    // 404s included, and never sees the form token.
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"])
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "30"])
+            .args(args)
+            .output()
+            .expect("curl as nobody");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse::<u16>().unwrap_or(0), body.to_string())
+    };
+    for path in [
+        "/",
+        "/api/v1/status",
+        "/machine/a",
+        "/service/web",
+        "/no/such/page",
+    ] {
+        let (code, body) = as_nobody(&[&format!("{base}{path}")]);
+        assert_eq!(code, 401, "{path}: {body}");
+        assert!(!body.contains("token"), "{path}: {body}");
+    }
+    let (code, _) = as_nobody(&[
+        "-d",
+        "service=web&machines=a",
+        &format!("{base}/api/v1/freeze"),
+    ]);
+    assert_eq!(code, 401);
+    assert_eq!(ssh_runs(dir.path()), 0, "nothing reached the fleet");
+
+    // A name rebound to 127.0.0.1 is refused before the login is looked at:
+    // the key it carried still works afterwards for the real address.
+    let link = login_link(&log);
+    let rebound = link.replace("127.0.0.1", "rebind.example");
+    let (code, body) = curl(&[
+        "--resolve",
+        &format!("rebind.example:{port}:127.0.0.1"),
+        &rebound,
+    ]);
+    assert_eq!(code, 421, "{body}");
+    let dom = chromium(
+        &[
+            "--dump-dom",
+            "--host-resolver-rules=MAP rebind.example 127.0.0.1",
+        ],
+        &format!("http://rebind.example:{port}/api/v1/status"),
+    );
+    assert!(dom.contains("not reached by that name"), "{dom}");
+    assert!(!dom.contains("machines"), "{dom}");
+    let (code, body) = curl(&["-c", &jar_arg, &link]);
+    assert_eq!(code, 303, "the rebound request used no key: {body}");
+    // The link worked once: a second use is refused.
+    assert_eq!(curl(&[&link]).0, 403);
+    let (code, page) = curl(&["-b", &jar_arg, &format!("{base}/")]);
+    assert_eq!(code, 200, "{page}");
+    let token = attribute(&page, "name=\"provision-token\"", "content").expect("token meta");
+    // With a session, a rebound name is still refused.
+    let (code, _) = curl(&[
+        "-b",
+        &jar_arg,
+        "-H",
+        &format!("Host: rebind.example:{port}"),
+        &format!("{base}/api/v1/status"),
+    ]);
+    assert_eq!(code, 421);
+
+    // A page of another origin (another port of 127.0.0.1, so "same site"
+    // to the browser) that knows the token posts a freeze: refused, and no
+    // ssh runs.
+    let hostile = dir.path().join("hostile");
+    fs::create_dir(&hostile).expect("hostile dir");
+    fs::write(
+        hostile.join("attack.html"),
+        format!(
+            "<!doctype html><form id=f method=post action=\"{base}/api/v1/freeze\">\
+             <input name=service value=web><input name=machines value=a>\
+             <input name=reason value=pwned><input name=token value=\"{token}\"></form>\
+             <script>document.getElementById('f').submit();</script>"
+        ),
+    )
+    .expect("hostile page");
+    let hostile_port = common::free_port();
+    let mut page_server = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(hostile_port.to_string())
+        .current_dir(&hostile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 http.server");
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", hostile_port)).is_err() {
+        assert!(Instant::now() < until, "the hostile page never served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = ssh_runs(dir.path());
+    let dom = chromium(
+        &["--dump-dom", "--virtual-time-budget=10000"],
+        &format!("http://127.0.0.1:{hostile_port}/attack.html"),
+    );
+    let _ = page_server.kill();
+    let _ = page_server.wait();
+    let text = fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("sent by another site's page"),
+        "{text}\n{dom}"
+    );
+    assert!(!text.contains("provision freeze"), "{text}");
+    assert_eq!(ssh_runs(dir.path()), before, "no ssh for the forged POST");
+    // The same form from curl (no browser headers) with the session works.
+    let (code, body) = curl(&[
+        "-b",
+        &jar_arg,
+        "-d",
+        &format!("service=web&machines=a&token={token}"),
+        &format!("{base}/api/v1/freeze"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+
+    // A page reloading ?refresh=1 cannot keep the fleet's ssh busy: ten
+    // forced refreshes inside five seconds collect once at most.
+    let before = ssh_runs(dir.path());
+    for _ in 0..10 {
+        assert_eq!(
+            curl(&["-b", &jar_arg, &format!("{base}/?refresh=1")]).0,
+            200
+        );
+        assert_eq!(
+            curl(&["-b", &jar_arg, &format!("{base}/machine/a?refresh=1")]).0,
+            200
+        );
+    }
+    assert!(
+        ssh_runs(dir.path()) - before <= 2,
+        "{} ssh runs for 20 page loads",
+        ssh_runs(dir.path()) - before
+    );
+}
+
+#[test]
+fn the_fleet_page_survives_huge_slow_and_idle_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = common::free_port();
+    let (mut server, _log) = unreachable_fleet(dir.path(), port);
+    let alive = |what: &str, server: &mut Served| {
+        assert!(
+            server.0.try_wait().expect("wait").is_none(),
+            "the server died after {what}"
+        );
+        let answer = raw(
+            port,
+            format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        );
+        assert!(answer.starts_with("HTTP/1.1 401"), "after {what}: {answer}");
+    };
+
+    // A body announced at 100 GB is refused by its length, unread.
+    let answer = raw(
+        port,
+        format!(
+            "POST /api/v1/freeze HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 100000000000\r\n\r\n"
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    alive("a 100 GB Content-Length", &mut server);
+
+    // A header line of a megabyte.
+    let mut huge = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Big: ").into_bytes();
+    huge.extend(std::iter::repeat_n(b'a', 1 << 20));
+    let answer = raw(port, &huge, Duration::from_secs(5));
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    alive("a 1 MiB header", &mut server);
+
+    // Forty idle connections and one that promised a body it never sends
+    // do not lock anyone out, and the slow one is cut off.
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("idle connection"))
+        .collect();
+    let slow_started = Instant::now();
+    let slow = std::thread::spawn(move || {
+        raw(
+            port,
+            format!("POST /api/v1/freeze HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 10\r\n\r\nab")
+                .as_bytes(),
+            Duration::from_secs(60),
+        )
+    });
+    let started = Instant::now();
+    alive("40 idle connections", &mut server);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let answer = slow.join().expect("slow client");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        slow_started.elapsed() < Duration::from_secs(20),
+        "the slow body held its connection {:?}",
+        slow_started.elapsed()
+    );
+    drop(idle);
+    alive("the slow body", &mut server);
 }

@@ -455,6 +455,11 @@ pub enum FleetVerb {
         /// (bearer:NAME:BCRYPT); required beyond loopback.
         #[arg(long, value_name = "FILE")]
         auth_file: Option<PathBuf>,
+        /// A name the page is reached by besides its address and
+        /// `localhost:PORT` (a reverse proxy's, an SSH tunnel's); requests
+        /// naming any other host are refused. Repeatable.
+        #[arg(long, value_name = "NAME")]
+        host_name: Vec<String>,
         /// How old the shown status may get before it is collected again.
         #[arg(long, value_name = "SPAN", default_value = "30s")]
         refresh: String,

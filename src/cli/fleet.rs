@@ -61,16 +61,18 @@ pub fn run(cli: &Cli, args: &FleetArgs) -> Result<ExitCode> {
         FleetVerb::Serve {
             listen,
             auth_file,
+            host_name,
             refresh,
             prometheus,
         } => {
-            let options = serve_options(
+            let mut options = serve_options(
                 listen,
                 auth_file.as_deref(),
                 refresh,
                 prometheus,
                 &transport,
             )?;
+            options.host_names = host_name.clone();
             let fleet = crate::fleet::web::Fleet {
                 config,
                 machines: all,
@@ -119,6 +121,7 @@ fn serve_options(
     Ok(crate::fleet::web::Options {
         listen: addr,
         users,
+        host_names: Vec::new(),
         refresh,
         prometheus,
     })

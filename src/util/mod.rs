@@ -225,6 +225,25 @@ pub fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// Text from outside (a commit, a server, a remote machine, a form) made
+/// safe for one line of a terminal or a log: line breaks, escape sequences
+/// and every other control character are shown escaped (`\n`, `\u{1b}`),
+/// so such text can neither forge a log line nor drive the terminal.
+pub fn escape_line(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// A compact age: `42s`, `5m`, `3h`, `2d`.
 pub fn age(now: u64, then: u64) -> String {
     let s = now.saturating_sub(then);

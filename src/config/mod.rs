@@ -415,15 +415,7 @@ impl std::error::Error for ConfigErrors {}
 /// Text from the file as it may be shown on a terminal: control characters
 /// escaped, so a crafted name cannot split or fake lines of a report.
 pub(crate) fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    crate::util::escape_line(s)
 }
 
 impl Config {

@@ -405,21 +405,20 @@ impl Drop for Watch {
     }
 }
 
+/// Writes `text` to `path` as an executable script.
+fn script(path: &Path, text: &str) {
+    fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    common::run(Command::new("chmod").arg("755").arg(path));
+}
+
 /// A stand-in for ssh that runs the remote command here, so the fan-out
 /// and its output can be checked without machines.
 fn stand_in(dir: &Path) -> PathBuf {
     let path = dir.join("fake-ssh");
-    fs::write(
+    script(
         &path,
         "#!/bin/sh\nwhile [ \"$1\" != \"--\" ]; do shift; done\nshift; shift\nexec sh -c \"$1\"\n",
-    )
-    .expect("writing the stand-in");
-    let out = Command::new("chmod")
-        .arg("+x")
-        .arg(&path)
-        .output()
-        .expect("chmod");
-    assert!(out.status.success());
+    );
     path
 }
 
@@ -1084,15 +1083,13 @@ fn unreachable_fleet(dir: &Path, port: u16) -> (Served, PathBuf) {
     )
     .expect("config");
     let ssh = dir.join("counting-ssh");
-    fs::write(
+    script(
         &ssh,
-        format!(
+        &format!(
             "#!/bin/sh\necho run >> {}\necho 'ssh: connect: refused' >&2\nexit 255\n",
             dir.join("ssh-runs").display()
         ),
-    )
-    .expect("ssh stand-in");
-    common::run(Command::new("chmod").arg("755").arg(&ssh));
+    );
     let mut cmd = Command::new(BIN);
     cmd.arg("fleet")
         .arg("-c")

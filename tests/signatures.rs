@@ -24,14 +24,23 @@ fn ssh_signing(key: &Path) -> [String; 2] {
 }
 
 fn commit_as(up: &Upstream, key: &Path, content: &str, message: &str) -> String {
+    commit_on(up, "main", key, content, message)
+}
+
+fn commit_on(up: &Upstream, branch: &str, key: &Path, content: &str, message: &str) -> String {
     let sign = ssh_signing(key);
     let sign: Vec<&str> = sign.iter().map(String::as_str).collect();
     up.commit_signed(
-        "main",
+        branch,
         &[("app/etc/app.conf", Some(content))],
         message,
         &sign,
     )
+}
+
+/// Points the served branch main at `commit`, as a hostile server would.
+fn serve_main_at(up: &Upstream, commit: &str) {
+    common::run(common::git_cmd(up.bare()).args(["update-ref", "refs/heads/main", commit]));
 }
 
 /// The commit the host has deployed, as status says it.
@@ -227,7 +236,7 @@ fn only_commits_signed_by_an_allowed_key_deploy_and_each_refusal_says_why() {
     assert_eq!(deployed(&h), signed);
     common::run(common::git_cmd(up.bare()).args(["update-ref", "refs/heads/main", &good]));
     let out = h.sync(1);
-    assert!(out.contains("is older than the deployed"), "{out}");
+    assert!(out.contains("does not descend from"), "{out}");
     assert!(out.contains("--allow-older"), "{out}");
     assert_eq!(deployed(&h), signed);
     let out = h.run(&["forward", "--allow-older", "app"]);
@@ -333,6 +342,92 @@ impl Gpg {
             &["gpg.format=openpgp", &program, &key],
         )
     }
+}
+
+/// Anti-rollback holds by ancestry, not by dates: several signed commits
+/// pushed between two passes deploy (the proof fetches the history a
+/// shallow mirror lacks), while a newer signed commit from another branch,
+/// and an older one served after the mirror was rebuilt (removed here, as a
+/// rebuild leaves it: nothing but what the server sends), are refused and
+/// stay refused until `forward --allow-older`.
+#[test]
+fn a_head_that_does_not_descend_from_the_deployed_one_is_refused_whatever_its_date() {
+    if !common::require_tool("git-daemon") || !common::require_tool("ssh-keygen") {
+        return;
+    }
+    let keys = tempfile::tempdir().expect("tempdir");
+    let alice = keys.path().join("alice");
+    common::ssh_keygen(&alice);
+    let signers = keys.path().join("allowed_signers");
+    let public = common::public_key(&keys.path().join("alice.pub"));
+    fs::write(&signers, format!("alice@example.net {public}\n")).expect("allowed_signers");
+    let d = GitDaemon::start();
+    let up = d.repo("app");
+    let h = Host::new();
+    h.write_config(&app_config(
+        &up.url(),
+        &format!("allowed_signers = \"{}\"", signers.display()),
+    ));
+    up.commit(
+        "main",
+        &[("app/default", Some("OPTS=-v\n"))],
+        "unsigned base",
+    );
+    let first = commit_as(&up, &alice, "port = 1\n", "one");
+    h.sync(0);
+    assert_eq!(deployed(&h), first);
+
+    // Ten signed commits at once: the mirror holds one, the proof the rest.
+    let mut newest = String::new();
+    for i in 2..12 {
+        newest = commit_as(&up, &alice, &format!("port = {i}\n"), &format!("c{i}"));
+    }
+    let older = common::run(common::git_cmd(up.bare()).args(["rev-parse", "main~3"]));
+    h.sync(0);
+    assert_eq!(deployed(&h), newest);
+
+    // A signed commit made later, but on a branch forked from the first.
+    common::run(common::git_cmd(up.bare()).args(["update-ref", "refs/heads/fork", &first]));
+    let forked = commit_on(&up, "fork", &alice, "port = 99\n", "forked");
+    serve_main_at(&up, &forked);
+    let out = h.sync(1);
+    assert!(
+        out.contains(&format!(
+            "upstream head {} does not descend from {}",
+            &forked[..10],
+            &newest[..10]
+        )),
+        "{out}"
+    );
+    assert!(out.contains("--allow-older app"), "{out}");
+    assert_eq!(deployed(&h), newest);
+    let s = h.status_json();
+    assert_eq!(s["rejected"]["stage"], "ancestry", "{s}");
+    assert_eq!(s["rejected"]["commit"], forked.as_str(), "{s}");
+    let out = h.sync(0);
+    assert!(out.contains("was rejected at ancestry"), "{out}");
+    assert_eq!(deployed(&h), newest);
+
+    // The mirror rebuilt, then an older signed commit of the same branch.
+    for m in h.mirrors() {
+        fs::remove_dir_all(&m).expect("removing the mirror");
+    }
+    serve_main_at(&up, &older);
+    let out = h.sync(1);
+    assert!(
+        out.contains(&format!("upstream head {} does not descend", &older[..10])),
+        "{out}"
+    );
+    assert_eq!(deployed(&h), newest);
+
+    // The operator accepts the rewrite on purpose; it becomes the newest.
+    let out = h.run(&["forward", "--allow-older", "app"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    assert_eq!(deployed(&h), older);
+    assert_eq!(h.state_json("app")["followed"], older.as_str());
+    serve_main_at(&up, &newest);
+    h.sync(0);
+    assert_eq!(deployed(&h), newest);
 }
 
 #[test]

@@ -32,8 +32,9 @@ pub struct Intent {
     pub stopped: WhenStopped,
     /// Whether a staged rollout's wait applies (`forward` adopts now).
     pub pace: Pace,
-    /// Deploy a head older than the deployed commit (`forward
-    /// --allow-older`); refused otherwise when signatures are checked.
+    /// Deploy a head that does not descend from the newest head deployed
+    /// (`forward --allow-older`); refused otherwise when signatures are
+    /// checked.
     pub allow_older: bool,
 }
 
@@ -241,10 +242,10 @@ fn follow(
         },
         _ => head,
     };
-    let repo = mirror.open()?;
     if target == head {
-        crate::engine::trust::require_fresh(svc, &repo, deployed, head, intent.allow_older)?;
+        crate::engine::trust::require_descent(svc, mirror, state, head, intent.allow_older)?;
     }
+    let repo = mirror.open()?;
     let plan = apply::Plan {
         repo: Some(&repo),
         target: target.oid(),
@@ -252,6 +253,9 @@ fn follow(
         stopped: intent.stopped,
     };
     let result = apply::apply(svc, state_dir, sd, state, &plan, notes);
+    if target == head && state.deployed.as_ref().is_some_and(|d| d.commit == head) {
+        state.followed = Some(head);
+    }
     rollout::settle(state);
     note_lag(state, now);
     let mut outcome = result?;

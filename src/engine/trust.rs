@@ -1,12 +1,13 @@
 //! Only signed commits deploy: with `allowed_signers` or `openpgp_keys`,
-//! every commit a
-//! pass, a rollback or `forward` would deploy must carry a valid signature
-//! by an allowed key, and a new head must not be older than what is
-//! deployed (a server replaying an old signed commit) unless the operator
-//! says so.
+//! every commit a pass, a rollback or `forward` would deploy must carry a
+//! valid signature by an allowed key, and a new head must descend from the
+//! newest head deployed (not a server replaying an old signed commit, or
+//! one from another branch) unless the operator says so.
 
 use anyhow::{bail, Result};
 use git2::{Oid, Repository};
+
+use crate::git::mirror::{Descent, Mirror};
 
 use crate::config::Service;
 use crate::git::{allowed_signers, openpgp_keys, signature};
@@ -48,41 +49,54 @@ pub fn require_signed(
     bail!("rejected {short} at signature: {said}; nothing switched")
 }
 
-/// Refuses a head committed before the deployed commit, unless
-/// `allow_older` (`forward --allow-older`).
-pub fn require_fresh(
+/// Refuses a head that does not descend from the newest head this machine
+/// deployed from upstream (or, in a state written before that was kept,
+/// the deployed commit), unless `allow_older` (`forward --allow-older`).
+/// Descent is proven from the commits' own parent ids, fetching deeper
+/// history when the mirror's ends first; what cannot be proven is refused
+/// and recorded as rejected at stage `ancestry`, so a hostile server does
+/// not make every pass fetch again. A failure to reach the server fails
+/// the pass and is tried again.
+pub fn require_descent(
     svc: &Service,
-    repo: &Repository,
-    deployed: Option<CommitId>,
+    mirror: &Mirror,
+    state: &mut State,
     head: CommitId,
     allow_older: bool,
 ) -> Result<()> {
-    let Some(deployed) = deployed.filter(|d| *d != head) else {
+    let newest = state
+        .followed
+        .or_else(|| state.deployed.as_ref().map(|d| d.commit));
+    let Some(newest) = newest.filter(|n| *n != head) else {
         return Ok(());
     };
     if !svc.checks_signatures() || allow_older {
         return Ok(());
     }
-    let time = |c: CommitId| {
-        repo.find_commit(c.oid())
-            .ok()
-            .map(|c| c.committer().when().seconds())
+    let why = match mirror.descends(head.oid(), newest.oid(), &svc.credentials, svc.timeout)? {
+        Descent::Proven => return Ok(()),
+        Descent::Not => format!(
+            "upstream head {} does not descend from {}, the newest head deployed here: \
+             the server may be replaying an old commit or one from another branch",
+            head.short(),
+            newest.short()
+        ),
+        Descent::Unproven(why) => format!(
+            "cannot prove that upstream head {} descends from {}, the newest head deployed here ({why})",
+            head.short(),
+            newest.short()
+        ),
     };
-    if let (Some(h), Some(d)) = (time(head), time(deployed)) {
-        if h < d {
-            bail!(
-                "upstream head {} (committed {} UTC) is older than the deployed {} (committed {} UTC): \
-                 the server may be replaying an old commit; not deploying it. \
-                 `provision forward --allow-older {}` deploys it anyway",
-                head.short(),
-                crate::util::format_utc(h),
-                deployed.short(),
-                crate::util::format_utc(d),
-                svc.name
-            );
-        }
-    }
-    Ok(())
+    state.rejected = Some(Rejected {
+        commit: head,
+        stage: Stage::Ancestry,
+        reason: why.clone(),
+        time: now_unix(),
+    });
+    bail!(
+        "{why}; not deploying it. `provision forward --allow-older {}` deploys it anyway",
+        svc.name
+    )
 }
 
 /// The keys `svc` trusts, read now (a bad file fails the caller naming its

@@ -21,6 +21,7 @@ use git2::{AutotagOption, Direction, ErrorClass, FetchOptions, Oid, Repository};
 
 use crate::config::Credentials;
 use crate::config::Upstream;
+use crate::git::ancestry;
 use crate::git::auth;
 use crate::git::http;
 use crate::git::partial::{self, Files};
@@ -40,6 +41,13 @@ const V2_MARK: &str = "provision-v2";
 /// File in a mirror keeping the last TLS session with an https server, so
 /// the next poll resumes it instead of a full handshake.
 const TLS_SESSION: &str = "provision-tls-session";
+/// Most commits read (and fetched) to prove that a new head descends from
+/// the deployed commit: a machine further behind than this needs `forward
+/// --allow-older`.
+pub const MAX_PROOF_COMMITS: u32 = 10_000;
+/// Generations first asked for when the proof runs past the shallow
+/// boundary; each further request asks for eight times more.
+const PROOF_FIRST_DEPTH: u32 = 64;
 /// How long a pass waits for another process fetching the same mirror.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -50,6 +58,17 @@ pub struct Fetched {
     pub head: Oid,
     /// Why the mirror was rebuilt, if it was.
     pub rebuilt: Option<String>,
+}
+
+/// Whether a head descends from a commit (see [`Mirror::descends`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Descent {
+    /// The commit is in the head's history.
+    Proven,
+    /// The head's whole history was read and the commit is not in it.
+    Not,
+    /// Neither could be shown, and why.
+    Unproven(String),
 }
 
 /// A mirror on disk: where it is and what it follows.
@@ -539,20 +558,99 @@ impl Mirror {
         if blobless {
             partial::mark_partial(path)?;
         }
-        let mut edge: Vec<Oid> = shallow
-            .into_iter()
-            .filter(|s| !got.unshallow.contains(s))
-            .collect();
-        edge.extend(
-            got.shallow
-                .iter()
-                .filter(|s| !edge.contains(s))
-                .collect::<Vec<_>>(),
-        );
-        write_shallow(path, &edge)?;
+        move_boundary(path, shallow, &got)?;
         repo.reference(refname, head, true, "provision: fetch")
             .with_context(|| format!("moving {refname} in {}", path.display()))?;
         Ok(())
+    }
+
+    /// Whether `head` descends from `ancestor`, reading the parents that
+    /// `head`'s commits name (each id is covered by the hash of the commit
+    /// naming it, so a server cannot forge the chain) and deepening the
+    /// mirror where the chain runs past its shallow boundary, up to
+    /// [`MAX_PROOF_COMMITS`] commits. A server that stops sending older
+    /// commits leaves the question [`Descent::Unproven`]: the caller fails
+    /// closed.
+    pub fn descends(
+        &self,
+        head: Oid,
+        ancestor: Oid,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<Descent> {
+        if head == ancestor {
+            return Ok(Descent::Proven);
+        }
+        let _lock = self.lock()?;
+        let creds = network_setup(creds, timeout)?;
+        let mut depth = PROOF_FIRST_DEPTH.max(self.window.saturating_mul(2));
+        let mut last_frontier = None;
+        loop {
+            let repo = self.open()?;
+            let walked = ancestry::walk(&repo, head, ancestor, MAX_PROOF_COMMITS)?;
+            let frontier = match walked {
+                ancestry::Walk::Found => return Ok(Descent::Proven),
+                ancestry::Walk::Exhausted => return Ok(Descent::Not),
+                ancestry::Walk::TooFar => {
+                    return Ok(Descent::Unproven(format!(
+                        "{ancestor} is not among the {MAX_PROOF_COMMITS} commits before it"
+                    )))
+                }
+                ancestry::Walk::Frontier(missing) => missing,
+            };
+            if last_frontier.as_ref() == Some(&frontier) {
+                return Ok(Descent::Unproven(format!(
+                    "the server sent no commits older than {} when asked for {depth} generations",
+                    frontier.first().map(Oid::to_string).unwrap_or_default()
+                )));
+            }
+            if depth > MAX_PROOF_COMMITS {
+                return Ok(Descent::Unproven(format!(
+                    "{ancestor} is not among the {MAX_PROOF_COMMITS} commits before it that the server sent"
+                )));
+            }
+            self.deepen_for_proof(&repo, head, depth, &creds, timeout)?;
+            last_frontier = Some(frontier);
+            depth = depth.saturating_mul(8).min(MAX_PROOF_COMMITS + 1);
+        }
+    }
+
+    /// Fetches the history of `head` down to `depth` generations, keeping
+    /// what the mirror has: over protocol v2 with the shallow boundary sent
+    /// and blobs left out where the server can filter; else through libgit2.
+    fn deepen_for_proof(
+        &self,
+        repo: &Repository,
+        head: Oid,
+        depth: u32,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<()> {
+        if !self.upstream.supports_shallow() {
+            // A local path is fetched whole: nothing deeper to ask for.
+            return Ok(());
+        }
+        let Some(mut session) = self.open_v2(&self.path, creds, timeout, false)? else {
+            return self.download(repo, depth, creds, timeout);
+        };
+        let shallow = read_shallow(&self.path)?;
+        let blobless = session.can_filter();
+        let want = Want {
+            wants: &[head],
+            haves: &[head],
+            shallow: &shallow,
+            depth,
+            blobless,
+        };
+        let odb = repo.odb().context("opening the mirror's objects")?;
+        let got = session
+            .fetch(&want, &odb, self.max_fetch_bytes)
+            .map_err(|e| self.download_failed(e, timeout))?;
+        session.close();
+        if blobless {
+            partial::mark_partial(&self.path)?;
+        }
+        move_boundary(&self.path, shallow, &got)
     }
 
     /// Fetches, over `session`, the blobs under the mounted paths of every
@@ -721,6 +819,21 @@ fn intact(repo: &Repository, path: &Path, local: Option<Oid>, depth: u32) -> Res
         generation += 1;
     }
     Ok(Some(head))
+}
+
+/// Moves the shallow boundary by what the server said: commits it
+/// unshallowed leave it, commits it made shallow join it.
+fn move_boundary(path: &Path, shallow: Vec<Oid>, got: &upload_pack::Fetched) -> Result<()> {
+    let mut edge: Vec<Oid> = shallow
+        .into_iter()
+        .filter(|s| !got.unshallow.contains(s))
+        .collect();
+    for s in &got.shallow {
+        if !edge.contains(s) {
+            edge.push(*s);
+        }
+    }
+    write_shallow(path, &edge)
 }
 
 /// Why a download was stopped, naming the setting that stopped it.

@@ -2,6 +2,7 @@
 //! fetch them, and the signatures that say who wrote a commit.
 
 pub mod allowed_signers;
+pub(crate) mod ancestry;
 pub mod auth;
 pub(crate) mod http;
 pub(crate) mod known_hosts;

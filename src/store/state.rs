@@ -28,6 +28,12 @@ pub struct State {
     /// The release serving now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployed: Option<Deployed>,
+    /// The newest upstream head this machine deployed by following the
+    /// branch: with signatures checked, a later head must descend from it,
+    /// so a server replaying an older commit, or one from another branch,
+    /// is refused even after the mirror is rebuilt. A rollback leaves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followed: Option<CommitId>,
     /// The branch head as of the last successful fetch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamSeen>,
@@ -286,6 +292,8 @@ pub enum Stage {
     Health,
     /// Not signed by a key of `allowed_signers`, before anything else.
     Signature,
+    /// Not a descendant of the newest head deployed (signatures checked).
+    Ancestry,
 }
 
 impl Stage {
@@ -297,6 +305,7 @@ impl Stage {
             Stage::Visibility => "visibility",
             Stage::Health => "health",
             Stage::Signature => "signature",
+            Stage::Ancestry => "ancestry",
         }
     }
 }

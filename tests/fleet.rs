@@ -49,6 +49,55 @@ impl Operator {
     }
 }
 
+/// Runs `fleet status` against fleet1 with an agent running and an ssh
+/// config saying `ForwardAgent yes`, and reads on the machine whether its
+/// side of the session had an agent socket.
+fn agent_stays_home(op: &Operator, m: &Machine) {
+    let sock = op.path("agent.sock");
+    let agent = Command::new("ssh-agent")
+        .arg("-a")
+        .arg(&sock)
+        .output()
+        .expect("ssh-agent");
+    assert!(agent.status.success(), "{}", common::output_text(&agent));
+    let base = fs::read_to_string(op.path("ssh_config")).expect("ssh_config");
+    let forwarding = op.path("ssh_config_forwarding");
+    fs::write(
+        &forwarding,
+        format!("ForwardAgent yes\nForwardX11 yes\n{base}"),
+    )
+    .expect("ssh_config");
+    let remote = format!("sh -c 'printenv SSH_AUTH_SOCK > /tmp/agent; exec {BIN} \"$@\"' sh");
+    let seen = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("fleet")
+            .arg("-c")
+            .arg(op.path("config.toml"))
+            .arg("--ssh-config")
+            .arg(&forwarding)
+            .args(["--remote-command", &remote, "--connect-timeout", "3s"])
+            .args(extra)
+            .args(["--machines", "fleet1", "status"])
+            .env("SSH_AUTH_SOCK", &sock)
+            .output()
+            .expect("provision fleet");
+        assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+        m.sh("cat /tmp/agent; true")
+    };
+    assert_eq!(seen(&[]).trim(), "", "the agent was forwarded");
+    assert!(
+        seen(&["--ssh-option", "ForwardAgent=yes"]).contains("/tmp/ssh-"),
+        "an explicit --ssh-option ForwardAgent=yes did not forward the agent"
+    );
+    let pid = String::from_utf8_lossy(&agent.stdout)
+        .split(['=', ';'])
+        .skip_while(|w| w.trim() != "SSH_AGENT_PID")
+        .nth(1)
+        .map(str::to_string)
+        .unwrap_or_default();
+    let _ = Command::new("kill").arg(pid.trim()).status();
+}
+
 fn config(up: &Upstream, names: &[&str]) -> String {
     format!(
         "[[services]]\nmachine = {names:?}\nservice = \"web\"\n\
@@ -282,6 +331,11 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("Host key verification failed"), "{text}");
     fs::write(op.path("known_hosts"), &known).expect("known_hosts");
+
+    // An ssh config that forwards the agent everywhere: the machine still
+    // gets no socket back to it, unless the operator asks on the command
+    // line.
+    agent_stays_home(&op, &machines[0]);
 
     // One machine powered off: reported, the others still answer.
     machines[2].poweroff();

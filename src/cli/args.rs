@@ -361,6 +361,11 @@ pub struct FleetOpts {
     /// The ssh client to run.
     #[arg(long, global = true, value_name = "PATH", default_value = "ssh")]
     pub ssh_command: PathBuf,
+    /// An ssh option (`ssh -o OPTION`, e.g. "ForwardAgent=yes"), ahead of
+    /// provision's own (no agent, X11, port forwarding or local command);
+    /// repeatable.
+    #[arg(long, global = true, value_name = "OPTION")]
+    pub ssh_option: Vec<String>,
     /// What runs provision on a machine (e.g. "sudo -n provision").
     #[arg(long, global = true, value_name = "CMD", default_value = "provision")]
     pub remote_command: String,

@@ -154,6 +154,7 @@ fn transport(opts: &FleetOpts) -> Result<Transport> {
         remote_command: opts.remote_command.clone(),
         connect_timeout: span("--connect-timeout", &opts.connect_timeout)?,
         timeout: span("--timeout", &opts.timeout)?,
+        options: opts.ssh_option.clone(),
     })
 }
 

@@ -32,7 +32,22 @@ pub struct Transport {
     pub connect_timeout: Duration,
     /// The most one machine may take, connection included.
     pub timeout: Duration,
+    /// The operator's own `-o` options (`--ssh-option`): given first, so
+    /// they win over [`CONFINED`] and the ssh config.
+    pub options: Vec<String>,
 }
+
+/// What every fleet connection runs with unless the operator says
+/// otherwise with `--ssh-option`: a machine of the fleet gets no way back
+/// to the operator's agent, display, ports or local shell, whatever the
+/// ssh config says for that host (ssh keeps the first value it is given,
+/// and the command line comes before the config).
+pub const CONFINED: [&str; 4] = [
+    "ForwardAgent=no",
+    "ForwardX11=no",
+    "ClearAllForwardings=yes",
+    "PermitLocalCommand=no",
+];
 
 /// What a machine answered.
 #[derive(Debug, Clone)]
@@ -76,6 +91,9 @@ impl Transport {
         let mut cmd = Command::new(&self.ssh);
         if let Some(f) = &self.config {
             cmd.arg("-F").arg(f);
+        }
+        for o in self.options.iter().map(String::as_str).chain(CONFINED) {
+            cmd.arg("-o").arg(o);
         }
         cmd.args(["-o", "BatchMode=yes", "-T"])
             .arg("-o")

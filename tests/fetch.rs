@@ -235,6 +235,62 @@ fn an_https_server_without_protocol_v2_is_named_and_the_deployment_kept() {
     assert!(h.deployed("app").to_string_lossy().contains(&first));
 }
 
+/// A server holding the token redirects to another origin (another port
+/// here: scheme, host and port make an origin), which records what it is
+/// sent: the token stays with the server it was configured for. A
+/// redirect within the origin keeps it (that server still asks for it).
+#[test]
+fn https_credentials_never_follow_a_redirect_to_another_origin() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let first = seed(&up);
+    common::run(
+        Command::new("git")
+            .args(["clone", "-q", "--bare"])
+            .arg(up.bare())
+            .arg(d.base().join("moved.git")),
+    );
+    let holder = https(d.base(), Protocol::AsAsked);
+    let elsewhere = https(d.base(), Protocol::AsAsked);
+    holder.require("deploy", "s3cret");
+    let h = Host::new();
+    let token = h.path().join("token");
+    fs::write(&token, "s3cret\n").expect("writing the token");
+    let extra = format!(
+        "https_user = \"deploy\"\nhttps_token_file = \"{}\"",
+        token.display()
+    );
+
+    holder.redirect("/r.git", &elsewhere.url("r"));
+    h.write_config(&app_config(&holder.url("r"), &extra));
+    let out = h.sync(0);
+    assert!(
+        out.contains(&format!("app: deployed {}", &first[..10])),
+        "{out}"
+    );
+    assert_eq!(
+        elsewhere.authorizations(),
+        Vec::<String>::new(),
+        "the token was sent to another origin"
+    );
+    assert!(!holder.authorizations().is_empty());
+
+    holder.redirect("/old.git", &holder.url("moved"));
+    let h = Host::new();
+    fs::write(h.path().join("token"), "s3cret\n").expect("writing the token");
+    let extra = extra.replace(
+        &token.display().to_string(),
+        &h.path().join("token").display().to_string(),
+    );
+    h.write_config(&app_config(&holder.url("old"), &extra));
+    let out = h.sync(0);
+    assert!(
+        out.contains(&format!("app: deployed {}", &first[..10])),
+        "{out}"
+    );
+}
+
 #[test]
 fn https_credentials_come_from_the_token_file_and_a_refusal_names_it() {
     need_git!();

@@ -332,6 +332,11 @@ impl Session {
                         .with_context(|| {
                             format!("the server redirected to {to:?}, which is not followed")
                         })?;
+                    if !same_origin(&self.target.endpoint, &next.endpoint) {
+                        // The token is the configured server's: another
+                        // origin never sees it (as curl and git do).
+                        self.auth = None;
+                    }
                     self.target = Target {
                         user: self.target.user.clone(),
                         ..next
@@ -536,6 +541,11 @@ impl Session {
             let _ = pkt_line::send(conn.get_mut(), b"0000");
         }
     }
+}
+
+/// Whether two endpoints are one origin: scheme, host and port.
+fn same_origin(a: &Endpoint, b: &Endpoint) -> bool {
+    a.tls == b.tls && a.port == b.port && a.host.eq_ignore_ascii_case(&b.host)
 }
 
 /// The `Authorization` header for a user and token.

@@ -45,6 +45,11 @@ pub struct Shared {
     requests: AtomicU64,
     /// `user:password` every request must carry (HTTP basic), if any.
     basic: std::sync::Mutex<Option<String>>,
+    /// A redirect every request whose path starts with the first part
+    /// gets, to the second part followed by the rest of the path.
+    redirect: std::sync::Mutex<Option<(String, String)>>,
+    /// The `Authorization` header of every request, as received.
+    authorizations: std::sync::Mutex<Vec<String>>,
 }
 
 impl SmartHttp {
@@ -78,6 +83,23 @@ impl SmartHttp {
         if let Ok(mut b) = self.shared.basic.lock() {
             *b = Some(format!("{user}:{password}"));
         }
+    }
+
+    /// Answers every request under path `from` with a 302 to `to` followed
+    /// by the rest of the request's path and query.
+    pub fn redirect(&self, from: &str, to: &str) {
+        if let Ok(mut r) = self.shared.redirect.lock() {
+            *r = Some((from.to_string(), to.to_string()));
+        }
+    }
+
+    /// The `Authorization` headers received so far.
+    pub fn authorizations(&self) -> Vec<String> {
+        self.shared
+            .authorizations
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
     }
 
     /// Response body bytes and requests since the last call.
@@ -146,6 +168,26 @@ pub fn serve(
         shared.requests.fetch_add(1, Ordering::SeqCst);
         if shared.down.load(Ordering::SeqCst) {
             let _ = request.respond(tiny_http::Response::empty(503));
+            continue;
+        }
+        if let Some(a) = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Authorization"))
+        {
+            if let Ok(mut seen) = shared.authorizations.lock() {
+                seen.push(a.value.as_str().to_string());
+            }
+        }
+        let redirect = shared.redirect.lock().ok().and_then(|r| r.clone());
+        if let Some(rest) = redirect
+            .as_ref()
+            .and_then(|(from, _)| request.url().strip_prefix(from.as_str()))
+        {
+            let to = format!("{}{rest}", redirect.as_ref().map_or("", |r| r.1.as_str()));
+            let location =
+                tiny_http::Header::from_bytes(&b"Location"[..], to.as_bytes()).expect("a header");
+            let _ = request.respond(tiny_http::Response::empty(302).with_header(location));
             continue;
         }
         if !authorized(&request, shared) {

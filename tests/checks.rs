@@ -208,3 +208,51 @@ fn a_freeze_with_an_end_expires_by_itself_and_shows_who_set_it() {
         assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
     }
 }
+
+/// A server that alternates the head between a rejected commit and another
+/// one cannot make the rejected commit be checked (and, with an action,
+/// deployed and reverted) again: it stays rejected until `forward`.
+#[test]
+fn a_rejected_commit_stays_rejected_while_the_server_alternates_heads() {
+    need!();
+    let d = GitDaemon::start();
+    let up = d.repo("app");
+    let good = seed(&up);
+    let bad = up.commit("main", &[("app/etc/app.conf", Some("port = bad\n"))], "bad");
+    let h = Host::new();
+    let runs = h.path().join("validate.runs");
+    h.write_config(&app_config(
+        &up.url(),
+        &format!(
+            "validate = \"echo $PROVISION_COMMIT >> {}; test $PROVISION_COMMIT != {bad}\"",
+            runs.display()
+        ),
+    ));
+    let serve = |commit: &str| {
+        common::run(common::git_cmd(up.bare()).args(["update-ref", "refs/heads/main", commit]));
+    };
+    let checked = || {
+        std::fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .matches(bad.as_str())
+            .count()
+    };
+    serve(&good);
+    h.sync(0);
+    serve(&bad);
+    let out = h.sync(1);
+    assert!(out.contains("at validate"), "{out}");
+    for _ in 0..3 {
+        serve(&good);
+        h.sync(0);
+        assert!(h.status_json()["rejected"].is_null());
+        serve(&bad);
+        let out = h.sync(0);
+        assert!(out.contains("was rejected at validate"), "{out}");
+        assert_eq!(h.status_json()["rejected"]["commit"], bad.as_str());
+    }
+    assert_eq!(checked(), 1, "the rejected commit was checked again");
+    let out = h.run(&["forward", "app"]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::output_text(&out));
+    assert_eq!(checked(), 2, "forward tries it again");
+}

@@ -214,7 +214,7 @@ pub fn forward(
         let _lock = layout::lock_service(&sd, svc)?;
         let mut state = sd.load()?;
         state.hold = None;
-        state.rejected = None;
+        state.forgive();
         sd.save(&state)?;
     }
     let intent = pass::Intent {

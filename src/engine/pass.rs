@@ -189,9 +189,7 @@ fn follow(
             crate::util::format_utc(hold.until.unwrap_or(now) as i64)
         ));
     }
-    if state.rejected.as_ref().is_some_and(|r| r.commit != head) {
-        state.rejected = None;
-    }
+    state.reject_again(head);
     let deployed = state.deployed.as_ref().map(|d| d.commit);
     let mut held = match (&state.hold, deployed) {
         (Some(hold), Some(_)) => Some(apply::Held {

@@ -67,6 +67,11 @@ pub struct State {
     /// deploy (or validate) it again while it is the upstream head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<Rejected>,
+    /// Every commit rejected since the last `forward` (the newest
+    /// [`MAX_REFUSED`]): a server alternating heads cannot make one be
+    /// tried again by showing another in between.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<Rejected>,
     /// Set from the switch to a new commit until its action and health
     /// check passed: a pass that finds it (after a crash) finishes the
     /// verdict, and a failure goes back to the release recorded here.
@@ -89,7 +94,30 @@ pub struct State {
     pub counters: Counters,
 }
 
+/// Rejected commits remembered beyond the current one.
+pub const MAX_REFUSED: usize = 32;
+
 impl State {
+    /// Makes `rejected` the record of `head`: the current one when it
+    /// names `head`, else the one kept for it in `refused`, else none. The
+    /// current record is kept in `refused` first.
+    pub fn reject_again(&mut self, head: CommitId) {
+        if let Some(r) = self.rejected.take() {
+            self.refused.retain(|k| k.commit != r.commit);
+            self.refused.push(r);
+            if self.refused.len() > MAX_REFUSED {
+                self.refused.remove(0);
+            }
+        }
+        self.rejected = self.refused.iter().find(|r| r.commit == head).cloned();
+    }
+
+    /// Forgets every rejection (`forward`).
+    pub fn forgive(&mut self) {
+        self.rejected = None;
+        self.refused.clear();
+    }
+
     /// The hold in force at `now`: one past its `until` is over, whether or
     /// not a pass has run since to remove it.
     pub fn hold_at(&self, now: u64) -> Option<&Hold> {

@@ -256,3 +256,50 @@ fn a_rejected_commit_stays_rejected_while_the_server_alternates_heads() {
     assert_eq!(out.status.code(), Some(1), "{}", common::output_text(&out));
     assert_eq!(checked(), 2, "forward tries it again");
 }
+
+/// `validate` and `health` get the search path, locale, time zone and
+/// provision's own variables, not the rest of provision's environment
+/// (where a unit keeps its tokens).
+#[test]
+fn checks_never_see_the_secrets_in_provisions_environment() {
+    need!();
+    let d = GitDaemon::start();
+    let up = d.repo("app");
+    seed(&up);
+    let h = Host::new();
+    let log = h.path().join("env.log");
+    h.write_config(&app_config(
+        &up.url(),
+        &format!("validate = \"env > {}\"", log.display()),
+    ));
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .arg(common::provision_bin())
+        .arg("--config")
+        .arg(h.config_path())
+        .arg("--state-dir")
+        .arg(h.state())
+        .arg("--metrics-dir")
+        .arg(h.metrics_dir())
+        .args(["--machine", "test-host", "sync"])
+        .env("GITHUB_TOKEN", "ghp_not_for_checks")
+        .env("AWS_SECRET_ACCESS_KEY", "not-for-checks-either")
+        .env("LC_TIME", "C.UTF-8")
+        .env("TZ", "UTC")
+        .env("PROVISION_HTTPS_USER", "deploy")
+        .output()
+        .expect("running provision");
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let seen = std::fs::read_to_string(&log).expect("validate ran");
+    assert!(!seen.contains("not_for_checks"), "{seen}");
+    assert!(!seen.contains("not-for-checks"), "{seen}");
+    for kept in [
+        "PATH=/",
+        "LC_TIME=C.UTF-8",
+        "TZ=UTC",
+        "PROVISION_HTTPS_USER=deploy",
+        "PROVISION_SERVICE=app",
+    ] {
+        assert!(seen.lines().any(|l| l.starts_with(kept)), "{kept}: {seen}");
+    }
+}

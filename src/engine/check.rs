@@ -108,6 +108,22 @@ pub(crate) fn validate(
     )))
 }
 
+/// The `PATH` of a check when provision has none (systemd's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Whether a variable of provision's environment reaches `validate` and
+/// `health`: the search path, the locale, the time zone and provision's
+/// own settings, and nothing else, so the unit's tokens and secrets (and
+/// whatever else its environment holds) stay with provision.
+fn kept_for_checks(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    matches!(name, "PATH" | "LANG" | "LANGUAGE" | "TZ")
+        || name.starts_with("LC_")
+        || name.starts_with("PROVISION_")
+}
+
 /// `/bin/sh -c COMMAND`, with the environment the README documents for
 /// `validate` and `health`.
 pub(crate) fn command(
@@ -120,7 +136,12 @@ pub(crate) fn command(
     c.arg("-c")
         .arg(&check.command)
         .current_dir("/")
-        .env("PROVISION_SERVICE", &svc.name)
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| kept_for_checks(k)));
+    if std::env::var_os("PATH").is_none() {
+        c.env("PATH", DEFAULT_PATH);
+    }
+    c.env("PROVISION_SERVICE", &svc.name)
         .env("PROVISION_COMMIT", commit.to_string())
         .env(
             "PROVISION_PREVIOUS",

@@ -214,6 +214,24 @@ struct FakeServer {
 enum Behaviour {
     CloseAtOnce,
     NeverAnswer,
+    /// Starts a TLS handshake record and sends one byte of it every
+    /// 400 ms, for ever: each read gets a byte well within any socket
+    /// timeout.
+    DribbleTls,
+}
+
+/// Sends a TLS record header announcing 16 KiB, then a byte at a time.
+fn dribble(mut c: TcpStream, stop: Arc<AtomicBool>) {
+    use std::io::{Read as _, Write as _};
+    let mut hello = [0u8; 512];
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = c.read(&mut hello);
+    if c.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]).is_err() {
+        return;
+    }
+    while !stop.load(Ordering::SeqCst) && c.write_all(&[0x02]).is_ok() {
+        thread::sleep(Duration::from_millis(400));
+    }
 }
 
 impl FakeServer {
@@ -232,6 +250,10 @@ impl FakeServer {
                 match (conn, behaviour) {
                     (Ok(c), Behaviour::NeverAnswer) => held.push(c),
                     (Ok(c), Behaviour::CloseAtOnce) => drop(c),
+                    (Ok(c), Behaviour::DribbleTls) => {
+                        let stop = stopping.clone();
+                        thread::spawn(move || dribble(c, stop));
+                    }
                     (Err(_), _) => {}
                 }
             }
@@ -336,6 +358,51 @@ fn a_hanging_server_times_out_naming_the_timeout_and_converges_after() {
     drop(silent);
     d.start_again();
     converges(&h, &up, "main");
+}
+
+/// A server that keeps the TLS handshake going a byte at a time cannot
+/// hold a pass past its `timeout`: the connection is shut at the deadline.
+#[test]
+fn a_server_dribbling_the_tls_handshake_cannot_hold_a_pass_past_its_timeout() {
+    let port = common::free_port();
+    let _slow = FakeServer::on_port(port, Behaviour::DribbleTls);
+    let h = Host::new();
+    h.write_config(&app_config(
+        &format!("https://127.0.0.1:{port}/r.git"),
+        "timeout = 2",
+    ));
+    let start = Instant::now();
+    // Killed at 60 s so that a pass that never ends fails this test
+    // instead of hanging it.
+    let out = Command::new("timeout")
+        .args([
+            "-s",
+            "KILL",
+            "60",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+        ])
+        .arg(common::provision_bin())
+        .arg("--config")
+        .arg(h.config_path())
+        .arg("--state-dir")
+        .arg(h.state())
+        .arg("--metrics-dir")
+        .arg(h.metrics_dir())
+        .args(["--machine", "test-host", "sync"])
+        .output()
+        .expect("running provision");
+    let took = start.elapsed();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "after {took:?}: {text}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the pass took {took:?}: {text}"
+    );
+    assert!(text.contains("timed out"), "{text}");
 }
 
 /// A real sshd on 127.0.0.1 serving the daemon's repositories over ssh, with

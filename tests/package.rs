@@ -81,6 +81,12 @@ fn the_installed_package_runs_documents_completes_and_purges_cleanly() {
         "the postinst starts the config watch"
     );
     assert_eq!(m.sh("test -d /etc/provision && echo yes").trim(), "yes");
+    assert_eq!(
+        m.sh("systemctl show -p TimeoutStartUSec --value provision@web.service")
+            .trim(),
+        "15min",
+        "a pass has a start timeout backing up its own bounds"
+    );
 
     let man = m.sh("MANWIDTH=80 man -P cat provision-sync 2>/dev/null");
     assert!(

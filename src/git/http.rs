@@ -34,6 +34,27 @@ pub struct Conn {
     stream: Stream,
     deadline: Instant,
     resume: Option<std::path::PathBuf>,
+    /// Shuts the socket down at the deadline (see [`watchdog`]); ends
+    /// with the connection.
+    _watchdog: Option<std::sync::mpsc::Sender<()>>,
+}
+
+/// Shuts `tcp` down once `deadline` passes, unless the returned sender is
+/// dropped first. A socket timeout bounds one system call only: a peer
+/// that sends a byte now and then keeps a TLS handshake, or one TLS read
+/// assembling a record, going for ever; a shut-down socket ends them all.
+fn watchdog(tcp: &TcpStream, deadline: Instant) -> Option<std::sync::mpsc::Sender<()>> {
+    let tcp = tcp.try_clone().ok()?;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("fetch-deadline".into())
+        .spawn(move || {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(left) {
+                let _ = tcp.shutdown(std::net::Shutdown::Both);
+            }
+        });
+    spawned.ok().map(|_| tx)
 }
 
 enum Stream {
@@ -59,6 +80,7 @@ impl Conn {
     pub fn open(ep: &Endpoint, connect: Duration, deadline: Instant) -> Result<Conn> {
         let tcp = tcp(&ep.host, ep.port, connect, deadline)?;
         let mut conn = Conn {
+            _watchdog: watchdog(&tcp, deadline),
             stream: Stream::Tcp(tcp),
             deadline,
             resume: ep.resume.clone(),
@@ -74,7 +96,9 @@ impl Conn {
             return Ok(self);
         };
         let resume = self.resume;
-        set_timeouts(&tcp, self.deadline, host)?;
+        let deadline = self.deadline;
+        let watch = self._watchdog;
+        set_timeouts(&tcp, deadline, host)?;
         let ctx = tls_context(resume.clone())?;
         let mut ssl = openssl::ssl::Ssl::new(&ctx).context("setting up TLS")?;
         if let Some(file) = &resume {
@@ -89,6 +113,9 @@ impl Conn {
         .with_context(|| format!("setting up TLS for {host}"))?;
         let tls = match ssl.connect(tcp) {
             Ok(tls) => tls,
+            Err(_) if Instant::now() >= deadline => {
+                return Err(TimedOut(format!("the TLS handshake with {host} timed out")).into())
+            }
             Err(openssl::ssl::HandshakeError::Failure(mid)) => {
                 return Err(refused(host, mid.ssl(), mid.error()))
             }
@@ -96,8 +123,9 @@ impl Conn {
         };
         Ok(Conn {
             stream: Stream::Tls(Box::new(tls)),
-            deadline: self.deadline,
+            deadline,
             resume,
+            _watchdog: watch,
         })
     }
 
@@ -126,7 +154,13 @@ impl Read for Conn {
             Stream::Tcp(t) => t.read(buf),
             Stream::Tls(t) => t.read(buf),
         };
-        r.map_err(timed_out)
+        match r {
+            // The watchdog shut the socket down: a timeout, not an end.
+            Ok(0) | Err(_) if Instant::now() >= self.deadline => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
+            }
+            r => r.map_err(timed_out),
+        }
     }
 }
 

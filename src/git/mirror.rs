@@ -583,6 +583,8 @@ impl Mirror {
         }
         let _lock = self.lock()?;
         let creds = network_setup(creds, timeout)?;
+        // One `timeout` for the whole proof, however many requests it takes.
+        let deadline = Instant::now() + timeout;
         let mut depth = PROOF_FIRST_DEPTH.max(self.window.saturating_mul(2));
         let mut last_frontier = None;
         loop {
@@ -609,7 +611,14 @@ impl Mirror {
                     "{ancestor} is not among the {MAX_PROOF_COMMITS} commits before it that the server sent"
                 )));
             }
-            self.deepen_for_proof(&repo, head, depth, &creds, timeout)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.download_failed(
+                    anyhow::Error::new(http::TimedOut("proving descent".into())),
+                    timeout,
+                ));
+            }
+            self.deepen_for_proof(&repo, head, depth, &creds, left)?;
             last_frontier = Some(frontier);
             depth = depth.saturating_mul(8).min(MAX_PROOF_COMMITS + 1);
         }

@@ -268,6 +268,8 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
 
     // The config straight from its repository.
     let out = Command::new(BIN)
+        .arg("--state-dir")
+        .arg(op.path("state"))
         .args(["fleet", "--repo", &up.url(), "--ssh-config"])
         .arg(op.path("ssh_config"))
         .args(["--remote-command", BIN, "inventory", "--format", "json"])

@@ -611,3 +611,67 @@ fn writable(cfg: &str) -> String {
     cfg.replace("\" },", "\", readonly = false },")
         .replace("file = true },", "file = true, readonly = false },")
 }
+
+/// `fleet --repo` keeps its cache where no other user can make it first:
+/// another account making root's old `/tmp` name in advance changes
+/// nothing, and an operator without root gets a cache of their own.
+#[test]
+fn fleet_repo_caches_where_another_user_cannot_make_it_first() {
+    if !ready() {
+        return;
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    up.commit(
+        "main",
+        &[(
+            "provision/config.toml",
+            Some("[[services]]\nmachine = \"m1\"\nservice = \"web\"\nupstream = \"git://127.0.0.1/x\"\n\
+                 dirs = [{ local = \"/etc/web\", link = \"web\" }]\n"),
+        )],
+        "config",
+    );
+    let inventory = |c: &mut Command| {
+        let out = c
+            .args(["fleet", "--repo", &up.url(), "inventory"])
+            .output()
+            .expect("fleet --repo");
+        (out.status.code(), text(&out))
+    };
+
+    // Another account claims the name a shared /tmp offered.
+    let claimed = std::env::temp_dir().join("provision-fleet-0");
+    let _ = fs::remove_dir_all(&claimed);
+    let out = as_user(NOBODY, "mkdir")
+        .arg("-m")
+        .arg("0777")
+        .arg(&claimed)
+        .output()
+        .expect("mkdir as nobody");
+    assert!(out.status.success(), "{}", text(&out));
+    let h = open_host();
+    let (code, said) = inventory(
+        Command::new(common::provision_bin())
+            .arg("--state-dir")
+            .arg(h.state()),
+    );
+    let _ = fs::remove_dir_all(&claimed);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("m1"), "{said}");
+
+    // An operator without root: a cache in their own home.
+    let home = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(home.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    chown(home.path(), Some(NOBODY), Some(65534)).expect("chown");
+    let (code, said) = inventory(
+        as_user(NOBODY, &common::provision_bin().display().to_string())
+            .env("HOME", home.path())
+            .env_remove("XDG_CACHE_HOME"),
+    );
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("m1"), "{said}");
+    let cache = home.path().join(".cache/provision/fleet-repo");
+    let meta = fs::metadata(&cache).expect("the operator's cache");
+    assert_eq!(meta.uid(), NOBODY);
+    assert_eq!(meta.mode() & 0o777, 0o700);
+}

@@ -127,6 +127,25 @@ fn serve_options(
     })
 }
 
+/// Where `fleet --repo` keeps its mirror: in a directory no other user can
+/// make first (a shared `/tmp` name can be): root's under the state
+/// directory, anyone else's under `$XDG_CACHE_HOME` (or `~/.cache`).
+fn repo_cache(cli: &Cli) -> Result<std::path::PathBuf> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(cli.state_dir.join(".fleet-repo"));
+    }
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let base = var("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| var("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .ok_or_else(|| {
+            anyhow::anyhow!("--repo needs a cache directory: set XDG_CACHE_HOME or HOME")
+        })?;
+    let dir = base.join("provision");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.join("fleet-repo"))
+}
+
 /// The config from -c, or from the config repository (--repo).
 fn load(cli: &Cli, opts: &FleetOpts) -> Result<Config> {
     let Some(url) = &opts.repo else {
@@ -138,7 +157,7 @@ fn load(cli: &Cli, opts: &FleetOpts) -> Result<Config> {
         branch: opts.branch.clone(),
         path: opts.path.clone(),
     };
-    let cache = std::env::temp_dir().join(format!("provision-fleet-{}", nix::unistd::getuid()));
+    let cache = repo_cache(cli)?;
     let fetched = crate::engine::bootstrap::fetch(&source, &cache)
         .with_context(|| format!("reading {} from {url}", opts.path))?;
     let label = std::path::PathBuf::from(format!("{url}:{}", opts.path));

@@ -59,16 +59,23 @@ pub fn write_atomic(path: &Path, data: &[u8], vis: Visibility) -> Result<()> {
     d.write_atomic(name, data, file_mode)
 }
 
-/// Opens (creating when missing) a directory that must be root's alone: the
-/// state directory, a service's directory, the mirrors. Directories of an
-/// earlier version, created 0755, are closed (0700) here; one that belongs
-/// to another user is refused.
+/// Opens (creating when missing) a directory that must be this process's
+/// user's alone (root's, for a machine's provision): the state directory, a
+/// service's directory, the mirrors, `fleet --repo`'s cache. Directories of
+/// an earlier version, created 0755, are closed (0700) here; one that
+/// belongs to another user is refused.
 pub fn private_dir(path: &Path) -> Result<Dir> {
     let d = Dir::create(path, 0o700)?;
     let m = d.meta_self()?;
-    if m.uid != 0 {
+    let me = rustix::process::geteuid().as_raw();
+    if m.uid != me {
+        let whose = if me == 0 {
+            "root".to_string()
+        } else {
+            format!("uid {me} (this user)")
+        };
         bail!(
-            "{} belongs to uid {}, not root; refusing to keep provision's state there",
+            "{} belongs to uid {}, not {whose}; refusing to keep provision's state there",
             path.display(),
             m.uid
         );

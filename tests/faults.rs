@@ -374,25 +374,11 @@ fn a_server_dribbling_the_tls_handshake_cannot_hold_a_pass_past_its_timeout() {
     let start = Instant::now();
     // Killed at 60 s so that a pass that never ends fails this test
     // instead of hanging it.
+    let pass = h.command(&["sync"]);
     let out = Command::new("timeout")
-        .args([
-            "-s",
-            "KILL",
-            "60",
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-        ])
-        .arg(common::provision_bin())
-        .arg("--config")
-        .arg(h.config_path())
-        .arg("--state-dir")
-        .arg(h.state())
-        .arg("--metrics-dir")
-        .arg(h.metrics_dir())
-        .args(["--machine", "test-host", "sync"])
+        .args(["-s", "KILL", "60"])
+        .arg(pass.get_program())
+        .args(pass.get_args())
         .output()
         .expect("running provision");
     let took = start.elapsed();

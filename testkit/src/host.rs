@@ -95,8 +95,14 @@ impl Host {
     /// Runs provision in a private mount namespace: its bind mounts vanish
     /// when it exits (as after a reboot) and never touch the test host.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--"])
+        self.command(args).output().expect("running provision")
+    }
+
+    /// The command [`Host::run`] runs, for a test that sets its
+    /// environment or wraps it.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "--"])
             .arg(super::provision_bin())
             .arg("--config")
             .arg(self.config_path())
@@ -105,9 +111,8 @@ impl Host {
             .arg("--metrics-dir")
             .arg(self.metrics_dir())
             .args(["--machine", "test-host"])
-            .args(args)
-            .output()
-            .expect("running provision")
+            .args(args);
+        c
     }
 
     /// Runs `provision sync`, asserting its exit code; returns stdout+stderr.

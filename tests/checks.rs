@@ -272,16 +272,8 @@ fn checks_never_see_the_secrets_in_provisions_environment() {
         &up.url(),
         &format!("validate = \"env > {}\"", log.display()),
     ));
-    let out = std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--"])
-        .arg(common::provision_bin())
-        .arg("--config")
-        .arg(h.config_path())
-        .arg("--state-dir")
-        .arg(h.state())
-        .arg("--metrics-dir")
-        .arg(h.metrics_dir())
-        .args(["--machine", "test-host", "sync"])
+    let out = h
+        .command(&["sync"])
         .env("GITHUB_TOKEN", "ghp_not_for_checks")
         .env("AWS_SECRET_ACCESS_KEY", "not-for-checks-either")
         .env("LC_TIME", "C.UTF-8")
@@ -302,4 +294,64 @@ fn checks_never_see_the_secrets_in_provisions_environment() {
     ] {
         assert!(seen.lines().any(|l| l.starts_with(kept)), "{kept}: {seen}");
     }
+}
+
+/// `check_user` runs `validate` as that user, with its groups, reading the
+/// candidate where the service will; a user the machine does not have
+/// fails the pass and keeps what is deployed, without rejecting the commit.
+#[test]
+fn validate_runs_as_check_user_and_a_missing_one_fails_the_pass() {
+    need!();
+    use std::os::unix::fs::PermissionsExt;
+    let d = GitDaemon::start();
+    let up = d.repo("app");
+    let first = seed(&up);
+    let h = Host::new();
+    let open = |p: &std::path::Path, mode| {
+        std::fs::create_dir_all(p).expect("mkdir");
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    // The check user must reach the service's paths, as on a real host.
+    open(h.path(), 0o755);
+    open(&h.root(), 0o755);
+    let logs = h.path().join("logs");
+    open(&logs, 0o1777);
+    let log = logs.join("validate.log");
+    let check = format!(
+        "id -un > {log}; id -G >> {log}; grep 'port = ' {l}/app.conf >> {log}",
+        l = h.root().join("etc/app").display(),
+        log = log.display()
+    );
+    let config = |user: &str| {
+        app_config(
+            &up.url(),
+            &format!("check_user = {user:?}\nvalidate = {check:?}"),
+        )
+    };
+    h.write_config(&config("nobody"));
+    h.sync(0);
+    let seen = std::fs::read_to_string(&log).expect("validate ran");
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.first(), Some(&"nobody"), "{seen}");
+    let gid = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .map(|u| u.gid.as_raw().to_string())
+        .expect("nobody's group");
+    assert_eq!(lines.get(1), Some(&gid.as_str()), "no root groups: {seen}");
+    assert_eq!(lines.get(2), Some(&"port = 1"), "{seen}");
+
+    h.write_config(&config("no-such-user"));
+    up.commit("main", &[("app/etc/app.conf", Some("port = 2\n"))], "two");
+    let out = h.run_mounted(&["sync"]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("check_user"), "{text}");
+    assert!(text.contains("\"no-such-user\" does not exist"), "{text}");
+    let state = h.state_json("app");
+    assert_eq!(state["deployed"]["commit"], first.as_str());
+    assert!(
+        state["rejected"].is_null(),
+        "not the commit's fault: {state}"
+    );
 }

@@ -31,7 +31,7 @@ use provision::config::{Config, ConfigErrors, Diagnostic, DEFAULT_DEPTH};
 const DEFAULT_ITERS: u64 = 6000;
 const DEFAULT_SEED: u64 = 0x5eed_c0f1_6f00_d001;
 
-const SHARED_KEYS: [&str; 14] = [
+const SHARED_KEYS: [&str; 15] = [
     "upstream",
     "branch",
     "user",
@@ -46,6 +46,7 @@ const SHARED_KEYS: [&str; 14] = [
     "https_token_file",
     "interval",
     "drift",
+    "check_user",
 ];
 const SERVICE_KEYS: [&str; 4] = ["machine", "service", "name", "dirs"];
 const DIR_KEYS: [&str; 5] = ["local", "link", "file", "single", "readonly"];
@@ -713,7 +714,9 @@ fn good_pool(key: &str, i: usize, j: usize) -> Vec<String> {
             "https://h/ü/r",
         ]),
         "branch" => v(&["main", "release/1.x", "feature-ü", "v2"]),
-        "user" | "https_user" => v(&["", "grafana", "www-data", "_svc", "user.name", "ü"]),
+        "user" | "https_user" | "check_user" => {
+            v(&["", "grafana", "www-data", "_svc", "user.name", "ü"])
+        }
         "package" => v(&["", "nginx-light", "libc6:amd64", "g++"]),
         "action" => v(&[
             "",
@@ -788,7 +791,7 @@ fn bad_pool(key: &str) -> &'static [&'static str] {
             "end/",
             "a@{b",
         ],
-        "user" | "package" | "https_user" => {
+        "user" | "package" | "https_user" | "check_user" => {
             &["has space", "a/b", "-lead", "tab\tx", "nl\nx", "nul\0x"]
         }
         "action" => &["reboot", "Reload", " reload", "reload "],

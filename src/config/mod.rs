@@ -161,6 +161,9 @@ pub struct Checks {
     /// Run on the host after the action, retried until it passes or its
     /// timeout ends.
     pub health: Option<Check>,
+    /// The user both run as (`check_user`); root when `None`, since
+    /// `nginx -t` and its kind read keys only root may read.
+    pub user: Option<String>,
 }
 
 /// A command run by `/bin/sh -c`, bounded in time.

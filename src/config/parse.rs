@@ -41,6 +41,7 @@ pub(super) struct RawSettings {
     pub validate_timeout: Option<Sp<String>>,
     pub health: Option<Sp<String>>,
     pub health_timeout: Option<Sp<String>>,
+    pub check_user: Option<Sp<String>>,
     pub rollout: Option<Sp<String>>,
     /// `canary`: one name or a list of them.
     pub canary: Option<Sp<Vec<Sp<String>>>>,
@@ -142,7 +143,7 @@ impl<'a> Locator<'a> {
 }
 
 const GLOBAL: &str = "[global]";
-const SHARED_KEYS: [&str; 29] = [
+const SHARED_KEYS: [&str; 30] = [
     "upstream",
     "branch",
     "user",
@@ -165,6 +166,7 @@ const SHARED_KEYS: [&str; 29] = [
     "validate_timeout",
     "health",
     "health_timeout",
+    "check_user",
     "rollout",
     "canary",
     "gate",
@@ -358,6 +360,7 @@ impl Walker<'_, '_> {
             "drift" => &mut s.drift,
             "validate" => &mut s.validate,
             "health" => &mut s.health,
+            "check_user" => &mut s.check_user,
             // Seconds as an integer, or a span such as "90s" or "2m".
             "validate_timeout" => {
                 s.validate_timeout = self.string_or_integer(v, ctx, key);

@@ -300,9 +300,11 @@ impl Resolver<'_> {
             ("health", "health_timeout"),
             super::DEFAULT_HEALTH_TIMEOUT,
         );
+        let user = self.word(s.check_user.as_ref(), "check_user");
         Some(Checks {
             validate: validate?,
             health: health?,
+            user: user?,
         })
     }
 
@@ -836,6 +838,7 @@ fn merge(s: &RawSettings, g: &RawSettings) -> RawSettings {
         validate_timeout: pick(&s.validate_timeout, &g.validate_timeout),
         health: pick(&s.health, &g.health),
         health_timeout: pick(&s.health_timeout, &g.health_timeout),
+        check_user: pick(&s.check_user, &g.check_user),
         rollout: pick(&s.rollout, &g.rollout),
         canary: pick(&s.canary, &g.canary),
         gate: pick(&s.gate, &g.gate),

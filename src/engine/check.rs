@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::config::{Check, Service};
 use crate::host::mount::{self, Wanted};
@@ -92,7 +92,7 @@ pub(crate) fn validate(
         for d in &svc.dirs {
             mount::ensure(&Wanted::of(d, release))?;
         }
-        process::run_bounded(command(svc, check, commit, previous), check.timeout)
+        process::run_bounded(command(svc, check, commit, previous)?, check.timeout)
     })?;
     if finished.success() {
         return Ok(None);
@@ -125,13 +125,14 @@ fn kept_for_checks(name: &std::ffi::OsStr) -> bool {
 }
 
 /// `/bin/sh -c COMMAND`, with the environment the README documents for
-/// `validate` and `health`.
+/// `validate` and `health`, as `check_user` when one is set. A user that
+/// does not exist is an error of the pass, not a verdict on the commit.
 pub(crate) fn command(
     svc: &Service,
     check: &Check,
     commit: CommitId,
     previous: Option<CommitId>,
-) -> Command {
+) -> Result<Command> {
     let mut c = Command::new("/bin/sh");
     c.arg("-c")
         .arg(&check.command)
@@ -147,7 +148,12 @@ pub(crate) fn command(
             "PROVISION_PREVIOUS",
             previous.map(|p| p.to_string()).unwrap_or_default(),
         );
-    c
+    if let Some(user) = &svc.checks.user {
+        process::RunAs::lookup(user)
+            .with_context(|| format!("check_user of service {}", svc.name))?
+            .apply(&mut c);
+    }
+    Ok(c)
 }
 
 /// Runs `health` about every second until it passes twice in a row with
@@ -164,7 +170,7 @@ pub(crate) fn health(svc: &Service, state: &State) -> Result<Option<Refusal>> {
     let mut passed = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let cmd = command(svc, check, trial.commit, previous);
+        let cmd = command(svc, check, trial.commit, previous)?;
         let finished = process::run_bounded(cmd, left.max(HEALTH_RETRY))?;
         let unit = systemd::active_state(&svc.unit).unwrap_or_else(|e| format!("unknown ({e:#})"));
         if finished.success() && unit == "active" {

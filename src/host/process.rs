@@ -263,3 +263,53 @@ mod tests {
         assert!(run(&mut Command::new("/nonexistent/tool")).is_err());
     }
 }
+
+/// A user a command is started as: its uid, primary group and
+/// supplementary groups, looked up before the fork (a forked child of a
+/// threaded process must not read `/etc/group`).
+#[derive(Debug, Clone)]
+pub struct RunAs {
+    uid: rustix::process::Uid,
+    gid: rustix::process::Gid,
+    groups: Vec<rustix::process::Gid>,
+}
+
+impl RunAs {
+    /// Looks `user` up in this machine's user database.
+    pub fn lookup(user: &str) -> Result<RunAs> {
+        let u = nix::unistd::User::from_name(user)
+            .with_context(|| format!("looking up user {user:?}"))?
+            .with_context(|| format!("user {user:?} does not exist on this machine"))?;
+        let name = std::ffi::CString::new(user)
+            .with_context(|| format!("user name {user:?} holds a NUL byte"))?;
+        let groups = nix::unistd::getgrouplist(&name, u.gid)
+            .with_context(|| format!("looking up the groups of user {user:?}"))?;
+        Ok(RunAs {
+            uid: rustix::process::Uid::from_raw(u.uid.as_raw()),
+            gid: rustix::process::Gid::from_raw(u.gid.as_raw()),
+            groups: groups
+                .iter()
+                .map(|g| rustix::process::Gid::from_raw(g.as_raw()))
+                .collect(),
+        })
+    }
+
+    /// Makes `cmd` drop to this user (groups, then group, then user)
+    /// between fork and exec. std's own `uid()` would drop the
+    /// supplementary groups, which a check may need (`ssl-cert` for a key).
+    #[allow(unsafe_code)]
+    pub fn apply(&self, cmd: &mut Command) {
+        let who = self.clone();
+        // SAFETY: the closure runs in the forked child before exec; it only
+        // makes the setgroups, setgid and setuid system calls (no
+        // allocation, no lock), which is what a pre-exec hook may do.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::thread::set_thread_groups(&who.groups)?;
+                rustix::thread::set_thread_gid(who.gid)?;
+                rustix::thread::set_thread_uid(who.uid)?;
+                Ok(())
+            });
+        }
+    }
+}

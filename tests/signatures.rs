@@ -592,3 +592,94 @@ fn commit_signed_web(up: &Upstream, key: &Path, content: &str) -> String {
     let sign: Vec<&str> = sign.iter().map(String::as_str).collect();
     up.commit_signed("main", &[("web/web.conf", Some(content))], "signed", &sign)
 }
+
+/// `bootstrap` and `fleet --repo` with `--allowed-signers` use the config
+/// only from a commit signed by an allowed key: an unsigned head installs
+/// and lists nothing; without keys, a `git://` repository gets a warning.
+#[test]
+fn a_config_from_git_is_used_only_when_its_commit_is_signed_by_an_allowed_key() {
+    if !common::require_tool("git-daemon") || !common::require_tool("ssh-keygen") {
+        return;
+    }
+    let keys = tempfile::tempdir().expect("tempdir");
+    let alice = keys.path().join("alice");
+    common::ssh_keygen(&alice);
+    let signers = keys.path().join("allowed_signers");
+    let public = common::public_key(&keys.path().join("alice.pub"));
+    fs::write(&signers, format!("alice@example.net {public}\n")).expect("allowed_signers");
+    let d = GitDaemon::start();
+    let up = d.repo("fleet");
+    let config = |machine: &str| {
+        format!(
+            "[[services]]\nmachine = \"{machine}\"\nservice = \"web\"\nupstream = \"{}\"\n\
+             dirs = [{{ local = \"/etc/web\", link = \"web\" }}]\n",
+            up.url()
+        )
+    };
+    let unsigned = up.commit(
+        "main",
+        &[("provision/config.toml", Some(&config("forged")))],
+        "unsigned",
+    );
+    let url = up.url();
+    let h = Host::new();
+    let dest = h.path().join("etc/provision/config.toml");
+    let run = |args: &[&str]| {
+        let out = Command::new(common::provision_bin())
+            .arg("--config")
+            .arg(&dest)
+            .arg("--state-dir")
+            .arg(h.state())
+            .args(args)
+            // bootstrap goes on to start timers: never on this host's systemd.
+            .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus")
+            .output()
+            .expect("running provision");
+        (out.status.code(), common::output_text(&out))
+    };
+    let signed_flag = ["--allowed-signers", signers.to_str().expect("utf-8 path")];
+    let fleet = |extra: &[&str]| {
+        let mut args = vec!["fleet", "--repo", &url, "inventory"];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+
+    let (code, said) = run(&["bootstrap", &url, signed_flag[0], signed_flag[1]]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(&format!("commit {} on branch main", &unsigned[..10])),
+        "{said}"
+    );
+    assert!(said.contains("refused"), "{said}");
+    assert!(!dest.exists(), "nothing installed: {said}");
+    let (code, said) = fleet(&signed_flag);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(!said.contains("forged"), "{said}");
+
+    // Without keys it is used, with a warning about git://.
+    let (code, said) = fleet(&[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("forged"), "{said}");
+    assert!(
+        said.contains("is git://, unauthenticated") && said.contains("--allowed-signers"),
+        "{said}"
+    );
+
+    // Signed by alice: used, and no warning.
+    let sign = ssh_signing(&alice);
+    let sign: Vec<&str> = sign.iter().map(String::as_str).collect();
+    up.commit_signed(
+        "main",
+        &[("provision/config.toml", Some(&config("m1")))],
+        "signed",
+        &sign,
+    );
+    let (code, said) = fleet(&signed_flag);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("m1") && !said.contains("forged"), "{said}");
+    assert!(!said.contains("warning"), "{said}");
+    let (_, said) = run(&["bootstrap", &url, signed_flag[0], signed_flag[1]]);
+    assert!(said.contains("/nonexistent/bus"), "{said}");
+    let installed = fs::read_to_string(&dest).unwrap_or_else(|e| panic!("{e}: {said}"));
+    assert_eq!(installed, config("m1"));
+}

@@ -275,6 +275,14 @@ pub struct BootstrapOpts {
     /// Replace a config file that differs from the repository's.
     #[arg(long)]
     pub force: bool,
+    /// Install the config only from a commit signed by one of these keys
+    /// (git's allowed signers format; ssh signatures).
+    #[arg(long, value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+    /// Install the config only from a commit signed by one of these
+    /// OpenPGP public keys (ASCII-armored).
+    #[arg(long, value_name = "FILE")]
+    pub openpgp_keys: Option<PathBuf>,
 }
 
 /// Options of `activate`.
@@ -355,6 +363,14 @@ pub struct FleetOpts {
     /// The config file's path in the repository (with --repo).
     #[arg(long, global = true, default_value = "provision/config.toml")]
     pub path: String,
+    /// With --repo: use the config only from a commit signed by one of
+    /// these keys (git's allowed signers format).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+    /// With --repo: use the config only from a commit signed by one of
+    /// these OpenPGP public keys (ASCII-armored).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub openpgp_keys: Option<PathBuf>,
     /// ssh configuration file (`ssh -F FILE`).
     #[arg(long, global = true, value_name = "FILE")]
     pub ssh_config: Option<PathBuf>,

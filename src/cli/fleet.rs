@@ -156,7 +156,12 @@ fn load(cli: &Cli, opts: &FleetOpts) -> Result<Config> {
         upstream,
         branch: opts.branch.clone(),
         path: opts.path.clone(),
+        allowed_signers: opts.allowed_signers.clone(),
+        openpgp_keys: opts.openpgp_keys.clone(),
     };
+    if let Some(w) = source.unauthenticated() {
+        tell!("{w}");
+    }
     let cache = repo_cache(cli)?;
     let fetched = crate::engine::bootstrap::fetch(&source, &cache)
         .with_context(|| format!("reading {} from {url}", opts.path))?;

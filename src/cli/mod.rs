@@ -445,7 +445,12 @@ fn bootstrap(cli: &Cli, opts: &BootstrapOpts) -> Result<ExitCode> {
         upstream,
         branch: opts.branch.clone(),
         path: opts.path.clone(),
+        allowed_signers: opts.allowed_signers.clone(),
+        openpgp_keys: opts.openpgp_keys.clone(),
     };
+    if let Some(w) = source.unauthenticated() {
+        tell!("{w}");
+    }
     let fetched = bootstrap::fetch(&source, &cli.state_dir)?;
     let dest = &cli.config;
     let line = match bootstrap::install(&fetched, &source, dest, opts.force)? {

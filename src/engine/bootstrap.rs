@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::{self, Config, Credentials, Upstream};
+use crate::config::{self, Config, Credentials, Transport, Upstream};
 use crate::git::mirror::Mirror;
 use crate::store::commit::CommitId;
 use crate::util::{write_atomic, Visibility};
@@ -30,6 +30,26 @@ pub struct Source {
     pub branch: String,
     /// The config file's path in the repository.
     pub path: String,
+    /// With either key file the config is used only from a commit signed
+    /// by one of their keys.
+    pub allowed_signers: Option<PathBuf>,
+    pub openpgp_keys: Option<PathBuf>,
+}
+
+impl Source {
+    /// A warning when nothing vouches for the config: over `git://`
+    /// anyone on the path can change it in flight, and it installs what
+    /// every service of the machine does.
+    pub fn unauthenticated(&self) -> Option<String> {
+        let verified = self.allowed_signers.is_some() || self.openpgp_keys.is_some();
+        (self.upstream.transport == Transport::Git && !verified).then(|| {
+            format!(
+                "warning: {} is git://, unauthenticated and unencrypted: anyone on the path can \
+                 change the config; sign its commits and pass --allowed-signers or --openpgp-keys",
+                self.upstream.url
+            )
+        })
+    }
 }
 
 /// The config as fetched.
@@ -42,8 +62,13 @@ pub struct Fetched {
 }
 
 /// Fetches `source` (a shallow fetch of the branch into a mirror under
-/// `state_dir`) and reads the config file from its head.
+/// `state_dir`) and reads the config file from its head, once its
+/// signature is checked when `source` names keys.
 pub fn fetch(source: &Source, state_dir: &Path) -> Result<Fetched> {
+    let trusted = super::trust::load(
+        source.allowed_signers.as_deref(),
+        source.openpgp_keys.as_deref(),
+    )?;
     crate::util::private_dir(state_dir)?;
     let mut mirror = Mirror::new(state_dir, &source.upstream, &source.branch);
     mirror.max_fetch_bytes = MAX_FETCH_BYTES;
@@ -51,6 +76,18 @@ pub fn fetch(source: &Source, state_dir: &Path) -> Result<Fetched> {
     let creds = Credentials::default().with_env_defaults();
     let fetched = mirror.fetch(1, &creds, FETCH_TIMEOUT)?;
     let repo = mirror.open()?;
+    if let Some(trusted) = &trusted {
+        let verdict = crate::git::signature::verify(&repo, fetched.head, trusted);
+        if !verdict.verified {
+            bail!(
+                "the config's commit {} on branch {} of {} is refused: {}; nothing used",
+                CommitId::from(fetched.head).short(),
+                source.branch,
+                source.upstream.url,
+                verdict.describe()
+            );
+        }
+    }
     let tree = repo
         .find_commit(fetched.head)
         .and_then(|c| c.tree())

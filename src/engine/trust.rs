@@ -102,14 +102,23 @@ pub fn require_descent(
 /// The keys `svc` trusts, read now (a bad file fails the caller naming its
 /// line); `None` when it checks no signatures.
 pub fn trusted(svc: &Service) -> Result<Option<signature::Trusted>> {
-    if !svc.checks_signatures() {
+    load(svc.allowed_signers.as_deref(), svc.openpgp_keys.as_deref())
+}
+
+/// The keys of an allowed signers file and an OpenPGP key file; `None`
+/// when neither is given (signatures are not checked).
+pub fn load(
+    allowed: Option<&std::path::Path>,
+    openpgp: Option<&std::path::Path>,
+) -> Result<Option<signature::Trusted>> {
+    if allowed.is_none() && openpgp.is_none() {
         return Ok(None);
     }
     let mut t = signature::Trusted::default();
-    if let Some(p) = &svc.allowed_signers {
+    if let Some(p) = allowed {
         t.ssh = allowed_signers::load(p)?;
     }
-    if let Some(p) = &svc.openpgp_keys {
+    if let Some(p) = openpgp {
         t.openpgp = openpgp_keys::load(p)?;
     }
     Ok(Some(t))

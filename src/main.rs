@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            cli::print_error(&e);
             if e.is::<UsageError>() {
                 ExitCode::from(cli::EXIT_USAGE)
             } else {

@@ -218,6 +218,21 @@ enum Behaviour {
     /// 400 ms, for ever: each read gets a byte well within any socket
     /// timeout.
     DribbleTls,
+    /// Answers a git:// request with an `ERR` line full of terminal
+    /// escape sequences.
+    SayErr,
+}
+
+/// The `ERR` a hostile git:// server answers with.
+const ESCAPING_ERR: &str = "ERR \u{1b}]0;owned\u{7}\u{1b}[2Jgo away\r\rforged";
+
+/// Reads the request, answers [`ESCAPING_ERR`] and hangs up.
+fn say_err(mut c: TcpStream) {
+    use std::io::{Read as _, Write as _};
+    let mut request = [0u8; 512];
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = c.read(&mut request);
+    let _ = c.write_all(format!("{:04x}{ESCAPING_ERR}\n", ESCAPING_ERR.len() + 5).as_bytes());
 }
 
 /// Sends a TLS record header announcing 16 KiB, then a byte at a time.
@@ -250,6 +265,7 @@ impl FakeServer {
                 match (conn, behaviour) {
                     (Ok(c), Behaviour::NeverAnswer) => held.push(c),
                     (Ok(c), Behaviour::CloseAtOnce) => drop(c),
+                    (Ok(c), Behaviour::SayErr) => say_err(c),
                     (Ok(c), Behaviour::DribbleTls) => {
                         let stop = stopping.clone();
                         thread::spawn(move || dribble(c, stop));
@@ -1347,4 +1363,22 @@ fn a_missing_package_manager_or_unknown_package_fails_before_anything_is_deploye
         machine_sample(&m, "ghost", "provision_last_pass_success", ""),
         Some(1.0)
     );
+}
+
+/// A server's `ERR` line full of escape sequences is shown escaped, in
+/// the pass's error and in `status`, never as raw bytes on the terminal.
+#[test]
+fn a_servers_err_line_never_reaches_the_terminal_raw() {
+    let port = common::free_port();
+    let _hostile = FakeServer::on_port(port, Behaviour::SayErr);
+    let h = Host::new();
+    h.write_config(&app_config(&format!("git://127.0.0.1:{port}/r.git"), ""));
+    let out = h.run(&["sync"]);
+    let mut seen = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{seen}");
+    seen.push_str(&common::output_text(&h.run(&["status", "app"])));
+    assert!(seen.contains("\\u{1b}[2Jgo away"), "{seen}");
+    for raw in ['\u{1b}', '\u{7}', '\r'] {
+        assert!(!seen.contains(raw), "{raw:?} shown raw: {seen:?}");
+    }
 }

@@ -521,6 +521,45 @@ fn a_terminal_sees_progress_and_a_pipe_does_not() {
     assert!(text.contains("web: 0/3 at"), "{text}");
 }
 
+/// A machine that answers with terminal escape sequences (its own
+/// provision compromised, or a shell profile printing them) is shown
+/// escaped in `fleet history` and `fleet diff`, answer and failure alike.
+#[test]
+fn escape_sequences_from_a_machine_never_reach_the_operators_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("config.toml");
+    fs::write(
+        &cfg,
+        "[[services]]\nmachine = [\"a\", \"b\"]\nservice = \"web\"\nupstream = \"git://127.0.0.1:9/x\"\n\
+         dirs = [ { local = \"/srv/web\", link = \"web\" } ]\n",
+    )
+    .expect("config");
+    let ssh = stand_in(dir.path());
+    let hostile = dir.path().join("hostile");
+    script(
+        &hostile,
+        "#!/bin/sh\nprintf 'x \\033]0;owned\\007\\033[2J\\rforged\\n'\n\
+         printf 'err \\033[31mred\\n' >&2\n[ \"$1\" = history ]\n",
+    );
+    for verb in ["history", "diff"] {
+        let out = Command::new(BIN)
+            .arg("-c")
+            .arg(&cfg)
+            .args(["fleet", "--ssh-command"])
+            .arg(&ssh)
+            .arg("--remote-command")
+            .arg(&hostile)
+            .args([verb, "web"])
+            .output()
+            .expect("fleet");
+        let seen = common::output_text(&out);
+        assert!(seen.contains("x \\u{1b}]0;owned\\u{7}"), "{verb}: {seen}");
+        for raw in ['\u{1b}', '\u{7}', '\r'] {
+            assert!(!seen.contains(raw), "{verb}: {raw:?} shown raw: {seen:?}");
+        }
+    }
+}
+
 const ROLL: [&str; 3] = ["roll1", "roll2", "roll3"];
 
 fn rollout_config(up: &Upstream, staging: &str) -> String {

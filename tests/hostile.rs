@@ -1701,3 +1701,47 @@ fn commands_that_change_the_machine_need_root() {
     assert_eq!(v["services"][0]["drift"]["count"], 0, "{v}");
     assert_eq!(describe_tree(&h.state()), state_before);
 }
+
+/// Escape sequences in a commit's subject and author reach the operator's
+/// terminal escaped: `history`, `status` and a pass's own lines show
+/// `\u{1b}` where the commit has ESC, never the byte.
+#[test]
+fn control_characters_in_a_commit_never_reach_the_terminal_raw() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("app");
+    seed(&up);
+    let repo = Repository::open(up.bare()).expect("the bare repository");
+    let head = repo
+        .find_reference("refs/heads/main")
+        .and_then(|r| r.peel_to_commit())
+        .expect("main");
+    let tree = head.tree().expect("tree");
+    let evil = git2::Signature::new(
+        "Mallory \u{1b}]0;owned\u{7}\u{1b}[2J",
+        "m@example.net",
+        &git2::Time::new(1_900_000_000, 0),
+    )
+    .expect("signature");
+    let subject = "fix \u{1b}[31mred\u{1b}[0m \u{9b}2J\r\rforged line";
+    repo.commit(
+        Some("refs/heads/main"),
+        &evil,
+        &evil,
+        subject,
+        &tree,
+        &[&head],
+    )
+    .expect("the commit");
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), ""));
+    let mut seen = h.sync(0);
+    for args in [&["history", "app"][..], &["status"], &["status", "app"]] {
+        seen.push_str(&text(&h.run(args)));
+    }
+    assert!(seen.contains("\\u{1b}[31mred"), "{seen}");
+    assert!(seen.contains("Mallory \\u{1b}]0;"), "{seen}");
+    for raw in ['\u{1b}', '\u{7}', '\u{9b}', '\r'] {
+        assert!(!seen.contains(raw), "{raw:?} shown raw: {seen:?}");
+    }
+}

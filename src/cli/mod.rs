@@ -62,6 +62,12 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// Shows the error a command ended with on stderr, control characters
+/// escaped (it may carry a server's words or a commit's subject).
+pub fn print_error(e: &anyhow::Error) {
+    tell!("error: {e:#}");
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     journal::init();

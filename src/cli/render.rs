@@ -19,7 +19,10 @@ use crate::view::history::HistoryEntry;
 use crate::view::status::{CommitAt, Document, ServiceStatus, Shows};
 
 /// A writer that stops writing, without an error, once its reader closed
-/// the pipe.
+/// the pipe, and shows control characters escaped: what it writes comes
+/// from commits, servers and remote machines too, and an escape sequence
+/// in a subject or an `ERR` line must not drive the operator's terminal.
+/// provision itself writes none (JSON escapes them too).
 pub struct Quiet<W: Write> {
     inner: W,
     closed: bool,
@@ -30,12 +33,15 @@ impl<W: Write> Write for Quiet<W> {
         if self.closed {
             return Ok(buf.len());
         }
-        match self.inner.write(buf) {
+        // fmt writes whole `str` pieces, so a character is never split
+        // between two calls.
+        match self.inner.write_all(&crate::util::escape_bytes(buf)) {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                 self.closed = true;
                 Ok(buf.len())
             }
-            r => r,
+            Err(e) => Err(e),
+            Ok(()) => Ok(buf.len()),
         }
     }
 

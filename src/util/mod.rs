@@ -251,6 +251,47 @@ pub fn escape_line(s: &str) -> String {
         .collect()
 }
 
+/// Text from outside shown over several lines (an error with a server's
+/// message, a command's output, a remote machine's answer): as
+/// [`escape_line`], but line breaks and tabs are kept.
+pub fn escape_text(s: &str) -> std::borrow::Cow<'_, str> {
+    let shown = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !s.chars().any(shown) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    s.chars()
+        .map(|c| {
+            if shown(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// [`escape_text`] for bytes that may not be UTF-8: control bytes are
+/// shown escaped (`\x1b`), everything else passes as it is.
+pub fn escape_bytes(b: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if let Ok(s) = std::str::from_utf8(b) {
+        return match escape_text(s) {
+            std::borrow::Cow::Borrowed(_) => std::borrow::Cow::Borrowed(b),
+            std::borrow::Cow::Owned(o) => std::borrow::Cow::Owned(o.into_bytes()),
+        };
+    }
+    let shown = |c: u8| (c < 0x20 && c != b'\n' && c != b'\t') || c == 0x7f;
+    let mut out = Vec::with_capacity(b.len());
+    for &c in b {
+        if shown(c) {
+            out.extend_from_slice(format!("\\x{c:02x}").as_bytes());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A compact age: `42s`, `5m`, `3h`, `2d`.
 pub fn age(now: u64, then: u64) -> String {
     let s = now.saturating_sub(then);
@@ -287,6 +328,14 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn control_characters_are_shown_escaped_but_lines_and_tabs_kept() {
+        assert_eq!(escape_text("a\tb\nc"), "a\tb\nc");
+        assert_eq!(escape_text("\u{1b}[2J\r\u{9b}"), "\\u{1b}[2J\\r\\u{9b}");
+        assert_eq!(&*escape_bytes(b"ok\n"), b"ok\n");
+        assert_eq!(&*escape_bytes(b"\xff\x1b[\n"), b"\xff\\x1b[\n");
     }
 
     #[test]

@@ -156,6 +156,47 @@ fn rollback_by_hash_and_tag_and_offline_within_kept_releases() {
     assert_eq!(conf(&h), "port = 3\n");
 }
 
+/// A tag is the server's name: `rollback TAG` deploys what the server
+/// names now, refuses a tag it deleted, and without the server says what
+/// the tag named last instead of deploying a cached answer.
+#[test]
+fn rollback_to_a_tag_follows_the_server_and_never_a_stale_copy() {
+    need_git!();
+    let mut d = GitDaemon::start();
+    let up = d.repo("r");
+    let commits = history_of(&up, 3);
+    up.tag("v1", &commits[0]);
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), "depth = 3"));
+    h.sync(0);
+    expect(&h, &["rollback", "app", "v1"], 0);
+    assert_eq!(conf(&h), "port = 1\n");
+
+    // The server moves the tag: the rollback goes where it points now.
+    up.tag("v1", &commits[1]);
+    expect(&h, &["rollback", "app", "v1"], 0);
+    assert_eq!(conf(&h), "port = 2\n");
+
+    // The server deletes it: refused, nothing changes.
+    common::run(common::git_cmd(up.bare()).args(["update-ref", "-d", "refs/tags/v1"]));
+    let out = expect(&h, &["rollback", "app", "v1"], 1);
+    assert!(out.contains("tag \"v1\" does not exist"), "{out}");
+    assert_eq!(conf(&h), "port = 2\n");
+
+    // Without the server, the last answer is named, not deployed.
+    up.tag("v1", &commits[0]);
+    expect(&h, &["rollback", "app", "HEAD"], 0);
+    expect(&h, &["rollback", "app", "v1"], 0);
+    expect(&h, &["rollback", "app", &commits[2]], 0);
+    d.stop();
+    let out = expect(&h, &["rollback", "app", "v1"], 1);
+    assert!(
+        out.contains(&format!("it named {} when last fetched", &commits[0][..10])),
+        "{out}"
+    );
+    assert_eq!(conf(&h), "port = 3\n");
+}
+
 #[test]
 fn rollback_beyond_the_local_depth_fetches_while_the_server_is_up_and_fails_cleanly_when_down() {
     need_git!();

@@ -80,8 +80,13 @@ pub struct Lookup<'a> {
 
 impl Lookup<'_> {
     /// The commit `rev` names. Uses the network only when neither the kept
-    /// releases nor the mirror have it.
+    /// releases nor the mirror have it, and for a tag always: a tag is the
+    /// server's name, which it may move or delete, so only the server's
+    /// answer now says what it names.
     pub fn resolve(&self, rev: &Rev) -> Result<Oid> {
+        if let Rev::Tag(t) = rev {
+            return self.tag(t);
+        }
         if let Some(oid) = self.local(rev)? {
             return Ok(oid);
         }
@@ -113,12 +118,30 @@ impl Lookup<'_> {
         }
     }
 
+    /// The commit the server names `tag` now. When it cannot be asked, the
+    /// error says what the tag named at the last fetch, which the operator
+    /// can roll back to by hash offline.
+    fn tag(&self, tag: &str) -> Result<Oid> {
+        let cached = self.local(&Rev::Tag(tag.to_string()))?;
+        let asked = self
+            .mirror
+            .fetch_tag(tag, &self.svc.credentials, self.svc.timeout);
+        match (asked, cached) {
+            (Ok(Some(oid)), _) => Ok(oid),
+            (Ok(None), _) => bail!("tag {tag:?} does not exist on {}", self.svc.upstream.url),
+            (Err(e), Some(was)) => Err(e.context(format!(
+                "tag {tag:?} must be read from {} and could not be; it named {} when last \
+                     fetched: roll back to that commit to use it without the server",
+                self.svc.upstream.url,
+                CommitId::from(was).short()
+            ))),
+            (Err(e), None) => Err(e),
+        }
+    }
+
     /// Fetches more history (or the tag) until `rev` is found.
     fn remote(&self, rev: &Rev) -> Result<Oid> {
         let (creds, timeout) = (&self.svc.credentials, self.svc.timeout);
-        if let Rev::Tag(t) = rev {
-            return self.mirror.fetch_tag(t, creds, timeout);
-        }
         for depth in DEEPEN_STEPS {
             self.mirror.deepen(depth, creds, timeout)?;
             let repo = self.mirror.open()?;

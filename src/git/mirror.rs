@@ -181,12 +181,23 @@ impl Mirror {
     }
 
     /// Fetches tag `tag` (tags are otherwise never fetched) and returns the
-    /// commit it points to.
-    pub fn fetch_tag(&self, tag: &str, creds: &Credentials, timeout: Duration) -> Result<Oid> {
+    /// commit the server names with it now; `None` when the server has no
+    /// such tag. The copy an earlier fetch left is dropped first: a tag
+    /// the server moved or deleted must not resolve to what it once named.
+    pub fn fetch_tag(
+        &self,
+        tag: &str,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<Option<Oid>> {
         let _lock = self.lock()?;
         let repo = open_or_init(&self.path)?;
         let creds = network_setup(creds, timeout)?;
         let refname = format!("refs/tags/{tag}");
+        if let Ok(mut old) = repo.find_reference(&refname) {
+            old.delete()
+                .with_context(|| format!("dropping the old copy of tag {tag:?}"))?;
+        }
         let depth = u32::from(self.upstream.supports_shallow());
         match self.ask_v2(&self.path, &refname, &creds, timeout)? {
             Some((mut session, Some(id))) => {
@@ -207,18 +218,15 @@ impl Mirror {
             Some((_, None)) => {}
             None => self.download_ref(&repo, &refname, depth, &creds, timeout)?,
         }
-        let reference = repo.find_reference(&refname).map_err(|_| {
-            anyhow::Error::new(ServerError(format!(
-                "tag {tag:?} does not exist on {}",
-                self.upstream.url
-            )))
-        })?;
+        let Ok(reference) = repo.find_reference(&refname) else {
+            return Ok(None);
+        };
         let commit = reference
             .peel_to_commit()
             .with_context(|| format!("reading the commit of tag {tag:?}"))?
             .id();
         self.fetch_files(&repo, commit, &creds, timeout)?;
-        Ok(commit)
+        Ok(Some(commit))
     }
 
     /// Makes sure the mirror holds the files its services mount from

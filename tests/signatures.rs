@@ -683,3 +683,57 @@ fn a_config_from_git_is_used_only_when_its_commit_is_signed_by_an_allowed_key() 
     let installed = fs::read_to_string(&dest).unwrap_or_else(|e| panic!("{e}: {said}"));
     assert_eq!(installed, config("m1"));
 }
+
+/// A signature is the `gpgsig` header and nothing else: a commit that
+/// carries a copy of another commit's signature in its message (whose
+/// payload, with those lines taken out, is the signed one) is unsigned,
+/// as `git verify-commit` says, so one signature vouches for one commit.
+#[test]
+fn a_signature_copied_into_a_commit_message_signs_nothing() {
+    if !common::require_tool("git-daemon") || !common::require_tool("ssh-keygen") {
+        return;
+    }
+    let keys = tempfile::tempdir().expect("tempdir");
+    let alice = keys.path().join("alice");
+    common::ssh_keygen(&alice);
+    let signers = keys.path().join("allowed_signers");
+    let public = common::public_key(&keys.path().join("alice.pub"));
+    fs::write(&signers, format!("alice@example.net {public}\n")).expect("allowed_signers");
+    let d = GitDaemon::start();
+    let up = d.repo("app");
+    let h = Host::new();
+    h.write_config(&app_config(
+        &up.url(),
+        &format!("allowed_signers = \"{}\"", signers.display()),
+    ));
+    up.commit("main", &[("app/default", Some("OPTS=-v\n"))], "base");
+    let good = commit_as(&up, &alice, "port = 1\n", "one");
+
+    // The signed commit without its header, the header moved to the end
+    // of the message: what libgit2 calls the payload is unchanged.
+    let text = raw(&up, &good);
+    let (head, message) = text.split_once("\n\n").expect("headers and message");
+    let mut kept = Vec::new();
+    let mut block = String::new();
+    for line in head.lines() {
+        if line.starts_with("gpgsig ") || (line.starts_with(' ') && !block.is_empty()) {
+            block.push_str(line);
+            block.push('\n');
+        } else {
+            kept.push(line);
+        }
+    }
+    assert!(block.contains("BEGIN SSH SIGNATURE"), "{text}");
+    let forged = write_commit(&up, &format!("{}\n\n{message}{block}", kept.join("\n")));
+    assert_ne!(forged, good);
+    let out = h.run(&["verify", "app", &forged]);
+    let said = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("unsigned"), "{said}");
+    let said = h.sync(1);
+    assert!(said.contains("at signature: unsigned"), "{said}");
+    assert_eq!(deployed(&h), "", "nothing deployed");
+    serve_main_at(&up, &good);
+    h.sync(0);
+    assert_eq!(deployed(&h), good);
+}

@@ -84,22 +84,83 @@ impl Verdict {
     }
 }
 
+/// A signed commit's signature and the bytes it signs (its payload).
+type Signed = (Vec<u8>, Vec<u8>);
+
+/// The header that carries a commit's signature (in a SHA-1 repository).
+const SIGNATURE_HEADER: &[u8] = b"gpgsig";
+
+/// Splits a raw commit object into its signature and the bytes it signs,
+/// as git does: the one `gpgsig` header of the header block (its value and
+/// continuation lines, each without its leading space) is the signature,
+/// and the object without that header is the payload. A `gpgsig` line in
+/// the message is message, not a signature (libgit2's extraction takes
+/// one from anywhere in the object, so one signature could vouch for many
+/// commits). `Ok(None)`: unsigned.
+fn split_signed(raw: &[u8]) -> Result<Option<Signed>, String> {
+    let mut payload = Vec::with_capacity(raw.len());
+    let mut signature: Option<Vec<u8>> = None;
+    let mut in_signature = false;
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
+        let (line, after) = rest.split_at(end);
+        if line == b"\n" {
+            // The end of the headers: the message follows, as it is.
+            payload.extend_from_slice(rest);
+            break;
+        }
+        if in_signature && line.first() == Some(&b' ') {
+            if let Some(sig) = signature.as_mut() {
+                sig.extend_from_slice(&line[1..]);
+            }
+        } else if line
+            .strip_prefix(SIGNATURE_HEADER)
+            .is_some_and(|v| v.first() == Some(&b' '))
+        {
+            if signature.is_some() {
+                return Err("more than one gpgsig header".to_string());
+            }
+            signature = Some(line[SIGNATURE_HEADER.len() + 1..].to_vec());
+            in_signature = true;
+        } else {
+            in_signature = false;
+            payload.extend_from_slice(line);
+        }
+        rest = after;
+    }
+    Ok(signature.map(|s| (s, payload)))
+}
+
 /// Checks `commit` of `repo` against the `trusted` keys.
 pub fn verify(repo: &Repository, commit: Oid, trusted: &Trusted) -> Verdict {
-    let (signature, payload) = match repo.extract_signature(&commit, None) {
-        Ok((s, p)) => (s, p),
-        Err(e) if e.code() == git2::ErrorCode::NotFound => {
+    let cannot = |why: String| {
+        Verdict::refused(
+            commit,
+            "unknown",
+            None,
+            None,
+            format!("cannot read the signature: {why}"),
+        )
+    };
+    let odb = match repo.odb() {
+        Ok(odb) => odb,
+        Err(e) => return cannot(e.message().to_string()),
+    };
+    let raw = match odb.read(commit) {
+        Ok(o) if o.kind() == git2::ObjectType::Commit => o.data().to_vec(),
+        Ok(_) => return cannot("not a commit".to_string()),
+        Err(e) => return cannot(e.message().to_string()),
+    };
+    let (signature, payload) = match split_signed(&raw) {
+        Ok(Some(split)) => split,
+        Ok(None) => {
             return Verdict::refused(commit, "unsigned", None, None, "unsigned".to_string())
         }
-        Err(e) => {
-            return Verdict::refused(
-                commit,
-                "unknown",
-                None,
-                None,
-                format!("cannot read the signature: {}", e.message()),
-            )
-        }
+        Err(why) => return cannot(why),
     };
     let text = String::from_utf8_lossy(&signature).into_owned();
     if text.contains("-----BEGIN SSH SIGNATURE-----") {
@@ -299,4 +360,33 @@ fn ssh(commit: Oid, armored: &str, payload: &[u8], when: i64, signers: &[Signer]
 /// Upper-case hex, as gpg shows key ids.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_signed;
+
+    const HEAD: &str = "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A <a@x> 1 +0000\ncommitter A <a@x> 1 +0000\n";
+
+    #[test]
+    fn the_signature_is_the_gpgsig_header_with_its_continuation_lines() {
+        let raw = format!("{HEAD}gpgsig -----BEGIN X-----\n abc\n \n -----END X-----\n\nsubject\n");
+        let (sig, payload) = split_signed(raw.as_bytes())
+            .expect("parses")
+            .expect("signed");
+        assert_eq!(sig, b"-----BEGIN X-----\nabc\n\n-----END X-----\n");
+        assert_eq!(payload, format!("{HEAD}\nsubject\n").as_bytes());
+    }
+
+    #[test]
+    fn a_gpgsig_line_in_the_message_is_message() {
+        let raw = format!("{HEAD}\nsubject\ngpgsig -----BEGIN X-----\n abc\n");
+        assert_eq!(split_signed(raw.as_bytes()), Ok(None));
+    }
+
+    #[test]
+    fn two_signature_headers_are_refused() {
+        let raw = format!("{HEAD}gpgsig a\ngpgsig b\n\nsubject\n");
+        assert!(split_signed(raw.as_bytes()).is_err());
+    }
 }

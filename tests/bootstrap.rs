@@ -78,7 +78,12 @@ fn bootstrap_converges_a_fresh_machine_and_follows_config_changes() {
         out.contains("installed /etc/provision/config.toml"),
         "{out}"
     );
-    assert!(!out.contains("warning"), "{out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "only the git:// warning: {out}");
+    assert!(
+        warnings[0].contains("unauthenticated") && warnings[0].contains("--allowed-signers"),
+        "{out}"
+    );
     assert_eq!(m.read("/etc/web/web.conf").as_deref(), Some("web one\n"));
     assert!(
         !m.sh("findmnt -n /etc/provision/config.toml")

@@ -1445,3 +1445,206 @@ fn the_fleet_page_survives_huge_slow_and_idle_requests() {
     drop(idle);
     alive("the slow body", &mut server);
 }
+
+/// A node_exporter serving the textfiles of `dir` on a port of its own.
+fn node_exporter(dir: &Path) -> (std::process::Child, u16) {
+    let port = common::free_port();
+    let child = Command::new("prometheus-node-exporter")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .args(["--collector.disable-defaults", "--collector.textfile"])
+        .arg(format!("--collector.textfile.directory={}", dir.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node_exporter");
+    (child, port)
+}
+
+/// Kills its processes when the test ends, however it ends.
+struct Reaped(Vec<std::process::Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The gate asks a Prometheus behind TLS and basic authentication (its
+/// own `web.config.file`), and counts only the fleet's machines: a
+/// rejection published by another scraped target does not halt the
+/// rollout. `fleet status --prometheus` reaches the same Prometheus.
+#[test]
+fn the_gate_counts_only_the_fleets_machines_and_reaches_a_guarded_prometheus() {
+    for tool in [
+        "git-daemon",
+        "prometheus",
+        "prometheus-node-exporter",
+        "openssl",
+    ] {
+        if !common::require_tool(tool) {
+            return;
+        }
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("app");
+    let first = common::host::seed(&up);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |n: &str| dir.path().join(n);
+    let mut reaped = Reaped(Vec::new());
+
+    // Prometheus with TLS and a user, as its web.config.file gives them.
+    common::smart_http::certificate(dir.path());
+    let hash = bcrypt::hash("s3cret-pass", 4).expect("bcrypt");
+    fs::write(
+        path("web.yml"),
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  gatekeeper: '{hash}'\n",
+            path("cert.pem").display(),
+            path("key.pem").display()
+        ),
+    )
+    .expect("web.yml");
+    fs::write(path("password"), "s3cret-pass\n").expect("password");
+
+    let canary = common::host::Host::new();
+    let follower = common::host::Host::new();
+    let config = format!(
+        "[global]\ncanary = [\"canary1\"]\ngate = \"https://127.0.0.1:{{PORT}}\"\nsoak = \"1s\"\n\
+         gate_user = \"gatekeeper\"\ngate_token_file = \"{}\"\ngate_ca_file = \"{}\"\n",
+        path("password").display(),
+        path("cert.pem").display()
+    );
+    let prom_port = common::free_port();
+    let config = config.replace("{PORT}", &prom_port.to_string());
+    let app = common::host::app_config(&up.url(), "");
+    let app = app.replace(
+        "machine = \"test-host\"",
+        "machine = [\"canary1\", \"test-host\"]",
+    );
+    canary.write_config(&format!("{config}{app}"));
+    follower.write_config(&format!("{config}{app}"));
+
+    // The canary is a real provision under the name canary1.
+    let canary_sync = || {
+        let pass = canary.command(&["sync"]);
+        let args: Vec<_> = pass
+            .get_args()
+            .map(|a| {
+                if a == "test-host" {
+                    "canary1".into()
+                } else {
+                    a.to_owned()
+                }
+            })
+            .collect();
+        let out = Command::new(pass.get_program())
+            .args(&args)
+            .output()
+            .expect("the canary's pass");
+        assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    };
+    // Both start on the first commit (a first deployment has no gate);
+    // the second is the canary's alone until the gate opens.
+    canary_sync();
+    follower.sync(0);
+    let second = up.commit("main", &[("app/etc/app.conf", Some("port = 2\n"))], "two");
+    canary_sync();
+
+    // Another target Prometheus scrapes says the commit was rejected.
+    let intruder = path("intruder");
+    fs::create_dir_all(&intruder).expect("mkdir");
+    fs::write(
+        intruder.join("forged.prom"),
+        format!(
+            "provision_rejected_commit_info{{service=\"app\",commit=\"{second}\",stage=\"health\"}} 1\n"
+        ),
+    )
+    .expect("forged series");
+    let (c, canary_port) = node_exporter(&canary.metrics_dir());
+    reaped.0.push(c);
+    let (c, intruder_port) = node_exporter(&intruder);
+    reaped.0.push(c);
+    fs::write(
+        path("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: node\n    static_configs:\n\
+             \x20     - targets: ['127.0.0.1:{canary_port}']\n        labels: {{instance: canary1}}\n\
+             \x20     - targets: ['127.0.0.1:{intruder_port}']\n        labels: {{instance: intruder}}\n"
+        ),
+    )
+    .expect("prometheus.yml");
+    reaped.0.push(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                path("prometheus.yml").display()
+            ))
+            .arg(format!("--web.config.file={}", path("web.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", path("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus"),
+    );
+
+    // The follower waits for the gate, which opens once Prometheus has
+    // the canary's series: the intruder's rejection does not count.
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut said = String::new();
+    let mut waited = false;
+    while Instant::now() < until {
+        let pass = common::output_text(&follower.run(&["sync"]));
+        waited |= pass.contains("gate closed");
+        said.push_str(&pass);
+        if follower.status_json()["deployed"]["commit"] == second.as_str() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(
+        follower.status_json()["deployed"]["commit"],
+        second.as_str(),
+        "{said}"
+    );
+    assert!(waited, "the gate was closed at first: {said}");
+    assert!(said.contains("1 of 1 canaries served it"), "{said}");
+    assert!(!said.contains("s3cret"), "{said}");
+    let _ = &first;
+
+    // The fleet's view through the same Prometheus, and without the
+    // password a clear refusal that shows no secret.
+    let fleet = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("-c")
+            .arg(follower.config_path())
+            .args(["fleet", "status", "--prometheus"])
+            .arg(format!("https://127.0.0.1:{prom_port}"))
+            .arg("--prometheus-ca-file")
+            .arg(path("cert.pem"))
+            .args(extra)
+            .output()
+            .expect("fleet status");
+        (out.status.code(), common::output_text(&out))
+    };
+    let token = path("password").display().to_string();
+    let (code, seen) = fleet(&[
+        "--prometheus-user",
+        "gatekeeper",
+        "--prometheus-token-file",
+        &token,
+    ]);
+    let row = seen
+        .lines()
+        .find(|l| l.starts_with("canary1"))
+        .unwrap_or("");
+    assert!(row.contains(&second[..10]), "{seen}");
+    assert!(!seen.contains("401"), "{seen}");
+    let _ = code;
+    let (code, seen) = fleet(&[]);
+    assert_ne!(code, Some(0), "{seen}");
+    assert!(seen.contains("401"), "{seen}");
+}

@@ -1501,7 +1501,7 @@ fn well_formed_revisions_that_do_not_exist_fail_and_change_nothing() {
     // Short enough to be a tag rather than a hash, and one hex digit too
     // long for a hash (so also a tag name): well-formed, but absent.
     let cases: [(&str, &str); 6] = [
-        ("abc", "tag abc"),
+        ("abc", "tag \"abc\""),
         (
             "0123456789abcdef0123456789abcdef012345678",
             "0123456789abcdef0123456789abcdef012345678",
@@ -1512,7 +1512,7 @@ fn well_formed_revisions_that_do_not_exist_fail_and_change_nothing() {
             "commit 0000000000000000000000000000000000000001",
         ),
         ("HEAD~5", "HEAD~5"),
-        ("v9.9.9", "tag v9.9.9"),
+        ("v9.9.9", "tag \"v9.9.9\""),
     ];
     for (rev, named) in cases {
         let out = h.run(&["rollback", "app", rev]);

@@ -371,6 +371,22 @@ pub struct FleetOpts {
     /// these OpenPGP public keys (ASCII-armored).
     #[arg(long, global = true, value_name = "FILE")]
     pub openpgp_keys: Option<PathBuf>,
+    /// With --prometheus: a file holding a bearer token (or, with
+    /// --prometheus-user, the basic authentication password).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub prometheus_token_file: Option<PathBuf>,
+    /// With --prometheus: the basic authentication user.
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        requires = "prometheus_token_file"
+    )]
+    pub prometheus_user: Option<String>,
+    /// With --prometheus: CA certificates (PEM) an https:// Prometheus is
+    /// verified against instead of this machine's.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub prometheus_ca_file: Option<PathBuf>,
     /// ssh configuration file (`ssh -F FILE`).
     #[arg(long, global = true, value_name = "FILE")]
     pub ssh_config: Option<PathBuf>,
@@ -414,7 +430,7 @@ pub enum FleetVerb {
         #[arg(long)]
         json: bool,
         /// Read the machines' provision_* series from this Prometheus
-        /// (http://HOST:PORT) instead of reaching them over SSH.
+        /// (http[s]://HOST:PORT) instead of reaching them over SSH.
         #[arg(long, value_name = "URL")]
         prometheus: Option<String>,
     },
@@ -484,8 +500,8 @@ pub enum FleetVerb {
         /// How old the shown status may get before it is collected again.
         #[arg(long, value_name = "SPAN", default_value = "30s")]
         refresh: String,
-        /// Read the status from this Prometheus (http://HOST:PORT) instead
-        /// of over SSH; actions still go over SSH.
+        /// Read the status from this Prometheus (http[s]://HOST:PORT)
+        /// instead of over SSH; actions still go over SSH.
         #[arg(long, value_name = "URL")]
         prometheus: Option<String>,
     },

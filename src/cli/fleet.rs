@@ -50,8 +50,12 @@ pub fn run(cli: &Cli, args: &FleetArgs) -> Result<ExitCode> {
         } => {
             let answers = match prometheus {
                 Some(url) => {
-                    let api = crate::host::prometheus::Api::parse(url, transport.timeout)
-                        .map_err(|e| UsageError(format!("{e:#}")))?;
+                    let api = crate::host::prometheus::Api::parse(
+                        url,
+                        &prometheus_access(opts),
+                        transport.timeout,
+                    )
+                    .map_err(|e| UsageError(format!("{e:#}")))?;
                     crate::fleet::prometheus::answers(&api, &all)?
                 }
                 None => status::ask(&all, &transport, opts.jobs, names, progress(all.len())),
@@ -70,6 +74,7 @@ pub fn run(cli: &Cli, args: &FleetArgs) -> Result<ExitCode> {
                 auth_file.as_deref(),
                 refresh,
                 prometheus,
+                &prometheus_access(opts),
                 &transport,
             )?;
             options.host_names = host_name.clone();
@@ -92,6 +97,7 @@ fn serve_options(
     auth_file: Option<&std::path::Path>,
     refresh: &str,
     prometheus: &Option<String>,
+    access: &config::PrometheusAccess,
     transport: &Transport,
 ) -> Result<crate::fleet::web::Options> {
     let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
@@ -115,7 +121,7 @@ fn serve_options(
         .max(std::time::Duration::from_secs(1));
     let prometheus = prometheus
         .as_deref()
-        .map(|url| crate::host::prometheus::Api::parse(url, transport.timeout))
+        .map(|url| crate::host::prometheus::Api::parse(url, access, transport.timeout))
         .transpose()
         .map_err(|e| UsageError(format!("--prometheus: {e:#}")))?;
     Ok(crate::fleet::web::Options {
@@ -125,6 +131,15 @@ fn serve_options(
         refresh,
         prometheus,
     })
+}
+
+/// How `--prometheus` is reached: its token file, user and CA file.
+fn prometheus_access(opts: &FleetOpts) -> config::PrometheusAccess {
+    config::PrometheusAccess {
+        token_file: opts.prometheus_token_file.clone(),
+        user: opts.prometheus_user.clone(),
+        ca_file: opts.prometheus_ca_file.clone(),
+    }
 }
 
 /// Where `fleet --repo` keeps its mirror: in a directory no other user can

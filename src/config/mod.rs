@@ -145,6 +145,26 @@ pub struct Gate {
     pub soak: Duration,
     /// How many canaries must have.
     pub min: u32,
+    /// Credentials and CA for a Prometheus that asks for them.
+    pub access: PrometheusAccess,
+    /// Every machine of the config that runs this service (lower case):
+    /// only their series count, not those of whatever else Prometheus
+    /// scrapes.
+    pub machines: Vec<String>,
+}
+
+/// How provision reaches a Prometheus behind authentication or TLS (its
+/// `web.config.file`, or a proxy in front of it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrometheusAccess {
+    /// A file holding a bearer token, or with `user` the password of
+    /// basic authentication; read at each query, never shown.
+    pub token_file: Option<PathBuf>,
+    /// The user of basic authentication.
+    pub user: Option<String>,
+    /// CA certificates (PEM) an `https://` Prometheus is verified against,
+    /// instead of this machine's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How long `validate` may run when `validate_timeout` is not set.
@@ -455,6 +475,8 @@ impl Config {
         let metrics_dir = validate::metrics_dir(&loc, parsed.metrics_dir.as_ref(), &mut errors);
         validate::check_machine_conflicts(&loc, &services, &mut errors);
         validate::check_canaries(&loc, &services, &mut warnings);
+        let mut services = services;
+        validate::gate_machines(&mut services);
         warnings.sort_by_key(|d| d.line);
         if errors.is_empty() {
             Ok(Config {

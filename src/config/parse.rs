@@ -48,6 +48,9 @@ pub(super) struct RawSettings {
     pub gate: Option<Sp<String>>,
     pub soak: Option<Sp<String>>,
     pub gate_min: Option<Sp<i64>>,
+    pub gate_token_file: Option<Sp<String>>,
+    pub gate_user: Option<Sp<String>>,
+    pub gate_ca_file: Option<Sp<String>>,
     pub allowed_signers: Option<Sp<String>>,
     pub openpgp_keys: Option<Sp<String>>,
 }
@@ -143,7 +146,7 @@ impl<'a> Locator<'a> {
 }
 
 const GLOBAL: &str = "[global]";
-const SHARED_KEYS: [&str; 30] = [
+const SHARED_KEYS: [&str; 33] = [
     "upstream",
     "branch",
     "user",
@@ -172,6 +175,9 @@ const SHARED_KEYS: [&str; 30] = [
     "gate",
     "soak",
     "gate_min",
+    "gate_token_file",
+    "gate_user",
+    "gate_ca_file",
     "allowed_signers",
     "openpgp_keys",
 ];
@@ -375,6 +381,9 @@ impl Walker<'_, '_> {
                 return true;
             }
             "gate" => &mut s.gate,
+            "gate_token_file" => &mut s.gate_token_file,
+            "gate_user" => &mut s.gate_user,
+            "gate_ca_file" => &mut s.gate_ca_file,
             "allowed_signers" => &mut s.allowed_signers,
             "openpgp_keys" => &mut s.openpgp_keys,
             "rollout" => {

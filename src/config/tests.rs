@@ -668,7 +668,7 @@ fn bad_rollout_keys_are_errors_naming_the_key() {
         ("rollout = \"40d\"", "rollout", "at most 30 days"),
         ("canary = [\"web 1\"]", "canary", "not a host name"),
         ("canary = [1]", "canary", "must be a string"),
-        ("gate = \"https://p:9090\"", "gate", "http:// URL"),
+        ("gate = \"ftp://p:9090\"", "gate", "http:// or https:// URL"),
         (
             "gate = \"http://p:9090\"",
             "gate",

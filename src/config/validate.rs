@@ -6,11 +6,11 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::parse::{Locator, RawDir, RawService, RawSettings, Sp};
-use super::Credentials;
 use super::{
     Action, Check, Checks, Diagnostic, Dir, DriftPolicy, Gate, Limits, Rollout, Service, Transport,
     Upstream,
 };
+use super::{Credentials, PrometheusAccess};
 
 /// Mounting over these (or `/`) would take the machine down with the repo.
 const FORBIDDEN_LOCALS: [&str; 15] = [
@@ -244,18 +244,35 @@ impl Resolver<'_> {
                 .ok(),
         };
         let min = self.positive(s.gate_min.as_ref(), "gate_min", 1);
+        let access = self.prometheus_access(s);
         let Some(url) = &s.gate else {
+            let stray = [
+                ("gate_token_file", &s.gate_token_file),
+                ("gate_user", &s.gate_user),
+                ("gate_ca_file", &s.gate_ca_file),
+            ];
+            for (key, v) in stray {
+                if let Some(v) = v {
+                    self.err(
+                        Some(&v.span),
+                        key,
+                        "needs `gate`: it says how to reach the gate's Prometheus",
+                    );
+                    return None;
+                }
+            }
             return soak.and(min).map(|_| None);
         };
         let host = url
             .value
             .strip_prefix("http://")
+            .or_else(|| url.value.strip_prefix("https://"))
             .map(|rest| rest.split(['/', ':']).next().unwrap_or(""));
         if host.is_none_or(str::is_empty) || url.value.contains(char::is_whitespace) {
             self.err(
                 Some(&url.span),
                 "gate",
-                "must be the http:// URL of the fleet's Prometheus, such as \"http://prometheus:9090\"",
+                "must be the http:// or https:// URL of the fleet's Prometheus, such as \"http://prometheus:9090\"",
             );
             return None;
         }
@@ -283,7 +300,35 @@ impl Resolver<'_> {
             url: url.value.trim_end_matches('/').to_string(),
             soak: soak?,
             min: u32::try_from(min).ok()?,
+            access: access?,
+            machines: Vec::new(),
         }))
+    }
+
+    /// `gate_token_file`, `gate_user` and `gate_ca_file`.
+    fn prometheus_access(&mut self, s: &RawSettings) -> Option<PrometheusAccess> {
+        let token_file = match &s.gate_token_file {
+            None => Some(None),
+            Some(v) => self.abs_path(v, "gate_token_file").map(Some),
+        };
+        let ca_file = match &s.gate_ca_file {
+            None => Some(None),
+            Some(v) => self.abs_path(v, "gate_ca_file").map(Some),
+        };
+        let user = self.word(s.gate_user.as_ref(), "gate_user");
+        if let (Some(u), None) = (&s.gate_user, &s.gate_token_file) {
+            self.err(
+                Some(&u.span),
+                "gate_user",
+                "needs `gate_token_file`, the file holding the password",
+            );
+            return None;
+        }
+        Some(PrometheusAccess {
+            token_file: token_file?,
+            user: user?,
+            ca_file: ca_file?,
+        })
     }
 
     /// `validate` and `health`, each with its timeout.
@@ -844,6 +889,9 @@ fn merge(s: &RawSettings, g: &RawSettings) -> RawSettings {
         gate: pick(&s.gate, &g.gate),
         soak: pick(&s.soak, &g.soak),
         gate_min: pick(&s.gate_min, &g.gate_min),
+        gate_token_file: pick(&s.gate_token_file, &g.gate_token_file),
+        gate_user: pick(&s.gate_user, &g.gate_user),
+        gate_ca_file: pick(&s.gate_ca_file, &g.gate_ca_file),
         allowed_signers: pick(&s.allowed_signers, &g.allowed_signers),
         openpgp_keys: pick(&s.openpgp_keys, &g.openpgp_keys),
     }
@@ -1093,6 +1141,26 @@ fn valid_refname(name: &str) -> bool {
 /// Warns about a `canary` that runs no service of that name in this config:
 /// a misspelt canary never adopts first, and a gate waiting for it never
 /// opens.
+/// Tells each gate which machines run its service, so that only the
+/// fleet's own series count in it.
+pub(super) fn gate_machines(services: &mut [(Service, Origin)]) {
+    let mut by_name: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (s, _) in services.iter() {
+        by_name
+            .entry(s.name.clone())
+            .or_default()
+            .insert(s.machine.to_ascii_lowercase());
+    }
+    for (s, _) in services.iter_mut() {
+        if let Some(gate) = s.rollout.gate.as_mut() {
+            gate.machines = by_name
+                .get(&s.name)
+                .map(|m| m.iter().cloned().collect())
+                .unwrap_or_default();
+        }
+    }
+}
+
 pub(super) fn check_canaries(
     loc: &Locator<'_>,
     services: &[(Service, Origin)],

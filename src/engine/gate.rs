@@ -28,9 +28,9 @@ struct Canary {
 
 /// `Ok(why it opened)` when `commit` may be adopted, else why not.
 pub fn check(gate: &Gate, svc: &Service, commit: CommitId, now: u64) -> Result<String, String> {
-    let api =
-        Api::parse(&gate.url, svc.timeout.min(QUERY_TIMEOUT)).map_err(|e| format!("{e:#}"))?;
-    let asked = ask(&api, &svc.name, commit).map_err(|e| {
+    let api = Api::parse(&gate.url, &gate.access, svc.timeout.min(QUERY_TIMEOUT))
+        .map_err(|e| format!("{e:#}"))?;
+    let asked = ask(&api, &svc.name, commit, &gate.machines).map_err(|e| {
         format!(
             "Prometheus at {} cannot be asked ({e:#}); the gate stays closed until it answers",
             gate.url
@@ -94,13 +94,20 @@ struct Asked {
     canaries: BTreeMap<String, Canary>,
 }
 
-fn ask(api: &Api, service: &str, commit: CommitId) -> Result<Asked> {
+/// Asks Prometheus about `commit`, counting only the series of `fleet`
+/// (the machines of the config that run the service): another scraped
+/// target cannot halt the rollout with a rejection, nor speak for a
+/// canary. Where one machine has several series (scraped twice, or a
+/// second target under its name), the least favourable wins: the latest
+/// deployment time, a failed last pass.
+fn ask(api: &Api, service: &str, commit: CommitId, fleet: &[String]) -> Result<Asked> {
     let mut asked = Asked::default();
     let svc = format!("service=\"{service}\"");
+    let ours = |s: &Value| instance_host(&s["metric"]).filter(|m| fleet.contains(m));
     for s in api.query(&format!(
         "provision_rejected_commit_info{{{svc},commit=\"{commit}\"}}"
     ))? {
-        if let Some(m) = instance_host(&s["metric"]) {
+        if let Some(m) = ours(&s) {
             let stage = s["metric"]["stage"].as_str().unwrap_or("?").to_string();
             asked.rejected.insert((m, stage));
         }
@@ -108,13 +115,15 @@ fn ask(api: &Api, service: &str, commit: CommitId) -> Result<Asked> {
     for s in api.query(&format!(
         "provision_deployed_timestamp_seconds{{{svc}}} and on(instance, service) provision_deployed_commit_info{{{svc},commit=\"{commit}\"}}"
     ))? {
-        if let (Some(m), Some(t)) = (instance_host(&s["metric"]), value(&s)) {
-            asked.canaries.entry(m).or_default().deployed_at = Some(t as u64);
+        if let (Some(m), Some(t)) = (ours(&s), value(&s)) {
+            let at = &mut asked.canaries.entry(m).or_default().deployed_at;
+            *at = Some(at.map_or(t as u64, |was| was.max(t as u64)));
         }
     }
     for s in api.query(&format!("provision_last_pass_success{{{svc}}}"))? {
-        if let (Some(m), Some(v)) = (instance_host(&s["metric"]), value(&s)) {
-            asked.canaries.entry(m).or_default().last_pass_ok = Some(v != 0.0);
+        if let (Some(m), Some(v)) = (ours(&s), value(&s)) {
+            let ok = &mut asked.canaries.entry(m).or_default().last_pass_ok;
+            *ok = Some(ok.unwrap_or(true) && v != 0.0);
         }
     }
     Ok(asked)

@@ -23,9 +23,9 @@ use crate::config::Credentials;
 use crate::config::Upstream;
 use crate::git::ancestry;
 use crate::git::auth;
-use crate::git::http;
 use crate::git::partial::{self, Files};
 use crate::git::upload_pack::{self, Bounds, Opened, Session, Target, Want};
+use crate::util::http;
 use crate::util::lock::Lock;
 use crate::util::remove_tree;
 

@@ -4,12 +4,10 @@
 pub mod allowed_signers;
 pub(crate) mod ancestry;
 pub mod auth;
-pub(crate) mod http;
 pub(crate) mod known_hosts;
 pub(crate) mod mirror;
 pub mod openpgp_keys;
 pub(crate) mod partial;
 pub(crate) mod pkt_line;
 pub mod signature;
-pub(crate) mod tls;
 pub(crate) mod upload_pack;

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use git2::Oid;
 
-use crate::git::http::{self, Conn, Endpoint};
 use crate::git::pkt_line::{self, Pkt, Reader};
+use crate::util::http::{self, Conn, Endpoint};
 
 /// Identifies provision to servers (their logs show it).
 const AGENT: &str = concat!("provision/", env!("CARGO_PKG_VERSION"));
@@ -69,7 +69,7 @@ impl Target {
         if path.contains(['?', '#']) {
             return None;
         }
-        let (host, port) = split_port(authority, default_port)?;
+        let (host, port) = crate::util::http::split_authority(authority, default_port)?;
         Some(Target {
             user,
             endpoint: Endpoint {
@@ -77,6 +77,7 @@ impl Target {
                 host,
                 port,
                 resume: None,
+                ca_file: None,
             },
             path: if daemon {
                 path.to_string()
@@ -85,23 +86,6 @@ impl Target {
             },
             daemon,
         })
-    }
-}
-
-/// `host[:port]` or `[v6]:port`.
-fn split_port(authority: &str, default: u16) -> Option<(String, u16)> {
-    if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None if after.is_empty() => default,
-            None => return None,
-        };
-        return Some((host.to_string(), port));
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) => Some((host.to_string(), port.parse().ok()?)),
-        None => Some((authority.to_string(), default)),
     }
 }
 

@@ -1,50 +1,64 @@
 //! Prometheus's HTTP API (`/api/v1/query`): the fleet's shared memory,
 //! read by `fleet status --prometheus` and by a rollout's gate.
 //!
-//! Plain `http://` only (put Prometheus behind a local port or an SSH
-//! tunnel for TLS): the request is one HTTP/1.0 GET whose answer is read to
-//! its end, which needs no client library.
+//! `http://` or `https://` (verified against this machine's CAs or a CA
+//! file), with a bearer token or basic authentication from a file when
+//! Prometheus (its `web.config.file`, or a proxy) asks for one. One GET per
+//! query, bounded by the timeout as a whole, its answer by size.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use base64::Engine as _;
 use serde_json::Value;
+
+use crate::config::PrometheusAccess;
+use crate::util::http::{self, Endpoint, Request};
 
 /// The most a query answer may be.
 const ANSWER_CAP: u64 = 64 << 20;
 
-/// Where Prometheus answers.
+/// Where Prometheus answers, and how provision proves itself to it.
 #[derive(Debug, Clone)]
 pub struct Api {
-    host: String,
-    port: u16,
+    endpoint: Endpoint,
     prefix: String,
     timeout: Duration,
+    token_file: Option<PathBuf>,
+    user: Option<String>,
 }
 
 impl Api {
-    /// From `http://HOST[:PORT][/PREFIX]`.
-    pub fn parse(url: &str, timeout: Duration) -> Result<Api> {
-        let Some(rest) = url.strip_prefix("http://") else {
-            bail!("Prometheus URL {url:?}: only http:// URLs are supported");
+    /// From `http[s]://HOST[:PORT][/PREFIX]` and the credentials to use.
+    pub fn parse(url: &str, access: &PrometheusAccess, timeout: Duration) -> Result<Api> {
+        let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            _ => bail!("Prometheus URL {url:?}: only http:// and https:// URLs are supported"),
         };
         let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_string(),
-                p.parse()
-                    .with_context(|| format!("Prometheus URL {url:?}: bad port"))?,
-            ),
-            None => (authority.to_string(), 80),
-        };
+        let (host, port) =
+            crate::util::http::split_authority(authority, if tls { 443 } else { 80 })
+                .with_context(|| format!("Prometheus URL {url:?}: bad host or port"))?;
         anyhow::ensure!(!host.is_empty(), "Prometheus URL {url:?}: no host");
+        anyhow::ensure!(
+            !authority.contains('@'),
+            "Prometheus URL {url:?}: put credentials in a token file, not in the URL"
+        );
         Ok(Api {
-            host,
-            port,
+            endpoint: Endpoint {
+                tls,
+                host,
+                port,
+                resume: None,
+                ca_file: access.ca_file.clone(),
+            },
             prefix: prefix.trim_end_matches('/').to_string(),
             timeout,
+            token_file: access.token_file.clone(),
+            user: access.user.clone(),
         })
     }
 
@@ -70,54 +84,65 @@ impl Api {
             .unwrap_or_default())
     }
 
+    /// The `Authorization` header, from the token file read now (a
+    /// rotated token is used at the next query). Its value is never part
+    /// of an error.
+    fn authorization(&self) -> Result<Option<String>> {
+        let Some(file) = &self.token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the Prometheus token file {}", file.display()))?;
+        let token = token.trim();
+        anyhow::ensure!(
+            !token.is_empty() && !token.contains(['\r', '\n']),
+            "the Prometheus token file {} must hold one non-empty line",
+            file.display()
+        );
+        Ok(Some(match &self.user {
+            Some(user) => format!(
+                "Authorization: Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}"))
+            ),
+            None => format!("Authorization: Bearer {token}"),
+        }))
+    }
+
     fn get(&self, path: &str) -> Result<String> {
-        let addr = format!("{}:{}", self.host, self.port);
-        let mut stream = connect(&addr, self.timeout)?;
-        stream
-            .set_read_timeout(Some(self.timeout))
-            .context("setting the read timeout")?;
-        stream
-            .set_write_timeout(Some(self.timeout))
-            .context("setting the write timeout")?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\n\r\n",
-            self.host
-        )
-        .context("sending the query to Prometheus")?;
+        let mut headers = vec!["Accept: application/json".to_string()];
+        headers.extend(self.authorization()?);
+        let deadline = Instant::now() + self.timeout;
+        let req = Request {
+            method: "GET",
+            target: path,
+            headers,
+            body: &[],
+        };
+        let shown = format!(
+            "Prometheus at {}:{}",
+            self.endpoint.host, self.endpoint.port
+        );
+        let resp = http::send(&self.endpoint, &req, self.timeout, deadline)
+            .with_context(|| format!("asking {shown}"))?;
+        match resp.status {
+            200 => {}
+            401 | 403 => bail!(
+                "{shown} answered {}: {}",
+                resp.status,
+                if self.token_file.is_some() {
+                    "the credentials of the token file are refused"
+                } else {
+                    "it asks for credentials (gate_token_file, --prometheus-token-file)"
+                }
+            ),
+            s => bail!("{shown} answered HTTP {s}"),
+        }
         let mut raw = Vec::new();
-        stream
+        resp.body
             .take(ANSWER_CAP)
             .read_to_end(&mut raw)
-            .context("reading Prometheus's answer")?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .context("Prometheus's answer has no body")?;
-        let status = head.lines().next().unwrap_or("");
-        if !status.contains(" 200") {
-            bail!("Prometheus answered {status}");
-        }
-        Ok(body.to_string())
-    }
-}
-
-/// Connects to the first address of `addr` that answers within `timeout`,
-/// so a Prometheus that is down or unroutable costs a bounded wait.
-fn connect(addr: &str, timeout: Duration) -> Result<TcpStream> {
-    let mut last = None;
-    let addrs = addr
-        .to_socket_addrs()
-        .with_context(|| format!("resolving Prometheus's address {addr}"))?;
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, timeout) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    match last {
-        Some(e) => Err(e).with_context(|| format!("connecting to Prometheus at {addr}")),
-        None => bail!("Prometheus's address {addr} resolves to nothing"),
+            .with_context(|| format!("reading the answer of {shown}"))?;
+        Ok(String::from_utf8_lossy(&raw).into_owned())
     }
 }
 
@@ -144,12 +169,25 @@ mod tests {
 
     #[test]
     fn urls_and_queries_are_read_and_encoded() {
-        let api = Api::parse("http://127.0.0.1:9090/prom/", Duration::from_secs(1)).expect("url");
+        let none = PrometheusAccess::default();
+        let t = Duration::from_secs(1);
+        let api = Api::parse("http://127.0.0.1:9090/prom/", &none, t).expect("url");
         assert_eq!(
-            (api.host.as_str(), api.port, api.prefix.as_str()),
+            (
+                api.endpoint.host.as_str(),
+                api.endpoint.port,
+                api.prefix.as_str()
+            ),
             ("127.0.0.1", 9090, "prom")
         );
-        assert!(Api::parse("https://x", Duration::from_secs(1)).is_err());
+        let api = Api::parse("https://[::1]", &none, t).expect("url");
+        assert_eq!(
+            (api.endpoint.host.as_str(), api.endpoint.port),
+            ("::1", 443)
+        );
+        assert!(api.endpoint.tls);
+        assert!(Api::parse("ftp://x", &none, t).is_err());
+        assert!(Api::parse("https://u:p@x", &none, t).is_err());
         assert_eq!(
             crate::util::percent_encode("up{job=\"node\"}"),
             "up%7Bjob%3D%22node%22%7D"

@@ -6,7 +6,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 pub mod dirfd;
+pub(crate) mod http;
 pub mod lock;
+pub(crate) mod tls;
 
 use dirfd::Dir;
 

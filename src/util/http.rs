@@ -1,8 +1,9 @@
-//! The HTTP/1.1 requests of git's smart HTTP protocol, over TCP or TLS:
-//! one request per connection (`Connection: close`), a body read to its
-//! length, through its chunks, or to the end of the stream.
+//! The HTTP/1.1 requests of git's smart HTTP protocol and of Prometheus's
+//! query API, over TCP or TLS: one request per connection (`Connection:
+//! close`), a body read to its length, through its chunks, or to the end
+//! of the stream, the whole exchange bounded by one deadline.
 //!
-//! Only what a git server needs is here: redirects, proxies and
+//! Only what those servers need is here: redirects, proxies and
 //! compression are left to libgit2, which a caller falls back to when a
 //! request here does not succeed.
 
@@ -26,6 +27,9 @@ pub struct Endpoint {
     pub port: u16,
     /// File keeping the last TLS session with this server, to resume it.
     pub resume: Option<std::path::PathBuf>,
+    /// The CA certificates (PEM) the server is verified against instead of
+    /// this machine's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A connection that gives up at a deadline: every read and write waits at
@@ -34,6 +38,7 @@ pub struct Conn {
     stream: Stream,
     deadline: Instant,
     resume: Option<std::path::PathBuf>,
+    ca_file: Option<std::path::PathBuf>,
     /// Shuts the socket down at the deadline (see [`watchdog`]); ends
     /// with the connection.
     _watchdog: Option<std::sync::mpsc::Sender<()>>,
@@ -84,6 +89,7 @@ impl Conn {
             stream: Stream::Tcp(tcp),
             deadline,
             resume: ep.resume.clone(),
+            ca_file: ep.ca_file.clone(),
         };
         if ep.tls {
             conn = conn.into_tls(&ep.host)?;
@@ -96,10 +102,11 @@ impl Conn {
             return Ok(self);
         };
         let resume = self.resume;
+        let ca_file = self.ca_file;
         let deadline = self.deadline;
         let watch = self._watchdog;
         set_timeouts(&tcp, deadline, host)?;
-        let ctx = tls_context(resume.clone())?;
+        let ctx = tls_context(resume.clone(), ca_file.as_deref())?;
         let mut ssl = openssl::ssl::Ssl::new(&ctx).context("setting up TLS")?;
         if let Some(file) = &resume {
             offer_session(&mut ssl, file);
@@ -125,6 +132,7 @@ impl Conn {
             stream: Stream::Tls(Box::new(tls)),
             deadline,
             resume,
+            ca_file,
             _watchdog: watch,
         })
     }
@@ -184,7 +192,7 @@ impl Write for Conn {
 
 /// Why the TLS handshake with `host` failed: for a certificate this
 /// machine does not accept, what is wrong with it and what to do
-/// ([`crate::git::tls::diagnose`]).
+/// ([`crate::util::tls::diagnose`]).
 fn refused(host: &str, ssl: &openssl::ssl::SslRef, e: &openssl::ssl::Error) -> anyhow::Error {
     let verify = ssl.verify_result();
     if verify == openssl::x509::X509VerifyResult::OK {
@@ -200,7 +208,7 @@ fn refused(host: &str, ssl: &openssl::ssl::SslRef, e: &openssl::ssl::Error) -> a
         })
         .and_then(|c| c.to_der().ok());
     let why = der
-        .and_then(|d| crate::git::tls::diagnose(host, &d))
+        .and_then(|d| crate::util::tls::diagnose(host, &d))
         .unwrap_or_else(|| verify.error_string().to_string());
     anyhow::anyhow!("the SSL certificate of {host} is invalid: {why}")
 }
@@ -256,8 +264,12 @@ const CA_DIR: &str = "/etc/ssl/certs";
 /// CAs. The CAs are read from the hashed directory, one file when a
 /// certificate needs it, rather than from the bundle file: parsing the
 /// whole bundle costs about 25 ms of CPU on every pass. `SSL_CERT_FILE`
-/// and `SSL_CERT_DIR` are honoured as OpenSSL does.
-fn tls_context(resume: Option<std::path::PathBuf>) -> Result<openssl::ssl::SslContext> {
+/// and `SSL_CERT_DIR` are honoured as OpenSSL does. `ca_file`, when given,
+/// replaces them all.
+fn tls_context(
+    resume: Option<std::path::PathBuf>,
+    ca_file: Option<&std::path::Path>,
+) -> Result<openssl::ssl::SslContext> {
     use openssl::ssl::{SslContext, SslMethod, SslOptions, SslVerifyMode, SslVersion};
     let mut ctx = SslContext::builder(SslMethod::tls_client()).context("setting up TLS")?;
     if let Some(file) = resume {
@@ -269,6 +281,11 @@ fn tls_context(resume: Option<std::path::PathBuf>) -> Result<openssl::ssl::SslCo
     ctx.set_options(SslOptions::NO_COMPRESSION);
     ctx.set_verify(SslVerifyMode::PEER);
     let var = |v: &str| std::env::var_os(v).filter(|x| !x.is_empty());
+    if let Some(ca) = ca_file {
+        ctx.load_verify_locations(Some(ca), None)
+            .with_context(|| format!("reading CA certificates from {}", ca.display()))?;
+        return Ok(ctx.build());
+    }
     let (file, dir) = (var("SSL_CERT_FILE"), var("SSL_CERT_DIR"));
     match (&file, &dir) {
         (None, None) if std::path::Path::new(CA_DIR).is_dir() => ctx
@@ -519,6 +536,24 @@ impl<R: BufRead> Read for Chunked<R> {
     }
 }
 
+/// The host and port of a URL's `host[:port]` or `[v6][:port]`, with
+/// `default` when it names no port; `None` when it is malformed.
+pub fn split_authority(authority: &str, default: u16) -> Option<(String, u16)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default,
+            None => return None,
+        };
+        return Some((host.to_string(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host.to_string(), port.parse().ok()?)),
+        None => Some((authority.to_string(), default)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,6 +594,7 @@ mod tests {
             host: "git.example.net".into(),
             port,
             resume: None,
+            ca_file: None,
         };
         assert_eq!(host_header(&ep(true, 443)), "git.example.net");
         assert_eq!(host_header(&ep(false, 8080)), "git.example.net:8080");

@@ -675,3 +675,103 @@ fn fleet_repo_caches_where_another_user_cannot_make_it_first() {
     assert_eq!(meta.uid(), NOBODY);
     assert_eq!(meta.mode() & 0o777, 0o700);
 }
+
+/// What the service user can make through a writable mount that a reader
+/// would choke on: a FIFO (an open for reading blocks until a writer
+/// comes), files a hundred gigabytes long that hold nothing (sparse), and a
+/// directory chain 3000 levels deep (more than the 1024 descriptors a
+/// recursive walk would hold, and far past PATH_MAX). `status` and `diff`
+/// answer at once and name each, and the next pass (which restores the
+/// release and removes the drifted copy) succeeds under the usual limit of
+/// 1024 open files.
+#[test]
+fn fifos_sparse_giants_and_deep_trees_in_a_writable_mount_break_nothing() {
+    if !ready() || !common::require_tool("timeout") || !common::require_tool("truncate") {
+        return;
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("odd");
+    seed(&up);
+    let h = open_host();
+    h.write_config(&writable(&app_config(&up.url(), "user = \"daemon\"")));
+    fs::create_dir_all(h.root()).expect("mkdir");
+    fs::set_permissions(h.root(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let local = h.root().join("etc/app");
+    let deep = h.path().join("deep.py");
+    fs::write(
+        &deep,
+        "import os, sys\n\
+         fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n\
+         for i in range(3000):\n    \
+             os.mkdir('d' * 100, dir_fd=fd)\n    \
+             nfd = os.open('d' * 100, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)\n    \
+             os.close(fd)\n    \
+             fd = nfd\n\
+         os.close(os.open('f', os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))\n",
+    )
+    .expect("writing deep.py");
+    let script = format!(
+        "$P sync\n\
+         U='setpriv --reuid=1 --regid=1 --clear-groups --'\n\
+         $U mkfifo {local}/pipe\n\
+         $U truncate -s 100G {local}/app.conf\n\
+         $U truncate -s 100G {local}/giant\n\
+         $U {py} {deep} {local}\n\
+         echo =====status\n\
+         timeout 60 $P status --json\n\
+         echo =====diff\n\
+         timeout 60 $P diff app || echo diff-exit=$?\n\
+         echo =====sync\n\
+         ulimit -n 1024\n\
+         timeout 120 $P sync && echo sync-exit=0 || echo sync-exit=$?\n\
+         echo =====after\n\
+         $P status --json\n\
+         echo =====listing\n\
+         ls -A {local} {releases}\n",
+        local = local.display(),
+        py = PYTHON,
+        deep = deep.display(),
+        releases = h.state().join("app/releases").display(),
+    );
+    let out = h.script(&script);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let section = |name: &str| -> String {
+        let start = stdout.find(&format!("====={name}\n")).expect(name) + name.len() + 6;
+        let rest = &stdout[start..];
+        rest[..rest.find("=====").unwrap_or(rest.len())].to_string()
+    };
+    let status: serde_json::Value = serde_json::from_str(&section("status")).expect("status");
+    let paths: Vec<String> = status["services"][0]["drift"]["files"]
+        .as_array()
+        .map(|a| a.iter().map(|f| f["path"].to_string()).collect())
+        .unwrap_or_default();
+    for name in ["pipe", "app.conf", "giant", "ddd"] {
+        assert!(
+            paths.iter().any(|p| p.contains(name)),
+            "{name} is drift: {status}"
+        );
+    }
+    let diff = section("diff");
+    assert!(diff.contains("diff-exit=1"), "diff answers at once: {all}");
+    assert!(
+        diff.contains("/etc/app/pipe: a FIFO, not a file: not shown"),
+        "{all}"
+    );
+    for name in ["app.conf", "giant"] {
+        assert!(
+            diff.contains(&format!(
+                "/etc/app/{name}: 100.0 GiB, larger than max_file_size (64.0 MiB): not shown"
+            )),
+            "{name}: {all}"
+        );
+    }
+    assert!(section("sync").contains("sync-exit=0"), "{all}");
+    let after: serde_json::Value = serde_json::from_str(&section("after")).expect("status");
+    assert_eq!(after["services"][0]["drift"]["count"], 0, "restored: {all}");
+    let listing = section("listing");
+    for gone in ["pipe", "giant", "ddd", ".replaced-", ".tmp-"] {
+        assert!(!listing.contains(gone), "{gone} is gone: {all}");
+    }
+}

@@ -116,6 +116,12 @@ fn reportable_deletion(manifest: &Manifest, p: &Path, e: &Entry) -> bool {
     e.kind != Kind::Dir || manifest.under(p).nth(1).is_none()
 }
 
+/// How deep a scan descends. Each level holds a descriptor and a stack
+/// frame, and a user of a writable release can make a tree of any depth:
+/// far deeper than any repository's, and still well below the usual limit
+/// of 1024 open files.
+const MAX_SCAN_DEPTH: usize = 256;
+
 struct Scan<'a> {
     /// The `dirs` entry scanned, for the modes it expects.
     dir: &'a Dir,
@@ -167,6 +173,14 @@ impl Scan<'_> {
     }
 
     fn children(&mut self, parent: &dirfd::Dir, name: &OsStr, rel: &Path) -> Result<()> {
+        if rel.components().count() >= MAX_SCAN_DEPTH {
+            // What lies below is not looked at, so it is neither clean nor
+            // deleted: the directory itself is reported as changed.
+            let below: Vec<PathBuf> = self.manifest.under(rel).map(|(p, _)| p.clone()).collect();
+            self.seen.extend(below);
+            self.push(rel, Change::Modified);
+            return Ok(());
+        }
         let dir = parent.dir(Path::new(name))?;
         for e in dir.entries()? {
             self.path(&dir, &e, &rel.join(&e));
@@ -198,6 +212,11 @@ fn same(e: &Entry, md: &Meta, parent: &dirfd::Dir, name: &OsStr, d: &Dir) -> Res
     }
     if e.unchanged(md) {
         return Ok(true);
+    }
+    if e.kind != Kind::Symlink && e.size_differs(md) {
+        // A file of another size is another file: no need to read it
+        // (which, for a huge sparse file, would take hours).
+        return Ok(false);
     }
     Ok(blob_id(parent, name, e.kind)? == e.oid)
 }
@@ -281,8 +300,21 @@ pub fn adopted_by(
                     .ok()
                     .flatten()
                     .and_then(|(p, n)| p.meta(&n).ok().flatten().map(|m| (p, n, m)));
+                let blob_size = |oid: Oid| {
+                    repo.odb()
+                        .and_then(|odb| odb.read_header(oid))
+                        .map(|(size, _)| size as u64)
+                        .ok()
+                };
                 match found {
                     Some((_, _, md)) if kind == Kind::Dir => md.is_dir(),
+                    // Another size is another file; reading it to learn
+                    // that could take hours (a huge sparse file).
+                    Some((_, _, md))
+                        if md.is_file() && blob_size(entry.id()).is_some_and(|s| s != md.size) =>
+                    {
+                        false
+                    }
                     Some((parent, name, md)) => {
                         let e = Entry::from_git(kind, entry.id());
                         same(&e, &md, &parent, &name, dir).unwrap_or(false)

@@ -93,6 +93,12 @@ impl Entry {
     pub fn unchanged(&self, md: &Meta) -> bool {
         self.stat != Stat::default() && self.stat == Stat::of(md)
     }
+
+    /// Whether `md` has another size than the file written (false when
+    /// the size written is unknown).
+    pub fn size_differs(&self, md: &Meta) -> bool {
+        self.stat != Stat::default() && self.stat.size != md.size
+    }
 }
 
 /// `lstat` facts that change whenever a file's content can have changed.

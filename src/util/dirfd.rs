@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 
 /// An open directory and the path it was opened at (for messages only: no
@@ -83,6 +83,11 @@ impl Meta {
         self.kind == FileType::Symlink
     }
 
+    /// What it is, in words, for messages: "a FIFO".
+    pub fn kind_name(&self) -> &'static str {
+        kind_name(self.kind)
+    }
+
     /// Whether somebody other than root can change what this directory
     /// holds: it belongs to another user, or group or others may write to
     /// it (a sticky directory, like `/tmp`, counts only when `child` is not
@@ -93,6 +98,48 @@ impl Meta {
         }
         let sticky_protects = self.perm & 0o1000 != 0 && child.is_some_and(|c| c.uid == 0);
         self.perm & 0o022 != 0 && !sticky_protects
+    }
+}
+
+/// The directories [`Dir::remove_tree`] has moved into the top of the tree
+/// it removes and not yet emptied.
+#[derive(Default)]
+struct Hoisted {
+    pending: Vec<OsString>,
+    serial: u64,
+}
+
+impl Hoisted {
+    /// Moves the directory `name` of `from` into `top` under a name no
+    /// entry there has (renaming never replaces), and queues it.
+    fn take(&mut self, from: &Dir, name: &OsStr, top: &Dir) -> Result<()> {
+        loop {
+            self.serial += 1;
+            let fresh = OsString::from(format!(".removing-{}", self.serial));
+            match rustix::fs::renameat_with(&from.fd, name, &top.fd, &fresh, RenameFlags::NOREPLACE)
+            {
+                Ok(()) => {
+                    self.pending.push(fresh);
+                    return Ok(());
+                }
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(explain(e, &from.child_path(Path::new(name)), "moving")),
+            }
+        }
+    }
+}
+
+/// A file type in words, for messages.
+fn kind_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::RegularFile => "a file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symlink",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        _ => "of an unknown type",
     }
 }
 
@@ -318,17 +365,29 @@ impl Dir {
     }
 
     /// Opens the regular file `rel` for reading; no symlink on the way or
-    /// at the end.
+    /// at the end. Anything else is refused: the open is non-blocking, so a
+    /// FIFO or a device put in a writable tree (even just after an `lstat`
+    /// said "file") never hangs the reader or wakes a driver.
     pub fn open_file(&self, rel: &Path) -> Result<File> {
         let path = self.child_path(rel);
         let fd = rustix::fs::openat2(
             &self.fd,
             rel,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
             Mode::empty(),
             beneath(),
         )
         .map_err(|e| explain(e, &path, "opening"))?;
+        let st = rustix::fs::fstat(&fd).with_context(|| format!("reading {}", path.display()))?;
+        #[allow(clippy::unnecessary_cast)]
+        let kind = FileType::from_raw_mode(st.st_mode as _);
+        if kind != FileType::RegularFile {
+            bail!(
+                "{} is {}, not a regular file",
+                path.display(),
+                kind_name(kind)
+            );
+        }
         Ok(File::from(fd))
     }
 
@@ -425,22 +484,48 @@ impl Dir {
     }
 
     /// Removes the entry `name` and, for a directory, everything in it,
-    /// descending through descriptors only; a missing one is fine.
+    /// through descriptors only; a missing one is fine.
+    ///
+    /// Without recursion and with two descriptors open whatever the depth:
+    /// each subdirectory is first moved up into the tree's top directory,
+    /// so that a tree made ten thousand levels deep through a writable
+    /// release comes down like a wide one (a recursive walk would run out
+    /// of descriptors, or of stack, and leave the release in place).
     pub fn remove_tree(&self, name: &OsStr) -> Result<()> {
         let Some(m) = self.meta(name)? else {
             return Ok(());
         };
-        if m.is_dir() {
-            let sub = self.dir(Path::new(name))?;
-            for e in sub.entries()? {
-                sub.remove_tree(&e)?;
+        if !m.is_dir() {
+            return self.remove_file(name);
+        }
+        let top = self.dir(Path::new(name))?;
+        let mut hoisted = Hoisted::default();
+        top.hoist_into(&top, &mut hoisted)?;
+        while let Some(d) = hoisted.pending.pop() {
+            top.dir(Path::new(&d))?.hoist_into(&top, &mut hoisted)?;
+            top.rmdir(&d)?;
+        }
+        self.rmdir(name)
+    }
+
+    /// Removes this directory's files and moves its subdirectories into
+    /// `top` under fresh names, which `hoisted` queues for removal.
+    fn hoist_into(&self, top: &Dir, hoisted: &mut Hoisted) -> Result<()> {
+        for e in self.entries()? {
+            match self.meta(&e)? {
+                None => {}
+                Some(m) if m.is_dir() => hoisted.take(self, &e, top)?,
+                Some(_) => self.remove_file(&e)?,
             }
-            match rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR) {
-                Ok(()) | Err(Errno::NOENT) => Ok(()),
-                Err(e) => Err(explain(e, &self.child_path(Path::new(name)), "removing")),
-            }
-        } else {
-            self.remove_file(name)
+        }
+        Ok(())
+    }
+
+    /// Removes the empty directory `name`; a missing one is fine.
+    fn rmdir(&self, name: &OsStr) -> Result<()> {
+        match rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(explain(e, &self.child_path(Path::new(name)), "removing")),
         }
     }
 
@@ -586,6 +671,35 @@ mod tests {
         assert!(!tmp.writable_by_others(Some(&meta(0, 0o700))));
         assert!(tmp.writable_by_others(Some(&meta(1, 0o700))));
         assert!(tmp.writable_by_others(None));
+    }
+
+    #[test]
+    fn remove_tree_takes_down_a_tree_far_deeper_than_path_max() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let top = Dir::open(t.path()).expect("open");
+        let name = OsStr::new("dddddddddddddddddddddddddddddddddddddddddddddddddd");
+        let mut d = top.mkdir(OsStr::new("deep"), 0o755).expect("mkdir");
+        for _ in 0..2000 {
+            d.write_atomic(OsStr::new("f"), b"x", 0o644).expect("write");
+            d = d.mkdir(name, 0o755).expect("mkdir");
+        }
+        drop(d);
+        top.remove_tree(OsStr::new("deep")).expect("remove");
+        assert!(top.entries().expect("list").is_empty());
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let t = tempfile::tempdir().expect("tempdir");
+        nix::unistd::mkfifo(&t.path().join("pipe"), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let d = Dir::open(t.path()).expect("open");
+        let e = d
+            .open_file(Path::new("pipe"))
+            .expect_err("a FIFO is no file");
+        assert!(
+            e.to_string().contains("is a FIFO, not a regular file"),
+            "{e:#}"
+        );
     }
 
     #[test]

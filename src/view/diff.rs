@@ -22,7 +22,7 @@ use crate::store::layout;
 use crate::store::manifest::Kind;
 use crate::store::state::Deployed;
 use crate::store::state::StateDir;
-use crate::util::dirfd;
+use crate::util::{dirfd, human_size};
 use crate::view::observe::{self, MountState};
 
 /// The diff of local changes against the deployed commit ("" when none).
@@ -54,7 +54,15 @@ pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {
             _ => drift::parent_of(&release, &d.rel)?,
         };
         let new = match &local {
-            Some((dir, name)) => read_local(dir, name)?,
+            Some((dir, name)) => read_local(dir, name, svc.limits.max_file_size)?,
+            None => None,
+        };
+        let new = match new {
+            Some(Local::Content(data)) => Some(data),
+            Some(Local::Unread(why)) => {
+                let _ = writeln!(out, "{}: {why}: not shown", label.display());
+                continue;
+            }
             None => None,
         };
         out.push_str(&patch(&label, old.as_deref(), new.as_deref())?);
@@ -164,10 +172,20 @@ fn blob(repo: &Repository, oid: Oid) -> Result<Vec<u8>> {
         })
 }
 
+/// What a diff shows of a path on this machine.
+enum Local {
+    /// A file's content or a symlink's target.
+    Content(Vec<u8>),
+    /// Why it is not read: a FIFO (reading would block), a device, or a
+    /// file larger than any release may hold (a sparse file can claim
+    /// terabytes).
+    Unread(String),
+}
+
 /// The content of the file `name` of `dir`, or a symlink's target; `None`
 /// for a directory or something gone. Read through the descriptor, never
 /// through a symlink, so the diff never shows a file outside the release.
-fn read_local(dir: &dirfd::Dir, name: &OsStr) -> Result<Option<Vec<u8>>> {
+fn read_local(dir: &dirfd::Dir, name: &OsStr, max_size: u64) -> Result<Option<Local>> {
     let Some(md) = dir.meta(name)? else {
         return Ok(None);
     };
@@ -175,13 +193,36 @@ fn read_local(dir: &dirfd::Dir, name: &OsStr) -> Result<Option<Vec<u8>>> {
         return Ok(None);
     }
     if md.is_symlink() {
-        return Ok(Some(dir.readlink(name)?.as_bytes().to_vec()));
+        return Ok(Some(Local::Content(
+            dir.readlink(name)?.as_bytes().to_vec(),
+        )));
     }
+    if !md.is_file() {
+        return Ok(Some(Local::Unread(format!(
+            "{}, not a file",
+            md.kind_name()
+        ))));
+    }
+    if md.size > max_size {
+        return Ok(Some(Local::Unread(format!(
+            "{}, larger than max_file_size ({})",
+            human_size(md.size),
+            human_size(max_size)
+        ))));
+    }
+    let path = dir.path().join(name);
     let mut data = Vec::new();
     dir.open_file(Path::new(name))?
+        .take(max_size + 1)
         .read_to_end(&mut data)
-        .with_context(|| format!("reading {}", dir.path().join(name).display()))?;
-    Ok(Some(data))
+        .with_context(|| format!("reading {}", path.display()))?;
+    if data.len() as u64 > max_size {
+        return Ok(Some(Local::Unread(format!(
+            "grew past max_file_size ({}) while it was read",
+            human_size(max_size)
+        ))));
+    }
+    Ok(Some(Local::Content(data)))
 }
 
 /// One file's unified diff, `git diff` style, with `label` as its path.

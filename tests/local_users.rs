@@ -775,3 +775,72 @@ fn fifos_sparse_giants_and_deep_trees_in_a_writable_mount_break_nothing() {
         assert!(!listing.contains(gone), "{gone} is gone: {all}");
     }
 }
+
+/// A `mount` directory inside a directory any user may write to: once
+/// such a user can rename it, they can put a tree of their own where
+/// root's releases were, and the next `provision mount` (boot) would show
+/// their files at the service's paths. Here the directory is made
+/// world-writable after a good deployment, `nobody` swaps the base for a
+/// copy holding their own release under the deployed name, and then
+/// `provision mount` and `provision sync` both refuse the base, naming
+/// it, and nobody's file is never shown.
+#[test]
+fn a_mount_base_that_another_user_can_change_is_refused() {
+    if !ready() {
+        return;
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("base");
+    seed(&up);
+    let h = open_host();
+    let shared = h.path().join("shared");
+    fs::create_dir_all(&shared).expect("mkdir");
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let base = shared.join("base");
+    h.write_config(&app_config(
+        &up.url(),
+        &format!("mount = \"{}\"", base.display()),
+    ));
+    let script = format!(
+        "$P sync\n\
+         R=$(ls {base}/app/releases)\n\
+         chmod 0777 {shared}\n\
+         N='setpriv --reuid=65534 --regid=65534 --clear-groups --'\n\
+         $N mv {base} {shared}/gone\n\
+         $N mkdir -p {base}/app/releases/$R/app/etc\n\
+         $N sh -c 'echo planted > {base}/app/releases/'$R'/app/etc/app.conf'\n\
+         $N sh -c 'echo OPTS=planted > {base}/app/releases/'$R'/app/default'\n\
+         umount {local}/etc/app {local}/etc/default/app\n\
+         echo =====mount\n\
+         $P mount app 2>&1 || echo mount-exit=$?\n\
+         cat {local}/etc/app/app.conf 2>&1 || true\n\
+         echo =====sync\n\
+         $P sync 2>&1 || echo sync-exit=$?\n\
+         cat {local}/etc/app/app.conf 2>&1 || true\n",
+        base = base.display(),
+        shared = shared.display(),
+        local = h.root().display(),
+    );
+    let out = h.script(&script);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        !all.contains("planted"),
+        "nobody's file is never shown: {all}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let refused = format!(
+        "`mount` {} of service app: {} can be changed by a user other than root",
+        base.display(),
+        shared.display()
+    );
+    let (mount, sync) = stdout.split_once("=====sync\n").expect("both sections");
+    assert!(
+        mount.contains("mount-exit=") && mount.contains(&refused),
+        "{all}"
+    );
+    assert!(
+        sync.contains("sync-exit=") && sync.contains(&refused),
+        "{all}"
+    );
+}

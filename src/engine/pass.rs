@@ -101,8 +101,8 @@ fn fetch_all(
     groups
         .into_iter()
         .map(|(path, (mirror, depth, svc))| {
-            let r = mirror
-                .fetch(depth, &svc.credentials, svc.timeout)
+            let r = layout::trusted_base(svc)
+                .and_then(|()| mirror.fetch(depth, &svc.credentials, svc.timeout))
                 .map_err(|e| format!("{e:#}"));
             (path, r)
         })
@@ -322,6 +322,7 @@ fn remount(svc: &Service, state_dir: &Path, deployed: Option<Deployed>) -> Resul
     let Some(deployed) = deployed else {
         return Ok(Outcome::nothing(Vec::new()));
     };
+    layout::trusted_base(svc)?;
     let release = layout::releases(svc, state_dir).path(&deployed.release);
     anyhow::ensure!(
         release.is_dir(),

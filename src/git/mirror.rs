@@ -12,7 +12,8 @@
 //! beside the old one and swapped in only once the new fetch succeeded, so
 //! a broken network never costs the commits already on disk.
 
-use std::fs;
+use std::ffi::OsStr;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,9 +26,9 @@ use crate::git::ancestry;
 use crate::git::auth;
 use crate::git::partial::{self, Files};
 use crate::git::upload_pack::{self, Bounds, Opened, Session, Target, Want};
+use crate::util::dirfd::Dir;
 use crate::util::http;
 use crate::util::lock::Lock;
-use crate::util::remove_tree;
 
 /// Directory under a service base (`mount`) holding all mirrors.
 pub const MIRRORS_DIR: &str = ".mirrors";
@@ -312,19 +313,31 @@ impl Mirror {
     /// Fetches into a fresh repository beside the mirror and swaps it in
     /// only after the fetch succeeded.
     fn rebuild(&self, depth: u32, creds: &Credentials, timeout: Duration) -> Result<Oid> {
+        let (mirrors, name) = self.parent()?;
         let fresh = self.path.with_extension("new");
-        remove_tree(&fresh)?;
+        let fresh_name = file_name(&fresh)?;
+        mirrors.remove_tree(fresh_name)?;
         let head = self.try_fetch(&fresh, depth, creds, timeout)?;
-        let old = self.path.with_extension("old");
-        remove_tree(&old)?;
-        if self.path.exists() {
-            fs::rename(&self.path, &old)
-                .with_context(|| format!("moving aside {}", self.path.display()))?;
+        let old = file_name(&self.path.with_extension("old"))?.to_os_string();
+        mirrors.remove_tree(&old)?;
+        if mirrors.meta(name)?.is_some() {
+            mirrors.rename(name, &mirrors, &old)?;
         }
-        fs::rename(&fresh, &self.path)
-            .with_context(|| format!("installing {}", self.path.display()))?;
-        remove_tree(&old)?;
+        mirrors.rename(fresh_name, &mirrors, name)?;
+        mirrors.remove_tree(&old)?;
         Ok(head)
+    }
+
+    /// The directory of mirrors, opened (and made, 0700) as root's alone,
+    /// and this mirror's name in it: the mirror is renamed and removed
+    /// through that descriptor, like a release, and no other user can
+    /// change a path below it that libgit2 opens.
+    fn parent(&self) -> Result<(Dir, &OsStr)> {
+        let parent = self
+            .path
+            .parent()
+            .with_context(|| format!("mirror {} has no parent", self.path.display()))?;
+        Ok((crate::util::private_dir(parent)?, file_name(&self.path)?))
     }
 
     /// One fetch attempt into the repository at `path`: ask the server for
@@ -385,9 +398,8 @@ impl Mirror {
             connect: timeout.min(Duration::from_secs(15)),
             deadline: Instant::now() + timeout,
         };
-        let known = dir.join(V2_MARK);
         if !fresh {
-            if let Ok(features) = fs::read_to_string(&known) {
+            if let Ok(Some(features)) = read_small(dir, V2_MARK) {
                 let features = features.split_whitespace().map(str::to_string).collect();
                 if let Some(s) = Session::resume(&target, auth.clone(), bounds, features) {
                     return Ok(Some(s));
@@ -396,15 +408,15 @@ impl Mirror {
         }
         match Session::open(&target, auth, bounds)? {
             Opened::V2(s) => {
-                if s.is_http() && !s.redirected() && dir.join("HEAD").exists() {
+                let mirror = Dir::open(dir)?;
+                if s.is_http() && !s.redirected() && mirror.meta(OsStr::new("HEAD"))?.is_some() {
                     let features = s.fetch_features().join(" ");
-                    fs::write(&known, features)
-                        .with_context(|| format!("writing {}", known.display()))?;
+                    mirror.write_atomic(OsStr::new(V2_MARK), features.as_bytes(), 0o644)?;
                 }
                 Ok(Some(s))
             }
             Opened::NotV2 => {
-                let _ = fs::remove_file(&known);
+                let _ = Dir::open(dir).and_then(|d| d.remove_file(OsStr::new(V2_MARK)));
                 Ok(None)
             }
         }
@@ -472,7 +484,7 @@ impl Mirror {
                 // A resumed session the server no longer accepts: ask it
                 // for its capabilities once.
                 Err(e) if !fresh && !http::is_timeout(&e) && path.join(V2_MARK).exists() => {
-                    let _ = fs::remove_file(path.join(V2_MARK));
+                    let _ = Dir::open(path).and_then(|d| d.remove_file(OsStr::new(V2_MARK)));
                     fresh = true;
                 }
                 Err(e) => return self.first_failure(e, creds).map(|_| None),
@@ -870,10 +882,8 @@ fn stopped_message(why: &auth::Stopped, timeout: Duration) -> String {
 /// The commits at the mirror's shallow boundary (git's `shallow` file).
 fn read_shallow(path: &Path) -> Result<Vec<Oid>> {
     let file = path.join("shallow");
-    let text = match fs::read_to_string(&file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    let Some(text) = read_small(path, SHALLOW)? else {
+        return Ok(Vec::new());
     };
     text.lines()
         .filter(|l| !l.trim().is_empty())
@@ -886,20 +896,39 @@ fn read_shallow(path: &Path) -> Result<Vec<Oid>> {
 
 /// Writes the shallow boundary (removing the file when there is none).
 fn write_shallow(path: &Path, edge: &[Oid]) -> Result<()> {
-    let file = path.join("shallow");
+    let dir = Dir::open(path)?;
     if edge.is_empty() {
-        return match fs::remove_file(&file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing {}", file.display()))
-            }
-            _ => Ok(()),
-        };
+        return dir.remove_file(OsStr::new(SHALLOW));
     }
     let text: String = edge.iter().map(|o| format!("{o}\n")).collect();
-    let tmp = path.join("shallow.provision");
-    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, &file).with_context(|| format!("writing {}", file.display()))
+    dir.write_atomic(OsStr::new(SHALLOW), text.as_bytes(), 0o644)
 }
+
+/// git's list of the commits at a shallow boundary, in a mirror.
+const SHALLOW: &str = "shallow";
+
+/// A small file of the mirror at `path` (the shallow list, the v2 mark),
+/// read through the mirror's descriptor; `None` when there is none. Read
+/// up to a bound: a list that long is no list of this mirror's.
+fn read_small(path: &Path, name: &str) -> Result<Option<String>> {
+    let Some(dir) = Dir::open_opt(path)? else {
+        return Ok(None);
+    };
+    if dir.meta(OsStr::new(name))?.is_none() {
+        return Ok(None);
+    }
+    let file = path.join(name);
+    let mut text = String::new();
+    dir.open_file(Path::new(name))?
+        .take(SMALL_FILE_MAX)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {}", file.display()))?;
+    Ok(Some(text))
+}
+
+/// The most read of a mirror's small files (a shallow list of 100,000
+/// commits).
+const SMALL_FILE_MAX: u64 = 4 << 20;
 
 /// Credentials with env defaults applied, and libgit2's timeouts set, for
 /// one network operation.
@@ -908,18 +937,28 @@ fn network_setup(creds: &Credentials, timeout: Duration) -> Result<Credentials> 
     Ok(creds.clone().with_env_defaults())
 }
 
-/// Opens a bare repository, creating it when missing.
+/// Opens a bare repository, creating it when missing (in a directory
+/// that is root's alone, through its descriptor).
 fn open_or_init(path: &Path) -> Result<Repository> {
-    if path.join("HEAD").exists() {
+    let parent = path
+        .parent()
+        .with_context(|| format!("mirror {} has no parent", path.display()))?;
+    let mirrors = crate::util::private_dir(parent)?;
+    let name = file_name(path)?;
+    let existing = mirrors.dir_opt(Path::new(name))?;
+    if existing.is_some_and(|d| d.meta(OsStr::new("HEAD")).is_ok_and(|m| m.is_some())) {
         return Repository::open_bare(path)
             .with_context(|| format!("opening mirror {}", path.display()));
     }
-    remove_tree(path)?;
-    if let Some(parent) = path.parent() {
-        crate::util::private_dir(parent)?;
-    }
-    crate::util::dirfd::Dir::create(path, 0o700)?;
+    mirrors.remove_tree(name)?;
+    mirrors.mkdir(name, 0o700)?;
     Repository::init_bare(path).with_context(|| format!("creating mirror {}", path.display()))
+}
+
+/// The last name of a mirror's path.
+fn file_name(path: &Path) -> Result<&OsStr> {
+    path.file_name()
+        .with_context(|| format!("mirror {} has no name", path.display()))
 }
 
 /// The server could not be reached, refused the conversation (down,
@@ -981,10 +1020,12 @@ pub fn is_network(e: &anyhow::Error) -> bool {
 }
 
 fn pack_count(repo: &Path) -> usize {
-    fs::read_dir(repo.join("objects/pack"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+    Dir::open(&repo.join("objects/pack"))
+        .and_then(|d| d.entries())
+        .map(|names| {
+            names
+                .iter()
+                .filter(|n| Path::new(n).extension().is_some_and(|x| x == "pack"))
                 .count()
         })
         .unwrap_or(0)
@@ -1012,23 +1053,18 @@ fn slug(url: &str, branch: &str) -> String {
 /// is held (another pass is fetching it) is left for a later pass.
 pub fn remove_unused(base: &Path, used: &[PathBuf]) -> Result<()> {
     let dir = base.join(MIRRORS_DIR);
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    let Some(mirrors) = Dir::open_opt(&dir)? else {
+        return Ok(());
     };
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("listing {}", dir.display()))?
-            .path();
+    for name in mirrors.entries()? {
+        let path = dir.join(&name);
         if path.extension().is_none_or(|x| x != "git") || used.contains(&path) {
             continue;
         }
         let lock_path = path.with_extension("lock");
         if let Ok(_lock) = Lock::acquire(&lock_path, Duration::ZERO, "an old mirror") {
-            remove_tree(&path)?;
-            fs::remove_file(&lock_path)
-                .with_context(|| format!("removing {}", lock_path.display()))?;
+            mirrors.remove_tree(&name)?;
+            mirrors.remove_file(file_name(&lock_path)?)?;
         }
     }
     Ok(())

@@ -20,6 +20,19 @@ pub fn service_dir(svc: &Service, state_dir: &Path) -> PathBuf {
     svc.base_dir(state_dir).join(&svc.name)
 }
 
+/// Refuses a `mount` directory that somebody other than root could change,
+/// or that lies below such a directory (as mount points' parents are
+/// refused): such a user could swap a mirror or a release for one of their
+/// own between two passes. Made (root's, 0755) when missing.
+pub fn trusted_base(svc: &Service) -> Result<()> {
+    let Some(base) = &svc.mount else {
+        return Ok(());
+    };
+    crate::util::dirfd::Dir::open_trusted(base, true)
+        .map(|_| ())
+        .with_context(|| format!("`mount` {} of service {}", base.display(), svc.name))
+}
+
 /// The releases of a service.
 pub fn releases(svc: &Service, state_dir: &Path) -> Releases {
     Releases::new(&service_dir(svc, state_dir))

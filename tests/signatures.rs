@@ -332,8 +332,124 @@ impl Gpg {
             .expect("a fingerprint")
     }
 
+    /// A new key for `uid` whose primary key may do `usage` only
+    /// (`sign`, `cert`), made at `at` (seconds since 1970; now when `None`)
+    /// and valid for `expire` (`never`, `1d`); returns its fingerprint.
+    fn key_made(&self, uid: &str, usage: &str, expire: &str, at: Option<u64>) -> String {
+        let faked = at.map(|t| format!("--faked-system-time={t}!"));
+        let mut args = vec![
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            uid,
+            "ed25519",
+            usage,
+            expire,
+        ];
+        if let Some(f) = &faked {
+            args.insert(0, f);
+        }
+        self.gpg(&args);
+        self.fingerprints(uid)[0].clone()
+    }
+
+    /// The fingerprints of `who`'s primary key and subkeys, in order.
+    fn fingerprints(&self, who: &str) -> Vec<String> {
+        let listing = self.gpg(&["--with-colons", "--list-keys", who]);
+        listing
+            .lines()
+            .filter_map(|l| l.strip_prefix("fpr:::::::::"))
+            .map(|f| f.trim_end_matches(':').to_string())
+            .collect()
+    }
+
+    /// Adds an ed25519 subkey for `usage` to the key `fpr`; returns the
+    /// subkey's fingerprint.
+    fn add_subkey(&self, fpr: &str, usage: &str) -> String {
+        self.gpg(&[
+            "--passphrase",
+            "",
+            "--quick-add-key",
+            fpr,
+            "ed25519",
+            usage,
+            "never",
+        ]);
+        self.fingerprints(fpr).last().cloned().expect("a subkey")
+    }
+
+    /// Revokes the key `fpr` with the certificate gpg made with it.
+    fn revoke(&self, fpr: &str) {
+        let cert = self
+            .dir
+            .path()
+            .join(format!("home/openpgp-revocs.d/{fpr}.rev"));
+        let text = fs::read_to_string(&cert).expect("the revocation certificate");
+        let armed = self.dir.path().join("revoke.asc");
+        fs::write(&armed, text.replace(":-----BEGIN", "-----BEGIN")).expect("revoke.asc");
+        self.gpg(&["--import", &armed.display().to_string()]);
+    }
+
+    /// Makes the key `fpr` a certifying key only (it made signatures
+    /// before), as `gpg --edit-key` `change-usage` does.
+    fn certify_only(&self, fpr: &str) {
+        let mut child = Command::new(self.program())
+            .args([
+                "--batch",
+                "--expert",
+                "--command-fd",
+                "0",
+                "--status-fd",
+                "2",
+            ])
+            .args([
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+                "--edit-key",
+                fpr,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gpg --edit-key");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"change-usage\nS\nQ\nsave\n")
+            .expect("answers");
+        assert!(child.wait().expect("gpg").success());
+        let caps = self.gpg(&["--with-colons", "--list-keys", fpr]);
+        assert!(caps.contains(":cC:"), "{caps}");
+    }
+
+    /// The binary export of `fpr`, split into OpenPGP packets (tag, bytes).
+    fn packets(&self, fpr: &str) -> Vec<(u8, Vec<u8>)> {
+        let out = Command::new(self.program())
+            .args(["--batch", "--export", fpr])
+            .output()
+            .expect("gpg --export");
+        split_packets(&out.stdout)
+    }
+
     fn commit(&self, up: &Upstream, fpr: &str, content: &str, message: &str) -> String {
-        let program = format!("gpg.program={}", self.program().display());
+        self.commit_with(&self.program(), up, fpr, content, message)
+    }
+
+    /// [`Gpg::commit`] through `program` (a gpg with a faked clock).
+    fn commit_with(
+        &self,
+        program: &Path,
+        up: &Upstream,
+        fpr: &str,
+        content: &str,
+        message: &str,
+    ) -> String {
+        let program = format!("gpg.program={}", program.display());
         let key = format!("user.signingkey={fpr}");
         up.commit_signed(
             "main",
@@ -342,6 +458,171 @@ impl Gpg {
             &["gpg.format=openpgp", &program, &key],
         )
     }
+}
+
+/// OpenPGP packets of a binary key export: (tag, the whole packet).
+fn split_packets(mut data: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(&ctb) = data.first() {
+        assert!(ctb & 0x80 != 0, "not an OpenPGP packet");
+        let (tag, header, len) = if ctb & 0x40 != 0 {
+            match data[1] {
+                l @ 0..=191 => (ctb & 0x3f, 2, usize::from(l)),
+                l @ 192..=223 => (
+                    ctb & 0x3f,
+                    3,
+                    ((usize::from(l) - 192) << 8) + usize::from(data[2]) + 192,
+                ),
+                255 => (
+                    ctb & 0x3f,
+                    6,
+                    u32::from_be_bytes([data[2], data[3], data[4], data[5]]) as usize,
+                ),
+                _ => panic!("partial lengths do not occur in keys"),
+            }
+        } else {
+            let tag = (ctb >> 2) & 0x0f;
+            match ctb & 3 {
+                0 => (tag, 2, usize::from(data[1])),
+                1 => (tag, 3, usize::from(u16::from_be_bytes([data[1], data[2]]))),
+                2 => (
+                    tag,
+                    5,
+                    u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize,
+                ),
+                _ => panic!("indeterminate lengths do not occur in keys"),
+            }
+        };
+        out.push((tag, data[..header + len].to_vec()));
+        data = &data[header + len..];
+    }
+    out
+}
+
+/// `packets` as an ASCII-armored public key block.
+fn armor(packets: &[(u8, Vec<u8>)]) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = packets.iter().flat_map(|(_, p)| p.clone()).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n{}\n-----END PGP PUBLIC KEY BLOCK-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A key file is judged as gpg judges keys, not taken whole: a signing
+/// subkey that someone appended to a trusted key (a keyserver accepts
+/// such packets), a key revoked after it signed, a key that expired, and
+/// a key that may now only certify are each refused, with the reason; a
+/// commit from a properly bound signing subkey deploys.
+#[test]
+fn openpgp_signatures_count_only_from_keys_that_may_sign_now() {
+    if !common::require_tool("git-daemon") || !common::require_tool("gpg") {
+        return;
+    }
+    let g = Gpg::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let bob = g.key("Bob <bob@example.net>");
+    let mallory = g.key_made("Mallory <mallory@example.net>", "cert", "never", None);
+    let mallory_sub = g.add_subkey(&mallory, "sign");
+    let carol = g.key("Carol <carol@example.net>");
+    let ten_days_ago = now - 10 * 86_400;
+    let dave = g.key_made("Dave <dave@example.net>", "sign", "1d", Some(ten_days_ago));
+    let erin = g.key("Erin <erin@example.net>");
+    let frank = g.key_made("Frank <frank@example.net>", "cert", "never", None);
+    let frank_sub = g.add_subkey(&frank, "sign");
+    // Bob's key as a keyserver may hand it out: Mallory's signing subkey
+    // and its binding (by Mallory's key, not Bob's) appended.
+    let mut bobs = g.packets(&bob);
+    let theirs = g.packets(&mallory);
+    let sub_at = theirs.iter().position(|(t, _)| *t == 14).expect("a subkey");
+    bobs.extend(theirs[sub_at..].iter().cloned());
+    let keys = g.dir.path().join("keys.asc");
+    let write_keys = || {
+        let mut text = armor(&bobs);
+        for k in [&carol, &dave, &erin, &frank] {
+            text.push_str(&g.gpg(&["--armor", "--export", k]));
+            text.push('\n');
+        }
+        fs::write(&keys, text).expect("keys.asc");
+    };
+    write_keys();
+    let d = GitDaemon::start();
+    let up = d.repo("app");
+    up.commit(
+        "main",
+        &[("app/default", Some("OPTS=-v\n"))],
+        "unsigned base",
+    );
+    let h = Host::new();
+    h.write_config(&app_config(
+        &up.url(),
+        &format!("openpgp_keys = \"{}\"", keys.display()),
+    ));
+    let good = g.commit(&up, &bob, "port = 1\n", "by bob");
+    h.sync(0);
+    assert_eq!(deployed(&h), good);
+    let refused = |commit: &str, why: &str| {
+        let out = h.sync(1);
+        assert!(
+            out.contains(&format!("rejected {} at signature", &commit[..10])) && out.contains(why),
+            "{commit} is refused because {why}: {out}"
+        );
+        assert_eq!(deployed(&h), good);
+    };
+
+    let appended = g.commit(&up, &format!("{mallory_sub}!"), "port = 2\n", "appended");
+    refused(
+        &appended,
+        &format!("Bob <bob@example.net>: a key that may not sign: subkey {mallory_sub} is not bound to the key by a valid binding signature"),
+    );
+
+    let revoked = g.commit(&up, &carol, "port = 3\n", "carol");
+    g.revoke(&carol);
+    write_keys();
+    refused(
+        &revoked,
+        "Carol <carol@example.net>: a key that may not sign: the key is revoked",
+    );
+
+    let past = g.dir.path().join("gpg-past");
+    fs::write(
+        &past,
+        format!(
+            "#!/bin/sh\nexec {} --faked-system-time={}! \"$@\"\n",
+            g.program().display(),
+            ten_days_ago + 3600
+        ),
+    )
+    .expect("gpg-past");
+    common::run(Command::new("chmod").arg("+x").arg(&past));
+    let expired = g.commit_with(&past, &up, &dave, "port = 4\n", "dave, ten days ago");
+    refused(
+        &expired,
+        "Dave <dave@example.net>: a key that may not sign: the key expired on ",
+    );
+
+    let certifies = g.commit(&up, &erin, "port = 5\n", "erin");
+    g.certify_only(&erin);
+    write_keys();
+    refused(
+        &certifies,
+        "Erin <erin@example.net>: a key that may not sign: the key is not flagged for signing",
+    );
+
+    let by_subkey = g.commit(&up, &format!("{frank_sub}!"), "port = 6\n", "frank");
+    h.sync(0);
+    assert_eq!(deployed(&h), by_subkey);
+    let s = h.status_json()["signature"].clone();
+    assert_eq!(s["signer"], "Frank <frank@example.net>", "{s}");
 }
 
 /// Anti-rollback holds by ancestry, not by dates: several signed commits

@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use pgp::composed::{Deserializable, SignedPublicKey};
+use pgp::composed::{Deserializable, SignedPublicKey, SignedPublicSubKey};
+use pgp::packet::{Signature, SignatureType, SubpacketData};
+use pgp::types::{KeyDetails as _, Tag, Timestamp};
 
 const BEGIN: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
 const END: &str = "-----END PGP PUBLIC KEY BLOCK-----";
@@ -60,11 +62,19 @@ fn block_keys(armored: &str) -> Result<Vec<SignedPublicKey>, String> {
     Ok(keys)
 }
 
-/// A key as messages name it: its first user id, or its fingerprint.
+/// A key as messages name it: its first user id that the key itself
+/// certifies (a keyserver copy can carry ids anyone appended), or its
+/// fingerprint.
 pub fn name(key: &SignedPublicKey) -> String {
     key.details
         .users
-        .first()
+        .iter()
+        .find(|u| {
+            u.signatures.iter().any(|s| {
+                s.verify_certification(&key.primary_key, Tag::UserId, &u.id)
+                    .is_ok()
+            })
+        })
         .map(|u| String::from_utf8_lossy(u.id.id()).into_owned())
         .unwrap_or_else(|| fingerprint(key))
 }
@@ -73,4 +83,152 @@ pub fn name(key: &SignedPublicKey) -> String {
 pub fn fingerprint(key: &SignedPublicKey) -> String {
     use pgp::types::KeyDetails as _;
     format!("{:X}", key.fingerprint())
+}
+
+/// Why the key `key` (its primary key, or the subkey `sub` of it) may not
+/// make signatures as of `now`, as gpg judges it; `None` when it may.
+///
+/// A key file is not a keyring that checked what it imported: a block
+/// fetched from a keyserver can carry a subkey anyone appended, and an
+/// old export still holds a key its owner has since revoked, let expire,
+/// or limited to certifying. So a signature counts only when its key is
+/// bound by a valid self-signature (for a subkey, a binding signature
+/// from the primary key and the subkey's own back-signature), is not
+/// revoked, has not expired, and is flagged for signing.
+pub fn unusable(
+    key: &SignedPublicKey,
+    sub: Option<&SignedPublicSubKey>,
+    now: u32,
+) -> Option<String> {
+    if let Some(why) = primary_unusable(key, now, sub.is_none()) {
+        return Some(why);
+    }
+    let sub = sub?;
+    let primary = &key.primary_key;
+    let valid = |s: &&Signature, typ: SignatureType| {
+        s.typ() == Some(typ) && s.verify_subkey_binding(primary, &sub.key).is_ok()
+    };
+    if let Some(r) = sub
+        .signatures
+        .iter()
+        .find(|s| valid(s, SignatureType::SubkeyRevocation))
+    {
+        return Some(format!("subkey {} is revoked{}", sub_name(sub), reason(r)));
+    }
+    let Some(binding) = newest(
+        sub.signatures
+            .iter()
+            .filter(|s| valid(s, SignatureType::SubkeyBinding)),
+    ) else {
+        return Some(format!(
+            "subkey {} is not bound to the key by a valid binding signature",
+            sub_name(sub)
+        ));
+    };
+    if !binding.key_flags().sign() {
+        return Some(format!(
+            "subkey {} is not flagged for signing",
+            sub_name(sub)
+        ));
+    }
+    let backsig = binding
+        .embedded_signature()
+        .is_some_and(|b| b.verify_primary_key_binding(&sub.key, primary).is_ok());
+    if !backsig {
+        return Some(format!(
+            "signing subkey {} has no valid back-signature (it is not cross-certified)",
+            sub_name(sub)
+        ));
+    }
+    expired(sub.key.created_at(), binding, now)
+        .map(|on| format!("subkey {} expired {on}", sub_name(sub)))
+}
+
+/// [`unusable`] for the primary key; `signs` when the primary key itself
+/// made the signature (so it must be flagged for signing, not only for
+/// certifying its subkeys).
+fn primary_unusable(key: &SignedPublicKey, now: u32, signs: bool) -> Option<String> {
+    let primary = &key.primary_key;
+    if let Some(r) =
+        key.details.revocation_signatures.iter().find(|s| {
+            s.typ() == Some(SignatureType::KeyRevocation) && s.verify_key(primary).is_ok()
+        })
+    {
+        return Some(format!("the key is revoked{}", reason(r)));
+    }
+    let certifications = key.details.users.iter().flat_map(|u| {
+        u.signatures.iter().filter(move |s| {
+            matches!(
+                s.typ(),
+                Some(
+                    SignatureType::CertGeneric
+                        | SignatureType::CertPersona
+                        | SignatureType::CertCasual
+                        | SignatureType::CertPositive
+                )
+            ) && s.verify_certification(primary, Tag::UserId, &u.id).is_ok()
+        })
+    });
+    let direct = key
+        .details
+        .direct_signatures
+        .iter()
+        .filter(|s| s.typ() == Some(SignatureType::Key) && s.verify_key(primary).is_ok());
+    let Some(selfsig) = newest(certifications.chain(direct)) else {
+        return Some("the key has no valid self-signature".to_string());
+    };
+    if let Some(on) = expired(primary.created_at(), selfsig, now) {
+        return Some(format!("the key expired {on}"));
+    }
+    if signs && has_key_flags(selfsig) && !selfsig.key_flags().sign() {
+        return Some("the key is not flagged for signing (only its subkeys may sign)".to_string());
+    }
+    None
+}
+
+/// The most recent of `sigs` (the one in force, as for gpg).
+fn newest<'a>(sigs: impl Iterator<Item = &'a Signature>) -> Option<&'a Signature> {
+    sigs.max_by_key(|s| s.created().map_or(0, |t| t.as_secs()))
+}
+
+/// When the key created at `created` expired by `sig`, if it has by `now`.
+fn expired(created: Timestamp, sig: &Signature, now: u32) -> Option<String> {
+    let lasts = sig.key_expiration_time()?.as_secs();
+    if lasts == 0 {
+        return None;
+    }
+    let end = u64::from(created.as_secs()) + u64::from(lasts);
+    (end <= u64::from(now)).then(|| {
+        format!(
+            "on {}",
+            crate::util::format_utc(i64::try_from(end).unwrap_or(i64::MAX))
+        )
+    })
+}
+
+/// Whether `sig` says what its key may do at all (no flags: anything the
+/// algorithm can).
+fn has_key_flags(sig: &Signature) -> bool {
+    sig.config().is_some_and(|c| {
+        c.hashed_subpackets()
+            .any(|p| matches!(p.data, SubpacketData::KeyFlags(_)))
+    })
+}
+
+/// ": REASON" of a revocation that gives one.
+fn reason(sig: &Signature) -> String {
+    sig.revocation_reason_string()
+        .map(|r| {
+            format!(
+                ": {}",
+                crate::util::escape_text(&String::from_utf8_lossy(r))
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// A subkey as messages name it: its fingerprint.
+fn sub_name(sub: &SignedPublicSubKey) -> String {
+    use pgp::types::KeyDetails as _;
+    format!("{:X}", sub.key.fingerprint())
 }

@@ -214,22 +214,46 @@ fn openpgp(
                 .map(|k| hex(k.as_ref())),
         )
         .collect();
+    let now = u32::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+    .unwrap_or(u32::MAX);
     for key in keys {
-        let primary = sig.verify(&key.primary_key, payload).is_ok();
-        let sub = key
-            .public_subkeys
-            .iter()
-            .any(|s| sig.verify(&s.key, payload).is_ok());
-        if primary || sub {
-            return Verdict {
-                commit: commit.to_string(),
-                verified: true,
-                signer: openpgp_keys::name(key),
-                fingerprint: Some(openpgp_keys::fingerprint(key)),
-                format: Some("openpgp".to_string()),
-                reason: None,
-            };
+        // The key that made the signature: the primary key or a subkey.
+        let made_by = if sig.verify(&key.primary_key, payload).is_ok() {
+            Some(None)
+        } else {
+            key.public_subkeys
+                .iter()
+                .find(|s| sig.verify(&s.key, payload).is_ok())
+                .map(Some)
+        };
+        let Some(sub) = made_by else {
+            continue;
+        };
+        let refusal = signature_expired(&sig.signature, now).or_else(|| {
+            openpgp_keys::unusable(key, sub, now)
+                .map(|why| format!("a key that may not sign: {why}"))
+        });
+        if let Some(why) = refusal {
+            return Verdict::refused(
+                commit,
+                &openpgp_keys::name(key),
+                Some(openpgp_keys::fingerprint(key)),
+                Some("openpgp"),
+                why,
+            );
         }
+        return Verdict {
+            commit: commit.to_string(),
+            verified: true,
+            signer: openpgp_keys::name(key),
+            fingerprint: Some(openpgp_keys::fingerprint(key)),
+            format: Some("openpgp".to_string()),
+            reason: None,
+        };
     }
     let issuer = issuers
         .first()
@@ -264,6 +288,20 @@ fn openpgp(
             "unknown key".to_string(),
         ),
     }
+}
+
+/// Why an OpenPGP signature no longer counts by its own terms: it
+/// carries an expiry that has passed.
+fn signature_expired(sig: &pgp::packet::Signature, now: u32) -> Option<String> {
+    let lasts = sig.signature_expiration_time()?.as_secs();
+    let made = sig.created()?.as_secs();
+    let end = u64::from(made) + u64::from(lasts);
+    (lasts != 0 && end <= u64::from(now)).then(|| {
+        format!(
+            "the signature expired on {}",
+            crate::util::format_utc(i64::try_from(end).unwrap_or(i64::MAX))
+        )
+    })
 }
 
 fn ssh(commit: Oid, armored: &str, payload: &[u8], when: i64, signers: &[Signer]) -> Verdict {

@@ -221,6 +221,83 @@ enum Behaviour {
     /// Answers a git:// request with an `ERR` line full of terminal
     /// escape sequences.
     SayErr,
+    /// Speaks protocol v2 and then sends one list without end (see
+    /// [`Flood`]).
+    Flood(Flood),
+}
+
+/// The list a hostile v2 server never ends.
+#[derive(Clone, Copy, Debug)]
+enum Flood {
+    /// Capabilities, one after another.
+    Capabilities,
+    /// `shallow` lines in the answer to a fetch.
+    Shallow,
+    /// Lines of a section the client skips (`acknowledgments`), before a
+    /// pack that never comes: padding around a small answer.
+    Acknowledgments,
+}
+
+/// A pkt-line of `text`.
+fn pkt(text: &str) -> Vec<u8> {
+    format!("{:04x}{text}", text.len() + 4).into_bytes()
+}
+
+/// Reads pkt-lines up to a flush (one command of the client).
+fn read_command(c: &mut TcpStream) -> std::io::Result<()> {
+    use std::io::Read as _;
+    loop {
+        let mut len = [0u8; 4];
+        c.read_exact(&mut len)?;
+        let n = usize::from_str_radix(std::str::from_utf8(&len).unwrap_or("0"), 16).unwrap_or(0);
+        if n == 0 {
+            return Ok(());
+        }
+        if n > 4 {
+            let mut body = vec![0u8; n - 4];
+            c.read_exact(&mut body)?;
+        }
+    }
+}
+
+/// A v2 server that answers the request, and the ref asked for, then
+/// floods: writes `what` until the client hangs up or the test ends.
+fn flood(mut c: TcpStream, what: Flood, stop: Arc<AtomicBool>) {
+    use std::io::{Read as _, Write as _};
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut request = [0u8; 512];
+    let _ = c.read(&mut request);
+    let mut hello = pkt("version 2\n");
+    let (line, after) = match what {
+        Flood::Capabilities => (format!("agent={}\n", "x".repeat(200)), false),
+        Flood::Shallow => (format!("shallow {}\n", "2".repeat(40)), true),
+        Flood::Acknowledgments => (format!("NAK {}\n", "x".repeat(1000)), true),
+    };
+    if after {
+        for cap in ["ls-refs\n", "fetch=shallow filter\n"] {
+            hello.extend(pkt(cap));
+        }
+        hello.extend(b"0000");
+    }
+    if c.write_all(&hello).is_err() {
+        return;
+    }
+    if after {
+        let mut refs = pkt(&format!("{} refs/heads/main\n", "1".repeat(40)));
+        refs.extend(b"0000");
+        if read_command(&mut c).is_err() || c.write_all(&refs).is_err() {
+            return;
+        }
+        let section = match what {
+            Flood::Shallow => "shallow-info\n",
+            _ => "acknowledgments\n",
+        };
+        if read_command(&mut c).is_err() || c.write_all(&pkt(section)).is_err() {
+            return;
+        }
+    }
+    let batch: Vec<u8> = (0..100).flat_map(|_| pkt(&line)).collect();
+    while !stop.load(Ordering::SeqCst) && c.write_all(&batch).is_ok() {}
 }
 
 /// The `ERR` a hostile git:// server answers with.
@@ -266,6 +343,10 @@ impl FakeServer {
                     (Ok(c), Behaviour::NeverAnswer) => held.push(c),
                     (Ok(c), Behaviour::CloseAtOnce) => drop(c),
                     (Ok(c), Behaviour::SayErr) => say_err(c),
+                    (Ok(c), Behaviour::Flood(what)) => {
+                        let stop = stopping.clone();
+                        thread::spawn(move || flood(c, what, stop));
+                    }
                     (Ok(c), Behaviour::DribbleTls) => {
                         let stop = stopping.clone();
                         thread::spawn(move || dribble(c, stop));
@@ -1380,5 +1461,44 @@ fn a_servers_err_line_never_reaches_the_terminal_raw() {
     assert!(seen.contains("\\u{1b}[2Jgo away"), "{seen}");
     for raw in ['\u{1b}', '\u{7}', '\r'] {
         assert!(!seen.contains(raw), "{raw:?} shown raw: {seen:?}");
+    }
+}
+
+/// A hostile v2 server cannot make a pass read without end: a capability
+/// list, a shallow list or a skipped section that never ends is stopped
+/// by a bound on its lines, or by `max_fetch_bytes` counting every byte of
+/// the answer (not only the pack), well before the pass's `timeout`; the
+/// pass fails naming the bound, and the deployed release keeps serving.
+#[test]
+fn a_server_sending_endless_lists_is_stopped_by_a_bound_not_the_timeout() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let h = deployed_host(&up, "timeout = 20");
+    for (what, limit, says) in [
+        (
+            Flood::Capabilities,
+            "",
+            "the server listed more than 256 capabilities",
+        ),
+        (
+            Flood::Shallow,
+            "",
+            "the server sent more than 100000 shallow lines",
+        ),
+        (
+            Flood::Acknowledgments,
+            "\nmax_fetch_bytes = 1048576",
+            "the server sent more than 1.0 MiB (the service's `max_fetch_bytes`)",
+        ),
+    ] {
+        let port = common::free_port();
+        let _hostile = FakeServer::on_port(port, Behaviour::Flood(what));
+        h.write_config(&app_config(
+            &format!("git://127.0.0.1:{port}/r.git"),
+            &format!("timeout = 20{limit}"),
+        ));
+        let before = serving(&h, &h.state());
+        fails_and_keeps_serving(&h, &before, &[says]);
     }
 }

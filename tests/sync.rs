@@ -373,7 +373,7 @@ fn a_missing_link_path_fails_the_pass_with_its_name() {
 }
 
 #[test]
-fn a_local_upstream_is_fetched_in_full_and_check_says_so() {
+fn a_local_upstream_is_served_by_gits_upload_pack_shallow_like_any_server() {
     need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
@@ -384,10 +384,18 @@ fn a_local_upstream_is_fetched_in_full_and_check_says_so() {
     let out = h.run(&["check"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(text.contains("fetched in full"), "{text}");
+    assert!(!text.contains("fetched in full"), "{text}");
     h.sync(0);
     let mirror = h.mirrors().remove(0);
-    assert_eq!(rev_count(&mirror, "main"), rev_count(up.bare(), "main"));
+    assert!(mirror.join("shallow").exists(), "a shallow mirror");
+    assert_eq!(rev_count(&mirror, "main"), 2);
+    up.commit_many("main", 3);
+    h.sync(0);
+    assert_eq!(rev_count(&mirror, "main"), 2, "the depth holds");
+    assert_eq!(
+        common::run(common::git_cmd(&mirror).args(["rev-parse", "main"])),
+        up.head("main")
+    );
 }
 
 #[test]
@@ -459,4 +467,71 @@ fn a_server_that_never_answers_times_out_with_a_clear_error() {
         "{out}"
     );
     assert_eq!(h.state_json("app")["last_pass"]["ok"], false);
+}
+
+/// Bytes of the pack files of the mirror at `repo`.
+fn pack_bytes(repo: &Path) -> u64 {
+    fs::read_dir(repo.join("objects/pack"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A mirror's packs never hold more than one fetch may bring: each push
+/// here adds a pack of about 55 KB, and once they add up past
+/// `max_fetch_bytes` the mirror is fetched afresh (compacted), so packs
+/// do not pile up to `MAX_PACKS` times the limit.
+#[test]
+fn a_mirrors_packs_stay_within_max_fetch_bytes() {
+    need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("growing");
+    seed(&up);
+    let h = Host::new();
+    const LIMIT: u64 = 300_000;
+    h.write_config(&app_config(
+        &up.url(),
+        &format!("max_fetch_bytes = {LIMIT}"),
+    ));
+    h.sync(0);
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut noise = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                format!("{:02x}", state as u8)
+            })
+            .collect()
+    };
+    let mut rebuilt = 0;
+    for i in 0..12 {
+        up.commit(
+            "main",
+            &[("app/etc/noise.conf", Some(&noise(50_000)))],
+            &format!("noise {i}"),
+        );
+        let out = h.sync(0);
+        if out.contains("mirror rebuilt: its packs hold") {
+            rebuilt += 1;
+        }
+        let mirror = h.mirrors().remove(0);
+        let bytes = pack_bytes(&mirror);
+        assert!(
+            bytes <= LIMIT,
+            "push {i}: the mirror's packs hold {bytes} bytes, more than max_fetch_bytes {LIMIT}: {out}"
+        );
+        assert_eq!(
+            read(&h.deployed("app").join("app/etc/noise.conf")).len(),
+            100_000,
+            "push {i} deployed"
+        );
+    }
+    assert!(rebuilt > 0, "the mirror was compacted at least once");
 }

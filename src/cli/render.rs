@@ -229,10 +229,10 @@ pub fn service(out: &mut impl Write, svc: &Service) {
         "  {} ({}) <- {} branch {} depth {}, action {}",
         svc.name, svc.unit, svc.upstream.url, svc.branch, svc.depth, action
     );
-    if svc.upstream.transport == Transport::Local {
+    if svc.upstream.transport == Transport::Local && !svc.upstream.supports_shallow() {
         let _ = writeln!(
             out,
-            "    note: local upstream; libgit2 cannot fetch it shallow, so it is fetched in full"
+            "    note: local upstream and git is not installed: libgit2 reads it, which cannot fetch it shallow, so it is fetched in full (and each object is read whole into memory)"
         );
     }
     let checks = [

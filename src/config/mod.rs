@@ -380,10 +380,12 @@ pub enum Transport {
 }
 
 impl Upstream {
-    /// Whether the fetch can be bounded by depth. libgit2's local transport
-    /// refuses shallow fetches, so local upstreams are fetched in full.
+    /// Whether the fetch can be bounded by depth. A local repository is
+    /// served by git's upload-pack when git is installed; without it,
+    /// libgit2's local transport reads it, which refuses shallow fetches,
+    /// so it is fetched in full.
     pub fn supports_shallow(&self) -> bool {
-        self.transport != Transport::Local
+        self.transport != Transport::Local || crate::util::git_installed()
     }
 }
 

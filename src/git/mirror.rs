@@ -153,13 +153,15 @@ impl Mirror {
         let _lock = self.lock()?;
         let depth = self.bounded(depth);
         let rebuild = match self.try_fetch(&self.path, depth, creds, timeout) {
-            Ok(head) if pack_count(&self.path) <= MAX_PACKS => {
-                return Ok(Fetched {
-                    head,
-                    rebuilt: None,
-                })
-            }
-            Ok(_) => format!("more than {MAX_PACKS} packs accumulated"),
+            Ok(head) => match self.outgrown() {
+                None => {
+                    return Ok(Fetched {
+                        head,
+                        rebuilt: None,
+                    })
+                }
+                Some(why) => why,
+            },
             Err(e) if is_network(&e) => return Err(explain_timeout(e, timeout)),
             Err(e) => format!("its objects or refs were unusable ({e:#})"),
         };
@@ -290,10 +292,29 @@ impl Mirror {
         };
         let odb = repo.odb().context("opening the mirror's objects")?;
         session
-            .fetch(&want, &odb, self.max_fetch_bytes)
+            .fetch(&want, &odb)
             .map_err(|e| self.download_failed(e, timeout))?;
         session.close();
         Ok(())
+    }
+
+    /// Why the mirror must be compacted (fetched afresh), if it must: too
+    /// many packs, or packs holding more than one fetch may bring. So a
+    /// mirror never keeps more than `max_fetch_bytes` of packs from one
+    /// pass to the next, however a server spreads what it sends.
+    fn outgrown(&self) -> Option<String> {
+        let (count, bytes) = pack_stats(&self.path);
+        if count > MAX_PACKS {
+            Some(format!("more than {MAX_PACKS} packs accumulated"))
+        } else if bytes > self.max_fetch_bytes {
+            Some(format!(
+                "its packs hold {}, more than max_fetch_bytes ({})",
+                crate::util::human_size(bytes),
+                crate::util::human_size(self.max_fetch_bytes)
+            ))
+        } else {
+            None
+        }
     }
 
     /// Serializes every change to this mirror between processes.
@@ -397,11 +418,12 @@ impl Mirror {
         let bounds = Bounds {
             connect: timeout.min(Duration::from_secs(15)),
             deadline: Instant::now() + timeout,
+            budget: http::Budget::new(self.max_fetch_bytes),
         };
         if !fresh {
             if let Ok(Some(features)) = read_small(dir, V2_MARK) {
                 let features = features.split_whitespace().map(str::to_string).collect();
-                if let Some(s) = Session::resume(&target, auth.clone(), bounds, features) {
+                if let Some(s) = Session::resume(&target, auth.clone(), bounds.clone(), features) {
                     return Ok(Some(s));
                 }
             }
@@ -502,6 +524,9 @@ impl Mirror {
         if http::is_timeout(&e) {
             return Err(self.unanswered(e));
         }
+        if upload_pack::is_overflow(&e) {
+            return Err(self.download_failed(e, Duration::ZERO));
+        }
         if !self.is_https() {
             return Ok(());
         }
@@ -573,7 +598,7 @@ impl Mirror {
         };
         let odb = repo.odb().context("opening the mirror's objects")?;
         let got = session
-            .fetch(&want, &odb, self.max_fetch_bytes)
+            .fetch(&want, &odb)
             .map_err(|e| self.download_failed(e, timeout))?;
         if blobless {
             partial::mark_partial(path)?;
@@ -673,7 +698,7 @@ impl Mirror {
         };
         let odb = repo.odb().context("opening the mirror's objects")?;
         let got = session
-            .fetch(&want, &odb, self.max_fetch_bytes)
+            .fetch(&want, &odb)
             .map_err(|e| self.download_failed(e, timeout))?;
         session.close();
         if blobless {
@@ -706,7 +731,7 @@ impl Mirror {
             };
             let odb = repo.odb().context("opening the mirror's objects")?;
             session
-                .fetch(&want, &odb, self.max_fetch_bytes)
+                .fetch(&want, &odb)
                 .map_err(|e| self.download_failed(e, timeout))?;
         }
         partial::record_complete(path, head, &paths)
@@ -720,8 +745,8 @@ impl Mirror {
     /// A download of ours that failed: the server, not the mirror, is at
     /// fault (nothing was written: a pack is kept only once complete).
     fn download_failed(&self, e: anyhow::Error, timeout: Duration) -> anyhow::Error {
-        let why = if let Some(max) = e.downcast_ref::<upload_pack::TooLarge>() {
-            stopped_message(&auth::Stopped::TooLarge(max.0), timeout)
+        let why = if let Some(max) = http::exceeded(&e) {
+            stopped_message(&auth::Stopped::TooLarge(max), timeout)
         } else if http::is_timeout(&e) {
             stopped_message(&auth::Stopped::Deadline, timeout)
         } else {
@@ -1020,15 +1045,22 @@ pub fn is_network(e: &anyhow::Error) -> bool {
 }
 
 fn pack_count(repo: &Path) -> usize {
-    Dir::open(&repo.join("objects/pack"))
-        .and_then(|d| d.entries())
-        .map(|names| {
-            names
-                .iter()
-                .filter(|n| Path::new(n).extension().is_some_and(|x| x == "pack"))
-                .count()
-        })
-        .unwrap_or(0)
+    pack_stats(repo).0
+}
+
+/// How many packs the mirror at `repo` holds, and their bytes.
+fn pack_stats(repo: &Path) -> (usize, u64) {
+    let Ok(dir) = Dir::open(&repo.join("objects/pack")) else {
+        return (0, 0);
+    };
+    let packs: Vec<u64> = dir
+        .entries()
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| Path::new(n).extension().is_some_and(|x| x == "pack"))
+        .map(|n| dir.meta(n).ok().flatten().map_or(0, |m| m.size))
+        .collect();
+    (packs.len(), packs.iter().sum())
 }
 
 /// A readable, filesystem-safe hint of what a mirror holds.

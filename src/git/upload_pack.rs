@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use git2::Oid;
 
+use crate::git::local;
 use crate::git::pkt_line::{self, Pkt, Reader};
 use crate::util::http::{self, Conn, Endpoint};
 
@@ -31,10 +32,12 @@ pub struct Target {
     endpoint: Endpoint,
     /// The user the URL names (`https://USER@host/…`), if any.
     pub user: Option<String>,
-    /// `git://`: the repository path; HTTP: the URL path without a trailing
-    /// slash.
+    /// `git://` and local: the repository path; HTTP: the URL path
+    /// without a trailing slash.
     path: String,
     daemon: bool,
+    /// A repository on this machine, served by git's upload-pack.
+    local: bool,
 }
 
 impl Target {
@@ -47,9 +50,27 @@ impl Target {
     }
 
     /// The target of `url`, or `None` for transports spoken only through
-    /// libgit2 (ssh, local paths) and URLs this client cannot read (a
-    /// password in the URL, a query).
+    /// libgit2 (ssh) and URLs this client cannot read (a password in the
+    /// URL, a query).
     pub fn parse(url: &str) -> Option<Target> {
+        if let Some(path) = url
+            .strip_prefix("file://")
+            .or(Some(url).filter(|u| u.starts_with('/')))
+        {
+            return path.starts_with('/').then(|| Target {
+                user: None,
+                endpoint: Endpoint {
+                    tls: false,
+                    host: String::new(),
+                    port: 0,
+                    resume: None,
+                    ca_file: None,
+                },
+                path: path.to_string(),
+                daemon: true,
+                local: true,
+            });
+        }
         let (scheme, rest) = url.split_once("://")?;
         let (daemon, tls, default_port) = match scheme {
             "git" => (true, false, 9418),
@@ -85,17 +106,21 @@ impl Target {
                 path.trim_end_matches('/').to_string()
             },
             daemon,
+            local: false,
         })
     }
 }
 
 /// How long and how much a session may take.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Bounds {
     /// Longest wait for a TCP connection.
     pub connect: Duration,
     /// When the whole session gives up.
     pub deadline: Instant,
+    /// Every byte the server sends in the session, capabilities, ref
+    /// lists and pack alike (the service's `max_fetch_bytes`).
+    pub budget: http::Budget,
 }
 
 /// What opening a session found.
@@ -112,8 +137,8 @@ pub struct Session {
     bounds: Bounds,
     /// `Authorization` header for HTTP.
     auth: Option<String>,
-    /// `git://`: the connection, kept for the next command.
-    daemon: Option<BufReader<Conn>>,
+    /// `git://` and local: the connection, kept for the next command.
+    daemon: Option<BufReader<Wire>>,
     /// The features the server lists for `fetch`.
     fetch_features: Vec<String>,
     /// The first request was redirected.
@@ -166,20 +191,37 @@ impl std::fmt::Display for HttpStatus {
 
 impl std::error::Error for HttpStatus {}
 
-/// Redirects followed for the first request, as git does.
-const MAX_REDIRECTS: usize = 5;
+/// Most capabilities a server may list (git lists about ten). Every list
+/// a server sends is bounded in lines as well as in bytes (the session's
+/// budget), so that what is kept of it stays small.
+const MAX_CAPABILITIES: usize = 256;
+/// Most refs an answer to `ls-refs` for one ref may hold.
+const MAX_REF_LINES: usize = 1024;
+/// Most `shallow`/`unshallow` lines of one answer: more commits than any
+/// fetch of a mirror asks for reach the shallow boundary.
+const MAX_SHALLOW_LINES: usize = 100_000;
 
-/// The server sent more than allowed.
+/// A server sent a longer list than any honest one does: a fault of the
+/// server, final (no other client is tried on it).
 #[derive(Debug)]
-pub struct TooLarge(pub u64);
+pub struct Overflow(String);
 
-impl std::fmt::Display for TooLarge {
+impl std::fmt::Display for Overflow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the server sent more than {} bytes", self.0)
+        f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for TooLarge {}
+impl std::error::Error for Overflow {}
+
+/// Whether `e` is a server sending more than allowed: too many bytes (the
+/// session's budget) or too long a list.
+pub fn is_overflow(e: &anyhow::Error) -> bool {
+    http::exceeded(e).is_some() || e.chain().any(|c| c.is::<Overflow>())
+}
+
+/// Redirects followed for the first request, as git does.
+const MAX_REDIRECTS: usize = 5;
 
 impl Session {
     /// Opens a session: one connection (`git://`) or one `GET
@@ -193,7 +235,9 @@ impl Session {
             fetch_features: Vec::new(),
             redirected: false,
         };
-        let caps = if target.daemon {
+        let caps = if target.local {
+            session.open_local()?
+        } else if target.daemon {
             session.open_daemon()?
         } else {
             session.open_http()?
@@ -265,7 +309,8 @@ impl Session {
     /// capabilities; `None` when it answered in v0.
     fn open_daemon(&mut self) -> Result<Option<Vec<String>>> {
         let ep = &self.target.endpoint;
-        let mut conn = Conn::open(ep, self.bounds.connect, self.bounds.deadline)?;
+        let mut conn = Conn::open(ep, self.bounds.connect, self.bounds.deadline)?
+            .with_budget(Some(self.bounds.budget.clone()));
         let host = if ep.port == 9418 {
             ep.host.clone()
         } else {
@@ -281,7 +326,24 @@ impl Session {
             .as_bytes(),
         );
         pkt_line::send(&mut conn, &req).context("sending the request")?;
-        let mut conn = BufReader::new(conn);
+        let mut conn = BufReader::new(Wire::Tcp(conn));
+        let caps = read_capabilities(&mut Reader::new(&mut conn))?;
+        self.daemon = Some(conn);
+        Ok(caps)
+    }
+
+    /// Starts git's upload-pack on the local repository and reads its
+    /// capabilities; `None` when git is not installed or answered in v0.
+    fn open_local(&mut self) -> Result<Option<Vec<String>>> {
+        let Some(pipe) = local::Pipe::spawn(
+            &self.target.path,
+            self.bounds.deadline,
+            self.bounds.budget.clone(),
+        )?
+        else {
+            return Ok(None);
+        };
+        let mut conn = BufReader::new(Wire::Pipe(Box::new(pipe)));
         let caps = read_capabilities(&mut Reader::new(&mut conn))?;
         self.daemon = Some(conn);
         Ok(caps)
@@ -301,6 +363,7 @@ impl Session {
                     target: &target,
                     headers: self.headers(&["Accept: */*"]),
                     body: &[],
+                    budget: Some(&self.bounds.budget),
                 },
                 self.bounds.connect,
                 self.bounds.deadline,
@@ -381,6 +444,7 @@ impl Session {
                     "Accept: application/x-git-upload-pack-result",
                 ]),
                 body,
+                budget: Some(&self.bounds.budget),
             },
             self.bounds.connect,
             self.bounds.deadline,
@@ -416,7 +480,13 @@ impl Session {
         pkt_line::flush(&mut req);
         let mut r = self.command(&req)?;
         let mut found = None;
-        loop {
+        for n in 0.. {
+            if n > MAX_REF_LINES {
+                return Err(Overflow(format!(
+                    "the server sent more than {MAX_REF_LINES} refs for the one asked for"
+                ))
+                .into());
+            }
             match r.next().context("reading the ref list")? {
                 Pkt::Flush | Pkt::ResponseEnd => break,
                 Pkt::Delim => bail!("the server sent a delimiter inside the ref list"),
@@ -441,18 +511,12 @@ impl Session {
     }
 
     /// Fetches what `want` asks for, writing the pack into `odb` (indexed
-    /// there only once complete), and stops once the server sent more than
-    /// `max_bytes`.
-    pub fn fetch(
-        &mut self,
-        want: &Want<'_>,
-        odb: &git2::Odb<'_>,
-        max_bytes: u64,
-    ) -> Result<Fetched> {
+    /// there only once complete); the session's budget stops a server that
+    /// sends too much.
+    pub fn fetch(&mut self, want: &Want<'_>, odb: &git2::Odb<'_>) -> Result<Fetched> {
         let req = self.fetch_request(want);
         let mut r = self.command(&req)?;
         let mut out = Fetched::default();
-        let start = r.read;
         loop {
             let section = match r.next().context("reading the fetch response")? {
                 Pkt::Delim => continue,
@@ -472,9 +536,6 @@ impl Session {
         }
         let mut writer = odb.packwriter().context("starting a pack in the mirror")?;
         loop {
-            if r.read - start > max_bytes {
-                return Err(TooLarge(max_bytes).into());
-            }
             match r.next().context("reading the pack")? {
                 Pkt::Flush | Pkt::ResponseEnd => break,
                 Pkt::Delim => bail!("the server sent a delimiter inside the pack"),
@@ -527,6 +588,38 @@ impl Session {
     }
 }
 
+/// The stream of a stateful session: a git daemon's connection, or the
+/// pipes of a local upload-pack.
+enum Wire {
+    Tcp(Conn),
+    Pipe(Box<local::Pipe>),
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Tcp(c) => c.read(buf),
+            Wire::Pipe(p) => p.read(buf),
+        }
+    }
+}
+
+impl std::io::Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Tcp(c) => c.write(buf),
+            Wire::Pipe(p) => p.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Wire::Tcp(c) => c.flush(),
+            Wire::Pipe(p) => p.flush(),
+        }
+    }
+}
+
 /// Whether two endpoints are one origin: scheme, host and port.
 fn same_origin(a: &Endpoint, b: &Endpoint) -> bool {
     a.tls == b.tls && a.port == b.port && a.host.eq_ignore_ascii_case(&b.host)
@@ -565,6 +658,12 @@ fn read_capabilities<R: Read>(r: &mut Reader<R>) -> Result<Option<Vec<String>>> 
     loop {
         match r.next().context("reading the server's capabilities")? {
             Pkt::Flush => return Ok(Some(caps)),
+            _ if caps.len() >= MAX_CAPABILITIES => {
+                return Err(Overflow(format!(
+                    "the server listed more than {MAX_CAPABILITIES} capabilities"
+                ))
+                .into())
+            }
             pkt => caps.push(pkt.line().unwrap_or_default().to_string()),
         }
     }
@@ -588,6 +687,12 @@ fn read_shallow_info<R: Read>(r: &mut Reader<R>, out: &mut Fetched) -> Result<()
                 _ => bail!("the server ended its answer inside the shallow list"),
             };
         };
+        if out.shallow.len() + out.unshallow.len() >= MAX_SHALLOW_LINES {
+            return Err(Overflow(format!(
+                "the server sent more than {MAX_SHALLOW_LINES} shallow lines"
+            ))
+            .into());
+        }
         let (kind, id) = line.split_once(' ').unwrap_or((line, ""));
         let oid = Oid::from_str(id)
             .with_context(|| format!("the server sent {line:?} as a shallow line"))?;
@@ -631,13 +736,7 @@ mod tests {
         );
         let t = Target::parse("http://[::1]:8080/r").expect("v6");
         assert_eq!((t.endpoint.host.as_str(), t.endpoint.port), ("::1", 8080));
-        for other in [
-            "ssh://h/r",
-            "git@h:r",
-            "file:///r",
-            "https://u:p@h/r",
-            "http://h:x/r",
-        ] {
+        for other in ["ssh://h/r", "git@h:r", "https://u:p@h/r", "http://h:x/r"] {
             assert!(Target::parse(other).is_none(), "{other}");
         }
     }

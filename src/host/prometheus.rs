@@ -117,6 +117,7 @@ impl Api {
             target: path,
             headers,
             body: &[],
+            budget: None,
         };
         let shown = format!(
             "Prometheus at {}:{}",

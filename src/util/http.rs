@@ -32,6 +32,66 @@ pub struct Endpoint {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
+/// The most bytes one conversation with a server may receive, shared by
+/// all its connections and requests (a clone spends from the same
+/// count): a server cannot send more by spreading it over several
+/// answers, or by padding lists and headers around a small pack.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    left: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    max: u64,
+}
+
+impl Budget {
+    /// A budget of `max` bytes.
+    pub fn new(max: u64) -> Budget {
+        Budget {
+            left: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(max)),
+            max,
+        }
+    }
+
+    /// Takes `n` bytes; an [`Exceeded`] error once more than the budget
+    /// has been received.
+    pub fn spend(&self, n: usize) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        let n = n as u64;
+        let left = self.left.load(Ordering::Relaxed);
+        if n > left {
+            self.left.store(0, Ordering::Relaxed);
+            return Err(io::Error::other(Exceeded(self.max)));
+        }
+        self.left.store(left - n, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A server sent more than its [`Budget`] (the bytes it allowed).
+#[derive(Debug)]
+pub struct Exceeded(pub u64);
+
+impl std::fmt::Display for Exceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the server sent more than {}", super::human_size(self.0))
+    }
+}
+
+impl std::error::Error for Exceeded {}
+
+/// The budget an error says was exceeded, wherever in its chain (an
+/// [`Exceeded`] travels inside the `io::Error` of the read it stopped).
+pub fn exceeded(e: &anyhow::Error) -> Option<u64> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<Exceeded>()
+            .or_else(|| {
+                c.downcast_ref::<io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .and_then(|inner| inner.downcast_ref::<Exceeded>())
+            })
+            .map(|x| x.0)
+    })
+}
+
 /// A connection that gives up at a deadline: every read and write waits at
 /// most until then.
 pub struct Conn {
@@ -39,6 +99,8 @@ pub struct Conn {
     deadline: Instant,
     resume: Option<std::path::PathBuf>,
     ca_file: Option<std::path::PathBuf>,
+    /// What every byte read is counted against, if anything.
+    budget: Option<Budget>,
     /// Shuts the socket down at the deadline (see [`watchdog`]); ends
     /// with the connection.
     _watchdog: Option<std::sync::mpsc::Sender<()>>,
@@ -90,11 +152,18 @@ impl Conn {
             deadline,
             resume: ep.resume.clone(),
             ca_file: ep.ca_file.clone(),
+            budget: None,
         };
         if ep.tls {
             conn = conn.into_tls(&ep.host)?;
         }
         Ok(conn)
+    }
+
+    /// Counts every byte read from now on against `budget`.
+    pub fn with_budget(mut self, budget: Option<Budget>) -> Conn {
+        self.budget = budget;
+        self
     }
 
     fn into_tls(self, host: &str) -> Result<Conn> {
@@ -133,6 +202,7 @@ impl Conn {
             deadline,
             resume,
             ca_file,
+            budget: None,
             _watchdog: watch,
         })
     }
@@ -162,13 +232,17 @@ impl Read for Conn {
             Stream::Tcp(t) => t.read(buf),
             Stream::Tls(t) => t.read(buf),
         };
-        match r {
+        let n = match r {
             // The watchdog shut the socket down: a timeout, not an end.
             Ok(0) | Err(_) if Instant::now() >= self.deadline => {
-                Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
             }
-            r => r.map_err(timed_out),
+            r => r.map_err(timed_out)?,
+        };
+        if let Some(b) = &self.budget {
+            b.spend(n)?;
         }
+        Ok(n)
     }
 }
 
@@ -376,6 +450,9 @@ pub struct Request<'a> {
     pub headers: Vec<String>,
     /// Sent with a `Content-Length` when not empty.
     pub body: &'a [u8],
+    /// What the whole response (head, framing and body) is counted
+    /// against, if anything.
+    pub budget: Option<&'a Budget>,
 }
 
 /// A response whose body is read on demand.
@@ -397,7 +474,7 @@ pub fn send(
     connect: Duration,
     deadline: Instant,
 ) -> Result<Response> {
-    let mut conn = Conn::open(ep, connect, deadline)?;
+    let mut conn = Conn::open(ep, connect, deadline)?.with_budget(req.budget.cloned());
     let mut head = format!(
         "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
         req.method,

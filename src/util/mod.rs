@@ -88,6 +88,21 @@ pub fn private_dir(path: &Path) -> Result<Dir> {
     Ok(d)
 }
 
+/// Whether a `git` program is on `PATH` (looked up once per process).
+pub fn git_installed() -> bool {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| {
+                fs::metadata(dir.join("git")).is_ok_and(|m| {
+                    m.is_file()
+                        && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+                })
+            })
+        })
+    })
+}
+
 /// Removes a directory tree if it exists.
 pub fn remove_tree(path: &Path) -> Result<()> {
     match fs::remove_dir_all(path) {

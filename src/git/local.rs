@@ -1,0 +1,154 @@
+//! A repository on this machine (`/srv/git/config.git`, `file://…`),
+//! served by git's own `upload-pack` over a pipe and spoken to in protocol
+//! v2 as a git daemon is: the mirror is shallow and partial as for any
+//! server, every byte counts against `max_fetch_bytes`, and a huge blob is
+//! git's to pack, never read into this process (libgit2's local transport
+//! builds the whole pack in memory, blob by blob).
+//!
+//! git's upload-pack is made to serve repositories it does not trust (it
+//! runs no hook and honours none of the repository's dangerous settings),
+//! and like libgit2 it refuses a repository that another user owns.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+
+use crate::util::http::Budget;
+
+/// Most of git's stderr kept for a message.
+const MAX_STDERR: u64 = 4096;
+
+/// `git upload-pack` on a local repository, read and written like a
+/// connection: every read and write waits at most until the deadline.
+pub struct Pipe {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    deadline: Instant,
+    budget: Budget,
+    /// Collects what git says on stderr (a thread, so that git never
+    /// blocks on a full stderr pipe while we wait for its stdout).
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Pipe {
+    /// Starts `git upload-pack` on the repository at `path`, asking for
+    /// protocol v2; `None` when git is not installed. It may filter blobs
+    /// and send any object asked for by id (what a partial mirror asks
+    /// for), as servers configured for this tool do; nothing from the
+    /// caller's environment steers it to another repository.
+    pub fn spawn(path: &str, deadline: Instant, budget: Budget) -> Result<Option<Pipe>> {
+        let mut cmd = Command::new("git");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("GIT_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.args([
+            "-c",
+            "uploadpack.allowFilter=true",
+            "-c",
+            "uploadpack.allowAnySHA1InWant=true",
+            "upload-pack",
+            "--",
+            path,
+        ])
+        .env("GIT_PROTOCOL", "version=2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).context("starting git upload-pack"),
+        };
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("git upload-pack started without its pipes");
+        };
+        let stderr = std::thread::spawn(move || {
+            let mut said = Vec::new();
+            let mut rest = stderr.take(MAX_STDERR);
+            let _ = rest.read_to_end(&mut said);
+            let _ = io::copy(&mut rest.into_inner(), &mut io::sink());
+            said
+        });
+        Ok(Some(Pipe {
+            child,
+            stdin,
+            stdout,
+            deadline,
+            budget,
+            stderr: Some(stderr),
+        }))
+    }
+
+    /// Waits until `fd` is ready for `flags`, at most until the deadline.
+    fn wait(&self, fd: impl AsFd, flags: PollFlags) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+        }
+        let timeout = Timespec::try_from(left).ok();
+        let mut fds = [PollFd::new(&fd, flags)];
+        match poll(&mut fds, timeout.as_ref()) {
+            Ok(0) => Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Ends git (its answer is complete or no longer wanted) and returns
+    /// what it said on stderr, as one line.
+    fn finish(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let said = self
+            .stderr
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        crate::util::escape_text(String::from_utf8_lossy(&said).trim()).into_owned()
+    }
+}
+
+impl Read for Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.wait(self.stdout.as_fd(), PollFlags::IN)?;
+        let n = self.stdout.read(buf)?;
+        if n == 0 {
+            // git ended its output: say why, when it said why.
+            let said = self.finish();
+            if !said.is_empty() {
+                return Err(io::Error::other(format!("git upload-pack: {said}")));
+            }
+        }
+        self.budget.spend(n)?;
+        Ok(n)
+    }
+}
+
+impl Write for Pipe {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.wait(self.stdin.as_fd(), PollFlags::OUT)?;
+        self.stdin.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stdin.flush()
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}

@@ -11,6 +11,7 @@
 //! service and key.
 
 mod credentials;
+pub mod keys;
 mod parse;
 mod validate;
 

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+pub(super) use super::keys::RawSettings;
+use super::keys::{self, Scope};
 use super::Diagnostic;
 
 /// A value and where it was written.
@@ -14,45 +16,6 @@ use super::Diagnostic;
 pub(super) struct Sp<T> {
     pub value: T,
     pub span: Range<usize>,
-}
-
-/// Keys that `[global]` and a service share; in `[global]` they are defaults.
-#[derive(Debug, Clone, Default)]
-pub(super) struct RawSettings {
-    pub upstream: Option<Sp<String>>,
-    pub branch: Option<Sp<String>>,
-    pub user: Option<Sp<String>>,
-    pub package: Option<Sp<String>>,
-    pub action: Option<Sp<String>>,
-    pub depth: Option<Sp<i64>>,
-    pub mount: Option<Sp<String>>,
-    pub timeout: Option<Sp<i64>>,
-    pub ssh_key: Option<Sp<String>>,
-    pub ssh_known_hosts: Option<Sp<String>>,
-    pub https_user: Option<Sp<String>>,
-    pub https_token_file: Option<Sp<String>>,
-    pub interval: Option<Sp<String>>,
-    pub drift: Option<Sp<String>>,
-    pub max_file_size: Option<Sp<String>>,
-    pub max_files: Option<Sp<i64>>,
-    pub max_release_size: Option<Sp<String>>,
-    pub max_fetch_bytes: Option<Sp<String>>,
-    pub validate: Option<Sp<String>>,
-    pub validate_timeout: Option<Sp<String>>,
-    pub health: Option<Sp<String>>,
-    pub health_timeout: Option<Sp<String>>,
-    pub check_user: Option<Sp<String>>,
-    pub rollout: Option<Sp<String>>,
-    /// `canary`: one name or a list of them.
-    pub canary: Option<Sp<Vec<Sp<String>>>>,
-    pub gate: Option<Sp<String>>,
-    pub soak: Option<Sp<String>>,
-    pub gate_min: Option<Sp<i64>>,
-    pub gate_token_file: Option<Sp<String>>,
-    pub gate_user: Option<Sp<String>>,
-    pub gate_ca_file: Option<Sp<String>>,
-    pub allowed_signers: Option<Sp<String>>,
-    pub openpgp_keys: Option<Sp<String>>,
 }
 
 /// One `[[services]]` table.
@@ -146,57 +109,6 @@ impl<'a> Locator<'a> {
 }
 
 const GLOBAL: &str = "[global]";
-const SHARED_KEYS: [&str; 33] = [
-    "upstream",
-    "branch",
-    "user",
-    "package",
-    "action",
-    "depth",
-    "mount",
-    "timeout",
-    "ssh_key",
-    "ssh_known_hosts",
-    "https_user",
-    "https_token_file",
-    "interval",
-    "drift",
-    "max_file_size",
-    "max_files",
-    "max_release_size",
-    "max_fetch_bytes",
-    "validate",
-    "validate_timeout",
-    "health",
-    "health_timeout",
-    "check_user",
-    "rollout",
-    "canary",
-    "gate",
-    "soak",
-    "gate_min",
-    "gate_token_file",
-    "gate_user",
-    "gate_ca_file",
-    "allowed_signers",
-    "openpgp_keys",
-];
-/// Accepted for gitopper compatibility and otherwise ignored.
-const IGNORED_KEYS: [&str; 1] = ["keys"];
-const SERVICE_KEYS: [&str; 4] = ["machine", "service", "name", "dirs"];
-/// Keys only `[global]` has: they concern the machine, not one service.
-const GLOBAL_KEYS: [&str; 1] = ["metrics_dir"];
-const DIR_KEYS: [&str; 8] = [
-    "local",
-    "link",
-    "file",
-    "single",
-    "readonly",
-    "mode",
-    "group",
-    "allow_writable_parents",
-];
-
 /// Walks `text` (read from `file`) into raw settings and diagnostics.
 pub(super) fn parse(loc: &Locator<'_>, text: &str) -> Parsed {
     let mut out = Parsed::default();
@@ -226,12 +138,14 @@ pub(super) fn parse(loc: &Locator<'_>, text: &str) -> Parsed {
     out
 }
 
-struct Walker<'a, 'b> {
+/// Reads the TOML tree of one file, collecting diagnostics.
+pub(super) struct Walker<'a, 'b> {
     loc: &'a Locator<'a>,
     out: &'b mut Parsed,
 }
 
-type Value<'i> = Spanned<DeValue<'i>>;
+/// A TOML value with where it was written.
+pub(super) type Value<'i> = Spanned<DeValue<'i>>;
 
 impl Walker<'_, '_> {
     fn error(&mut self, span: &Range<usize>, context: &str, key: &str, msg: impl Into<String>) {
@@ -239,8 +153,19 @@ impl Walker<'_, '_> {
         self.out.errors.push(d);
     }
 
+    /// An unknown key at top level, where only two are known.
     fn unknown(&mut self, span: Range<usize>, context: &str, key: &str, allowed: &[&str]) {
         let msg = format!("unknown key; expected one of: {}", allowed.join(", "));
+        self.error(&span, context, key, msg);
+    }
+
+    /// An unknown key where the keys of `scopes` belong: names the one it
+    /// most likely meant, if any.
+    fn unknown_key(&mut self, span: Range<usize>, context: &str, key: &str, scopes: &[Scope]) {
+        let msg = match keys::nearest(key.rsplit('.').next().unwrap_or(key), scopes) {
+            Some(near) => format!("unknown key; did you mean `{near}`?"),
+            None => "unknown key (the configuration reference lists every key)".to_string(),
+        };
         self.error(&span, context, key, msg);
     }
 
@@ -278,18 +203,16 @@ impl Walker<'_, '_> {
                 }
                 _ => {}
             }
-            if !self.shared_key(&mut settings, GLOBAL, name, v) {
-                let allowed: Vec<&str> = SHARED_KEYS
-                    .iter()
-                    .chain(&GLOBAL_KEYS)
-                    .chain(&IGNORED_KEYS)
-                    .copied()
-                    .collect();
-                let mut msg = format!("unknown key; expected one of: {}", allowed.join(", "));
-                if SERVICE_KEYS.contains(&name) {
-                    msg = format!("`{name}` names one service: it belongs in a [[services]] table, not in [global]");
-                }
+            if keys::is(name, Scope::Service) {
+                let msg = format!("`{name}` names one service: it belongs in a [[services]] table, not in [global]");
                 self.error(&key.span(), GLOBAL, key.get_ref().as_ref(), msg);
+            } else if !self.shared_key(&mut settings, GLOBAL, name, v) {
+                self.unknown_key(
+                    key.span(),
+                    GLOBAL,
+                    key.get_ref().as_ref(),
+                    &[Scope::Shared, Scope::Global, Scope::Ignored],
+                );
             }
         }
         self.out.global = settings;
@@ -330,19 +253,18 @@ impl Walker<'_, '_> {
                 "service" => svc.service = self.string(v, &ctx, name),
                 "name" => svc.name = self.string(v, &ctx, name),
                 "dirs" => svc.dirs = self.dirs(v, &ctx),
-                _ if GLOBAL_KEYS.contains(&name) => {
+                _ if keys::is(name, Scope::Global) => {
                     let msg = format!("`{name}` is a machine-wide setting: it belongs in [global]");
                     self.error(&key.span(), &ctx, name, msg);
                 }
                 _ => {
                     if !self.shared_key(&mut svc.settings, &ctx, name, v) {
-                        let allowed: Vec<&str> = SERVICE_KEYS
-                            .iter()
-                            .chain(&SHARED_KEYS)
-                            .chain(&IGNORED_KEYS)
-                            .copied()
-                            .collect();
-                        self.unknown(key.span(), &ctx, key.get_ref().as_ref(), &allowed);
+                        self.unknown_key(
+                            key.span(),
+                            &ctx,
+                            key.get_ref().as_ref(),
+                            &[Scope::Service, Scope::Shared, Scope::Ignored],
+                        );
                     }
                 }
             }
@@ -350,94 +272,16 @@ impl Walker<'_, '_> {
         svc
     }
 
-    /// Parses a key valid in both `[global]` and a service; false if unknown.
+    /// Parses a key valid in both `[global]` and a service (see
+    /// [`keys`]); false if unknown.
     fn shared_key(&mut self, s: &mut RawSettings, ctx: &str, key: &str, v: &Value<'_>) -> bool {
-        let slot = match key {
-            "upstream" => &mut s.upstream,
-            "branch" => &mut s.branch,
-            "user" => &mut s.user,
-            "package" => &mut s.package,
-            "action" => &mut s.action,
-            "mount" => &mut s.mount,
-            "ssh_key" => &mut s.ssh_key,
-            "ssh_known_hosts" => &mut s.ssh_known_hosts,
-            "https_user" => &mut s.https_user,
-            "https_token_file" => &mut s.https_token_file,
-            "drift" => &mut s.drift,
-            "validate" => &mut s.validate,
-            "health" => &mut s.health,
-            "check_user" => &mut s.check_user,
-            // Seconds as an integer, or a span such as "90s" or "2m".
-            "validate_timeout" => {
-                s.validate_timeout = self.string_or_integer(v, ctx, key);
-                return true;
-            }
-            "health_timeout" => {
-                s.health_timeout = self.string_or_integer(v, ctx, key);
-                return true;
-            }
-            "depth" => {
-                s.depth = self.integer(v, ctx, key);
-                return true;
-            }
-            "gate" => &mut s.gate,
-            "gate_token_file" => &mut s.gate_token_file,
-            "gate_user" => &mut s.gate_user,
-            "gate_ca_file" => &mut s.gate_ca_file,
-            "allowed_signers" => &mut s.allowed_signers,
-            "openpgp_keys" => &mut s.openpgp_keys,
-            "rollout" => {
-                s.rollout = self.string_or_integer(v, ctx, key);
-                return true;
-            }
-            "soak" => {
-                s.soak = self.string_or_integer(v, ctx, key);
-                return true;
-            }
-            "gate_min" => {
-                s.gate_min = self.integer(v, ctx, key);
-                return true;
-            }
-            "canary" => {
-                s.canary = self.names(v, ctx, key);
-                return true;
-            }
-            "timeout" => {
-                s.timeout = self.integer(v, ctx, key);
-                return true;
-            }
-            "interval" => {
-                // Seconds as an integer, or a span such as "5m" or "1h 30m".
-                s.interval = self.string_or_integer(v, ctx, key);
-                return true;
-            }
-            "max_files" => {
-                s.max_files = self.integer(v, ctx, key);
-                return true;
-            }
-            // Bytes as an integer, or a size such as "64MiB" or "1 GiB".
-            "max_file_size" => {
-                s.max_file_size = self.string_or_integer(v, ctx, key);
-                return true;
-            }
-            "max_release_size" => {
-                s.max_release_size = self.string_or_integer(v, ctx, key);
-                return true;
-            }
-            "max_fetch_bytes" => {
-                s.max_fetch_bytes = self.string_or_integer(v, ctx, key);
-                return true;
-            }
-            "keys" => {
-                let msg = "accepted for gitopper compatibility and ignored: provision has no remote API to authorize";
-                let d = self.loc.diag(Some(&v.span()), ctx, key, msg);
-                self.out.warnings.push(d);
-                return true;
-            }
-            _ => return false,
-        };
-        *slot = self.string(v, ctx, key);
-        true
+        if keys::is(key, Scope::Ignored) {
+            let msg = "accepted for gitopper compatibility and ignored: provision has no remote API to authorize";
+            let d = self.loc.diag(Some(&v.span()), ctx, key, msg);
+            self.out.warnings.push(d);
+            return true;
+        }
+        s.read(self, ctx, key, v)
     }
 
     fn dirs(&mut self, value: &Value<'_>, ctx: &str) -> Option<Sp<Vec<RawDir>>> {
@@ -495,7 +339,7 @@ impl Walker<'_, '_> {
                 }
                 _ => {
                     let written = format!("{prefix}.{}", key.get_ref().as_ref());
-                    self.unknown(key.span(), ctx, &written, &DIR_KEYS)
+                    self.unknown_key(key.span(), ctx, &written, &[Scope::Dir])
                 }
             }
         }
@@ -517,7 +361,7 @@ impl Walker<'_, '_> {
         }
     }
 
-    fn string(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<String>> {
+    pub(super) fn string(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<String>> {
         match v.get_ref() {
             DeValue::String(s) => Some(Sp {
                 value: s.to_string(),
@@ -536,7 +380,11 @@ impl Walker<'_, '_> {
     }
 
     /// `machine`: one name, or a list of them (the first, and the rest).
-    fn machines(&mut self, v: &Value<'_>, ctx: &str) -> (Option<Sp<String>>, Vec<Sp<String>>) {
+    pub(super) fn machines(
+        &mut self,
+        v: &Value<'_>,
+        ctx: &str,
+    ) -> (Option<Sp<String>>, Vec<Sp<String>>) {
         let DeValue::Array(items) = v.get_ref() else {
             return (self.string(v, ctx, "machine"), Vec::new());
         };
@@ -556,7 +404,12 @@ impl Walker<'_, '_> {
     }
 
     /// One name or a list of names (possibly empty).
-    fn names(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<Vec<Sp<String>>>> {
+    pub(super) fn names(
+        &mut self,
+        v: &Value<'_>,
+        ctx: &str,
+        key: &str,
+    ) -> Option<Sp<Vec<Sp<String>>>> {
         let items: Vec<Option<Sp<String>>> = match v.get_ref() {
             DeValue::Array(items) => items.iter().map(|i| self.string(i, ctx, key)).collect(),
             _ => vec![self.string(v, ctx, key)],
@@ -568,7 +421,12 @@ impl Walker<'_, '_> {
     }
 
     /// A string, or an integer kept as its decimal text.
-    fn string_or_integer(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<String>> {
+    pub(super) fn string_or_integer(
+        &mut self,
+        v: &Value<'_>,
+        ctx: &str,
+        key: &str,
+    ) -> Option<Sp<String>> {
         match v.get_ref() {
             DeValue::Integer(_) => self.integer(v, ctx, key).map(|i| Sp {
                 value: i.value.to_string(),
@@ -578,7 +436,7 @@ impl Walker<'_, '_> {
         }
     }
 
-    fn boolean(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<bool>> {
+    pub(super) fn boolean(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<bool>> {
         match v.get_ref() {
             DeValue::Boolean(b) => Some(Sp {
                 value: *b,
@@ -596,7 +454,7 @@ impl Walker<'_, '_> {
         }
     }
 
-    fn integer(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<i64>> {
+    pub(super) fn integer(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<i64>> {
         let parsed = match v.get_ref() {
             DeValue::Integer(i) => {
                 let digits = i.as_str().replace('_', "");

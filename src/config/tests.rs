@@ -687,3 +687,86 @@ fn bad_rollout_keys_are_errors_naming_the_key() {
         assert!(e.contains(wanted), "{extra}: {e}");
     }
 }
+
+#[test]
+fn an_unknown_key_names_the_key_it_most_likely_meant() {
+    for (extra, key, wanted) in [
+        ("acton = \"reload\"", "acton", "did you mean `action`?"),
+        ("brnch = \"main\"", "brnch", "did you mean `branch`?"),
+        (
+            "max_file_sise = 1",
+            "max_file_sise",
+            "did you mean `max_file_size`?",
+        ),
+        (
+            "Allowed_Signer = \"/x\"",
+            "Allowed_Signer",
+            "did you mean `allowed_signers`?",
+        ),
+        (
+            "colour = 1",
+            "colour",
+            "the configuration reference lists every key",
+        ),
+    ] {
+        let e = parse(&service_with(extra)).expect_err(extra).to_string();
+        assert!(e.contains(&format!("key `{key}`: ")), "{extra}: {e}");
+        assert!(e.contains(wanted), "{extra}: {e}");
+    }
+    let e = parse(
+        "[[services]]\nmachine = \"m1\"\nservice = \"app\"\nupstream = \"git://h/r\"\n\
+         dirs = [{ local = \"/etc/app\", link = \"app\", redonly = true }]\n",
+    )
+    .expect_err("a typo in dirs")
+    .to_string();
+    assert!(e.contains("did you mean `readonly`?"), "{e}");
+    let e = parse("[global]\nmetrics_dri = \"/x\"\n")
+        .expect_err("a typo in [global]")
+        .to_string();
+    assert!(e.contains("did you mean `metrics_dir`?"), "{e}");
+}
+
+/// Each key of the table is one the parser reads where the table says:
+/// written with its example value, it is never an unknown key.
+#[test]
+fn every_key_of_the_table_is_read_where_it_belongs() {
+    use super::keys::{all, Scope};
+    for k in all() {
+        for name in std::iter::once(k.name).chain(k.aliases.iter().copied()) {
+            let text = match k.scope {
+                Scope::Shared | Scope::Service | Scope::Ignored => match name {
+                    "machine" | "service" | "dirs" => continue,
+                    _ => service_with(&format!("{name} = {}", k.example)),
+                },
+                Scope::Global => format!("[global]\n{name} = {}\n{}", k.example, service_with("")),
+                Scope::Dir => format!(
+                    "[[services]]\nmachine = \"m1\"\nservice = \"app\"\nupstream = \"git://h/r\"\n\
+                     dirs = [{{ local = \"/etc/app\", link = \"app\", {name} = {} }}]\n",
+                    k.example
+                ),
+            };
+            if let Err(e) = parse(&text) {
+                let e = e.to_string();
+                assert!(!e.contains("unknown key"), "{name}: {e}");
+            }
+        }
+    }
+}
+
+/// The README's configuration tables list every key of the table (a key
+/// added without its documentation fails here).
+#[test]
+fn the_readme_documents_every_key() {
+    let readme = include_str!("../../README.md");
+    for k in super::keys::all() {
+        let row = format!("| `{}` |", k.name);
+        assert!(readme.contains(&row), "README.md has no row {row}");
+        for alias in k.aliases {
+            assert!(
+                readme.contains(&format!("`{alias}`")),
+                "README.md does not mention `{alias}`, which {} accepts too",
+                k.name
+            );
+        }
+    }
+}

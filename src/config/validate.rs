@@ -857,44 +857,7 @@ pub(super) fn metrics_dir(
 
 /// A service's own settings over `[global]`'s.
 fn merge(s: &RawSettings, g: &RawSettings) -> RawSettings {
-    fn pick<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
-        a.clone().or_else(|| b.clone())
-    }
-    RawSettings {
-        upstream: pick(&s.upstream, &g.upstream),
-        branch: pick(&s.branch, &g.branch),
-        user: pick(&s.user, &g.user),
-        package: pick(&s.package, &g.package),
-        action: pick(&s.action, &g.action),
-        depth: pick(&s.depth, &g.depth),
-        mount: pick(&s.mount, &g.mount),
-        timeout: pick(&s.timeout, &g.timeout),
-        ssh_key: pick(&s.ssh_key, &g.ssh_key),
-        ssh_known_hosts: pick(&s.ssh_known_hosts, &g.ssh_known_hosts),
-        https_user: pick(&s.https_user, &g.https_user),
-        https_token_file: pick(&s.https_token_file, &g.https_token_file),
-        interval: pick(&s.interval, &g.interval),
-        drift: pick(&s.drift, &g.drift),
-        max_file_size: pick(&s.max_file_size, &g.max_file_size),
-        max_files: pick(&s.max_files, &g.max_files),
-        max_release_size: pick(&s.max_release_size, &g.max_release_size),
-        max_fetch_bytes: pick(&s.max_fetch_bytes, &g.max_fetch_bytes),
-        validate: pick(&s.validate, &g.validate),
-        validate_timeout: pick(&s.validate_timeout, &g.validate_timeout),
-        health: pick(&s.health, &g.health),
-        health_timeout: pick(&s.health_timeout, &g.health_timeout),
-        check_user: pick(&s.check_user, &g.check_user),
-        rollout: pick(&s.rollout, &g.rollout),
-        canary: pick(&s.canary, &g.canary),
-        gate: pick(&s.gate, &g.gate),
-        soak: pick(&s.soak, &g.soak),
-        gate_min: pick(&s.gate_min, &g.gate_min),
-        gate_token_file: pick(&s.gate_token_file, &g.gate_token_file),
-        gate_user: pick(&s.gate_user, &g.gate_user),
-        gate_ca_file: pick(&s.gate_ca_file, &g.gate_ca_file),
-        allowed_signers: pick(&s.allowed_signers, &g.allowed_signers),
-        openpgp_keys: pick(&s.openpgp_keys, &g.openpgp_keys),
-    }
+    s.or(g)
 }
 
 /// Splits `name.suffix` when the suffix is a unit type.

@@ -9,12 +9,17 @@
 //! | `cli` | clap types, dispatch, exit codes, human output |
 //! | `fleet` | every machine of the config, over OpenSSH: status, actions, inventory |
 //! | `engine` | what changes a machine: the pass, the apply transaction, operator commands |
-//! | `view` | what only looks: observation, status, diff, history, metrics |
+//! | `view` | what only looks: status, diff, history, metrics |
+//! | `observe` | what the machine shows now against the state: drift, mounts, the unit |
 //! | `store` | what provision keeps on disk: state, releases, manifests, drift scans |
 //! | `git` | mirrors, credentials and host keys |
 //! | `host` | the machine: mounts, systemd, packages, processes, identity, users |
+//! | `model` | plain data several layers share (signature verdicts) |
 //! | `config` | the configuration file |
 //! | `util` | descriptor-based file operations, locks, small helpers |
+//!
+//! Layers in one row of the architecture test's floors (`engine`, `view`
+//! and `fleet`; `store`, `git` and `host`) do not use each other.
 
 pub mod cli;
 pub mod config;
@@ -22,6 +27,8 @@ pub(crate) mod engine;
 pub(crate) mod fleet;
 pub mod git;
 pub(crate) mod host;
+pub mod model;
+pub(crate) mod observe;
 pub(crate) mod store;
 pub(crate) mod util;
 pub mod view;

@@ -14,13 +14,13 @@ use crate::engine::trial::{self, WhenStopped};
 use crate::git::mirror::Mirror;
 use crate::host::mount::{self, Before, Wanted};
 use crate::host::package;
+use crate::observe;
 use crate::store::commit::CommitId;
 use crate::store::drift::{self, Drifted};
 use crate::store::layout;
 use crate::store::release::Releases;
 use crate::store::state::{Deployed, HoldKind, MountRecord, State, StateDir, Trial};
 use crate::util::now_unix;
-use crate::view::observe;
 
 /// Mounts every `dirs` entry of `svc` from `release` and says what each
 /// mount point showed before.

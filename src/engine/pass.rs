@@ -17,11 +17,11 @@ use crate::engine::apply::{self, Keeper, Outcome, Report, Serving};
 use crate::engine::rollout::{self, Decision, Pace};
 use crate::engine::trial::WhenStopped;
 use crate::git::mirror::{self, Mirror};
+use crate::observe;
 use crate::store::commit::CommitId;
 use crate::store::layout;
 use crate::store::state::{Deployed, PassRecord, State, StateDir, UpstreamSeen};
 use crate::util::now_unix;
-use crate::view::observe;
 
 /// What the operator asked of a pass beyond the config.
 #[derive(Debug, Clone, Copy)]
@@ -376,7 +376,8 @@ fn remount_recorded(state: &State) -> Result<Outcome> {
     );
     let mut notes = Vec::new();
     for r in &state.mounted {
-        if crate::host::mount::ensure(&r.wanted())? != crate::host::mount::Before::Correct {
+        if crate::host::mount::ensure(&observe::recorded(r))? != crate::host::mount::Before::Correct
+        {
             notes.push(format!("mounted {}", r.local.display()));
         }
     }

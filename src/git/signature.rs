@@ -5,11 +5,11 @@
 //! rPGP; no gpg or ssh-keygen runs.
 
 use git2::{Oid, Repository};
-use serde::{Deserialize, Serialize};
 use ssh_key::{HashAlg, PublicKey, SshSig};
 
 use crate::git::allowed_signers::Signer;
 use crate::git::openpgp_keys;
+pub use crate::model::signature::Verdict;
 
 /// The keys a service trusts.
 #[derive(Default)]
@@ -22,67 +22,6 @@ pub struct Trusted {
 
 /// The namespace git signs commits in.
 const NAMESPACE: &str = "git";
-
-/// What a check of one commit found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Verdict {
-    /// The commit checked.
-    pub commit: String,
-    /// Whether it carries a valid signature by an allowed key.
-    pub verified: bool,
-    /// The principals of the allowed key, or `unsigned`, or the key's
-    /// fingerprint when it is not allowed.
-    pub signer: String,
-    /// The signing key's fingerprint (`SHA256:...`), when signed.
-    pub fingerprint: Option<String>,
-    /// `ssh` or `openpgp`, when signed.
-    pub format: Option<String>,
-    /// Why it is not verified (`unsigned`, `unknown key`, ...).
-    pub reason: Option<String>,
-}
-
-impl Verdict {
-    fn refused(
-        commit: Oid,
-        signer: &str,
-        fingerprint: Option<String>,
-        format: Option<&str>,
-        reason: String,
-    ) -> Verdict {
-        Verdict {
-            commit: commit.to_string(),
-            verified: false,
-            signer: signer.to_string(),
-            fingerprint,
-            format: format.map(str::to_string),
-            reason: Some(reason),
-        }
-    }
-
-    /// One line: `signed by alice@example.net (ssh, SHA256:...)` or why not.
-    pub fn describe(&self) -> String {
-        let key = self
-            .fingerprint
-            .as_deref()
-            .map(|f| format!(", {}", f))
-            .unwrap_or_default();
-        let format = self.format.as_deref().unwrap_or("");
-        match (&self.reason, self.verified) {
-            (None, true) => format!("signed by {} ({format}{key})", self.signer),
-            (Some(r), _) if *r == self.signer => r.clone(),
-            (reason, _) => format!(
-                "{}: {}{}",
-                self.signer,
-                reason.as_deref().unwrap_or("not verified"),
-                if format.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({format}{key})")
-                }
-            ),
-        }
-    }
-}
 
 /// A signed commit's signature and the bytes it signs (its payload).
 type Signed = (Vec<u8>, Vec<u8>);
@@ -138,7 +77,7 @@ fn split_signed(raw: &[u8]) -> Result<Option<Signed>, String> {
 /// Checks `commit` of `repo` against the `trusted` keys.
 pub fn verify(repo: &Repository, commit: Oid, trusted: &Trusted) -> Verdict {
     let cannot = |why: String| {
-        Verdict::refused(
+        refused(
             commit,
             "unknown",
             None,
@@ -157,9 +96,7 @@ pub fn verify(repo: &Repository, commit: Oid, trusted: &Trusted) -> Verdict {
     };
     let (signature, payload) = match split_signed(&raw) {
         Ok(Some(split)) => split,
-        Ok(None) => {
-            return Verdict::refused(commit, "unsigned", None, None, "unsigned".to_string())
-        }
+        Ok(None) => return refused(commit, "unsigned", None, None, "unsigned".to_string()),
         Err(why) => return cannot(why),
     };
     let text = String::from_utf8_lossy(&signature).into_owned();
@@ -173,7 +110,7 @@ pub fn verify(repo: &Repository, commit: Oid, trusted: &Trusted) -> Verdict {
     if text.contains("-----BEGIN PGP SIGNATURE-----") {
         return openpgp(commit, &text, &payload, &trusted.openpgp);
     }
-    Verdict::refused(
+    refused(
         commit,
         "unknown",
         None,
@@ -193,7 +130,7 @@ fn openpgp(
     let sig = match DetachedSignature::from_string(armored) {
         Ok((s, _)) => s,
         Err(e) => {
-            return Verdict::refused(
+            return refused(
                 commit,
                 "unknown",
                 None,
@@ -238,7 +175,7 @@ fn openpgp(
                 .map(|why| format!("a key that may not sign: {why}"))
         });
         if let Some(why) = refusal {
-            return Verdict::refused(
+            return refused(
                 commit,
                 &openpgp_keys::name(key),
                 Some(openpgp_keys::fingerprint(key)),
@@ -273,20 +210,38 @@ fn openpgp(
             .any(|id| issuers.iter().any(|i| i.eq_ignore_ascii_case(&id)))
     });
     match known {
-        Some(k) => Verdict::refused(
+        Some(k) => refused(
             commit,
             &openpgp_keys::name(k),
             Some(openpgp_keys::fingerprint(k)),
             Some("openpgp"),
             "bad signature".to_string(),
         ),
-        None => Verdict::refused(
+        None => refused(
             commit,
             &issuer,
             Some(issuer.clone()),
             Some("openpgp"),
             "unknown key".to_string(),
         ),
+    }
+}
+
+/// A verdict that `commit` does not count, and why.
+fn refused(
+    commit: Oid,
+    signer: &str,
+    fingerprint: Option<String>,
+    format: Option<&str>,
+    reason: String,
+) -> Verdict {
+    Verdict {
+        commit: commit.to_string(),
+        verified: false,
+        signer: signer.to_string(),
+        fingerprint,
+        format: format.map(str::to_string),
+        reason: Some(reason),
     }
 }
 
@@ -308,7 +263,7 @@ fn ssh(commit: Oid, armored: &str, payload: &[u8], when: i64, signers: &[Signer]
     let sig = match SshSig::from_pem(armored.trim()) {
         Ok(s) => s,
         Err(e) => {
-            return Verdict::refused(
+            return refused(
                 commit,
                 "unknown",
                 None,
@@ -320,7 +275,7 @@ fn ssh(commit: Oid, armored: &str, payload: &[u8], when: i64, signers: &[Signer]
     let key = PublicKey::from(sig.public_key().clone());
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
     let refused = |signer: &str, reason: String| {
-        Verdict::refused(
+        refused(
             commit,
             signer,
             Some(fingerprint.clone()),

@@ -84,7 +84,7 @@ pub struct State {
     /// The last signature check (with `allowed_signers`): of the commit
     /// last deployed or refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<crate::git::signature::Verdict>,
+    pub signature: Option<crate::model::signature::Verdict>,
     /// The head this machine is waiting to adopt in a staged rollout,
     /// kept until it is deployed or a newer head replaces it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,17 +163,6 @@ impl MountRecord {
             file: d.file,
             readonly: d.readonly,
             allow_writable_parents: d.allow_writable_parents,
-        }
-    }
-
-    /// The mount to make again.
-    pub fn wanted(&self) -> crate::host::mount::Wanted<'_> {
-        crate::host::mount::Wanted {
-            local: &self.local,
-            source: self.source.clone(),
-            file: self.file,
-            readonly: self.readonly,
-            allow_writable_parents: self.allow_writable_parents,
         }
     }
 }

@@ -16,6 +16,7 @@ use git2::{DiffOptions, Oid, Patch, Repository, Tree};
 
 use crate::config::Service;
 use crate::git::mirror::Mirror;
+use crate::observe::{self, MountState};
 use crate::store::commit::CommitId;
 use crate::store::drift::{self, Change};
 use crate::store::layout;
@@ -23,7 +24,6 @@ use crate::store::manifest::Kind;
 use crate::store::state::Deployed;
 use crate::store::state::StateDir;
 use crate::util::{dirfd, human_size};
-use crate::view::observe::{self, MountState};
 
 /// The diff of local changes against the deployed commit ("" when none).
 pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {

@@ -4,5 +4,4 @@
 pub(crate) mod diff;
 pub(crate) mod history;
 pub mod metrics;
-pub(crate) mod observe;
 pub(crate) mod status;

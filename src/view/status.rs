@@ -12,11 +12,11 @@ use serde::Serialize;
 
 use crate::config::{DriftPolicy, Service};
 use crate::git::mirror::Mirror;
+use crate::observe::{self, MountState};
 use crate::store::commit::CommitId;
 use crate::store::drift::Change;
 use crate::store::state::{HoldKind, Rejected, RolloutWait, State, StateDir};
 use crate::util::now_unix;
-use crate::view::observe::{self, MountState};
 
 /// Version of the `status --json` document.
 pub const SCHEMA: u32 = 1;

@@ -114,7 +114,18 @@ pub fn mounts(svc: &Service, state_dir: &Path, deployed: &Deployed) -> Vec<Mount
 
 /// What a mount recorded in a state file shows now.
 pub fn recorded_mount(r: &MountRecord) -> MountState {
-    shows(&r.wanted())
+    shows(&recorded(r))
+}
+
+/// The mount a state file's record asks for, to make it again.
+pub fn recorded(r: &MountRecord) -> Wanted<'_> {
+    Wanted {
+        local: &r.local,
+        source: r.source.clone(),
+        file: r.file,
+        readonly: r.readonly,
+        allow_writable_parents: r.allow_writable_parents,
+    }
 }
 
 /// What `local` shows against the wanted mount.

@@ -101,7 +101,7 @@ clean:
 	$(CARGO) clean
 
 # Fuzzing of the config parser; long, so not part of `make test` (which runs
-# the bounded property test tests/config_fuzz.rs). First coverage-guided with
+# the bounded property test tests/it/config_fuzz.rs). First coverage-guided with
 # libFuzzer through cargo-fuzz, on the stable toolchain: RUSTC_BOOTSTRAP lets
 # cargo-fuzz pass its -Z flags. No sanitizer (the parser is safe Rust); debug
 # assertions on, so an arithmetic overflow is a crash. Corpus and crash
@@ -127,5 +127,5 @@ fuzz: deps
 	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none --debug-assertions allowed_signers fuzz/corpus/allowed_signers -- \
 		-max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 || status=1; \
 	PROVISION_FUZZ_ITERS=$(FUZZ_ITERS) PROVISION_FUZZ_SEED=$(FUZZ_SEED) \
-		$(CARGO) test --test config_fuzz -- --nocapture || status=1; \
+		$(CARGO) test --test it config_fuzz:: -- --nocapture || status=1; \
 	exit $$status

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Before any test binary runs: every tool a test requires is on this machine.
 # Tool names come from the tests themselves (`require_tool("…")`,
-# `need!("…")`); their Debian packages from testkit/tools.txt. One line per
+# `need_machine!("…")`); their Debian packages from testkit/tools.txt. One line per
 # problem, exit 1 on any, so a missing install step is one clear line rather
 # than a panic deep inside a test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 table=testkit/tools.txt
 # `python3-at-/usr/bin/python3` asks for python3 at a fixed path: the tool is python3.
-names=$(grep -rhoE 'require_tool\("[^"]+"\)|need!\((\s*"[^"]+",?)+' tests testkit/src \
+names=$(grep -rhoE 'require_tool\("[^"]+"\)|need(_[a-z]+)?!\((\s*"[^"]+",?)+' tests testkit/src \
   | grep -oE '"[^"]+"' | tr -d '"' | sed -E 's/-at-.*//' | sort -u)
 package_of() { awk -v t="$1" '!/^#/ && $1 == t { print $2 }' "$table"; }
 # Where testkit's find_tool looks: PATH, git's exec-path, a few system dirs.

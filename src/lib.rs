@@ -2,7 +2,7 @@
 //!
 //! One invocation of the binary performs one reconcile pass (or one operator
 //! command). The crate is layered; a module imports only from layers below
-//! its own (checked by `tests/architecture.rs`):
+//! its own (checked by `tests/it/architecture.rs`):
 //!
 //! | layer | owns |
 //! |---|---|

@@ -13,14 +13,6 @@ use common::host::{app_config, read, seed, Host};
 use common::smart_http::{Protocol, SmartHttp};
 use common::{GitDaemon, Upstream};
 
-macro_rules! need_git {
-    () => {
-        if !common::require_tool("git") || !common::require_tool("git-daemon") {
-            return;
-        }
-    };
-}
-
 /// Lets clients ask for a partial clone, as hosting servers do.
 fn allow_filter(up: &Upstream) {
     common::run(common::git_cmd(up.bare()).args(["config", "uploadpack.allowFilter", "true"]));
@@ -93,7 +85,7 @@ fn text(out: &std::process::Output) -> String {
 
 #[test]
 fn over_smart_http_the_mirror_holds_only_the_mounted_files_and_rolls_back_offline() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     allow_filter(&up);
@@ -157,7 +149,7 @@ fn over_smart_http_the_mirror_holds_only_the_mounted_files_and_rolls_back_offlin
 
 #[test]
 fn a_service_sharing_a_mirror_gets_its_own_files_when_it_first_runs() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     allow_filter(&up);
@@ -184,7 +176,7 @@ fn a_service_sharing_a_mirror_gets_its_own_files_when_it_first_runs() {
 
 #[test]
 fn a_no_op_poll_asks_for_the_followed_branch_alone_whatever_the_refs() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);
@@ -212,7 +204,7 @@ fn a_no_op_poll_asks_for_the_followed_branch_alone_whatever_the_refs() {
 
 #[test]
 fn an_https_server_without_protocol_v2_is_named_and_the_deployment_kept() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let first = seed(&up);
@@ -241,7 +233,7 @@ fn an_https_server_without_protocol_v2_is_named_and_the_deployment_kept() {
 /// redirect within the origin keeps it (that server still asks for it).
 #[test]
 fn https_credentials_never_follow_a_redirect_to_another_origin() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let first = seed(&up);
@@ -293,7 +285,7 @@ fn https_credentials_never_follow_a_redirect_to_another_origin() {
 
 #[test]
 fn https_credentials_come_from_the_token_file_and_a_refusal_names_it() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);

@@ -1,7 +1,7 @@
 //! libFuzzer target for `Config::parse` on arbitrary UTF-8 text.
 //!
 //! A crash is a panic inside the parser or a broken promise, checked here
-//! the same way as in tests/config_fuzz.rs (which also has a
+//! the same way as in tests/it/config_fuzz.rs (which also has a
 //! structure-aware generator): deterministic results; every rejection has
 //! at least one diagnostic, each with a message, a context, the file given
 //! and a line/column inside the text; every accepted config holds only

@@ -191,6 +191,30 @@ pub fn tool_package(name: &str) -> Option<&'static str> {
         .map(|(_, package)| package)
 }
 
+/// Returns from the test unless git and its daemon are here (under
+/// `CI=true`, a missing one fails the test instead; see [`require_tool`]).
+#[macro_export]
+macro_rules! need_git {
+    () => {
+        if !$crate::require_tool("git") || !$crate::require_tool("git-daemon") {
+            return;
+        }
+    };
+}
+
+/// Returns from the test unless a booted machine can run here (git's
+/// daemon, containers) with each of the tools named (under `CI=true`, a
+/// missing one fails the test instead).
+#[macro_export]
+macro_rules! need_machine {
+    ($($tool:expr),* $(,)?) => {
+        if !$crate::require_tool("git-daemon") || !$crate::container::require_containers() {
+            return;
+        }
+        $( if !$crate::require_tool($tool) { return; } )*
+    };
+}
+
 /// Fails the test under CI=true, otherwise returns false after printing why,
 /// when a required external tool is missing.
 ///

@@ -41,14 +41,6 @@ const CONTROL_KILLS: usize = 32;
 /// SIGKILL as a shell reports it (128 + 9).
 const KILLED: i32 = 137;
 
-macro_rules! need {
-    () => {
-        if !common::require_tool("git-daemon") || !common::container::require_containers() {
-            return;
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------
 // Deterministic kill points
 // ---------------------------------------------------------------------------
@@ -806,7 +798,7 @@ fn histogram_text(hist: &BTreeMap<String, usize>) -> String {
 /// finished), and the pass after it changes nothing.
 #[test]
 fn sync_killed_at_random_points_never_shows_a_mix_and_converges() {
-    need!();
+    common::need_machine!();
     let started = Instant::now();
     let (mut rng, seed) = Rng::seeded();
     let d = common::GitDaemon::start();
@@ -942,7 +934,7 @@ fn sync_killed_at_random_points_never_shows_a_mix_and_converges() {
 /// moves on: the same invariants, with `forward` as the recovery.
 #[test]
 fn rollback_and_forward_killed_at_random_points_converge() {
-    need!();
+    common::need_machine!();
     let started = Instant::now();
     let (mut rng, seed) = Rng::seeded();
     let d = common::GitDaemon::start();
@@ -1077,7 +1069,7 @@ fn switches_atomically() -> bool {
 /// on entry to the chosen call, so each window is hit every time.
 #[test]
 fn kills_inside_the_mount_switch_heal_on_the_next_pass() {
-    need!();
+    common::need_machine!();
     if !common::require_tool("strace") {
         return;
     }
@@ -1204,7 +1196,7 @@ fn gated_status(m: &Machine) -> serde_json::Value {
 
 #[test]
 fn kills_during_validate_health_wait_and_revert_converge() {
-    need!();
+    common::need_machine!();
     let d = common::GitDaemon::start();
     let up = d.repo("gated");
     up.commit("main", &[("web/web.conf", Some("v1\n"))], "v1");

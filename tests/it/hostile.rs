@@ -36,14 +36,6 @@ use serde_json::Value;
 use common::host::{app_config, read, seed, Host};
 use common::{GitDaemon, Upstream};
 
-macro_rules! need_git {
-    () => {
-        if !common::require_tool("git") || !common::require_tool("git-daemon") {
-            return;
-        }
-    };
-}
-
 const BIN: &str = env!("CARGO_BIN_EXE_provision");
 
 /// The commit a submodule entry points to; it never exists anywhere, as
@@ -720,7 +712,7 @@ fn run_cases(cases: Vec<NamedCase<'_>>) {
 
 #[test]
 fn symlinks_leaving_their_link_are_refused() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     let refuse = |label, hostile, needles| refusal(&d, &s, label, hostile, needles);
@@ -793,7 +785,7 @@ fn chain(s: &Sentinel) -> (Node, String) {
 
 #[test]
 fn a_symlink_chain_cannot_escape_in_two_hops() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     let (d_dir, target) = chain(&s);
@@ -811,7 +803,7 @@ fn a_symlink_chain_cannot_escape_in_two_hops() {
 
 #[test]
 fn a_duplicate_entry_cannot_write_through_a_symlink() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     let (d_dir, target) = chain(&s);
@@ -860,7 +852,7 @@ fn a_duplicate_entry_cannot_write_through_a_symlink() {
 
 #[test]
 fn symlinks_staying_inside_their_link_deploy_as_symlinks() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     let hostile = app(
@@ -897,7 +889,7 @@ fn symlinks_staying_inside_their_link_deploy_as_symlinks() {
 
 #[test]
 fn a_link_of_the_wrong_kind_is_refused() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     let refuse = |label, hostile, needles| refusal(&d, &s, label, hostile, needles);
@@ -947,7 +939,7 @@ fn a_link_of_the_wrong_kind_is_refused() {
 
 #[test]
 fn submodules_inside_the_link_deploy_as_empty_directories() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     let hostile = app(
@@ -994,7 +986,7 @@ fn odd_names() -> Vec<Vec<u8>> {
 
 #[test]
 fn odd_names_deploy_byte_for_byte_and_drift_is_tracked() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     let mut entries: Vec<(Vec<u8>, Node)> = odd_names()
@@ -1044,7 +1036,7 @@ fn odd_names_deploy_byte_for_byte_and_drift_is_tracked() {
 
 #[test]
 fn entry_names_that_are_not_a_single_path_component_are_refused() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     // Git's own tools never write these, but a tree object is just bytes.
@@ -1124,7 +1116,7 @@ fn entry_names_that_are_not_a_single_path_component_are_refused() {
 
 #[test]
 fn a_dot_git_directory_is_plain_content_never_run() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     // What a Git that treated this directory as a repository would run.
@@ -1183,7 +1175,7 @@ fn a_dot_git_directory_is_plain_content_never_run() {
 
 #[test]
 fn a_huge_file_deploys_intact() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     const SIZE: usize = 64 << 20;
@@ -1211,7 +1203,7 @@ fn a_huge_file_deploys_intact() {
 
 #[test]
 fn ten_thousand_files_in_one_directory_deploy() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     let many: Vec<(String, Node)> = (0..10_000)
@@ -1297,7 +1289,7 @@ fn run_measured(h: &Host, args: &[&str]) -> (Output, u64) {
 /// read into provision to build a pack).
 #[test]
 fn a_blob_beyond_max_file_size_is_refused_before_it_is_inflated() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     const SIZE: u64 = 256 << 20;
@@ -1332,7 +1324,7 @@ fn a_blob_beyond_max_file_size_is_refused_before_it_is_inflated() {
 
 #[test]
 fn a_commit_with_more_files_than_max_files_is_refused() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     let many: Vec<(String, Node)> = (0..100_000)
@@ -1348,7 +1340,7 @@ fn a_commit_with_more_files_than_max_files_is_refused() {
 
 #[test]
 fn files_adding_up_beyond_max_release_size_are_refused() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     let body = "y".repeat(10 * 1024);
@@ -1367,7 +1359,7 @@ fn files_adding_up_beyond_max_release_size_are_refused() {
 
 #[test]
 fn a_download_beyond_max_fetch_bytes_stops_there_and_keeps_the_mirror() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let s = Sentinel::new();
     let (c, _) = attempt_configured(
@@ -1435,7 +1427,7 @@ fn state_bytes(h: &Host) -> Vec<u8> {
 
 #[test]
 fn unknown_service_names_are_usage_errors() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let (h, _up, _, second) = two_commits(&d);
     let before = state_bytes(&h);
@@ -1472,7 +1464,7 @@ fn unknown_service_names_are_usage_errors() {
 
 #[test]
 fn malformed_revisions_are_usage_errors() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let (h, _up, _, second) = two_commits(&d);
     let before = state_bytes(&h);
@@ -1516,7 +1508,7 @@ fn malformed_revisions_are_usage_errors() {
 
 #[test]
 fn well_formed_revisions_that_do_not_exist_fail_and_change_nothing() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let (h, _up, first, second) = two_commits(&d);
     let release = h.deployed("app");
@@ -1557,7 +1549,7 @@ fn well_formed_revisions_that_do_not_exist_fail_and_change_nothing() {
 
 #[test]
 fn unknown_options_and_commands_are_usage_errors() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let (h, _up, _, second) = two_commits(&d);
     let before = state_bytes(&h);
@@ -1637,7 +1629,7 @@ impl OpenHost {
 
 #[test]
 fn commands_that_change_the_machine_need_root() {
-    need_git!();
+    common::need_git!();
     if !common::require_tool("setpriv") {
         return;
     }
@@ -1729,7 +1721,7 @@ fn commands_that_change_the_machine_need_root() {
 /// `\u{1b}` where the commit has ESC, never the byte.
 #[test]
 fn control_characters_in_a_commit_never_reach_the_terminal_raw() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("app");
     seed(&up);

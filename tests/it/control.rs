@@ -8,14 +8,6 @@ use std::fs;
 use common::host::{app_config, read, seed, Host};
 use common::GitDaemon;
 
-macro_rules! need_git {
-    () => {
-        if !common::require_tool("git") || !common::require_tool("git-daemon") {
-            return;
-        }
-    };
-}
-
 fn out_of(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -59,7 +51,7 @@ fn synced(up: &common::Upstream, extra: &str) -> Host {
 
 #[test]
 fn rollback_pins_until_forward() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let commits = history_of(&up, 3);
@@ -105,7 +97,7 @@ fn rollback_pins_until_forward() {
 
 #[test]
 fn freeze_keeps_the_deployed_commit_and_unfreeze_follows_again() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     history_of(&up, 2);
@@ -129,7 +121,7 @@ fn freeze_keeps_the_deployed_commit_and_unfreeze_follows_again() {
 
 #[test]
 fn rollback_by_hash_and_tag_and_offline_within_kept_releases() {
-    need_git!();
+    common::need_git!();
     let mut d = GitDaemon::start();
     let up = d.repo("r");
     let commits = history_of(&up, 3);
@@ -161,7 +153,7 @@ fn rollback_by_hash_and_tag_and_offline_within_kept_releases() {
 /// the tag named last instead of deploying a cached answer.
 #[test]
 fn rollback_to_a_tag_follows_the_server_and_never_a_stale_copy() {
-    need_git!();
+    common::need_git!();
     let mut d = GitDaemon::start();
     let up = d.repo("r");
     let commits = history_of(&up, 3);
@@ -199,7 +191,7 @@ fn rollback_to_a_tag_follows_the_server_and_never_a_stale_copy() {
 
 #[test]
 fn rollback_beyond_the_local_depth_fetches_while_the_server_is_up_and_fails_cleanly_when_down() {
-    need_git!();
+    common::need_git!();
     let mut d = GitDaemon::start();
     let up = d.repo("r");
     let commits = history_of(&up, 8);
@@ -235,7 +227,7 @@ fn rollback_beyond_the_local_depth_fetches_while_the_server_is_up_and_fails_clea
 
 #[test]
 fn bad_revisions_and_unknown_commits_are_clear_errors() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     history_of(&up, 2);
@@ -257,7 +249,7 @@ fn bad_revisions_and_unknown_commits_are_clear_errors() {
 
 #[test]
 fn history_marks_deployed_upstream_and_kept_releases() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let commits = history_of(&up, 3);
@@ -293,7 +285,7 @@ fn history_marks_deployed_upstream_and_kept_releases() {
 
 #[test]
 fn state_survives_a_deleted_mirror_and_corrupt_state_is_reported_not_reset() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     history_of(&up, 2);
@@ -323,7 +315,7 @@ fn state_survives_a_deleted_mirror_and_corrupt_state_is_reported_not_reset() {
 
 #[test]
 fn concurrent_rollback_and_sync_leave_a_consistent_state() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let commits = history_of(&up, 3);
@@ -377,7 +369,7 @@ fn concurrent_rollback_and_sync_leave_a_consistent_state() {
 
 #[test]
 fn a_command_waits_for_a_running_pass_and_says_so() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     history_of(&up, 2);

@@ -28,17 +28,9 @@ fn fetches_logged(d: &GitDaemon, repo: &str) -> usize {
         .count()
 }
 
-macro_rules! need_git {
-    () => {
-        if !common::require_tool("git") || !common::require_tool("git-daemon") {
-            return;
-        }
-    };
-}
-
 #[test]
 fn first_sync_materializes_only_the_services_paths() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let head = seed(&up);
@@ -72,7 +64,7 @@ fn first_sync_materializes_only_the_services_paths() {
 
 #[test]
 fn a_pushed_change_becomes_a_new_release_and_old_ones_are_pruned_to_depth() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);
@@ -102,7 +94,7 @@ fn a_pushed_change_becomes_a_new_release_and_old_ones_are_pruned_to_depth() {
 
 #[test]
 fn the_mirror_is_shallow_to_the_configured_depth() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);
@@ -129,7 +121,7 @@ fn the_mirror_is_shallow_to_the_configured_depth() {
 
 #[test]
 fn disk_used_does_not_grow_with_upstream_history_length() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let mut sizes = Vec::new();
     for (name, n) in [("short", 10), ("long", 10_000)] {
@@ -155,7 +147,7 @@ fn disk_used_does_not_grow_with_upstream_history_length() {
 
 #[test]
 fn services_sharing_an_upstream_fetch_it_once_per_pass() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("shared");
     seed(&up);
@@ -185,7 +177,7 @@ fn services_sharing_an_upstream_fetch_it_once_per_pass() {
 
 #[test]
 fn a_force_push_to_unrelated_history_converges() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);
@@ -214,7 +206,7 @@ fn a_force_push_to_unrelated_history_converges() {
 
 #[test]
 fn switching_branch_in_the_config_converges_and_drops_the_old_mirror() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);
@@ -240,7 +232,7 @@ fn switching_branch_in_the_config_converges_and_drops_the_old_mirror() {
 
 #[test]
 fn changing_the_dirs_list_rebuilds_the_release_for_the_same_commit() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let head = seed(&up);
@@ -264,7 +256,7 @@ fn changing_the_dirs_list_rebuilds_the_release_for_the_same_commit() {
 
 #[test]
 fn an_unreachable_server_fails_the_pass_and_keeps_the_last_good_release() {
-    need_git!();
+    common::need_git!();
     let mut d = GitDaemon::start();
     let up = d.repo("r");
     let head = seed(&up);
@@ -300,7 +292,7 @@ fn an_unreachable_server_fails_the_pass_and_keeps_the_last_good_release() {
 
 #[test]
 fn a_deleted_branch_is_named_in_the_error() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);
@@ -320,7 +312,7 @@ fn a_deleted_branch_is_named_in_the_error() {
 
 #[test]
 fn a_corrupt_mirror_is_rebuilt_automatically() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);
@@ -352,7 +344,7 @@ fn a_corrupt_mirror_is_rebuilt_automatically() {
 
 #[test]
 fn a_missing_link_path_fails_the_pass_with_its_name() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);
@@ -374,7 +366,7 @@ fn a_missing_link_path_fails_the_pass_with_its_name() {
 
 #[test]
 fn a_local_upstream_is_served_by_gits_upload_pack_shallow_like_any_server() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);
@@ -488,7 +480,7 @@ fn pack_bytes(repo: &Path) -> u64 {
 /// do not pile up to `MAX_PACKS` times the limit.
 #[test]
 fn a_mirrors_packs_stay_within_max_fetch_bytes() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("growing");
     seed(&up);

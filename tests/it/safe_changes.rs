@@ -12,15 +12,6 @@ use common::{GitDaemon, Upstream};
 const BIN: &str = env!("CARGO_BIN_EXE_provision");
 const METRICS: &str = "/var/lib/prometheus/node-exporter/provision.prom";
 
-macro_rules! need {
-    ($($tool:expr),*) => {
-        if !common::require_tool("git-daemon") || !common::container::require_containers() {
-            return;
-        }
-        $( if !common::require_tool($tool) { return; } )*
-    };
-}
-
 /// A port for a daemon inside a machine (which shares the host's network):
 /// distinct per test process, away from the usual ones.
 fn port(offset: u16) -> u16 {
@@ -93,7 +84,7 @@ fn page(m: &Machine, port: u16) -> String {
 
 #[test]
 fn nginx_never_runs_a_commit_it_rejects() {
-    need!("nginx", "curl");
+    common::need_machine!("nginx", "curl");
     let d = GitDaemon::start();
     let up = d.repo("web");
     let port = port(0);
@@ -228,7 +219,7 @@ fn nginx_never_runs_a_commit_it_rejects() {
 
 #[test]
 fn prometheus_config_is_checked_by_promtool_before_the_switch() {
-    need!("promtool");
+    common::need_machine!("promtool");
     let d = GitDaemon::start();
     let up = d.repo("prom");
     up.commit(
@@ -282,7 +273,7 @@ dirs = [ {{ local = "/etc/prometheus", link = "prometheus" }} ]
 
 #[test]
 fn a_sandboxed_unit_sees_each_release_and_cannot_write_it() {
-    need!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("sbx");
     up.commit("main", &[("sbx/conf", Some("one\n"))], "one");
@@ -333,7 +324,7 @@ dirs = [ {{ local = "/etc/sbx", link = "sbx" }} ]
 
 #[test]
 fn operator_commands_start_a_stopped_unit_and_a_hanging_health_check_is_killed() {
-    need!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("web");
     let one = up.commit("main", &[("web/conf", Some("one\n"))], "one");

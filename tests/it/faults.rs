@@ -26,14 +26,6 @@ use common::container::Machine;
 use common::host::{app_config, read, seed, Host};
 use common::{GitDaemon, Upstream};
 
-macro_rules! need_git {
-    () => {
-        if !common::require_tool("git") || !common::require_tool("git-daemon") {
-            return;
-        }
-    };
-}
-
 /// What `sync` prints for a service whose pass failed.
 const APP_FAILED: &str = "app: pass failed, last good release kept";
 
@@ -380,7 +372,7 @@ impl Drop for FakeServer {
 
 #[test]
 fn server_down_fails_the_pass_and_the_restarted_server_converges() {
-    need_git!();
+    common::need_git!();
     let mut d = GitDaemon::start();
     let up = d.repo("r");
     let h = deployed_host(&up, "timeout = 5");
@@ -399,7 +391,7 @@ fn server_down_fails_the_pass_and_the_restarted_server_converges() {
 
 #[test]
 fn a_repository_gone_from_the_server_is_named_and_converges_when_back() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let h = deployed_host(&up, "");
@@ -415,7 +407,7 @@ fn a_repository_gone_from_the_server_is_named_and_converges_when_back() {
 
 #[test]
 fn a_server_that_closes_every_connection_fails_the_pass_and_converges_after() {
-    need_git!();
+    common::need_git!();
     let mut d = GitDaemon::start();
     let up = d.repo("r");
     let h = deployed_host(&up, "timeout = 5");
@@ -438,7 +430,7 @@ fn a_server_that_closes_every_connection_fails_the_pass_and_converges_after() {
 
 #[test]
 fn a_hanging_server_times_out_naming_the_timeout_and_converges_after() {
-    need_git!();
+    common::need_git!();
     let mut d = GitDaemon::start();
     let up = d.repo("r");
     let h = deployed_host(&up, "timeout = 2");
@@ -598,7 +590,7 @@ impl Drop for Sshd {
 
 #[test]
 fn a_rejected_ssh_key_fails_the_pass_naming_the_key_and_converges_when_accepted() {
-    need_git!();
+    common::need_git!();
     let Some(sshd) = Sshd::start() else { return };
     let d = GitDaemon::start();
     let up = d.repo("r");
@@ -639,7 +631,7 @@ fn a_rejected_ssh_key_fails_the_pass_naming_the_key_and_converges_when_accepted(
 
 #[test]
 fn a_deleted_branch_fails_the_pass_naming_it_and_converges_when_pushed_again() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);
@@ -672,7 +664,7 @@ fn a_deleted_branch_fails_the_pass_naming_it_and_converges_when_pushed_again() {
 /// vanished history stays available for a rollback.
 #[test]
 fn a_force_push_to_unrelated_history_is_followed_keeping_the_old_release_for_rollback() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let h = deployed_host(&up, "");
@@ -721,7 +713,7 @@ fn a_force_push_to_unrelated_history_is_followed_keeping_the_old_release_for_rol
 
 #[test]
 fn a_commit_without_the_link_path_fails_naming_it_and_a_restoring_commit_converges() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let h = deployed_host(&up, "");
@@ -794,7 +786,7 @@ fn entries_starting(dir: &Path, prefix: &str) -> Vec<String> {
 
 #[test]
 fn a_full_disk_fails_the_release_write_leaving_no_partial_release_and_converges_after() {
-    need_git!();
+    common::need_git!();
     let disk = Tmpfs::mount("2m");
     let base = disk.path();
     let d = GitDaemon::start();
@@ -846,12 +838,12 @@ fn halve(path: &Path) {
         .unwrap_or_else(|e| panic!("truncating {}: {e}", path.display()));
 }
 
-/// tests/sync.rs covers packs and refs destroyed together with a new
+/// tests/it/sync.rs covers packs and refs destroyed together with a new
 /// upstream commit; these are the other ways a mirror breaks. Each pass
 /// must repair it by itself and succeed, with no failure counted.
 #[test]
 fn a_damaged_mirror_is_repaired_by_the_next_pass_without_failing_it() {
-    need_git!();
+    common::need_git!();
     struct Case {
         what: &'static str,
         damage: fn(&Path),
@@ -949,7 +941,7 @@ fn a_damaged_mirror_is_repaired_by_the_next_pass_without_failing_it() {
 
 #[test]
 fn an_unreadable_state_file_fails_the_pass_unchanged_until_the_operator_acts() {
-    need_git!();
+    common::need_git!();
     struct Case {
         what: &'static str,
         content: &'static str,
@@ -1058,14 +1050,6 @@ fn an_unreadable_state_file_fails_the_pass_unchanged_until_the_operator_acts() {
 
 const BIN: &str = env!("CARGO_BIN_EXE_provision");
 const MACHINE_METRICS: &str = "/var/lib/provision-metrics/provision.prom";
-
-macro_rules! need_machine {
-    () => {
-        if !common::require_tool("git-daemon") || !common::container::require_containers() {
-            return;
-        }
-    };
-}
 
 /// A unit that counts its reloads in /var/log/NAME.reloads; `reload` is its
 /// ExecReload= (None: the counting one).
@@ -1194,7 +1178,7 @@ const RELOAD_FAILED: &str = ",action=\"reload\",result=\"failed\"";
 
 #[test]
 fn without_d_bus_the_files_are_deployed_and_the_reload_runs_once_when_it_is_back() {
-    need_machine!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("cfg");
     up.commit("main", &[("web/web.conf", Some("one\n"))], "seed");
@@ -1261,7 +1245,7 @@ fn without_d_bus_the_files_are_deployed_and_the_reload_runs_once_when_it_is_back
 
 #[test]
 fn a_missing_unit_or_a_failing_reload_is_named_and_retried_once_fixed() {
-    need_machine!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("cfg");
     up.commit(
@@ -1363,7 +1347,7 @@ fn local_apt_repository(m: &Machine) {
 
 #[test]
 fn a_missing_package_manager_or_unknown_package_fails_before_anything_is_deployed() {
-    need_machine!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("cfg");
     up.commit(
@@ -1471,7 +1455,7 @@ fn a_servers_err_line_never_reaches_the_terminal_raw() {
 /// pass fails naming the bound, and the deployed release keeps serving.
 #[test]
 fn a_server_sending_endless_lists_is_stopped_by_a_bound_not_the_timeout() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let h = deployed_host(&up, "timeout = 20");

@@ -107,17 +107,9 @@ fn start_units(m: &Machine, units: &[&str]) {
     ));
 }
 
-macro_rules! need {
-    () => {
-        if !common::require_tool("git-daemon") || !common::container::require_containers() {
-            return;
-        }
-    };
-}
-
 #[test]
 fn sync_provisions_updates_once_and_leaves_unchanged_services_alone() {
-    need!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("cfg");
     seed(&up);
@@ -218,7 +210,7 @@ fn sync_provisions_updates_once_and_leaves_unchanged_services_alone() {
 
 #[test]
 fn a_failing_reload_fails_that_service_only() {
-    need!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("cfg");
     seed(&up);
@@ -253,7 +245,7 @@ fn a_failing_reload_fails_that_service_only() {
 
 #[test]
 fn the_timer_drives_passes_by_itself() {
-    need!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("cfg");
     seed(&up);
@@ -281,7 +273,7 @@ fn the_timer_drives_passes_by_itself() {
 
 #[test]
 fn after_a_reboot_mounts_are_restored_offline_before_the_service_starts() {
-    need!();
+    common::need_machine!();
     let mut d = GitDaemon::start();
     let up = d.repo("cfg");
     seed(&up);
@@ -328,7 +320,7 @@ fn after_a_reboot_mounts_are_restored_offline_before_the_service_starts() {
 
 #[test]
 fn rollback_reloads_once_stays_pinned_under_the_timer_and_forward_returns() {
-    need!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("cfg");
     seed(&up);
@@ -387,7 +379,7 @@ fn rollback_reloads_once_stays_pinned_under_the_timer_and_forward_returns() {
 
 #[test]
 fn a_freeze_survives_a_reboot() {
-    need!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("cfg");
     seed(&up);
@@ -462,7 +454,7 @@ fn web_metric(m: &Machine, metric: &str, labels: &str) -> Option<f64> {
 
 #[test]
 fn drift_through_etc_is_shown_diffed_and_restored_and_mounts_and_units_watched() {
-    need!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("cfg");
     let first = seed(&up);
@@ -554,7 +546,7 @@ fn drift_through_etc_is_shown_diffed_and_restored_and_mounts_and_units_watched()
 
 #[test]
 fn warn_policy_keeps_an_edit_made_through_etc_and_reports_it() {
-    need!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("cfg");
     let first = seed(&up);

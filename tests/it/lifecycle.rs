@@ -13,14 +13,6 @@ use common::{GitDaemon, Upstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_provision");
 
-macro_rules! need {
-    () => {
-        if !common::require_tool("git-daemon") || !common::container::require_containers() {
-            return;
-        }
-    };
-}
-
 /// A unit that copies the file it reads at start into /run/NAME.seen.
 fn unit(name: &str) -> String {
     format!(
@@ -61,7 +53,7 @@ fn status_of(m: &Machine, name: &str) -> Option<serde_json::Value> {
 
 #[test]
 fn config_changes_start_and_stop_timers_without_a_reboot_and_forget_cleans_up() {
-    need!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("cfg");
     up.commit(
@@ -136,7 +128,7 @@ fn config_changes_start_and_stop_timers_without_a_reboot_and_forget_cleans_up() 
 
 #[test]
 fn a_broken_config_and_no_server_still_restore_mounts_before_the_service_starts() {
-    need!();
+    common::need_machine!();
     let mut d = GitDaemon::start();
     let up = d.repo("cfg");
     up.commit("main", &[("web/web.conf", Some("deployed\n"))], "seed");
@@ -198,7 +190,7 @@ fn check_warns_when_releases_would_not_survive_a_reboot() {
 
 #[test]
 fn passes_run_by_systemd_log_structured_journal_entries() {
-    need!();
+    common::need_machine!();
     let d = GitDaemon::start();
     let up = d.repo("cfg");
     let commit = up.commit("main", &[("web/web.conf", Some("one\n"))], "seed");

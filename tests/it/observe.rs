@@ -17,14 +17,6 @@ use std::time::{Duration, Instant};
 use common::host::{app_config, read, seed, Host};
 use common::GitDaemon;
 
-macro_rules! need_git {
-    () => {
-        if !common::require_tool("git") || !common::require_tool("git-daemon") {
-            return;
-        }
-    };
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -46,7 +38,7 @@ fn local(h: &Host, rel: &str) -> String {
 
 #[test]
 fn metrics_follow_passes_and_promtool_accepts_them() {
-    need_git!();
+    common::need_git!();
     if !common::require_tool("promtool") {
         return;
     }
@@ -160,7 +152,7 @@ impl Drop for NodeExporter {
 
 #[test]
 fn node_exporter_serves_the_series() {
-    need_git!();
+    common::need_git!();
     if !common::require_tool("prometheus-node-exporter") {
         return;
     }
@@ -192,7 +184,7 @@ fn node_exporter_serves_the_series() {
 
 #[test]
 fn restore_policy_puts_local_edits_back_from_git() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);
@@ -258,7 +250,7 @@ fn restore_policy_puts_local_edits_back_from_git() {
 
 #[test]
 fn warn_policy_keeps_edits_and_refuses_to_deploy_over_them() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let first = seed(&up);
@@ -319,7 +311,7 @@ fn warn_policy_keeps_edits_and_refuses_to_deploy_over_them() {
 
 #[test]
 fn a_frozen_service_shows_how_far_behind_it_is() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     let first = seed(&up);
@@ -369,7 +361,7 @@ fn a_frozen_service_shows_how_far_behind_it_is() {
 
 #[test]
 fn status_does_not_wait_for_a_busy_service() {
-    need_git!();
+    common::need_git!();
     if !common::require_tool("flock") {
         return;
     }
@@ -394,7 +386,7 @@ fn status_does_not_wait_for_a_busy_service() {
 
 #[test]
 fn an_unreadable_state_file_is_shown_everywhere() {
-    need_git!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);

@@ -24,14 +24,6 @@ fn package() -> Option<PathBuf> {
     debs.pop()
 }
 
-macro_rules! need {
-    () => {
-        if !common::require_tool("git-daemon") || !common::container::require_containers() {
-            return;
-        }
-    };
-}
-
 fn deb_or_fail() -> Option<PathBuf> {
     let deb = package();
     if deb.is_none() {
@@ -63,7 +55,7 @@ fn lintian_finds_no_error() {
 
 #[test]
 fn the_installed_package_runs_documents_completes_and_purges_cleanly() {
-    need!();
+    common::need_machine!();
     let Some(deb) = deb_or_fail() else { return };
     let d = GitDaemon::start();
     let up = d.repo("cfg");

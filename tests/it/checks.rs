@@ -10,17 +10,9 @@ use std::time::{Duration, Instant};
 use common::host::{app_config, seed, Host};
 use common::GitDaemon;
 
-macro_rules! need {
-    () => {
-        if !common::require_tool("git-daemon") {
-            return;
-        }
-    };
-}
-
 #[test]
 fn a_validate_command_that_hangs_is_killed_with_its_children_at_the_timeout() {
-    need!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("app");
     seed(&up);
@@ -56,7 +48,7 @@ fn a_validate_command_that_hangs_is_killed_with_its_children_at_the_timeout() {
 
 #[test]
 fn megabytes_of_validate_output_are_capped_in_messages_and_state() {
-    need!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("app");
     seed(&up);
@@ -76,7 +68,7 @@ fn megabytes_of_validate_output_are_capped_in_messages_and_state() {
 
 #[test]
 fn validate_sees_the_candidate_at_the_service_paths_and_gets_its_environment() {
-    need!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("app");
     let first = seed(&up);
@@ -160,7 +152,7 @@ fn an_empty_check_command_is_a_config_error() {
 
 #[test]
 fn a_freeze_with_an_end_expires_by_itself_and_shows_who_set_it() {
-    need!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("app");
     seed(&up);
@@ -214,7 +206,7 @@ fn a_freeze_with_an_end_expires_by_itself_and_shows_who_set_it() {
 /// deployed and reverted) again: it stays rejected until `forward`.
 #[test]
 fn a_rejected_commit_stays_rejected_while_the_server_alternates_heads() {
-    need!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("app");
     let good = seed(&up);
@@ -262,7 +254,7 @@ fn a_rejected_commit_stays_rejected_while_the_server_alternates_heads() {
 /// (where a unit keeps its tokens).
 #[test]
 fn checks_never_see_the_secrets_in_provisions_environment() {
-    need!();
+    common::need_git!();
     let d = GitDaemon::start();
     let up = d.repo("app");
     seed(&up);
@@ -301,7 +293,7 @@ fn checks_never_see_the_secrets_in_provisions_environment() {
 /// fails the pass and keeps what is deployed, without rejecting the commit.
 #[test]
 fn validate_runs_as_check_user_and_a_missing_one_fails_the_pass() {
-    need!();
+    common::need_git!();
     use std::os::unix::fs::PermissionsExt;
     let d = GitDaemon::start();
     let up = d.repo("app");

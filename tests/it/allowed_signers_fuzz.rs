@@ -9,7 +9,7 @@
 
 use provision::git::allowed_signers::parse;
 
-const SEED_FILE: &str = include_str!("../fuzz/seeds/allowed_signers");
+const SEED_FILE: &str = include_str!("../../fuzz/seeds/allowed_signers");
 /// Pieces spliced in: the format's own words and troublemakers.
 const PIECES: [&str; 16] = [
     "namespaces=\"",

@@ -9,55 +9,18 @@ use anyhow::Result;
 use git2::{Oid, Repository};
 
 use crate::config::{DriftPolicy, Service};
-use crate::engine::check::Refusal;
+use crate::engine::mounts;
 use crate::engine::trial::{self, WhenStopped};
 use crate::git::mirror::Mirror;
-use crate::host::mount::{self, Before, Wanted};
+use crate::host::mount::Before;
 use crate::host::package;
 use crate::observe;
 use crate::store::commit::CommitId;
 use crate::store::drift::{self, Drifted};
 use crate::store::layout;
 use crate::store::release::Releases;
-use crate::store::state::{Deployed, HoldKind, MountRecord, State, StateDir, Trial};
+use crate::store::state::{Deployed, HoldKind, State, StateDir, Trial};
 use crate::util::now_unix;
-
-/// Mounts every `dirs` entry of `svc` from `release` and says what each
-/// mount point showed before.
-pub fn mount_release(svc: &Service, release: &Path) -> Result<Vec<Before>> {
-    svc.dirs
-        .iter()
-        .map(|d| {
-            let w = Wanted::of(d, release);
-            mount::ensure(&w)
-        })
-        .collect()
-}
-
-/// [`mount_release`], recording the mounts in `state` for a restore that
-/// needs no config.
-fn mount_recorded(svc: &Service, release: &Path, state: &mut State) -> Result<Vec<Before>> {
-    let befores = mount_release(svc, release)?;
-    state.mounts = svc.dirs.iter().map(|d| d.local.clone()).collect();
-    state.mounted = svc
-        .dirs
-        .iter()
-        .map(|d| MountRecord::of(d, release))
-        .collect();
-    Ok(befores)
-}
-
-/// Removes mounts provision made earlier on paths no longer in `dirs`.
-pub fn unmount_dropped(svc: &Service, previously: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut dropped = Vec::new();
-    for local in previously {
-        if !svc.dirs.iter().any(|d| &d.local == local) {
-            mount::detach(local)?;
-            dropped.push(local.clone());
-        }
-    }
-    Ok(dropped)
-}
 
 /// Whether going from commit `from` to `to` changes any path `svc` mounts.
 /// Unknown when `from` is not in the mirror any more: then it counts as a
@@ -263,20 +226,20 @@ pub(crate) fn apply(
         trial::validate_or_reject(svc, sd, state, &path, target.into())?;
     }
 
-    for dropped in unmount_dropped(svc, &state.mounts)? {
+    for dropped in mounts::unmount_dropped(svc, &state.mounts)? {
         notes.push(format!(
             "unmounted {} (no longer in dirs)",
             dropped.display()
         ));
     }
-    let befores = mount_recorded(svc, &path, state)?;
+    let befores = mounts::mount_recorded(svc, &path, state)?;
     state.unit = Some(svc.unit.clone());
     state.home = Some(layout::service_dir(svc, state_dir));
     releases.remove_replaced()?;
     if rewrite {
         notes.push("remounted the restored release".to_string());
     } else {
-        notes.extend(mount_notes(svc, &befores, same_release));
+        notes.extend(mounts::notes(svc, &befores, same_release));
     }
     if !same_release {
         releases.touch(&name)?;
@@ -312,7 +275,7 @@ pub(crate) fn apply(
     if act || judge {
         let verdict = trial::confirm(svc, &path, sd, state, &mut notes, act, plan.stopped)?;
         if let Some(refusal) = verdict {
-            return Err(reject_and_revert(
+            return Err(trial::reject_and_revert(
                 svc, repo, &releases, sd, state, &refusal, &mut notes,
             ));
         }
@@ -411,97 +374,4 @@ fn summarize(items: &[String]) -> String {
         s.push_str(&format!(" and {} more", items.len() - SHOWN));
     }
     s
-}
-
-pub(crate) fn mount_notes(svc: &Service, befores: &[Before], same_release: bool) -> Vec<String> {
-    svc.dirs
-        .iter()
-        .zip(befores)
-        .filter_map(|(d, b)| match b {
-            Before::Correct => None,
-            Before::Missing => Some(format!("mounted {}", d.local.display())),
-            Before::Other if same_release => Some(format!("repaired mount {}", d.local.display())),
-            Before::Other => Some(format!("switched {}", d.local.display())),
-        })
-        .collect()
-}
-
-/// Why the revert target may not be deployed again (signatures are
-/// checked and it carries no valid one now: a key was removed, say);
-/// `None` when it may.
-fn untrusted(svc: &Service, repo: Option<&Repository>, commit: CommitId) -> Option<String> {
-    let trusted = match crate::engine::trust::trusted(svc) {
-        Ok(Some(t)) => t,
-        Ok(None) => return None,
-        Err(e) => return Some(format!("{e:#}")),
-    };
-    let Some(repo) = repo else {
-        return Some(format!(
-            "the signature of {} cannot be checked: the mirror is unavailable",
-            commit.short()
-        ));
-    };
-    let verdict = crate::git::signature::verify(repo, commit.oid(), &trusted);
-    (!verdict.verified).then(|| {
-        format!(
-            "the previous commit {} is not signed by a trusted key ({})",
-            commit.short(),
-            verdict.describe()
-        )
-    })
-}
-
-/// Rejects the commit on trial: switches back to the last good release
-/// (when there is one), runs the action there, starting the unit if needed,
-/// and returns the rejection as the pass's error.
-pub(crate) fn reject_and_revert(
-    svc: &Service,
-    repo: Option<&Repository>,
-    releases: &Releases,
-    sd: &StateDir,
-    state: &mut State,
-    refusal: &Refusal,
-    notes: &mut Vec<String>,
-) -> anyhow::Error {
-    let trial = state.trial.take();
-    state.action_pending = false;
-    let commit = match (&trial, &state.deployed) {
-        (Some(t), _) => t.commit,
-        (None, Some(d)) => d.commit,
-        (None, None) => return anyhow::anyhow!("{}", refusal.reason()),
-    };
-    let Some(previous) = trial.as_ref().and_then(|t| t.previous.clone()) else {
-        // Nothing to go back to: the files stay, the trial stays open and
-        // the next pass tries the action and the health check again (the
-        // fault may be the machine's, such as a unit not installed yet).
-        state.trial = trial;
-        state.action_pending = svc.action.is_some();
-        return trial::first_deployment_failed(sd, state, commit, refusal);
-    };
-    if let Some(why) = untrusted(svc, repo, previous.commit) {
-        return trial::record(sd, state, commit, refusal, trial::After::RevertFailed(why)).into();
-    }
-    let path = releases.path(&previous.release);
-    if !path.is_dir() {
-        let why = format!("its release {} is gone", path.display());
-        return trial::record(sd, state, commit, refusal, trial::After::RevertFailed(why)).into();
-    }
-    if let Err(e) = mount_recorded(svc, &path, state) {
-        let why = format!("{e:#}");
-        return trial::record(sd, state, commit, refusal, trial::After::RevertFailed(why)).into();
-    }
-    let back = previous.commit;
-    state.deployed = Some(previous);
-    state.counters.reverts += 1;
-    // Known before the revert's action, which saves the state first: a
-    // crash during that action must not let the next pass try the commit
-    // again.
-    state.rejected = Some(refusal.rejected(commit));
-    let after = match trial::show_in_unit(svc, &path, notes)
-        .and_then(|()| trial::run_action(svc, sd, state, notes, WhenStopped::Start))
-    {
-        Ok(_) => trial::After::Reverted(back),
-        Err(e) => trial::After::RevertedActionFailed(back, format!("{e:#}")),
-    };
-    trial::record(sd, state, commit, refusal, after).into()
 }

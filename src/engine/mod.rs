@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod check;
 pub mod control;
 pub mod gate;
+pub mod mounts;
 pub mod pass;
 pub mod rev;
 pub mod rollout;

@@ -14,6 +14,7 @@ use anyhow::Result;
 
 use crate::config::{DriftPolicy, Service};
 use crate::engine::apply::{self, Keeper, Outcome, Report, Serving};
+use crate::engine::mounts;
 use crate::engine::rollout::{self, Decision, Pace};
 use crate::engine::trial::WhenStopped;
 use crate::git::mirror::{self, Mirror};
@@ -329,8 +330,8 @@ fn remount(svc: &Service, state_dir: &Path, deployed: Option<Deployed>) -> Resul
         "deployed release {} is missing; run provision sync",
         release.display()
     );
-    let befores = apply::mount_release(svc, &release)?;
-    let notes = apply::mount_notes(svc, &befores, true);
+    let befores = mounts::mount_release(svc, &release)?;
+    let notes = mounts::notes(svc, &befores, true);
     Ok(Outcome::stayed(deployed.commit, notes))
 }
 

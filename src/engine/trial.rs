@@ -3,20 +3,24 @@
 //! unit) and stay healthy (`health`). When any of that fails, provision
 //! switches back to the last good release with the same atomic switch, runs
 //! the action again, and rejects the commit, so a commit the service
-//! refuses never stays deployed.
+//! refuses never stays deployed. The revert itself is here too
+//! ([`reject_and_revert`]), beside the trial it ends.
 
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use git2::Repository;
 
 use crate::config::{Action, Dir, Service};
 use crate::engine::check::{self, Refusal};
+use crate::engine::mounts;
 use crate::host::mount::{self, Wanted};
 use crate::host::namespace::{self, Sight};
 use crate::host::systemd::{self, ActionOutcome};
 use crate::store::commit::CommitId;
+use crate::store::release::Releases;
 use crate::store::state::{Stage, State, StateDir};
 
 /// What is done to a unit that is not running when its files change.
@@ -428,4 +432,84 @@ fn bind_into(svc: &Service, pid: u32, d: &Dir, release: &Path) -> Result<()> {
     namespace::in_namespace_of(pid, || mount::ensure_prepared(&wanted, prepared))
         .map(|_| ())
         .map_err(|e| e.context(format!("{by_systemd:#}; and directly")))
+}
+
+/// Rejects the commit on trial: switches back to the last good release
+/// (when there is one), runs the action there, starting the unit if needed,
+/// and returns the rejection as the pass's error.
+pub(crate) fn reject_and_revert(
+    svc: &Service,
+    repo: Option<&Repository>,
+    releases: &Releases,
+    sd: &StateDir,
+    state: &mut State,
+    refusal: &Refusal,
+    notes: &mut Vec<String>,
+) -> anyhow::Error {
+    let trial = state.trial.take();
+    state.action_pending = false;
+    let commit = match (&trial, &state.deployed) {
+        (Some(t), _) => t.commit,
+        (None, Some(d)) => d.commit,
+        (None, None) => return anyhow::anyhow!("{}", refusal.reason()),
+    };
+    let Some(previous) = trial.as_ref().and_then(|t| t.previous.clone()) else {
+        // Nothing to go back to: the files stay, the trial stays open and
+        // the next pass tries the action and the health check again (the
+        // fault may be the machine's, such as a unit not installed yet).
+        state.trial = trial;
+        state.action_pending = svc.action.is_some();
+        return first_deployment_failed(sd, state, commit, refusal);
+    };
+    if let Some(why) = untrusted(svc, repo, previous.commit) {
+        return record(sd, state, commit, refusal, After::RevertFailed(why)).into();
+    }
+    let path = releases.path(&previous.release);
+    if !path.is_dir() {
+        let why = format!("its release {} is gone", path.display());
+        return record(sd, state, commit, refusal, After::RevertFailed(why)).into();
+    }
+    if let Err(e) = mounts::mount_recorded(svc, &path, state) {
+        let why = format!("{e:#}");
+        return record(sd, state, commit, refusal, After::RevertFailed(why)).into();
+    }
+    let back = previous.commit;
+    state.deployed = Some(previous);
+    state.counters.reverts += 1;
+    // Known before the revert's action, which saves the state first: a
+    // crash during that action must not let the next pass try the commit
+    // again.
+    state.rejected = Some(refusal.rejected(commit));
+    let after = match show_in_unit(svc, &path, notes)
+        .and_then(|()| run_action(svc, sd, state, notes, WhenStopped::Start))
+    {
+        Ok(_) => After::Reverted(back),
+        Err(e) => After::RevertedActionFailed(back, format!("{e:#}")),
+    };
+    record(sd, state, commit, refusal, after).into()
+}
+
+/// Why the revert target may not be deployed again (signatures are
+/// checked and it carries no valid one now: a key was removed, say);
+/// `None` when it may.
+fn untrusted(svc: &Service, repo: Option<&Repository>, commit: CommitId) -> Option<String> {
+    let trusted = match crate::engine::trust::trusted(svc) {
+        Ok(Some(t)) => t,
+        Ok(None) => return None,
+        Err(e) => return Some(format!("{e:#}")),
+    };
+    let Some(repo) = repo else {
+        return Some(format!(
+            "the signature of {} cannot be checked: the mirror is unavailable",
+            commit.short()
+        ));
+    };
+    let verdict = crate::git::signature::verify(repo, commit.oid(), &trusted);
+    (!verdict.verified).then(|| {
+        format!(
+            "the previous commit {} is not signed by a trusted key ({})",
+            commit.short(),
+            verdict.describe()
+        )
+    })
 }

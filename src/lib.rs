@@ -14,7 +14,7 @@
 //! | `store` | what provision keeps on disk: state, releases, manifests, drift scans |
 //! | `git` | mirrors, credentials and host keys |
 //! | `host` | the machine: mounts, systemd, packages, processes, identity, users |
-//! | `model` | plain data several layers share (signature verdicts) |
+//! | `model` | plain data several layers share: the status document, rejections, holds, commit ids, signature verdicts |
 //! | `config` | the configuration file |
 //! | `util` | descriptor-based file operations, locks, small helpers |
 //!
@@ -36,5 +36,5 @@ pub mod view;
 /// A machine's place in the staged rollout of a commit, for tools that plan
 /// a rollout (and for the bench that measures how evenly it spreads).
 pub use engine::rollout::position as rollout_position;
-pub use store::commit::CommitId;
+pub use model::commit::CommitId;
 pub use store::state::Position;

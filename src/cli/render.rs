@@ -12,7 +12,7 @@ use std::io::{self, Write};
 use crate::config::{Service, Transport};
 use crate::engine::apply::{Outcome, Report, Serving};
 use crate::engine::trial::{ActionPending, After, FirstDeploymentFailed, Rejection};
-use crate::store::commit::CommitId;
+use crate::model::commit::CommitId;
 
 use super::journal::Event;
 use crate::view::history::HistoryEntry;
@@ -515,7 +515,7 @@ pub use crate::util::age as ago;
 mod tests {
     use super::*;
     use crate::engine::apply::{Held, Keeper};
-    use crate::store::commit::CommitId;
+    use crate::model::commit::CommitId;
     use crate::store::state::HoldKind;
 
     #[test]

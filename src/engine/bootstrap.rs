@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::{self, Config, Credentials, Transport, Upstream};
 use crate::git::mirror::Mirror;
-use crate::store::commit::CommitId;
+use crate::model::commit::CommitId;
 use crate::util::{write_atomic, Visibility};
 
 /// How long the fetch of the config may take.

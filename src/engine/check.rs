@@ -19,7 +19,7 @@ use crate::config::{Check, Service};
 use crate::host::mount::{self, Wanted};
 use crate::host::systemd;
 use crate::host::{namespace, process};
-use crate::store::commit::CommitId;
+use crate::model::commit::CommitId;
 use crate::store::state::{Rejected, Stage, State};
 
 /// Characters of a rejection's reason kept in the state file.

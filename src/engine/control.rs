@@ -14,7 +14,7 @@ use crate::engine::rev::{Lookup, Rev};
 use crate::engine::rollout::Pace;
 use crate::engine::trial::{Rejection, WhenStopped};
 use crate::git::mirror::Mirror;
-use crate::store::commit::CommitId;
+use crate::model::commit::CommitId;
 use crate::store::layout;
 use crate::store::state::{Hold, HoldKind, StateDir};
 use crate::util::now_unix;

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::config::{Gate, Service};
 use crate::host::prometheus::{instance_host, Api};
-use crate::store::commit::CommitId;
+use crate::model::commit::CommitId;
 use crate::util::human_span;
 
 /// The longest a pass waits for Prometheus: a gate that cannot be asked

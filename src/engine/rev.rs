@@ -7,7 +7,7 @@ use git2::{Oid, Repository};
 
 use crate::config::Service;
 use crate::git::mirror::Mirror;
-use crate::store::commit::CommitId;
+use crate::model::commit::CommitId;
 use crate::store::release::Releases;
 
 /// Depths tried, in turn, when a revision is older than the mirror's

@@ -14,7 +14,7 @@ use sha1::{Digest, Sha1};
 
 use crate::config::Service;
 use crate::engine::gate;
-use crate::store::commit::CommitId;
+use crate::model::commit::CommitId;
 use crate::store::state::{Position, RolloutWait, State};
 use crate::util::{format_utc, human_span};
 

@@ -19,7 +19,7 @@ use crate::engine::mounts;
 use crate::host::mount::{self, Wanted};
 use crate::host::namespace::{self, Sight};
 use crate::host::systemd::{self, ActionOutcome};
-use crate::store::commit::CommitId;
+use crate::model::commit::CommitId;
 use crate::store::release::Releases;
 use crate::store::state::{Stage, State, StateDir};
 

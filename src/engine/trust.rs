@@ -11,7 +11,7 @@ use crate::git::mirror::{Descent, Mirror};
 
 use crate::config::Service;
 use crate::git::{allowed_signers, openpgp_keys, signature};
-use crate::store::commit::CommitId;
+use crate::model::commit::CommitId;
 use crate::store::state::{Rejected, Stage, State};
 use crate::util::now_unix;
 

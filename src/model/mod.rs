@@ -3,4 +3,7 @@
 //! and the machines' documents can name it without reaching sideways into
 //! the layer that makes it.
 
+pub mod commit;
+pub mod record;
 pub mod signature;
+pub mod status;

@@ -22,28 +22,7 @@ use crate::config::Dir;
 use crate::store::manifest::{Entry, Kind, Manifest};
 use crate::util::dirfd::{self, Meta};
 
-/// How one path differs from the deployed commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Change {
-    /// Content, type or permissions differ.
-    Modified,
-    /// Not in the commit.
-    Added,
-    /// In the commit, gone from the disk.
-    Deleted,
-}
-
-impl Change {
-    /// The word status, metrics and messages use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Change::Modified => "modified",
-            Change::Added => "added",
-            Change::Deleted => "deleted",
-        }
-    }
-}
+pub use crate::model::record::Change;
 
 /// One drifted path.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,7 +1,6 @@
 //! What provision keeps on disk between invocations: state files,
 //! releases, their manifests and drift scans.
 
-pub mod commit;
 pub mod drift;
 pub mod layout;
 pub mod manifest;

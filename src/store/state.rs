@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::store::commit::CommitId;
+use crate::model::commit::CommitId;
+pub use crate::model::record::{HoldKind, Rejected, Stage};
 use crate::util::{write_atomic, Visibility};
 
 /// Version of the state file format written by this binary.
@@ -282,51 +283,6 @@ impl Hold {
     }
 }
 
-/// A commit that was refused, and by what.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rejected {
-    /// The refused commit.
-    pub commit: CommitId,
-    /// Which gate refused it.
-    pub stage: Stage,
-    /// Why, with the tail of the command's output (capped).
-    pub reason: String,
-    /// Unix time of the rejection.
-    pub time: u64,
-}
-
-/// The gates a commit passes on its way to staying deployed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stage {
-    /// `validate`, before the switch.
-    Validate,
-    /// The unit's action after the switch.
-    Action,
-    /// The unit's own mount namespace does not show the release.
-    Visibility,
-    /// `health`, after the action.
-    Health,
-    /// Not signed by a key of `allowed_signers`, before anything else.
-    Signature,
-    /// Not a descendant of the newest head deployed (signatures checked).
-    Ancestry,
-}
-
-impl Stage {
-    /// The word status, JSON and metrics use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Validate => "validate",
-            Stage::Action => "action",
-            Stage::Visibility => "visibility",
-            Stage::Health => "health",
-            Stage::Signature => "signature",
-            Stage::Ancestry => "ancestry",
-        }
-    }
-}
-
 /// A commit switched in but not yet confirmed by its action and health
 /// check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,27 +293,6 @@ pub struct Trial {
     /// deployment (nothing to go back to).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Deployed>,
-}
-
-/// A freeze keeps whatever is deployed; a pin holds a commit a rollback
-/// chose. Both end with `unfreeze` or `forward`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HoldKind {
-    /// `provision freeze`: stays on whatever is deployed.
-    Frozen,
-    /// `provision rollback`: stays on the commit it chose.
-    Pinned,
-}
-
-impl HoldKind {
-    /// The word status and metrics use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HoldKind::Frozen => "frozen",
-            HoldKind::Pinned => "pinned",
-        }
-    }
 }
 
 /// A deployed release.

@@ -16,8 +16,8 @@ use git2::{DiffOptions, Oid, Patch, Repository, Tree};
 
 use crate::config::Service;
 use crate::git::mirror::Mirror;
+use crate::model::commit::CommitId;
 use crate::observe::{self, MountState};
-use crate::store::commit::CommitId;
 use crate::store::drift::{self, Change};
 use crate::store::layout;
 use crate::store::manifest::Kind;

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::Service;
 use crate::git::mirror::Mirror;
-use crate::store::commit::CommitId;
+use crate::model::commit::CommitId;
 use crate::store::layout;
 use crate::store::state::StateDir;
 

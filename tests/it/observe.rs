@@ -407,3 +407,41 @@ fn an_unreadable_state_file_is_shown_everywhere() {
     );
     assert_eq!(h.run(&["diff", "app"]).status.code(), Some(2));
 }
+
+/// The document `status --json` prints is the typed document the fleet
+/// reads: it deserializes into `model::status::Document` with every value
+/// the JSON shows.
+#[test]
+fn status_json_reads_back_as_the_typed_document() {
+    common::need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("typed");
+    seed(&up);
+    let h = Host::new();
+    h.write_config(&app_config(&up.url(), ""));
+    h.sync(0);
+    let out = h.run(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let doc: provision::model::status::Document =
+        serde_json::from_slice(&out.stdout).expect("the typed document");
+    let raw: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc.schema, 1);
+    let s = &doc.services[0];
+    assert_eq!(s.name, "app");
+    assert_eq!(
+        s.deployed.as_ref().map(|d| d.commit.to_string()),
+        raw["services"][0]["deployed"]["commit"]
+            .as_str()
+            .map(str::to_string)
+    );
+    assert_eq!(
+        s.mounts.len(),
+        raw["services"][0]["mounts"].as_array().map_or(0, Vec::len)
+    );
+    assert_eq!(s.in_sync, Some(true));
+    assert_eq!(
+        serde_json::to_value(&doc).expect("serializes"),
+        raw,
+        "the typed document writes what it read"
+    );
+}

@@ -35,6 +35,15 @@ pub fn parse(text: &str) -> Result<Vec<SignedPublicKey>, (usize, String)> {
                 keys.extend(block_keys(b).map_err(|e| (*start, e))?);
                 block = None;
             }
+            // Two exports concatenated without a line break between them:
+            // the rest would be read as part of this block, and the keys
+            // after it silently lost.
+            (Some(_), l) if l.contains("-----END PGP") || l.contains("-----BEGIN PGP") => {
+                return Err((
+                    n,
+                    "an armor line with more on it: each -----BEGIN and -----END line must be a line of its own".to_string(),
+                ));
+            }
             (Some((_, b)), l) => {
                 b.push_str(l);
                 b.push('\n');
@@ -231,4 +240,19 @@ fn reason(sig: &Signature) -> String {
 fn sub_name(sub: &SignedPublicSubKey) -> String {
     use pgp::types::KeyDetails as _;
     format!("{:X}", sub.key.fingerprint())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cat a.asc b.asc` where a.asc lacks its final newline: the second
+    /// key must not vanish silently.
+    #[test]
+    fn two_blocks_run_together_on_one_line_are_an_error_naming_the_line() {
+        let text = format!("{BEGIN}\n\nAAAA\n{END}{BEGIN}\n\nBBBB\n{END}\n");
+        let (line, msg) = parse(&text).expect_err("glued blocks");
+        assert_eq!(line, 4, "{msg}");
+        assert!(msg.contains("a line of its own"), "{msg}");
+    }
 }

@@ -15,6 +15,7 @@ use crate::fleet::inventory::{self, Format};
 use crate::fleet::machines;
 use crate::fleet::ssh::{Answer, Transport};
 use crate::fleet::status::{self, Document, MachineStatus};
+use crate::model::status::CommitAt;
 use crate::util::now_unix;
 
 /// Runs a `fleet` verb.
@@ -292,51 +293,47 @@ fn table(doc: &Document) {
 
 fn machine_rows(m: &MachineStatus, now: u64) -> Vec<(bool, Vec<String>)> {
     let dash = || "-".to_string();
-    let Some(doc) = &m.status else {
+    let Some(doc) = &m.doc else {
         let mut row = vec![m.machine.clone(), "*".into(), "unreachable".into()];
         row.extend(std::iter::repeat_with(dash).take(7));
         row.push(m.error.clone().unwrap_or_default());
         return vec![(true, row)];
     };
-    let short = |v: &serde_json::Value| {
-        v.as_str()
-            .map_or_else(dash, |c| c.chars().take(10).collect::<String>())
-    };
-    doc["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let short = |c: Option<&CommitAt>| c.map_or_else(dash, |c| c.commit.short());
+    doc.services
+        .iter()
         .map(|s| {
-            let in_sync = s["in_sync"].as_bool();
-            let ok = s["last_pass"]["ok"].as_bool();
-            let waiting = s["rollout"]["at"].as_u64();
-            let problem = (in_sync == Some(false) && waiting.is_none())
+            let ok = s.last_pass.as_ref().map(|p| p.ok);
+            let waiting = s.rollout.as_ref().map(|w| w.at);
+            let problem = (s.in_sync == Some(false) && waiting.is_none())
                 || ok == Some(false)
-                || s["mounts_ok"] == false
-                || s["drift"]["count"].as_u64().is_some_and(|n| n > 0)
-                || s["rejected"].is_object();
-            let last = match (s["last_pass"]["time"].as_u64(), ok) {
+                || s.mounts_ok == Some(false)
+                || s.drift.count.is_some_and(|n| n > 0)
+                || s.rejected.is_some();
+            let last = match (s.last_pass.as_ref().map(|p| p.time), ok) {
                 (Some(t), Some(ok)) => {
                     format!("{} ago {}", ago(now, t), if ok { "ok" } else { "FAILED" })
                 }
                 _ => "never".into(),
             };
-            let error = s["rejected"]["reason"]
-                .as_str()
-                .map(|r| format!("rejected: {}", r.lines().next().unwrap_or("")))
+            let error = s
+                .rejected
+                .as_ref()
+                .map(|r| format!("rejected: {}", r.reason.lines().next().unwrap_or("")))
                 .or_else(|| {
-                    s["last_pass"]["error"]
-                        .as_str()
+                    s.last_pass
+                        .as_ref()
+                        .and_then(|p| p.error.as_deref())
                         .map(|e| e.lines().next().unwrap_or("").to_string())
                 })
                 .unwrap_or_default();
             let row = vec![
                 m.machine.clone(),
-                s["name"].as_str().unwrap_or("?").to_string(),
-                s["state"].as_str().unwrap_or("?").to_string(),
-                short(&s["deployed"]["commit"]),
-                short(&s["upstream"]["commit"]),
-                match (in_sync, waiting) {
+                s.name.clone(),
+                s.state.as_str().to_string(),
+                short(s.deployed.as_ref()),
+                short(s.upstream.as_ref()),
+                match (s.in_sync, waiting) {
                     (Some(true), _) => "yes".into(),
                     (Some(false), Some(at)) => {
                         format!("waiting ({} UTC)", crate::util::format_utc(at as i64))
@@ -344,15 +341,13 @@ fn machine_rows(m: &MachineStatus, now: u64) -> Vec<(bool, Vec<String>)> {
                     (Some(false), None) => "no".into(),
                     (None, _) => dash(),
                 },
-                s["drift"]["count"]
-                    .as_u64()
-                    .map_or("?".into(), |n| n.to_string()),
-                match s["mounts_ok"].as_bool() {
+                s.drift.count.map_or("?".into(), |n| n.to_string()),
+                match s.mounts_ok {
                     Some(true) => "ok".into(),
                     Some(false) => "BROKEN".into(),
                     None => dash(),
                 },
-                s["unit_state"].as_str().unwrap_or("?").to_string(),
+                s.unit_state.clone().unwrap_or_else(|| "?".to_string()),
                 last,
                 error,
             ];

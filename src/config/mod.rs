@@ -234,10 +234,11 @@ impl Service {
 
 /// What a pass does when the files of the deployed release were changed on
 /// this machine (edited, added or deleted through the mounted path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DriftPolicy {
     /// The repository is the truth: rewrite the release from Git and remount.
+    #[default]
     Restore,
     /// Keep the local edits, report them, and do not deploy a commit that
     /// would overwrite them until they are reverted or committed upstream.

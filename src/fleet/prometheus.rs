@@ -88,11 +88,14 @@ fn service_doc(name: &str, f: &BTreeMap<&str, Value>) -> Value {
             "time": t as u64,
             "ok": flag("provision_last_pass_success").unwrap_or(false),
         })),
-        "rollout": value("provision_rollout_wait_until_timestamp_seconds").map(|t| json!({"at": t as u64})),
-        "rejected": label("provision_rejected_commit_info", "commit").map(|c| json!({
-            "commit": c,
-            "stage": label("provision_rejected_commit_info", "stage"),
-            "reason": format!("at {}", label("provision_rejected_commit_info", "stage").unwrap_or_default()),
-        })),
+        // The head waited for is the upstream head, by definition.
+        "rollout": value("provision_rollout_wait_until_timestamp_seconds").and_then(|t| {
+            let head = label("provision_upstream_commit_info", "commit")?;
+            Some(json!({"at": t as u64, "commit": head}))
+        }),
+        "rejected": label("provision_rejected_commit_info", "commit").and_then(|c| {
+            let stage = label("provision_rejected_commit_info", "stage")?;
+            Some(json!({"commit": c, "reason": format!("at {stage}"), "stage": stage}))
+        }),
     })
 }

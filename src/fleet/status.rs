@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::fleet::ssh::{Answer, Transport};
+use crate::model::status::{self as machine, ServiceStatus, Tracking};
 
 /// Version of the `fleet status --json` document.
 pub const SCHEMA: u32 = 1;
@@ -32,8 +33,13 @@ pub struct MachineStatus {
     pub reachable: bool,
     /// Why not, or what went wrong there.
     pub error: Option<String>,
-    /// That machine's `status --json` document.
+    /// That machine's `status --json` document, as it sent it (shown
+    /// whole in `fleet status --json`, fields of a newer version included).
     pub status: Option<Value>,
+    /// The same document, typed: what the fleet reads. `None` when the
+    /// machine sent none, or one this version cannot read (`error` says).
+    #[serde(skip)]
+    pub doc: Option<machine::Document>,
 }
 
 /// How far one service's head has come across the fleet.
@@ -107,14 +113,25 @@ fn machine_status((machine, answer): (String, Answer)) -> MachineStatus {
             reachable: false,
             error: Some(why),
             status: None,
+            doc: None,
         },
         Answer::Ran { stdout, stderr, .. } => match serde_json::from_str::<Value>(&stdout) {
-            Ok(doc) => MachineStatus {
-                machine,
-                reachable: true,
-                error: None,
-                status: Some(doc),
-            },
+            Ok(raw) => {
+                let (doc, error) = match serde_json::from_value::<machine::Document>(raw.clone()) {
+                    Ok(d) => (Some(d), None),
+                    Err(e) => (
+                        None,
+                        Some(format!("its status document does not read: {e}")),
+                    ),
+                };
+                MachineStatus {
+                    machine,
+                    reachable: true,
+                    error,
+                    status: Some(raw),
+                    doc,
+                }
+            }
             Err(_) => MachineStatus {
                 machine,
                 reachable: false,
@@ -123,12 +140,18 @@ fn machine_status((machine, answer): (String, Answer)) -> MachineStatus {
                     stderr.lines().last().unwrap_or("empty answer")
                 )),
                 status: None,
+                doc: None,
             },
         },
     }
 }
 
-/// The entry of service `name` in a machine's document.
+/// The entry of service `name` in a machine's typed document.
+pub fn service_in<'a>(m: &'a MachineStatus, name: &str) -> Option<&'a ServiceStatus> {
+    m.doc.as_ref()?.services.iter().find(|s| s.name == name)
+}
+
+/// The entry of service `name` in a machine's document, as sent.
 pub fn service_of<'a>(m: &'a MachineStatus, name: &str) -> Option<&'a Value> {
     m.status.as_ref()?["services"]
         .as_array()?
@@ -148,10 +171,11 @@ fn rollout(config: &Config, machines: &[MachineStatus], name: &str) -> Rollout {
         .collect();
     let mut heads: Vec<(String, usize)> = Vec::new();
     for m in &runs {
-        if let Some(h) = service_of(m, name).and_then(|s| s["upstream"]["commit"].as_str()) {
-            match heads.iter_mut().find(|(c, _)| c == h) {
+        let upstream = service_in(m, name).and_then(|s| s.upstream.as_ref());
+        if let Some(h) = upstream.map(|u| u.commit.to_string()) {
+            match heads.iter_mut().find(|(c, _)| *c == h) {
                 Some(e) => e.1 += 1,
-                None => heads.push((h.to_string(), 1)),
+                None => heads.push((h, 1)),
             }
         }
     }
@@ -163,20 +187,20 @@ fn rollout(config: &Config, machines: &[MachineStatus], name: &str) -> Rollout {
         ..Rollout::default()
     };
     for m in runs {
-        let Some(s) = service_of(m, name) else {
+        let Some(s) = service_in(m, name) else {
             r.unreachable += 1;
             continue;
         };
-        if s["last_pass"]["ok"] == false {
+        if s.last_pass.as_ref().is_some_and(|p| !p.ok) {
             r.failing += 1;
         }
-        let deployed = s["deployed"]["commit"].as_str();
-        let held = matches!(s["state"].as_str(), Some("frozen" | "pinned"));
-        let wait_at = s["rollout"]["at"].as_u64();
-        match (deployed, &head) {
+        let deployed = s.deployed.as_ref().map(|d| d.commit.to_string());
+        let held = matches!(s.state, Tracking::Frozen | Tracking::Pinned);
+        let wait_at = s.rollout.as_ref().map(|w| w.at);
+        match (deployed.as_deref(), head.as_deref()) {
             (Some(d), Some(h)) if d == h => r.at_head += 1,
             _ if held => r.frozen += 1,
-            _ if s["rejected"].is_object() => r.rejected += 1,
+            _ if s.rejected.is_some() => r.rejected += 1,
             _ if wait_at.is_some() => {
                 r.waiting += 1;
                 r.waiting_from = r.waiting_from.min(wait_at).or(wait_at);
@@ -186,4 +210,62 @@ fn rollout(config: &Config, machines: &[MachineStatus], name: &str) -> Rollout {
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "0123456789abcdef0123456789abcdef01234567";
+    const OLD: &str = "89abcdef0123456789abcdef0123456789abcdef";
+
+    fn answer(doc: &str) -> Answer {
+        Answer::Ran {
+            code: 0,
+            stdout: doc.to_string(),
+            stderr: String::new(),
+        }
+    }
+
+    /// The rollout line counts from typed documents: an older machine's
+    /// (few fields) at the head, a machine behind, one whose document does
+    /// not read (named, and counted as not reached), and one not reached.
+    #[test]
+    fn the_rollout_counts_typed_documents_of_every_age() {
+        let config = Config::parse(
+            std::path::Path::new("/etc/provision/config.toml"),
+            "[[services]]\nmachine = [\"a\", \"b\", \"c\", \"d\"]\nservice = \"web\"\n\
+             upstream = \"git://127.0.0.1/r\"\ndirs = [{ local = \"/etc/web\", link = \"web\" }]\n",
+        )
+        .expect("config");
+        let doc = |deployed: &str| {
+            format!(
+                r#"{{"schema": 1, "machine": "m", "time": 1, "services": [{{"name": "web",
+                   "state": "following", "drift": {{"count": 0}},
+                   "deployed": {{"commit": "{deployed}"}}, "upstream": {{"commit": "{HEAD}"}}}}]}}"#
+            )
+        };
+        let answers = vec![
+            ("a".to_string(), answer(&doc(HEAD))),
+            ("b".to_string(), answer(&doc(OLD))),
+            ("c".to_string(), answer(r#"{"schema": 1, "services": 3}"#)),
+            ("d".to_string(), Answer::Unreachable("ssh: no route".into())),
+        ];
+        let d = collect(&config, answers, 2);
+        let r = &d.services[0];
+        assert_eq!(r.head.as_deref(), Some(HEAD));
+        assert_eq!(
+            (r.machines, r.at_head, r.behind, r.unreachable),
+            (4, 1, 1, 2),
+            "{r:?}"
+        );
+        let c = &d.machines[2];
+        assert!(c.reachable && c.doc.is_none(), "{c:?}");
+        assert!(
+            c.error
+                .as_deref()
+                .is_some_and(|e| e.contains("does not read")),
+            "{c:?}"
+        );
+    }
 }

@@ -15,7 +15,9 @@ pub struct Rejected {
     pub stage: Stage,
     /// Why, with the tail of the command's output (capped).
     pub reason: String,
-    /// Unix time of the rejection.
+    /// Unix time of the rejection; 0 when the source does not say (a
+    /// document the fleet makes from Prometheus).
+    #[serde(default)]
     pub time: u64,
 }
 

@@ -35,7 +35,9 @@ pub struct Document {
 pub struct ServiceStatus {
     /// The service's name.
     pub name: String,
-    /// Its systemd unit.
+    /// Its systemd unit; empty when the source does not say (a document
+    /// the fleet makes from Prometheus).
+    #[serde(default)]
     pub unit: String,
     /// `following`, `frozen` or `pinned`; `unknown` when the state file
     /// cannot be read.
@@ -96,9 +98,13 @@ pub struct RolloutStatus {
     pub commit: CommitId,
     /// Unix time this machine's turn comes.
     pub at: u64,
-    /// Its place in the rollout, in [0, 1) (0: a canary).
+    /// Its place in the rollout, in [0, 1) (0: a canary); 0 when the
+    /// source does not say (Prometheus).
+    #[serde(default)]
     pub position: f64,
-    /// Unix time this machine first saw the head.
+    /// Unix time this machine first saw the head; 0 when the source does
+    /// not say (Prometheus).
+    #[serde(default)]
     pub seen: u64,
     /// Why the gate was closed at the last pass, while it is.
     pub gate: Option<String>,
@@ -109,7 +115,9 @@ pub struct RolloutStatus {
 pub struct CommitAt {
     /// The commit, as 40 hex digits.
     pub commit: CommitId,
-    /// Deployment time, or fetch time for upstream.
+    /// Deployment time, or fetch time for upstream; 0 when the source
+    /// does not say (Prometheus).
+    #[serde(default)]
     pub time: u64,
     /// The first line of its message, when the mirror has the commit.
     pub subject: Option<String>,
@@ -120,7 +128,9 @@ pub struct CommitAt {
 /// Local changes to the deployed files.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DriftStatus {
-    /// `restore` or `warn`.
+    /// `restore` or `warn` (`restore`, the default, when the source does
+    /// not say).
+    #[serde(default)]
     pub policy: DriftPolicy,
     /// Changed paths; `None` when they could not be determined.
     pub count: Option<usize>,

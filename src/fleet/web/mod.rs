@@ -348,24 +348,20 @@ impl App {
                 self.frame_page(name, "<p>No such machine in the config.</p>", None),
             );
         };
-        let services: Vec<Value> = m
-            .status
-            .as_ref()
-            .and_then(|d| d["services"].as_array().cloned())
-            .unwrap_or_default();
+        let services: &[crate::model::status::ServiceStatus] =
+            m.doc.as_ref().map_or(&[], |d| &d.services);
         let mut calls = Vec::new();
-        for s in &services {
-            let svc = s["name"].as_str().unwrap_or("").to_string();
-            calls.push((m.machine.clone(), history_args(&svc)));
-            if s["drift"]["count"].as_u64().is_some_and(|n| n > 0) {
-                calls.push((m.machine.clone(), vec!["diff".to_string(), svc]));
+        for s in services {
+            calls.push((m.machine.clone(), history_args(&s.name)));
+            if s.drift.count.is_some_and(|n| n > 0) {
+                calls.push((m.machine.clone(), vec!["diff".to_string(), s.name.clone()]));
             }
         }
         let answers = self.ask(calls.clone());
         let details = services
             .iter()
             .map(|s| {
-                let svc = s["name"].as_str().unwrap_or("").to_string();
+                let svc = s.name.clone();
                 let mut d = pages::Details {
                     history: Vec::new(),
                     history_from: Err("unreachable".to_string()),
@@ -406,8 +402,8 @@ impl App {
             .map(|m| vec![((*m).clone(), history_args(name))])
             .unwrap_or_default();
         for m in &doc.machines {
-            let drifted = status::service_of(m, name)
-                .is_some_and(|s| s["drift"]["count"].as_u64().is_some_and(|n| n > 0));
+            let drifted =
+                status::service_in(m, name).is_some_and(|s| s.drift.count.is_some_and(|n| n > 0));
             if drifted {
                 calls.push((
                     m.machine.clone(),

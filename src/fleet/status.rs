@@ -1,7 +1,7 @@
 //! The fleet's status: every machine's own `status --json` document, side
 //! by side, and per service how far the rollout of its head has come.
 
-use serde::Serialize;
+use serde::{Deserialize as _, Serialize};
 use serde_json::Value;
 
 use crate::config::Config;
@@ -117,7 +117,7 @@ fn machine_status((machine, answer): (String, Answer)) -> MachineStatus {
         },
         Answer::Ran { stdout, stderr, .. } => match serde_json::from_str::<Value>(&stdout) {
             Ok(raw) => {
-                let (doc, error) = match serde_json::from_value::<machine::Document>(raw.clone()) {
+                let (doc, error) = match machine::Document::deserialize(&raw) {
                     Ok(d) => (Some(d), None),
                     Err(e) => (
                         None,

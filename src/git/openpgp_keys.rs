@@ -202,12 +202,15 @@ fn newest<'a>(sigs: impl Iterator<Item = &'a Signature>) -> Option<&'a Signature
 
 /// When the key created at `created` expired by `sig`, if it has by `now`.
 fn expired(created: Timestamp, sig: &Signature, now: u32) -> Option<String> {
-    let lasts = sig.key_expiration_time()?.as_secs();
-    if lasts == 0 {
-        return None;
-    }
-    let end = u64::from(created.as_secs()) + u64::from(lasts);
-    (end <= u64::from(now)).then(|| {
+    ended(created.as_secs(), sig.key_expiration_time()?.as_secs(), now)
+}
+
+/// "on DATE" when something that began at `start` and lasts `lasts`
+/// seconds (0: for ever) has ended by `now`: a key's or a signature's
+/// expiry, as OpenPGP counts it.
+pub fn ended(start: u32, lasts: u32, now: u32) -> Option<String> {
+    let end = u64::from(start) + u64::from(lasts);
+    (lasts != 0 && end <= u64::from(now)).then(|| {
         format!(
             "on {}",
             crate::util::format_utc(i64::try_from(end).unwrap_or(i64::MAX))

@@ -151,12 +151,7 @@ fn openpgp(
                 .map(|k| hex(k.as_ref())),
         )
         .collect();
-    let now = u32::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    )
-    .unwrap_or(u32::MAX);
+    let now = u32::try_from(crate::util::now_unix()).unwrap_or(u32::MAX);
     for key in keys {
         // The key that made the signature: the primary key or a subkey.
         let made_by = if sig.verify(&key.primary_key, payload).is_ok() {
@@ -249,14 +244,8 @@ fn refused(
 /// carries an expiry that has passed.
 fn signature_expired(sig: &pgp::packet::Signature, now: u32) -> Option<String> {
     let lasts = sig.signature_expiration_time()?.as_secs();
-    let made = sig.created()?.as_secs();
-    let end = u64::from(made) + u64::from(lasts);
-    (lasts != 0 && end <= u64::from(now)).then(|| {
-        format!(
-            "the signature expired on {}",
-            crate::util::format_utc(i64::try_from(end).unwrap_or(i64::MAX))
-        )
-    })
+    openpgp_keys::ended(sig.created()?.as_secs(), lasts, now)
+        .map(|on| format!("the signature expired {on}"))
 }
 
 fn ssh(commit: Oid, armored: &str, payload: &[u8], when: i64, signers: &[Signer]) -> Verdict {

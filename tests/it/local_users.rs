@@ -570,11 +570,7 @@ fn scans_and_diffs_never_leave_the_release_and_fail_closed() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let section = |name: &str| -> String {
-        let start = stdout.find(&format!("====={name}\n")).expect(name) + name.len() + 6;
-        let rest = &stdout[start..];
-        rest[..rest.find("=====").unwrap_or(rest.len())].to_string()
-    };
+    let section = |name: &str| section(&stdout, name);
     let status: serde_json::Value = serde_json::from_str(&section("status")).expect("status");
     let count = status["services"][0]["drift"]["count"]
         .as_u64()
@@ -603,6 +599,13 @@ fn scans_and_diffs_never_leave_the_release_and_fail_closed() {
         "the release is whole again: {all}"
     );
     assert!(secret.join("extra.conf").exists());
+}
+
+/// What a script printed after its `=====NAME` line, up to the next one.
+fn section(stdout: &str, name: &str) -> String {
+    let start = stdout.find(&format!("====={name}\n")).expect(name) + name.len() + 6;
+    let rest = &stdout[start..];
+    rest[..rest.find("=====").unwrap_or(rest.len())].to_string()
 }
 
 /// `cfg` with every `dirs` entry writable (`readonly = false`), so the
@@ -737,11 +740,7 @@ fn fifos_sparse_giants_and_deep_trees_in_a_writable_mount_break_nothing() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let section = |name: &str| -> String {
-        let start = stdout.find(&format!("====={name}\n")).expect(name) + name.len() + 6;
-        let rest = &stdout[start..];
-        rest[..rest.find("=====").unwrap_or(rest.len())].to_string()
-    };
+    let section = |name: &str| section(&stdout, name);
     let status: serde_json::Value = serde_json::from_str(&section("status")).expect("status");
     let paths: Vec<String> = status["services"][0]["drift"]["files"]
         .as_array()

@@ -6,10 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
-use serde_json::Value;
 
 use crate::config::{Gate, Service};
-use crate::host::prometheus::{instance_host, Api};
+use crate::host::prometheus::{Api, Sample};
 use crate::model::commit::CommitId;
 use crate::util::human_span;
 
@@ -103,33 +102,28 @@ struct Asked {
 fn ask(api: &Api, service: &str, commit: CommitId, fleet: &[String]) -> Result<Asked> {
     let mut asked = Asked::default();
     let svc = format!("service=\"{service}\"");
-    let ours = |s: &Value| instance_host(&s["metric"]).filter(|m| fleet.contains(m));
+    let ours = |s: &Sample| s.host().filter(|m| fleet.contains(m));
     for s in api.query(&format!(
         "provision_rejected_commit_info{{{svc},commit=\"{commit}\"}}"
     ))? {
         if let Some(m) = ours(&s) {
-            let stage = s["metric"]["stage"].as_str().unwrap_or("?").to_string();
+            let stage = s.label("stage").unwrap_or("?").to_string();
             asked.rejected.insert((m, stage));
         }
     }
     for s in api.query(&format!(
         "provision_deployed_timestamp_seconds{{{svc}}} and on(instance, service) provision_deployed_commit_info{{{svc},commit=\"{commit}\"}}"
     ))? {
-        if let (Some(m), Some(t)) = (ours(&s), value(&s)) {
+        if let (Some(m), Some(t)) = (ours(&s), s.value()) {
             let at = &mut asked.canaries.entry(m).or_default().deployed_at;
             *at = Some(at.map_or(t as u64, |was| was.max(t as u64)));
         }
     }
     for s in api.query(&format!("provision_last_pass_success{{{svc}}}"))? {
-        if let (Some(m), Some(v)) = (ours(&s), value(&s)) {
+        if let (Some(m), Some(v)) = (ours(&s), s.value()) {
             let ok = &mut asked.canaries.entry(m).or_default().last_pass_ok;
             *ok = Some(ok.unwrap_or(true) && v != 0.0);
         }
     }
     Ok(asked)
-}
-
-/// The sample's value.
-fn value(sample: &Value) -> Option<f64> {
-    sample["value"][1].as_str()?.parse().ok()
 }

@@ -6,12 +6,15 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
-use serde_json::{json, Value};
+use anyhow::{Context, Result};
 
 use crate::fleet::ssh::Answer;
-use crate::host::prometheus::{instance_host, Api};
-
+use crate::host::prometheus::{Api, Sample};
+use crate::model::commit::CommitId;
+use crate::model::record::{Rejected, Stage};
+use crate::model::status::{
+    self as machine, CommitAt, DriftStatus, PassStatus, RolloutStatus, ServiceStatus, Tracking,
+};
 /// What Prometheus knows of each machine, as the answers the SSH fan-out
 /// would have given: a `status --json`-shaped document per machine.
 pub fn answers(api: &Api, machines: &[String]) -> Result<Vec<(String, Answer)>> {
@@ -29,12 +32,10 @@ pub fn answers(api: &Api, machines: &[String]) -> Result<Vec<(String, Answer)>> 
         "provision_rollout_wait_until_timestamp_seconds",
     ];
     // (machine, service) -> family -> sample
-    let mut seen: BTreeMap<(String, String), BTreeMap<&str, Value>> = BTreeMap::new();
+    let mut seen: BTreeMap<(String, String), BTreeMap<&str, Sample>> = BTreeMap::new();
     for family in families {
         for sample in api.query(family)? {
-            let labels = &sample["metric"];
-            let (Some(host), Some(service)) = (instance_host(labels), labels["service"].as_str())
-            else {
+            let (Some(host), Some(service)) = (sample.host(), sample.label("service")) else {
                 continue;
             };
             seen.entry((host, service.to_string()))
@@ -46,7 +47,7 @@ pub fn answers(api: &Api, machines: &[String]) -> Result<Vec<(String, Answer)>> 
     Ok(machines
         .iter()
         .map(|m| {
-            let services: Vec<Value> = seen
+            let services: Vec<ServiceStatus> = seen
                 .iter()
                 .filter(|((host, _), _)| host == m)
                 .map(|((_, name), f)| service_doc(name, f))
@@ -56,46 +57,87 @@ pub fn answers(api: &Api, machines: &[String]) -> Result<Vec<(String, Answer)>> 
                     "Prometheus has no provision series with instance {m}"
                 ))
             } else {
-                let doc = json!({"schema": 1, "machine": m, "time": now, "services": services});
+                let doc = machine::Document {
+                    schema: machine::SCHEMA,
+                    machine: m.clone(),
+                    time: now,
+                    services,
+                };
                 Answer::Ran {
                     code: 0,
-                    stdout: doc.to_string(),
+                    stdout: serde_json::to_string(&doc)
+                        .with_context(|| format!("writing the status of {m}"))?,
                     stderr: String::new(),
                 }
             };
-            (m.clone(), answer)
+            Ok((m.clone(), answer))
         })
-        .collect())
+        .collect::<Result<_>>()?)
 }
 
-/// One service's entry, in the shape of `status --json`.
-fn service_doc(name: &str, f: &BTreeMap<&str, Value>) -> Value {
-    let value = |family: &str| -> Option<f64> { f.get(family)?["value"][1].as_str()?.parse().ok() };
-    let label = |family: &str, key: &str| -> Option<String> {
-        Some(f.get(family)?["metric"][key].as_str()?.to_string())
-    };
+/// One service's entry of `status --json`, as far as the series tell it;
+/// what they do not tell is left unknown.
+fn service_doc(name: &str, f: &BTreeMap<&str, Sample>) -> ServiceStatus {
+    let value = |family: &str| f.get(family)?.value();
+    let label = |family: &str, key: &str| Some(f.get(family)?.label(key)?.to_string());
+    let commit = |family: &str| label(family, "commit")?.parse::<CommitId>().ok();
     let flag = |family: &str| value(family).map(|v| v != 0.0);
-    json!({
-        "name": name,
-        "state": if flag("provision_frozen") == Some(true) { "frozen" } else { "following" },
-        "deployed": label("provision_deployed_commit_info", "commit").map(|c| json!({"commit": c})),
-        "upstream": label("provision_upstream_commit_info", "commit").map(|c| json!({"commit": c})),
-        "in_sync": flag("provision_in_sync"),
-        "drift": {"count": value("provision_drift_files").map(|v| v as u64)},
-        "mounts_ok": flag("provision_mounts_ok"),
-        "unit_state": flag("provision_unit_active").map(|a| if a { "active" } else { "inactive" }),
-        "last_pass": value("provision_last_pass_timestamp_seconds").map(|t| json!({
-            "time": t as u64,
-            "ok": flag("provision_last_pass_success").unwrap_or(false),
-        })),
+    let at = |commit: CommitId| CommitAt {
+        commit,
+        time: 0,
+        subject: None,
+        committed: None,
+    };
+    let upstream = commit("provision_upstream_commit_info");
+    ServiceStatus {
+        name: name.to_string(),
+        unit: String::new(),
+        state: if flag("provision_frozen") == Some(true) {
+            Tracking::Frozen
+        } else {
+            Tracking::Following
+        },
+        hold: None,
+        deployed: commit("provision_deployed_commit_info").map(at),
+        upstream: upstream.map(at),
+        in_sync: flag("provision_in_sync"),
+        drift: DriftStatus {
+            policy: Default::default(),
+            count: value("provision_drift_files").map(|v| v as usize),
+            files: Vec::new(),
+            error: None,
+        },
+        mounts: Vec::new(),
+        mounts_ok: flag("provision_mounts_ok"),
+        unit_state: flag("provision_unit_active")
+            .map(|a| if a { "active" } else { "inactive" }.to_string()),
+        last_pass: value("provision_last_pass_timestamp_seconds").map(|t| PassStatus {
+            time: t as u64,
+            ok: flag("provision_last_pass_success").unwrap_or(false),
+            error: None,
+            duration_ms: None,
+        }),
         // The head waited for is the upstream head, by definition.
-        "rollout": value("provision_rollout_wait_until_timestamp_seconds").and_then(|t| {
-            let head = label("provision_upstream_commit_info", "commit")?;
-            Some(json!({"at": t as u64, "commit": head}))
+        rollout: value("provision_rollout_wait_until_timestamp_seconds").and_then(|t| {
+            Some(RolloutStatus {
+                commit: upstream?,
+                at: t as u64,
+                position: 0.0,
+                seen: 0,
+                gate: None,
+            })
         }),
-        "rejected": label("provision_rejected_commit_info", "commit").and_then(|c| {
+        rejected: commit("provision_rejected_commit_info").and_then(|c| {
             let stage = label("provision_rejected_commit_info", "stage")?;
-            Some(json!({"commit": c, "reason": format!("at {stage}"), "stage": stage}))
+            Some(Rejected {
+                commit: c,
+                stage: Stage::named(&stage)?,
+                reason: format!("at {stage}"),
+                time: 0,
+            })
         }),
-    })
+        signature: None,
+        behind_seconds: None,
+        state_error: None,
+    }
 }

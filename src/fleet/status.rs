@@ -151,14 +151,6 @@ pub fn service_in<'a>(m: &'a MachineStatus, name: &str) -> Option<&'a ServiceSta
     m.doc.as_ref()?.services.iter().find(|s| s.name == name)
 }
 
-/// The entry of service `name` in a machine's document, as sent.
-pub fn service_of<'a>(m: &'a MachineStatus, name: &str) -> Option<&'a Value> {
-    m.status.as_ref()?["services"]
-        .as_array()?
-        .iter()
-        .find(|s| s["name"] == name)
-}
-
 fn rollout(config: &Config, machines: &[MachineStatus], name: &str) -> Rollout {
     let runs: Vec<&MachineStatus> = machines
         .iter()

@@ -6,13 +6,14 @@
 //! Prometheus (its `web.config.file`, or a proxy) asks for one. One GET per
 //! query, bounded by the timeout as a whole, its answer by size.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
-use serde_json::Value;
+use serde::Deserialize;
 
 use crate::config::PrometheusAccess;
 use crate::util::http::{self, Endpoint, Request};
@@ -63,7 +64,7 @@ impl Api {
     }
 
     /// The result vector of an instant query.
-    pub fn query(&self, promql: &str) -> Result<Vec<Value>> {
+    pub fn query(&self, promql: &str) -> Result<Vec<Sample>> {
         let path = format!(
             "{}/api/v1/query?query={}",
             if self.prefix.is_empty() {
@@ -74,14 +75,15 @@ impl Api {
             crate::util::percent_encode(promql)
         );
         let body = self.get(&path)?;
-        let doc: Value = serde_json::from_str(&body).context("Prometheus's answer is not JSON")?;
-        if doc["status"] != "success" {
-            bail!("Prometheus refused {promql}: {}", doc["error"]);
+        let doc: QueryAnswer = serde_json::from_str(&body)
+            .context("Prometheus's answer is not the JSON of an instant vector query")?;
+        if doc.status != "success" {
+            bail!(
+                "Prometheus refused {promql}: {}",
+                doc.error.as_deref().unwrap_or("(no reason given)")
+            );
         }
-        Ok(doc["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default())
+        Ok(doc.data.map(|d| d.result).unwrap_or_default())
     }
 
     /// The `Authorization` header, from the token file read now (a
@@ -147,10 +149,51 @@ impl Api {
     }
 }
 
-/// The machine a series belongs to: the host part of its `instance` label,
-/// lowercased (`web1:9100` is `web1`), as the fleet's machines are named.
-pub fn instance_host(labels: &Value) -> Option<String> {
-    let instance = labels["instance"].as_str()?;
+/// What `/api/v1/query` answers (the parts provision reads).
+#[derive(Debug, Deserialize)]
+struct QueryAnswer {
+    status: String,
+    error: Option<String>,
+    data: Option<QueryData>,
+}
+
+/// The data of an instant vector query.
+#[derive(Debug, Deserialize)]
+struct QueryData {
+    #[serde(default)]
+    result: Vec<Sample>,
+}
+
+/// One series of an instant vector: its labels and its value now.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Sample {
+    /// The series' labels, `__name__` included.
+    #[serde(default)]
+    pub metric: BTreeMap<String, String>,
+    /// `[unix time, "value"]`: Prometheus writes the value as a string.
+    value: (f64, String),
+}
+
+impl Sample {
+    /// The label `key`, if the series has it.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.metric.get(key).map(String::as_str)
+    }
+
+    /// The sample's value; `None` when it is not a number.
+    pub fn value(&self) -> Option<f64> {
+        self.value.1.parse().ok()
+    }
+
+    /// The machine the series belongs to (see [`instance_host`]).
+    pub fn host(&self) -> Option<String> {
+        instance_host(self.label("instance")?)
+    }
+}
+
+/// The machine an `instance` label belongs to: its host part, lowercased
+/// (`web1:9100` is `web1`), as the fleet's machines are named.
+pub fn instance_host(instance: &str) -> Option<String> {
     let host = match instance.rsplit_once(':') {
         // An IPv6 address without a port has colons too: only strip a
         // numeric port.
@@ -193,7 +236,7 @@ mod tests {
             crate::util::percent_encode("up{job=\"node\"}"),
             "up%7Bjob%3D%22node%22%7D"
         );
-        let host = |i: &str| instance_host(&serde_json::json!({ "instance": i }));
+        let host = instance_host;
         assert_eq!(host("Web1:9100").as_deref(), Some("web1"));
         assert_eq!(host("web1").as_deref(), Some("web1"));
         assert_eq!(host("[::1]:9100").as_deref(), Some("::1"));

@@ -51,6 +51,20 @@ impl Stage {
             Stage::Ancestry => "ancestry",
         }
     }
+
+    /// The stage `word` names (as [`Stage::as_str`] writes it).
+    pub fn named(word: &str) -> Option<Stage> {
+        [
+            Stage::Validate,
+            Stage::Action,
+            Stage::Visibility,
+            Stage::Health,
+            Stage::Signature,
+            Stage::Ancestry,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == word)
+    }
 }
 
 /// A freeze keeps whatever is deployed; a pin holds a commit a rollback

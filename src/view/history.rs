@@ -6,34 +6,13 @@ use std::path::Path;
 
 use anyhow::Result;
 use git2::Repository;
-use serde::Serialize;
 
 use crate::config::Service;
 use crate::git::mirror::Mirror;
 use crate::model::commit::CommitId;
+pub use crate::model::history::HistoryEntry;
 use crate::store::layout;
 use crate::store::state::StateDir;
-
-/// One commit of the history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HistoryEntry {
-    /// The commit, as 40 hex digits.
-    pub commit: CommitId,
-    /// Committer time, Unix seconds; 0 when only the release is known.
-    pub time: i64,
-    /// Its author's name.
-    pub author: String,
-    /// The first line of its message.
-    pub subject: String,
-    /// The commit serving now.
-    pub deployed: bool,
-    /// The branch head as of the last fetch.
-    pub upstream: bool,
-    /// A release of it is kept: rolling back is instant.
-    pub release: bool,
-    /// Rolling back to it needs no network (a kept release, or in the mirror).
-    pub offline: bool,
-}
 
 /// Up to `limit` commits from the branch head, first-parent, plus the
 /// deployed commit when it is not among them (after a force-push, say).

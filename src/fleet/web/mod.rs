@@ -29,6 +29,7 @@ use crate::fleet::action::{self, Change};
 use crate::fleet::ssh::{Answer, Transport};
 use crate::fleet::status::{self, Document};
 use crate::host::prometheus::Api;
+use crate::model::history::HistoryEntry;
 use crate::util::now_unix;
 use guard::{Hosts, Sessions};
 use html::Frame;
@@ -573,7 +574,7 @@ fn fill(d: &mut pages::Details, machine: &str, args: &[String], answer: &Answer)
             Answer::Ran {
                 code: 0, stdout, ..
             },
-        ) => match serde_json::from_str::<Vec<Value>>(stdout) {
+        ) => match serde_json::from_str::<Vec<HistoryEntry>>(stdout) {
             Ok(h) => {
                 d.history = h;
                 d.history_from = Ok(machine.to_string());

@@ -4,11 +4,12 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
-
 use crate::fleet::action;
-use crate::fleet::status::{service_of, Document, MachineStatus, Rollout};
+use crate::fleet::status::{service_in, Document, MachineStatus, Rollout};
 use crate::fleet::web::html::{age, esc, path_segment};
+use crate::model::commit::CommitId;
+use crate::model::history::HistoryEntry;
+use crate::model::status::{CommitAt, ServiceStatus, Tracking};
 
 /// How one (machine, service) stands, for a badge and the ordering.
 struct Standing {
@@ -17,7 +18,7 @@ struct Standing {
     problem: bool,
 }
 
-fn standing(m: &MachineStatus, s: Option<&Value>, head: Option<&str>) -> Standing {
+fn standing(m: &MachineStatus, s: Option<&ServiceStatus>, head: Option<&str>) -> Standing {
     let st = |class, label: &str, problem| Standing {
         class,
         label: label.to_string(),
@@ -29,20 +30,20 @@ fn standing(m: &MachineStatus, s: Option<&Value>, head: Option<&str>) -> Standin
     if !m.reachable {
         return st("b-off", "unreachable", true);
     }
-    let hurt = s["mounts_ok"] == false
-        || s["drift"]["count"].as_u64().is_some_and(|n| n > 0)
-        || s["unit_state"]
-            .as_str()
+    let hurt = s.mounts_ok == Some(false)
+        || s.drift.count.is_some_and(|n| n > 0)
+        || s.unit_state
+            .as_deref()
             .is_some_and(|u| u != "active" && u != "reloading");
-    let mut out = if s["rejected"].is_object() {
+    let mut out = if s.rejected.is_some() {
         st("b-rej", "rejected", true)
-    } else if s["last_pass"]["ok"] == false {
+    } else if s.last_pass.as_ref().is_some_and(|p| !p.ok) {
         st("b-bad", "failing", true)
-    } else if let Some(kind @ ("frozen" | "pinned")) = s["state"].as_str() {
-        st("b-held", kind, false)
-    } else if s["rollout"].is_object() {
+    } else if matches!(s.state, Tracking::Frozen | Tracking::Pinned) {
+        st("b-held", s.state.as_str(), false)
+    } else if s.rollout.is_some() {
         st("b-wait", "waiting", false)
-    } else if head.is_some() && s["deployed"]["commit"].as_str() == head {
+    } else if head.is_some() && commit_of(s.deployed.as_ref()).as_deref() == head {
         st("b-ok", "at head", false)
     } else {
         st("b-behind", "behind", false)
@@ -51,25 +52,25 @@ fn standing(m: &MachineStatus, s: Option<&Value>, head: Option<&str>) -> Standin
     out
 }
 
-fn short(v: &Value) -> String {
-    v.as_str()
-        .map_or("-".to_string(), |c| c.chars().take(10).collect())
+/// The commit's short form, `-` when there is none.
+fn short(c: Option<CommitId>) -> String {
+    c.map_or("-".to_string(), |c| c.short())
+}
+
+/// The commit of a deployed or upstream entry, as 40 hex digits.
+fn commit_of(at: Option<&CommitAt>) -> Option<String> {
+    at.map(|a| a.commit.to_string())
 }
 
 /// The subject and commit time of `head`, from any machine that has it.
 fn head_described(doc: &Document, service: &str, head: &str) -> Option<(String, Option<i64>)> {
     doc.machines.iter().find_map(|m| {
-        let s = service_of(m, service)?;
-        ["upstream", "deployed"].iter().find_map(|k| {
-            (s[k]["commit"].as_str() == Some(head))
-                .then(|| {
-                    (
-                        s[k]["subject"].as_str().unwrap_or("").to_string(),
-                        s[k]["committed"].as_i64(),
-                    )
-                })?
-                .into()
-        })
+        let s = service_in(m, service)?;
+        [&s.upstream, &s.deployed]
+            .into_iter()
+            .flatten()
+            .find(|at| at.commit.to_string() == head)
+            .map(|at| (at.subject.clone().unwrap_or_default(), at.committed))
     })
 }
 
@@ -150,7 +151,7 @@ fn rollout_block(doc: &Document, r: &Rollout, link: bool) -> String {
 
 /// The machines × services grid cell of one service.
 fn cell(m: &MachineStatus, service: &str, head: Option<&str>, now: u64) -> (bool, String) {
-    let s = service_of(m, service);
+    let s = service_in(m, service);
     let st = standing(m, s, head);
     let Some(s) = s else {
         return (
@@ -163,18 +164,15 @@ fn cell(m: &MachineStatus, service: &str, head: Option<&str>, now: u64) -> (bool
             ),
         );
     };
-    let last = match (
-        s["last_pass"]["time"].as_u64(),
-        s["last_pass"]["ok"].as_bool(),
-    ) {
-        (Some(t), Some(ok)) => format!(
+    let last = match &s.last_pass {
+        Some(p) => format!(
             "pass {} ago {}",
-            age(now, t),
-            if ok { "ok" } else { "FAILED" }
+            age(now, p.time),
+            if p.ok { "ok" } else { "FAILED" }
         ),
-        _ => "no pass yet".to_string(),
+        None => "no pass yet".to_string(),
     };
-    let mounts = match s["mounts_ok"].as_bool() {
+    let mounts = match s.mounts_ok {
         Some(true) => "mounts ok",
         Some(false) => "mounts BROKEN",
         None => "no mounts",
@@ -184,14 +182,12 @@ fn cell(m: &MachineStatus, service: &str, head: Option<&str>, now: u64) -> (bool
          <code>{short}</code> <span class=\"badge {class}\">{label}</span>\
          <small>drift {drift} · {mounts} · {unit}</small><small>{last}</small></td>",
         svc = esc(service),
-        commit = esc(s["deployed"]["commit"].as_str().unwrap_or("")),
-        short = esc(&short(&s["deployed"]["commit"])),
+        commit = esc(&commit_of(s.deployed.as_ref()).unwrap_or_default()),
+        short = esc(&short(s.deployed.as_ref().map(|d| d.commit))),
         class = st.class,
         label = esc(&st.label),
-        drift = s["drift"]["count"]
-            .as_u64()
-            .map_or("?".to_string(), |n| n.to_string()),
-        unit = esc(s["unit_state"].as_str().unwrap_or("?")),
+        drift = drift_count(s),
+        unit = esc(s.unit_state.as_deref().unwrap_or("?")),
         last = esc(&last),
     );
     (st.problem, text)
@@ -217,7 +213,7 @@ pub fn overview(doc: &Document) -> String {
             let mut problem = !m.reachable;
             let mut cells = String::new();
             for r in &doc.services {
-                if service_of(m, &r.name).is_none() && m.reachable {
+                if service_in(m, &r.name).is_none() && m.reachable {
                     cells.push_str("<td class=\"mute\">·</td>");
                     continue;
                 }
@@ -251,63 +247,52 @@ pub fn overview(doc: &Document) -> String {
 /// and drift of the service, asked when the page is made.
 pub struct Details {
     /// `history --json` entries (newest first), from one machine.
-    pub history: Vec<Value>,
+    pub history: Vec<HistoryEntry>,
     /// Where the history came from, or why there is none.
     pub history_from: Result<String, String>,
     /// `diff NAME` output per machine with drift.
     pub diffs: Vec<(String, String)>,
 }
 
+/// The number of changed paths, `?` when it could not be determined.
+fn drift_count(s: &ServiceStatus) -> String {
+    s.drift.count.map_or("?".to_string(), |n| n.to_string())
+}
+
+/// A Unix time as the page writes it.
+fn utc(t: u64) -> String {
+    format!("{} UTC", crate::util::format_utc(t as i64))
+}
+
 /// A hold, rejection or rollout wait, in words.
-fn conditions(s: &Value) -> Vec<String> {
+fn conditions(s: &ServiceStatus) -> Vec<String> {
     let mut out = Vec::new();
-    let utc = |v: &Value| {
-        v.as_u64()
-            .map(|t| format!("{} UTC", crate::util::format_utc(t as i64)))
-    };
-    if s["hold"].is_object() {
-        let h = &s["hold"];
-        let mut line = format!(
-            "{} since {}: {}",
-            h["kind"].as_str().unwrap_or("held"),
-            utc(&h["since"]).unwrap_or_default(),
-            h["reason"].as_str().unwrap_or("")
-        );
-        if let Some(by) = h["by"].as_str() {
+    if let Some(h) = &s.hold {
+        let mut line = format!("{} since {}: {}", h.kind.as_str(), utc(h.since), h.reason);
+        if let Some(by) = &h.by {
             let _ = write!(line, " (by {by})");
         }
-        if let Some(until) = utc(&h["until"]) {
-            let _ = write!(line, ", until {until}");
+        if let Some(until) = h.until {
+            let _ = write!(line, ", until {}", utc(until));
         }
         out.push(line);
     }
-    if s["rejected"].is_object() {
-        let r = &s["rejected"];
+    if let Some(r) = &s.rejected {
         out.push(format!(
             "rejected {} at {}: {}",
-            short(&r["commit"]),
-            r["stage"].as_str().unwrap_or("?"),
-            r["reason"]
-                .as_str()
-                .unwrap_or("")
-                .lines()
-                .next()
-                .unwrap_or("")
+            r.commit.short(),
+            r.stage.as_str(),
+            r.reason.lines().next().unwrap_or("")
         ));
     }
-    if s["rollout"].is_object() {
-        let w = &s["rollout"];
-        let mut line = format!(
-            "waiting for rollout: {} at {}",
-            short(&w["commit"]),
-            utc(&w["at"]).unwrap_or_default()
-        );
-        if let Some(g) = w["gate"].as_str() {
+    if let Some(w) = &s.rollout {
+        let mut line = format!("waiting for rollout: {} at {}", w.commit.short(), utc(w.at));
+        if let Some(g) = &w.gate {
             let _ = write!(line, "; gate closed: {g}");
         }
         out.push(line);
     }
-    if let Some(e) = s["last_pass"]["error"].as_str() {
+    if let Some(e) = s.last_pass.as_ref().and_then(|p| p.error.as_deref()) {
         out.push(format!("last pass failed: {e}"));
     }
     out
@@ -330,32 +315,33 @@ fn history_table(details: &Details, deployed_on: &dyn Fn(&str) -> Vec<String>, n
          <th>Author</th><th>Age</th><th>Marks</th></tr></thead><tbody>",
     );
     for e in &details.history {
-        let commit = e["commit"].as_str().unwrap_or("");
+        let commit = e.commit.to_string();
         let mut marks = Vec::new();
-        if e["upstream"] == true {
+        if e.upstream {
             marks.push("<span class=\"badge b-wait\">upstream</span>".to_string());
         }
-        let on = deployed_on(commit);
+        let on = deployed_on(&commit);
         if !on.is_empty() {
             marks.push(format!(
                 "<span class=\"badge b-ok\">deployed</span> {}",
                 esc(&on.join(", "))
             ));
         }
-        if e["offline"] == true {
+        if e.offline {
             marks.push("<span class=\"mute\">offline rollback</span>".to_string());
         }
         let _ = write!(
             out,
             "<tr data-commit=\"{}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(commit),
-            esc(&commit.chars().take(10).collect::<String>()),
-            esc(e["subject"].as_str().unwrap_or("")),
-            esc(e["author"].as_str().unwrap_or("")),
-            e["time"]
-                .as_i64()
-                .filter(|t| *t > 0)
-                .map_or("-".to_string(), |t| age(now, t as u64)),
+            esc(&commit),
+            esc(&e.commit.short()),
+            esc(&e.subject),
+            esc(&e.author),
+            if e.time > 0 {
+                age(now, e.time as u64)
+            } else {
+                "-".to_string()
+            },
             marks.join(" ")
         );
     }
@@ -397,13 +383,12 @@ fn actions_form(
     } else {
         out.push_str("<select name=\"rev\" aria-label=\"revision\">");
         for e in &details.history {
-            let c = e["commit"].as_str().unwrap_or("");
             let _ = write!(
                 out,
                 "<option value=\"{}\">{} {}</option>",
-                esc(c),
-                esc(&c.chars().take(10).collect::<String>()),
-                esc(e["subject"].as_str().unwrap_or(""))
+                e.commit,
+                esc(&e.commit.short()),
+                esc(&e.subject)
             );
         }
         out.push_str("</select>");
@@ -414,63 +399,51 @@ fn actions_form(
     out
 }
 
-fn rows_of_fields(s: &Value, now: u64) -> String {
-    let commit = |k: &str| {
-        let c = &s[k];
-        if !c.is_object() {
-            return "-".to_string();
-        }
-        format!(
-            "<code>{}</code> {} <span class=\"mute\">{}</span>",
-            esc(&short(&c["commit"])),
-            esc(c["subject"].as_str().unwrap_or("")),
-            c["time"]
-                .as_u64()
-                .map(|t| format!("{} ago", age(now, t)))
-                .unwrap_or_default()
-        )
+/// A deployed or upstream commit as a table cell.
+fn commit_cell(at: Option<&CommitAt>, now: u64) -> String {
+    let Some(at) = at else {
+        return "-".to_string();
     };
-    let mounts: Vec<String> = s["mounts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| {
-            format!(
-                "{} {}",
-                esc(m["local"].as_str().unwrap_or("?")),
-                esc(m["state"].as_str().unwrap_or("?"))
-            )
-        })
+    let when = if at.time > 0 {
+        format!("{} ago", age(now, at.time))
+    } else {
+        String::new()
+    };
+    format!(
+        "<code>{}</code> {} <span class=\"mute\">{when}</span>",
+        esc(&at.commit.short()),
+        esc(at.subject.as_deref().unwrap_or(""))
+    )
+}
+
+fn rows_of_fields(s: &ServiceStatus, now: u64) -> String {
+    let mounts: Vec<String> = s
+        .mounts
+        .iter()
+        .map(|m| format!("{} {}", esc(&m.local), m.state.as_str()))
         .collect();
-    let drift: Vec<String> = s["drift"]["files"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|f| {
-            format!(
-                "{} {}",
-                esc(f["change"].as_str().unwrap_or("?")),
-                esc(f["path"].as_str().unwrap_or("?"))
-            )
-        })
+    let drift: Vec<String> = s
+        .drift
+        .files
+        .iter()
+        .map(|f| format!("{} {}", f.change.as_str(), esc(&f.path)))
         .collect();
+    let unit = if s.unit.is_empty() { "?" } else { &s.unit };
     let fields = [
-        ("Unit", esc(s["unit"].as_str().unwrap_or("?"))),
-        ("State", esc(s["state"].as_str().unwrap_or("?"))),
-        ("Deployed", commit("deployed")),
-        ("Upstream", commit("upstream")),
+        ("Unit", esc(unit)),
+        ("State", s.state.as_str().to_string()),
+        ("Deployed", commit_cell(s.deployed.as_ref(), now)),
+        ("Upstream", commit_cell(s.upstream.as_ref(), now)),
         (
             "Drift",
             if drift.is_empty() {
-                s["drift"]["count"]
-                    .as_u64()
-                    .map_or("?".to_string(), |n| n.to_string())
+                drift_count(s)
             } else {
                 drift.join("<br>")
             },
         ),
         ("Mounts", mounts.join("<br>")),
-        ("Unit state", esc(s["unit_state"].as_str().unwrap_or("?"))),
+        ("Unit state", esc(s.unit_state.as_deref().unwrap_or("?"))),
     ];
     fields
         .iter()
@@ -493,13 +466,9 @@ pub fn machine(
             esc(e)
         );
     }
-    let services = m
-        .status
-        .as_ref()
-        .and_then(|d| d["services"].as_array().cloned())
-        .unwrap_or_default();
-    for s in &services {
-        let name = s["name"].as_str().unwrap_or("?");
+    let services: &[ServiceStatus] = m.doc.as_ref().map_or(&[], |d| &d.services);
+    for s in services {
+        let name = s.name.as_str();
         let head = doc
             .services
             .iter()
@@ -537,7 +506,7 @@ pub fn machine(
         }
         out.push_str("<h3>History</h3>");
         let here = m.machine.clone();
-        let deployed = s["deployed"]["commit"].as_str().unwrap_or("").to_string();
+        let deployed = commit_of(s.deployed.as_ref()).unwrap_or_default();
         out.push_str(&history_table(
             d,
             &|c: &str| {
@@ -590,9 +559,8 @@ pub fn service(
         .iter()
         .filter(|m| machines.contains(&m.machine))
     {
-        let s = service_of(m, name);
+        let s = service_in(m, name);
         let st = standing(m, s, head.as_deref());
-        let v = s.cloned().unwrap_or(Value::Null);
         let _ = write!(
             out,
             "<tr data-machine=\"{n}\"{class}><td><input type=\"checkbox\" name=\"machines\" value=\"{n}\" form=\"{form}\" aria-label=\"{n}\"></td>\
@@ -600,16 +568,16 @@ pub fn service(
              <td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td class=\"notes\">{}</td></tr>",
             st.class,
             esc(&st.label),
-            esc(&short(&v["deployed"]["commit"])),
-            esc(&short(&v["upstream"]["commit"])),
-            v["drift"]["count"].as_u64().map_or("?".to_string(), |n| n.to_string()),
-            match v["mounts_ok"].as_bool() {
+            short(s.and_then(|s| s.deployed.as_ref()).map(|d| d.commit)),
+            short(s.and_then(|s| s.upstream.as_ref()).map(|u| u.commit)),
+            s.map_or("?".to_string(), drift_count),
+            match s.and_then(|s| s.mounts_ok) {
                 Some(true) => "ok",
                 Some(false) => "BROKEN",
                 None => "-",
             },
-            esc(v["unit_state"].as_str().unwrap_or("?")),
-            esc(&conditions(&v).join("; ")),
+            esc(s.and_then(|s| s.unit_state.as_deref()).unwrap_or("?")),
+            esc(&s.map(conditions).unwrap_or_default().join("; ")),
             n = esc(&m.machine),
             link = path_segment(&m.machine),
             class = if st.problem { " class=\"problem\"" } else { "" },
@@ -621,7 +589,11 @@ pub fn service(
     let deployed_on = |c: &str| -> Vec<String> {
         doc.machines
             .iter()
-            .filter(|m| service_of(m, name).is_some_and(|s| s["deployed"]["commit"] == c))
+            .filter(|m| {
+                service_in(m, name)
+                    .and_then(|s| commit_of(s.deployed.as_ref()))
+                    .is_some_and(|d| d == c)
+            })
             .map(|m| m.machine.clone())
             .collect()
     };

@@ -1,75 +1,13 @@
 //! The fleet's status: every machine's own `status --json` document, side
 //! by side, and per service how far the rollout of its head has come.
 
-use serde::{Deserialize as _, Serialize};
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::config::Config;
 use crate::fleet::ssh::{Answer, Transport};
+pub use crate::model::fleet::{Document, MachineStatus, Rollout, SCHEMA};
 use crate::model::status::{self as machine, ServiceStatus, Tracking};
-
-/// Version of the `fleet status --json` document.
-pub const SCHEMA: u32 = 1;
-
-/// The `fleet status --json` document.
-#[derive(Debug, Serialize)]
-pub struct Document {
-    /// [`SCHEMA`].
-    pub schema: u32,
-    /// Unix time it was made.
-    pub time: u64,
-    /// One entry per machine asked, in config order.
-    pub machines: Vec<MachineStatus>,
-    /// One entry per service of those machines, in config order.
-    pub services: Vec<Rollout>,
-}
-
-/// One machine.
-#[derive(Debug, Serialize)]
-pub struct MachineStatus {
-    /// Its name in the config.
-    pub machine: String,
-    /// Whether ssh reached it and provision answered with a document.
-    pub reachable: bool,
-    /// Why not, or what went wrong there.
-    pub error: Option<String>,
-    /// That machine's `status --json` document, as it sent it (shown
-    /// whole in `fleet status --json`, fields of a newer version included).
-    pub status: Option<Value>,
-    /// The same document, typed: what the fleet reads. `None` when the
-    /// machine sent none, or one this version cannot read (`error` says).
-    #[serde(skip)]
-    pub doc: Option<machine::Document>,
-}
-
-/// How far one service's head has come across the fleet.
-#[derive(Debug, Serialize, Default)]
-pub struct Rollout {
-    /// The service's name.
-    pub name: String,
-    /// The upstream head most machines report (40 hex digits).
-    pub head: Option<String>,
-    /// Machines the config runs it on (of those asked).
-    pub machines: usize,
-    /// Deploying the head.
-    pub at_head: usize,
-    /// Waiting for their turn in a staged rollout of the head.
-    pub waiting: usize,
-    /// When the first of the waiting machines adopts it (Unix time).
-    pub waiting_from: Option<u64>,
-    /// When the last of them does.
-    pub waiting_until: Option<u64>,
-    /// Refused the head (a check or the service rejected it).
-    pub rejected: usize,
-    /// Following, but not at the head yet (nor waiting or rejected).
-    pub behind: usize,
-    /// Frozen or pinned away from the head.
-    pub frozen: usize,
-    /// Whose last pass failed.
-    pub failing: usize,
-    /// Not reached.
-    pub unreachable: usize,
-}
 
 /// Every machine's answer to `status --json [NAMES]` over SSH, `jobs` at
 /// a time; `done` is told how many have answered.
@@ -148,7 +86,7 @@ fn machine_status((machine, answer): (String, Answer)) -> MachineStatus {
 
 /// The entry of service `name` in a machine's typed document.
 pub fn service_in<'a>(m: &'a MachineStatus, name: &str) -> Option<&'a ServiceStatus> {
-    m.doc.as_ref()?.services.iter().find(|s| s.name == name)
+    m.service(name)
 }
 
 fn rollout(config: &Config, machines: &[MachineStatus], name: &str) -> Rollout {

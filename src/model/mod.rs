@@ -4,6 +4,7 @@
 //! the layer that makes it.
 
 pub mod commit;
+pub mod fleet;
 pub mod history;
 pub mod record;
 pub mod signature;

@@ -278,7 +278,14 @@ fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
         ..pass::Intent::TIMER
     };
     let reports = pass::sync(&selected, &all, &cli.state_dir, intent);
-    let code = print_reports(reports, Doing::Deploy);
+    let code = if opts.json {
+        let doc = pass::document(id.name(), &reports);
+        say!("{}", serde_json::to_string_pretty(&doc)?);
+        render::failures(&mut render::stderr(), &reports, Doing::Deploy);
+        exit_of(doc.ok)
+    } else {
+        print_reports(reports, Doing::Deploy)
+    };
     publish_metrics(cli, &config, &all);
     Ok(code)
 }
@@ -658,7 +665,12 @@ fn print_reports(reports: Vec<apply::Report>, doing: Doing) -> ExitCode {
     } else {
         render::reports(&mut render::stdout(), &mut render::stderr(), reports, doing)
     };
-    if failed == 0 {
+    exit_of(failed == 0)
+}
+
+/// Exit 0 when every service succeeded, else [`EXIT_FAILED`].
+fn exit_of(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)

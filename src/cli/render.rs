@@ -11,8 +11,8 @@ use std::io::{self, Write};
 
 use crate::config::{Service, Transport};
 use crate::engine::apply::{Outcome, Report, Serving};
-use crate::engine::trial::{ActionPending, After, FirstDeploymentFailed, Rejection};
 use crate::model::commit::CommitId;
+use crate::model::pass::{Failure, FailureKind};
 
 use super::journal::Event;
 use crate::view::history::HistoryEntry;
@@ -107,6 +107,16 @@ pub fn reports(
     failed
 }
 
+/// The lines of the failed reports only (beside `sync --json`, whose
+/// stdout is the document).
+pub fn failures(err: &mut impl Write, reports: &[Report], doing: Doing) {
+    for told in reports.iter().map(|r| told(r, doing)).filter(|t| t.failed) {
+        for line in &told.lines {
+            let _ = writeln!(err, "{line}");
+        }
+    }
+}
+
 /// What a report tells, ready for a terminal or the journal.
 pub struct Told {
     /// The event it is.
@@ -122,10 +132,15 @@ pub struct Told {
 /// The lines of one report and the event they are.
 pub fn told(report: &Report, doing: Doing) -> Told {
     let name = &report.service;
-    match &report.outcome {
-        Ok(o) => {
+    let serving = match &report.serving {
+        Serving::Commit(c) => Some(*c),
+        _ => None,
+    };
+    let data = report.data(doing == Doing::Restore);
+    match (&report.outcome, &data.failure) {
+        (Ok(o), _) => {
             let mut lines = vec![format!("{name}: {}", headline(o, doing))];
-            lines.extend(o.notes.iter().map(|n| format!("{name}: {n}")));
+            lines.extend(o.notes.iter().map(|n| format!("{name}: {}", n.text)));
             let event = match doing {
                 Doing::Restore => Event::Restore,
                 Doing::Rollback => Event::Rollback,
@@ -139,30 +154,28 @@ pub fn told(report: &Report, doing: Doing) -> Told {
                 failed: false,
             }
         }
-        Err(e) => {
-            let label = failure(doing, &report.serving, e);
-            let (event, commit) = match e.downcast_ref::<Rejection>() {
-                Some(r)
-                    if matches!(
-                        r.after,
-                        After::Reverted(_) | After::RevertedActionFailed(..)
-                    ) =>
-                {
-                    (Event::Revert, Some(r.commit))
+        (Err(_), failure) => {
+            let failure = failure.clone().unwrap_or(Failure {
+                kind: FailureKind::Error,
+                stage: None,
+                commit: serving,
+                message: String::new(),
+            });
+            let (event, commit) = match failure.kind {
+                FailureKind::Reverted => (Event::Revert, failure.commit),
+                FailureKind::Rejected | FailureKind::RevertFailed => {
+                    (Event::Reject, failure.commit)
                 }
-                Some(r) => (Event::Reject, Some(r.commit)),
-                None => (
-                    Event::Fail,
-                    match &report.serving {
-                        Serving::Commit(c) => Some(*c),
-                        _ => None,
-                    },
-                ),
+                _ => (Event::Fail, serving),
             };
             Told {
                 event,
                 commit,
-                lines: vec![format!("{name}: {label}: {e:#}")],
+                lines: vec![format!(
+                    "{name}: {}: {}",
+                    failure_label(doing, &report.serving, failure.kind),
+                    failure.message
+                )],
                 failed: true,
             }
         }
@@ -196,27 +209,18 @@ fn headline(o: &Outcome, doing: Doing) -> String {
 }
 
 /// What a failure means for what the service sees now.
-fn failure(doing: Doing, serving: &Serving, e: &anyhow::Error) -> &'static str {
+fn failure_label(doing: Doing, serving: &Serving, kind: FailureKind) -> &'static str {
     let what = match doing {
         Doing::Restore => return "restoring mounts failed",
         Doing::Deploy => "pass failed",
         Doing::Rollback => "rollback failed",
     };
-    // The new files are in place: "last good release kept" would be false.
-    if e.downcast_ref::<ActionPending>().is_some()
-        || e.downcast_ref::<FirstDeploymentFailed>().is_some()
-    {
-        return what;
-    }
-    if e.downcast_ref::<Rejection>().is_some() {
-        return match doing {
-            Doing::Rollback => "rollback failed",
-            _ => "pass failed",
-        };
-    }
-    match (doing, serving) {
-        (Doing::Deploy, Serving::Nothing) => "pass failed, nothing is deployed",
-        (Doing::Deploy, _) => "pass failed, last good release kept",
+    match (kind, doing, serving) {
+        // The new files are in place: "last good release kept" would be false.
+        (FailureKind::ActionPending | FailureKind::FirstDeploymentFailed, ..) => what,
+        (FailureKind::Rejected | FailureKind::Reverted | FailureKind::RevertFailed, ..) => what,
+        (_, Doing::Deploy, Serving::Nothing) => "pass failed, nothing is deployed",
+        (_, Doing::Deploy, _) => "pass failed, last good release kept",
         _ => what,
     }
 }
@@ -536,7 +540,10 @@ mod tests {
             from: Some(commit('a')),
             to: Some(commit('a')),
             new_release: false,
-            notes: vec!["a note".into()],
+            notes: vec![crate::model::pass::Note::new(
+                crate::model::pass::NoteKind::Mount,
+                "a note",
+            )],
             held,
         }
     }

@@ -10,16 +10,18 @@ use git2::{Oid, Repository};
 
 use crate::config::{DriftPolicy, Service};
 use crate::engine::mounts;
+pub use crate::engine::report::{Held, Keeper, Outcome, Report, Serving};
 use crate::engine::trial::{self, WhenStopped};
 use crate::git::mirror::Mirror;
 use crate::host::mount::Before;
 use crate::host::package;
 use crate::model::commit::CommitId;
+use crate::model::pass::{Note, NoteKind};
 use crate::observe;
 use crate::store::drift::{self, Drifted};
 use crate::store::layout;
 use crate::store::release::Releases;
-use crate::store::state::{Deployed, HoldKind, State, StateDir, Trial};
+use crate::store::state::{Deployed, State, StateDir, Trial};
 use crate::util::now_unix;
 
 /// Whether going from commit `from` to `to` changes any path `svc` mounts.
@@ -45,114 +47,6 @@ pub fn content_changed(repo: &Repository, from: Option<CommitId>, to: Oid, svc: 
     }
 }
 
-/// What a pass did to one service.
-#[derive(Debug)]
-pub struct Report {
-    /// The service's name.
-    pub service: String,
-    /// What the service shows after the command, failed or not.
-    pub serving: Serving,
-    /// What the command did, or why it failed.
-    pub outcome: Result<Outcome>,
-}
-
-impl Report {
-    /// A report on a service whose state could not even be read.
-    pub fn unknown(service: &str, outcome: Result<Outcome>) -> Report {
-        Report {
-            service: service.to_string(),
-            serving: Serving::Unknown,
-            outcome,
-        }
-    }
-}
-
-/// What a service shows after a command: a failure means something else
-/// when nothing was ever deployed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Serving {
-    /// The release of this commit.
-    Commit(CommitId),
-    /// Nothing was ever deployed.
-    Nothing,
-    /// The state could not be read (the deployment itself is untouched).
-    Unknown,
-}
-
-impl Serving {
-    /// From the state's deployed release.
-    pub fn of(deployed: Option<&Deployed>) -> Serving {
-        deployed.map_or(Serving::Nothing, |d| Serving::Commit(d.commit))
-    }
-}
-
-/// A successful pass for one service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// The commit deployed before the pass.
-    pub from: Option<CommitId>,
-    /// The commit deployed now; `None` when nothing is deployed.
-    pub to: Option<CommitId>,
-    /// A new release was put in place (another commit, or other `dirs`).
-    pub new_release: bool,
-    /// Human-readable lines about what was done (mounts, action, pruning).
-    pub notes: Vec<String>,
-    /// Set while a freeze or pin keeps the service off upstream.
-    pub held: Option<Held>,
-}
-
-impl Outcome {
-    /// `commit` stays deployed; `notes` say what was done to its mounts.
-    pub fn stayed(commit: CommitId, notes: Vec<String>) -> Outcome {
-        Outcome {
-            from: Some(commit),
-            to: Some(commit),
-            new_release: false,
-            notes,
-            held: None,
-        }
-    }
-
-    /// Nothing deployed, nothing done but `notes`.
-    pub fn nothing(notes: Vec<String>) -> Outcome {
-        Outcome {
-            from: None,
-            to: None,
-            new_release: false,
-            notes,
-            held: None,
-        }
-    }
-}
-
-/// A service kept on its commit by a freeze, a pin or a staged rollout.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    /// What keeps it there.
-    pub by: Keeper,
-    /// The upstream head as last fetched.
-    pub upstream: CommitId,
-}
-
-/// What keeps a service off the upstream head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keeper {
-    /// The operator's freeze or pin.
-    Hold(HoldKind),
-    /// Its turn in a staged rollout has not come (or its gate is closed).
-    Rollout,
-}
-
-impl Keeper {
-    /// As reports say it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Keeper::Hold(kind) => kind.as_str(),
-            Keeper::Rollout => "waiting for rollout",
-        }
-    }
-}
-
 /// What [`apply`] deploys, and how it treats local edits.
 pub(crate) struct Plan<'a> {
     /// The mirror; may be missing when the release of `target` is already
@@ -173,7 +67,7 @@ pub(crate) fn apply(
     sd: &StateDir,
     state: &mut State,
     plan: &Plan<'_>,
-    mut notes: Vec<String>,
+    mut notes: Vec<Note>,
 ) -> Result<Outcome> {
     let (repo, target) = (plan.repo, plan.target);
     let moving = state.deployed.as_ref().map(|d| d.commit) != Some(CommitId::from(target));
@@ -182,7 +76,10 @@ pub(crate) fn apply(
     }
     if let Some(pkg) = &svc.package {
         if package::ensure(pkg)? {
-            notes.push(format!("installed package {pkg}"));
+            notes.push(Note::new(
+                NoteKind::Package,
+                format!("installed package {pkg}"),
+            ));
         }
     }
     let releases = layout::releases(svc, state_dir);
@@ -194,7 +91,10 @@ pub(crate) fn apply(
             // Fail closed: a release whose files cannot be checked is
             // treated as changed everywhere, never as clean.
             let drifted = observe::drift(svc, state_dir, prev, repo).unwrap_or_else(|e| {
-                notes.push(format!("could not check for local changes: {e:#}"));
+                notes.push(Note::new(
+                    NoteKind::Drift,
+                    format!("could not check for local changes: {e:#}"),
+                ));
                 svc.dirs
                     .iter()
                     .map(|d| Drifted {
@@ -227,9 +127,9 @@ pub(crate) fn apply(
     }
 
     for dropped in mounts::unmount_dropped(svc, &state.mounts)? {
-        notes.push(format!(
-            "unmounted {} (no longer in dirs)",
-            dropped.display()
+        notes.push(Note::new(
+            NoteKind::Mount,
+            format!("unmounted {} (no longer in dirs)", dropped.display()),
         ));
     }
     let befores = mounts::mount_recorded(svc, &path, state)?;
@@ -237,7 +137,10 @@ pub(crate) fn apply(
     state.home = Some(layout::service_dir(svc, state_dir));
     releases.remove_replaced()?;
     if rewrite {
-        notes.push("remounted the restored release".to_string());
+        notes.push(Note::new(
+            NoteKind::Mount,
+            "remounted the restored release".to_string(),
+        ));
     } else {
         notes.extend(mounts::notes(svc, &befores, same_release));
     }
@@ -293,7 +196,10 @@ pub(crate) fn apply(
         .filter(|r| r.commit != CommitId::from(target));
     let keep = usize::try_from(svc.depth).unwrap_or(usize::MAX);
     for removed in releases.prune(keep, &name)? {
-        notes.push(format!("removed old release {removed}"));
+        notes.push(Note::new(
+            NoteKind::Release,
+            format!("removed old release {removed}"),
+        ));
     }
     Ok(Outcome {
         from: previous.map(|d| d.commit),
@@ -313,7 +219,7 @@ fn resolve_drift(
     old: &Path,
     same_release: bool,
     drifted: &[Drifted],
-    notes: &mut Vec<String>,
+    notes: &mut Vec<Note>,
 ) -> Result<bool> {
     if drifted.is_empty() {
         return Ok(false);
@@ -323,22 +229,24 @@ fn resolve_drift(
     let short = CommitId::from(plan.target).short();
     match (plan.policy, same_release) {
         (DriftPolicy::Restore, true) => {
-            notes.push(format!(
-                "restored {n} locally changed path(s) from git: {list}"
+            notes.push(Note::new(
+                NoteKind::Drift,
+                format!("restored {n} locally changed path(s) from git: {list}"),
             ));
             Ok(true)
         }
         (DriftPolicy::Restore, false) => {
-            notes.push(format!(
-                "discarded {n} local change(s) with the old release: {list}"
+            notes.push(Note::new(
+                NoteKind::Drift,
+                format!("discarded {n} local change(s) with the old release: {list}"),
             ));
             Ok(false)
         }
         (DriftPolicy::Warn, true) => {
-            notes.push(format!(
+            notes.push(Note::new(NoteKind::Drift, format!(
                 "drift (policy warn): {n} local change(s) kept: {list}; `provision diff {}` shows them",
                 svc.name
-            ));
+            )));
             Ok(false)
         }
         (DriftPolicy::Warn, false) => {
@@ -353,8 +261,9 @@ fn resolve_drift(
                  or run `provision sync --discard-drift {name}`",
                 name = svc.name
             );
-            notes.push(format!(
-                "local change(s) {list} are in {short}: deploying it"
+            notes.push(Note::new(
+                NoteKind::Drift,
+                format!("local change(s) {list} are in {short}: deploying it"),
             ));
             Ok(false)
         }

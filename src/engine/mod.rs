@@ -10,6 +10,7 @@ pub mod control;
 pub mod gate;
 pub mod mounts;
 pub mod pass;
+pub mod report;
 pub mod rev;
 pub mod rollout;
 pub mod timers;

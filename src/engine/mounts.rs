@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use crate::config::Service;
 use crate::host::mount::{self, Before, Wanted};
+use crate::model::pass::{Note, NoteKind};
 use crate::store::state::{MountRecord, State};
 
 /// Mounts every `dirs` entry of `svc` from `release` and says what each
@@ -53,15 +54,20 @@ pub fn unmount_dropped(svc: &Service, previously: &[PathBuf]) -> Result<Vec<Path
 
 /// A pass's note for each mount point that did not already show the
 /// release: mounted, switched, or (`same_release`) repaired.
-pub(crate) fn notes(svc: &Service, befores: &[Before], same_release: bool) -> Vec<String> {
+pub(crate) fn notes(svc: &Service, befores: &[Before], same_release: bool) -> Vec<Note> {
     svc.dirs
         .iter()
         .zip(befores)
-        .filter_map(|(d, b)| match b {
-            Before::Correct => None,
-            Before::Missing => Some(format!("mounted {}", d.local.display())),
-            Before::Other if same_release => Some(format!("repaired mount {}", d.local.display())),
-            Before::Other => Some(format!("switched {}", d.local.display())),
+        .filter_map(|(d, b)| {
+            match b {
+                Before::Correct => None,
+                Before::Missing => Some(format!("mounted {}", d.local.display())),
+                Before::Other if same_release => {
+                    Some(format!("repaired mount {}", d.local.display()))
+                }
+                Before::Other => Some(format!("switched {}", d.local.display())),
+            }
+            .map(|text| Note::new(NoteKind::Mount, text))
         })
         .collect()
 }

@@ -19,6 +19,7 @@ use crate::engine::rollout::{self, Decision, Pace};
 use crate::engine::trial::WhenStopped;
 use crate::git::mirror::{self, Mirror};
 use crate::model::commit::CommitId;
+use crate::model::pass::{Note, NoteKind};
 use crate::observe;
 use crate::store::layout;
 use crate::store::state::{Deployed, PassRecord, State, StateDir, UpstreamSeen};
@@ -47,6 +48,18 @@ impl Intent {
         pace: Pace::Staged,
         allow_older: false,
     };
+}
+
+/// The `sync --json` document of a pass's reports.
+pub fn document(machine: &str, reports: &[Report]) -> crate::model::pass::Document {
+    let services: Vec<_> = reports.iter().map(|r| r.data(false)).collect();
+    crate::model::pass::Document {
+        schema: crate::model::pass::SCHEMA,
+        machine: machine.to_string(),
+        time: now_unix(),
+        ok: services.iter().all(|s| s.failure.is_none()),
+        services,
+    }
 }
 
 /// Runs one pass over `selected`. `all` are every service of this machine,
@@ -178,16 +191,19 @@ fn follow(
         commit: head,
         fetched: now,
     });
-    let mut notes: Vec<String> = fetched
+    let mut notes: Vec<Note> = fetched
         .rebuilt
         .iter()
-        .map(|r| format!("mirror rebuilt: {r}"))
+        .map(|r| Note::new(NoteKind::Fetch, format!("mirror rebuilt: {r}")))
         .collect();
     if let Some(hold) = state.hold.take_if(|h| h.expired(now)) {
-        notes.push(format!(
-            "{} ended at {} UTC (--until): following upstream again",
-            hold.kind.as_str(),
-            crate::util::format_utc(hold.until.unwrap_or(now) as i64)
+        notes.push(Note::new(
+            NoteKind::Hold,
+            format!(
+                "{} ended at {} UTC (--until): following upstream again",
+                hold.kind.as_str(),
+                crate::util::format_utc(hold.until.unwrap_or(now) as i64)
+            ),
         ));
     }
     state.reject_again(head);
@@ -201,24 +217,30 @@ fn follow(
     };
     let target = match (&state.hold, deployed, &state.rejected) {
         (Some(hold), Some(deployed), _) => {
-            notes.push(format!(
-                "{} ({}): not following upstream",
-                hold.kind.as_str(),
-                hold.reason
+            notes.push(Note::new(
+                NoteKind::Hold,
+                format!(
+                    "{} ({}): not following upstream",
+                    hold.kind.as_str(),
+                    hold.reason
+                ),
             ));
             if deployed != head {
-                notes.push(format!("upstream is at {}", head.short()));
+                notes.push(Note::new(
+                    NoteKind::Hold,
+                    format!("upstream is at {}", head.short()),
+                ));
             }
             deployed
         }
         (None, _, Some(r)) => {
-            notes.push(format!(
+            notes.push(Note::new(NoteKind::Rejection, format!(
                 "upstream {} was rejected at {} ({}): not deploying it again; push a fix, or `provision forward {}` to retry it",
                 head.short(),
                 r.stage.as_str(),
                 crate::util::format_utc(r.time as i64),
                 svc.name
-            ));
+            )));
             state.rollout = None;
             match deployed {
                 Some(d) => d,
@@ -227,11 +249,11 @@ fn follow(
         }
         (None, Some(deployed), None) => match rollout::decide(svc, state, head, now, intent.pace) {
             Decision::Adopt(note) => {
-                notes.extend(note);
+                notes.extend(note.map(|n| Note::new(NoteKind::Rollout, n)));
                 head
             }
             Decision::Wait(note) => {
-                notes.push(note);
+                notes.push(Note::new(NoteKind::Rollout, note));
                 held = Some(apply::Held {
                     by: Keeper::Rollout,
                     upstream: head,
@@ -312,8 +334,9 @@ fn busy(name: &str) -> Report {
     Report {
         service: name.to_string(),
         serving: Serving::Unknown,
-        outcome: Ok(Outcome::nothing(vec![format!(
-            "a pass of {name} is running and makes its mounts"
+        outcome: Ok(Outcome::nothing(vec![Note::new(
+            NoteKind::Mount,
+            format!("a pass of {name} is running and makes its mounts"),
         )])),
     }
 }
@@ -379,7 +402,10 @@ fn remount_recorded(state: &State) -> Result<Outcome> {
     for r in &state.mounted {
         if crate::host::mount::ensure(&observe::recorded(r))? != crate::host::mount::Before::Correct
         {
-            notes.push(format!("mounted {}", r.local.display()));
+            notes.push(Note::new(
+                NoteKind::Mount,
+                format!("mounted {}", r.local.display()),
+            ));
         }
     }
     Ok(Outcome::stayed(deployed.commit, notes))

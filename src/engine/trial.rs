@@ -20,6 +20,7 @@ use crate::host::mount::{self, Wanted};
 use crate::host::namespace::{self, Sight};
 use crate::host::systemd::{self, ActionOutcome};
 use crate::model::commit::CommitId;
+use crate::model::pass::{Note, NoteKind};
 use crate::store::release::Releases;
 use crate::store::state::{Stage, State, StateDir};
 
@@ -230,7 +231,7 @@ pub(crate) fn confirm(
     release: &Path,
     sd: &StateDir,
     state: &mut State,
-    notes: &mut Vec<String>,
+    notes: &mut Vec<Note>,
     act: bool,
     stopped: WhenStopped,
 ) -> Result<Option<Refusal>> {
@@ -256,9 +257,9 @@ pub(crate) fn confirm(
     };
     if !running {
         if on_trial && svc.checks.health.is_some() {
-            notes.push(format!(
-                "health not checked: unit {} is not running",
-                svc.unit
+            notes.push(Note::new(
+                NoteKind::Health,
+                format!("health not checked: unit {} is not running", svc.unit),
             ));
         }
         return Ok(None);
@@ -299,7 +300,7 @@ pub(crate) fn run_action(
     svc: &Service,
     sd: &StateDir,
     state: &mut State,
-    notes: &mut Vec<String>,
+    notes: &mut Vec<Note>,
     stopped: WhenStopped,
 ) -> Result<bool> {
     let Some(configured) = svc.action else {
@@ -320,11 +321,11 @@ pub(crate) fn run_action(
         (false, WhenStopped::Start, _) => Action::Start,
         (false, WhenStopped::Leave, _) => {
             state.action_pending = false;
-            notes.push(format!(
+            notes.push(Note::new(NoteKind::Action, format!(
                 "unit {} is not running: files switched, {} skipped (the unit reads them when it starts)",
                 svc.unit,
                 configured.as_str()
-            ));
+            )));
             return Ok(false);
         }
     };
@@ -342,26 +343,32 @@ pub(crate) fn run_action(
     // not run the action a second time.
     state.action_pending = false;
     sd.save(state)?;
-    notes.push(format!(
-        "{} {}: {}, unit {}",
-        action.as_str(),
-        svc.unit,
-        outcome.job_result,
-        outcome.active_state
+    notes.push(Note::new(
+        NoteKind::Action,
+        format!(
+            "{} {}: {}, unit {}",
+            action.as_str(),
+            svc.unit,
+            outcome.job_result,
+            outcome.active_state
+        ),
     ));
     Ok(systemd::is_running(&outcome.active_state))
 }
 
 /// Starts the unit when it is not running (an operator's `rollback` or
 /// `forward` that changed no file).
-pub(crate) fn start_if_stopped(svc: &Service, notes: &mut Vec<String>) -> Result<()> {
+pub(crate) fn start_if_stopped(svc: &Service, notes: &mut Vec<Note>) -> Result<()> {
     if unit_running(svc)? {
         return Ok(());
     }
     let outcome = run_unit_action(svc, Action::Start)?;
-    notes.push(format!(
-        "start {}: {}, unit {}",
-        svc.unit, outcome.job_result, outcome.active_state
+    notes.push(Note::new(
+        NoteKind::Action,
+        format!(
+            "start {}: {}, unit {}",
+            svc.unit, outcome.job_result, outcome.active_state
+        ),
     ));
     Ok(())
 }
@@ -370,7 +377,7 @@ pub(crate) fn start_if_stopped(svc: &Service, notes: &mut Vec<String>) -> Result
 /// `local`: a sandboxed unit (`ProtectSystem=`, `PrivateTmp=`...) whose
 /// namespace does not receive the host's new mounts gets them the way
 /// `systemctl bind` adds them, read-only when the mount is.
-pub(crate) fn show_in_unit(svc: &Service, release: &Path, notes: &mut Vec<String>) -> Result<()> {
+pub(crate) fn show_in_unit(svc: &Service, release: &Path, notes: &mut Vec<Note>) -> Result<()> {
     let pid = match systemd::main_pid(&svc.unit) {
         Ok(Some(pid)) => pid,
         Ok(None) => return Ok(()),
@@ -400,10 +407,13 @@ pub(crate) fn show_in_unit(svc: &Service, release: &Path, notes: &mut Vec<String
                     svc.unit,
                     d.local.display()
                 );
-                notes.push(format!(
-                    "bound {} into unit {}'s own mount namespace",
-                    d.local.display(),
-                    svc.unit
+                notes.push(Note::new(
+                    NoteKind::Mount,
+                    format!(
+                        "bound {} into unit {}'s own mount namespace",
+                        d.local.display(),
+                        svc.unit
+                    ),
                 ));
             }
         }
@@ -444,7 +454,7 @@ pub(crate) fn reject_and_revert(
     sd: &StateDir,
     state: &mut State,
     refusal: &Refusal,
-    notes: &mut Vec<String>,
+    notes: &mut Vec<Note>,
 ) -> anyhow::Error {
     let trial = state.trial.take();
     state.action_pending = false;

@@ -527,3 +527,88 @@ fn a_mirrors_packs_stay_within_max_fetch_bytes() {
     }
     assert!(rebuilt > 0, "the mirror was compacted at least once");
 }
+
+/// `sync --json` prints one document per pass on stdout: each service's
+/// outcome, its notes by kind, and a failure as data (kind, stage,
+/// commit) while the failure's line still goes to stderr and the exit
+/// code says it failed.
+#[test]
+fn sync_json_prints_the_pass_as_one_document() {
+    common::need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let good = seed(&up);
+    let h = Host::new();
+    let refuse = h.path().join("refuse");
+    h.write_config(&app_config(
+        &up.url(),
+        &format!("validate = \"test ! -e {}\"", refuse.display()),
+    ));
+    let doc = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}): {}",
+                common::output_text(out)
+            )
+        })
+    };
+
+    let first = h.run(&["sync", "--json"]);
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        common::output_text(&first)
+    );
+    let j = doc(&first);
+    assert_eq!(
+        (j["schema"].as_u64(), j["ok"].as_bool()),
+        (Some(1), Some(true)),
+        "{j}"
+    );
+    assert_eq!(j["machine"], "test-host");
+    let app = &j["services"][0];
+    assert_eq!(app["name"], "app");
+    assert_eq!(app["outcome"], "deployed", "{app}");
+    assert_eq!(app["to"], good.as_str());
+    assert!(app["from"].is_null() && app["failure"].is_null(), "{app}");
+    assert!(
+        app["notes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["kind"] == "mount")),
+        "the mounts are noted: {app}"
+    );
+
+    let again = doc(&h.run(&["sync", "--json"]));
+    assert_eq!(again["services"][0]["outcome"], "up-to-date", "{again}");
+
+    let bad = up.commit("main", &[("app/etc/app.conf", Some("bad\n"))], "bad");
+    fs::write(&refuse, "").expect("writing the refusal");
+    let refused = h.run(&["sync", "--json"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "{}",
+        common::output_text(&refused)
+    );
+    let j = doc(&refused);
+    assert_eq!(j["ok"], false);
+    let f = &j["services"][0]["failure"];
+    assert_eq!(j["services"][0]["outcome"], "failed");
+    assert_eq!(
+        (&f["kind"], &f["stage"]),
+        (&"rejected".into(), &"validate".into()),
+        "{f}"
+    );
+    assert_eq!(f["commit"], bad.as_str());
+    assert_eq!(
+        j["services"][0]["serving"],
+        good.as_str(),
+        "the last good release serves"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("at validate"),
+        "the failure is told on stderr: {stderr}"
+    );
+}

@@ -1,7 +1,8 @@
 # provision — build, test, demo.
 #
 #   make demo      the main job on a built-in example, step by step
-#   make test      everything: format, lints, unit, integration and end-to-end tests
+#   make test      everything: format, lints, the guide, unit, integration and end-to-end tests
+#   make guide     the user guide (docs/src) into target/guide, with mdBook
 #   make install   binary and systemd units into $(DESTDIR)$(PREFIX)
 
 PREFIX ?= /usr/local
@@ -15,8 +16,10 @@ TEST_TOOL_PACKAGES := $(shell awk '!/^\#/ && NF { print $$2 }' testkit/tools.txt
 APT_PACKAGES := $(sort git pkg-config libssl-dev python3 man-db bash-completion $(TEST_TOOL_PACKAGES))
 # The peers `make bench` compares provision with, and an independent timer.
 BENCH_APT_PACKAGES := ansible-core hyperfine valgrind
+# mdBook builds the user guide; only its HTML renderer and search are built.
+MDBOOK_VERSION := 0.5.4
 
-.PHONY: all build release deps test lint unit demo install clean
+.PHONY: all build release deps test lint unit guide demo install clean
 
 all: build
 
@@ -30,6 +33,7 @@ release:
 deps:
 	@bash scripts/deps.sh $(APT_PACKAGES)
 	@command -v cargo-deb >/dev/null || $(CARGO) install --locked cargo-deb
+	@command -v mdbook >/dev/null || $(CARGO) install --locked --version $(MDBOOK_VERSION) --no-default-features --features search mdbook
 
 lint: deps
 	$(CARGO) fmt --all -- --check
@@ -46,7 +50,14 @@ unit: deps deb
 	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test.log; \
 	exit $$status
 
-test: lint unit
+test: lint guide unit
+
+# The guide must build without a warning; its links are checked by the
+# integration test docs:: (every page, every anchor, every page in SUMMARY).
+guide: deps
+	@mkdir -p target
+	@status=0; mdbook build docs > target/guide.log 2>&1 || status=$$?; cat target/guide.log; \
+	test $$status -eq 0 && ! grep -qE 'WARN|ERROR' target/guide.log
 
 demo: deps release
 	@$(CARGO) run --quiet --release --example demo -- $(CURDIR)/target/release/provision

@@ -138,7 +138,7 @@ pub enum Command {
     /// nothing. A config file that differs from the repository's and is not
     /// provision's own mount is left alone unless --force. For the config
     /// to follow Git afterwards, it names provision as a service whose dirs
-    /// mount the config file (see the README).
+    /// mount the config file (see install.md of the guide, /usr/share/doc/provision/guide).
     Bootstrap(BootstrapOpts),
     /// Start the timer of every service of this machine, stop the others.
     ///
@@ -487,7 +487,7 @@ pub enum FleetVerb {
     ///
     /// Loopback only unless --auth-file names who may use it. Every page
     /// carries a token that actions must send back; TLS comes from a
-    /// reverse proxy (see the README).
+    /// reverse proxy (see fleet.md of the guide, /usr/share/doc/provision/guide).
     Serve {
         /// Where to listen.
         #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8484")]

@@ -2,7 +2,7 @@
 //! share are declared here with how their value is read: from that one
 //! list come the raw settings struct, the parser's dispatch, `[global]`
 //! inheritance, the "did you mean" of an unknown key, the check that the
-//! README documents every key, and the keys the fuzz tests generate.
+//! guide's configuration reference (docs/src/configuration.md) documents every key, and the keys the fuzz tests generate.
 //! Adding a shared key is one line here plus its validation.
 
 use super::parse::{Sp, Value, Walker};
@@ -90,7 +90,7 @@ macro_rules! shared_keys {
             $( $(#[$doc])* pub $name: Option<Sp<raw_type!($kind)>>, )*
         }
 
-        /// The shared keys, in the README's order.
+        /// The shared keys, in the configuration reference's order.
         const SHARED: &[Key] = &[
             $( Key {
                 name: stringify!($name),

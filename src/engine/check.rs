@@ -124,7 +124,7 @@ fn kept_for_checks(name: &std::ffi::OsStr) -> bool {
         || name.starts_with("PROVISION_")
 }
 
-/// `/bin/sh -c COMMAND`, with the environment the README documents for
+/// `/bin/sh -c COMMAND`, with the environment the guide documents for
 /// `validate` and `health`, as `check_user` when one is set. A user that
 /// does not exist is an error of the pass, not a verdict on the commit.
 pub(crate) fn command(

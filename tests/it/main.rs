@@ -16,6 +16,7 @@ mod config_fuzz;
 mod container_selftest;
 mod control;
 mod crash;
+mod docs;
 mod e2e;
 mod faults;
 mod fixture_selftest;

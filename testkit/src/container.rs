@@ -441,6 +441,7 @@ impl Machine {
         self.pid
     }
 
+    /// The machine's hostname, as provision names it.
     pub fn hostname(&self) -> &str {
         &self.hostname
     }

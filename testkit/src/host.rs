@@ -71,6 +71,7 @@ impl Host {
         self.script(&format!("$P mount >/dev/null\nexec $P {}", args.join(" ")))
     }
 
+    /// The state directory provision runs with.
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }
@@ -80,6 +81,7 @@ impl Host {
         self.dir.path().join("metrics")
     }
 
+    /// The config file provision runs with.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
     }
@@ -157,12 +159,14 @@ impl Host {
         read(&self.metrics_dir().join("provision.prom"))
     }
 
+    /// Service `name`'s state file, parsed.
     pub fn state_json(&self, name: &str) -> serde_json::Value {
         let text = fs::read_to_string(self.state().join(name).join("state.json"))
             .expect("reading state.json");
         serde_json::from_str(&text).expect("state.json parses")
     }
 
+    /// The mirrors under the state directory, sorted.
     pub fn mirrors(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = fs::read_dir(self.state().join(".mirrors"))
             .map(|d| {
@@ -194,6 +198,7 @@ dirs = [
     )
 }
 
+/// Pushes the first commit of the `app` fixture to `main`; returns its hash.
 pub fn seed(up: &Upstream) -> String {
     up.commit(
         "main",

@@ -86,9 +86,13 @@ const START_ATTEMPTS: usize = 5;
 /// Logged by `git daemon --verbose` once its listening sockets are set up.
 const READY_MARKER: &str = "Ready to rumble";
 
+/// The author of every fixture commit (name).
 pub const AUTHOR_NAME: &str = "Fixture Author";
+/// The author of every fixture commit (email).
 pub const AUTHOR_EMAIL: &str = "author@fixture.invalid";
+/// The committer of every fixture commit (name).
 pub const COMMITTER_NAME: &str = "Fixture Committer";
+/// The committer of every fixture commit (email).
 pub const COMMITTER_EMAIL: &str = "committer@fixture.invalid";
 
 /// Extra directories searched by [`require_tool`] besides `PATH`.
@@ -459,6 +463,7 @@ impl GitDaemon {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The port it listens on, on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -734,6 +739,7 @@ impl Upstream {
         self.author(branch, files, message, Authoring::Normal, sign)
     }
 
+    /// `n` commits on `branch`, each changing one file; returns the last one's hash.
     pub fn commit_many(&self, branch: &str, n: usize) -> String {
         let parent = self.head_opt(branch).or_else(|| self.bare_head());
         if n == 0 {

@@ -607,6 +607,35 @@ mod tests {
         assert_eq!(err, "web: pass failed, nothing is deployed: server down\n");
     }
 
+    /// The status table is rendered from the document as the JSON says
+    /// it: a frozen service behind upstream with a drifted file and a
+    /// broken mount shows each, and its detail lines name them.
+    #[test]
+    fn the_status_table_renders_a_json_fixture() {
+        let text = r#"{"schema": 1, "machine": "web1", "time": 1795534231,
+            "services": [{"name": "nginx", "unit": "nginx.service", "state": "frozen",
+              "hold": {"kind": "frozen", "reason": "audit", "since": 1795530000, "until": null, "by": "alice"},
+              "deployed": {"commit": "0123456789abcdef0123456789abcdef01234567", "time": 1795500000},
+              "upstream": {"commit": "89abcdef0123456789abcdef0123456789abcdef", "time": 1795534200},
+              "in_sync": false, "behind_seconds": 600,
+              "drift": {"policy": "warn", "count": 1,
+                        "files": [{"path": "/etc/nginx/nginx.conf", "change": "modified"}]},
+              "mounts": [{"local": "/etc/nginx", "state": "missing"}], "mounts_ok": false,
+              "unit_state": "active",
+              "last_pass": {"time": 1795534200, "ok": true}}]}"#;
+        let doc: Document = serde_json::from_str(text).expect("the fixture");
+        let mut out = Vec::new();
+        status_table(&mut out, &doc);
+        let out = String::from_utf8_lossy(&out);
+        let row = out.lines().nth(1).expect("a row");
+        for cell in ["nginx", "frozen", "0123456789", "89abcdef01", "active"] {
+            assert!(row.contains(cell), "{cell} in {row:?}\n{out}");
+        }
+        assert!(out.contains("/etc/nginx/nginx.conf"), "{out}");
+        assert!(out.contains("alice") && out.contains("audit"), "{out}");
+        assert!(out.contains("/etc/nginx"), "{out}");
+    }
+
     #[test]
     fn a_closed_pipe_ends_the_output_quietly() {
         struct Closed;

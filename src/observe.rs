@@ -5,7 +5,7 @@
 //! from there into the metrics) and live by `provision status`. Nothing here
 //! changes the host, takes a lock or touches the network.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use git2::Repository;
@@ -13,6 +13,7 @@ use git2::Repository;
 use crate::config::Service;
 use crate::host::mount::{self, Before, Wanted};
 use crate::host::systemd;
+use crate::model::place::Place;
 use crate::store::drift::{self, Drifted};
 use crate::store::layout;
 use crate::store::state::{Deployed, MountRecord, State};
@@ -66,12 +67,12 @@ pub enum MountState {
 /// Looks at the host for `svc`, as recorded in `state`.
 pub fn observe(
     svc: &Service,
-    state_dir: &Path,
+    place: &Place,
     state: &State,
     repo: Option<&Repository>,
 ) -> Observation {
     let (drift, mounts) = match &state.deployed {
-        Some(d) => (drift(svc, state_dir, d, repo), mounts(svc, state_dir, d)),
+        Some(d) => (drift(svc, place, d, repo), mounts(svc, place, d)),
         None => (Ok(Vec::new()), Vec::new()),
     };
     Observation {
@@ -84,11 +85,11 @@ pub fn observe(
 /// The files of the deployed release that differ from its commit.
 pub fn drift(
     svc: &Service,
-    state_dir: &Path,
+    place: &Place,
     deployed: &Deployed,
     repo: Option<&Repository>,
 ) -> Result<Vec<Drifted>> {
-    let releases = layout::releases(svc, state_dir);
+    let releases = layout::releases(place);
     let path = releases.path(&deployed.release);
     anyhow::ensure!(
         path.is_dir(),
@@ -101,8 +102,8 @@ pub fn drift(
 }
 
 /// Checks each mount of `svc` against the deployed release.
-pub fn mounts(svc: &Service, state_dir: &Path, deployed: &Deployed) -> Vec<MountCheck> {
-    let release = layout::releases(svc, state_dir).path(&deployed.release);
+pub fn mounts(svc: &Service, place: &Place, deployed: &Deployed) -> Vec<MountCheck> {
+    let release = layout::releases(place).path(&deployed.release);
     svc.dirs
         .iter()
         .map(|d| MountCheck {

@@ -43,6 +43,7 @@ use crate::engine::rev::Rev;
 use crate::engine::{apply, pass};
 use crate::host::generator;
 use crate::host::machine::Identity;
+use crate::model::place::Place;
 use render::Doing;
 
 /// Exit code for a command that ran and found a problem.
@@ -310,9 +311,9 @@ fn diff(cli: &Cli, opts: &DiffOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
     let svc = one(&config, &id, &opts.name)?;
     let text = if opts.upstream {
-        crate::view::diff::upstream(svc, &cli.state_dir)
+        crate::view::diff::upstream(svc, &Place::of(svc, &cli.state_dir))
     } else {
-        crate::view::diff::local(svc, &cli.state_dir)
+        crate::view::diff::local(svc, &Place::of(svc, &cli.state_dir))
     };
     match text {
         Ok(t) if t.is_empty() => Ok(ExitCode::SUCCESS),
@@ -426,7 +427,7 @@ fn freeze(cli: &Cli, opts: &FreezeOpts) -> Result<ExitCode> {
         until,
         by: Some(who(opts.by.as_deref())),
     };
-    let line = control::freeze(svc, &cli.state_dir, &how)?;
+    let line = control::freeze(svc, &Place::of(svc, &cli.state_dir), &how)?;
     announce(journal::Event::Freeze, &svc.name, &line);
     publish_metrics(cli, &config, &id.services(&config));
     Ok(ExitCode::SUCCESS)
@@ -570,7 +571,7 @@ fn forget(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
 fn unfreeze(cli: &Cli, opts: &NameOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
     let svc = one(&config, &id, &opts.name)?;
-    let line = control::unfreeze(svc, &cli.state_dir)?;
+    let line = control::unfreeze(svc, &Place::of(svc, &cli.state_dir))?;
     announce(journal::Event::Unfreeze, &svc.name, &line);
     publish_metrics(cli, &config, &id.services(&config));
     Ok(ExitCode::SUCCESS)
@@ -583,7 +584,13 @@ fn rollback(cli: &Cli, opts: &RollbackOpts) -> Result<ExitCode> {
     let svc = one(&config, &id, &opts.name)?;
     let report = apply::Report::unknown(
         &svc.name,
-        control::rollback(svc, &cli.state_dir, &rev, &opts.rev, &who(None)),
+        control::rollback(
+            svc,
+            &Place::of(svc, &cli.state_dir),
+            &rev,
+            &opts.rev,
+            &who(None),
+        ),
     );
     let code = print_reports(vec![report], Doing::Rollback);
     publish_metrics(cli, &config, &id.services(&config));
@@ -617,7 +624,7 @@ fn verify(cli: &Cli, opts: &VerifyOpts) -> Result<ExitCode> {
         .as_deref()
         .map(|r| crate::engine::rev::Rev::parse(r).map_err(UsageError))
         .transpose()?;
-    let found = control::verify(svc, &cli.state_dir, rev.as_ref())?;
+    let found = control::verify(svc, &Place::of(svc, &cli.state_dir), rev.as_ref())?;
     if !svc.checks_signatures() {
         tell!(
             "note: {} has neither allowed_signers nor openpgp_keys: no key is trusted, and passes do not check signatures",
@@ -640,7 +647,7 @@ fn verify(cli: &Cli, opts: &VerifyOpts) -> Result<ExitCode> {
 fn history(cli: &Cli, opts: &HistoryOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
     let svc = one(&config, &id, &opts.name)?;
-    let entries = crate::view::history::list(svc, &cli.state_dir, opts.limit)?;
+    let entries = crate::view::history::list(svc, &Place::of(svc, &cli.state_dir), opts.limit)?;
     if opts.json {
         say!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(ExitCode::SUCCESS);

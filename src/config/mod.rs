@@ -222,16 +222,6 @@ impl Default for Limits {
     }
 }
 
-impl Service {
-    /// The base directory of the service's mirrors and releases: `mount`,
-    /// else the state directory.
-    pub fn base_dir(&self, state_dir: &Path) -> PathBuf {
-        self.mount
-            .clone()
-            .unwrap_or_else(|| state_dir.to_path_buf())
-    }
-}
-
 /// What a pass does when the files of the deployed release were changed on
 /// this machine (edited, added or deleted through the mounted path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

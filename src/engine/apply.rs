@@ -17,6 +17,7 @@ use crate::host::mount::Before;
 use crate::host::package;
 use crate::model::commit::CommitId;
 use crate::model::pass::{Note, NoteKind};
+use crate::model::place::Place;
 use crate::observe;
 use crate::store::drift::{self, Drifted};
 use crate::store::layout;
@@ -63,7 +64,7 @@ pub(crate) struct Plan<'a> {
 /// claims a release the mounts do not show.
 pub(crate) fn apply(
     svc: &Service,
-    state_dir: &Path,
+    place: &Place,
     sd: &StateDir,
     state: &mut State,
     plan: &Plan<'_>,
@@ -82,7 +83,7 @@ pub(crate) fn apply(
             ));
         }
     }
-    let releases = layout::releases(svc, state_dir);
+    let releases = layout::releases(place);
     let name = Releases::name(target, svc);
     let previous = state.deployed.clone();
     let same_release = previous.as_ref().is_some_and(|d| d.release == name);
@@ -90,7 +91,7 @@ pub(crate) fn apply(
         Some(prev) if releases.exists(&prev.release) => {
             // Fail closed: a release whose files cannot be checked is
             // treated as changed everywhere, never as clean.
-            let drifted = observe::drift(svc, state_dir, prev, repo).unwrap_or_else(|e| {
+            let drifted = observe::drift(svc, place, prev, repo).unwrap_or_else(|e| {
                 notes.push(Note::new(
                     NoteKind::Drift,
                     format!("could not check for local changes: {e:#}"),
@@ -109,7 +110,7 @@ pub(crate) fn apply(
         _ => false,
     };
     if let Some(repo) = repo.filter(|_| rewrite || !releases.exists(&name)) {
-        Mirror::of(svc, state_dir).ensure_files(repo, target, &svc.credentials, svc.timeout)?;
+        Mirror::of(svc, place).ensure_files(repo, target, &svc.credentials, svc.timeout)?;
     }
     let path = match repo {
         Some(repo) if rewrite => releases.rewrite(repo, target, svc)?,
@@ -134,7 +135,7 @@ pub(crate) fn apply(
     }
     let befores = mounts::mount_recorded(svc, &path, state)?;
     state.unit = Some(svc.unit.clone());
-    state.home = Some(layout::service_dir(svc, state_dir));
+    state.home = Some(place.releases.clone());
     releases.remove_replaced()?;
     if rewrite {
         notes.push(Note::new(

@@ -15,6 +15,7 @@ use crate::engine::rollout::Pace;
 use crate::engine::trial::{Rejection, WhenStopped};
 use crate::git::mirror::Mirror;
 use crate::model::commit::CommitId;
+use crate::model::place::Place;
 use crate::store::layout;
 use crate::store::state::{Hold, HoldKind, StateDir};
 use crate::util::now_unix;
@@ -52,8 +53,8 @@ pub fn parse_until(text: &str, now: u64) -> Result<u64> {
 
 /// Stops following upstream: passes keep the deployed commit (and still
 /// verify its mounts) until `unfreeze`, `forward`, or `until` passes.
-pub fn freeze(svc: &Service, state_dir: &Path, how: &Freeze) -> Result<String> {
-    let sd = StateDir::new(state_dir, &svc.name);
+pub fn freeze(svc: &Service, place: &Place, how: &Freeze) -> Result<String> {
+    let sd = StateDir::at(place);
     let _lock = layout::lock_service(&sd, svc)?;
     let mut state = sd.load()?;
     let Some(deployed) = &state.deployed else {
@@ -82,8 +83,8 @@ pub fn freeze(svc: &Service, state_dir: &Path, how: &Freeze) -> Result<String> {
 }
 
 /// Follows upstream again from the next pass.
-pub fn unfreeze(svc: &Service, state_dir: &Path) -> Result<String> {
-    let sd = StateDir::new(state_dir, &svc.name);
+pub fn unfreeze(svc: &Service, place: &Place) -> Result<String> {
+    let sd = StateDir::at(place);
     let _lock = layout::lock_service(&sd, svc)?;
     let mut state = sd.load()?;
     let was = state.hold.take();
@@ -100,18 +101,12 @@ pub fn unfreeze(svc: &Service, state_dir: &Path) -> Result<String> {
 
 /// Deploys `rev` now and pins the service there. Nothing changes when the
 /// revision cannot be found or fetched.
-pub fn rollback(
-    svc: &Service,
-    state_dir: &Path,
-    rev: &Rev,
-    text: &str,
-    by: &str,
-) -> Result<Outcome> {
-    let sd = StateDir::new(state_dir, &svc.name);
+pub fn rollback(svc: &Service, place: &Place, rev: &Rev, text: &str, by: &str) -> Result<Outcome> {
+    let sd = StateDir::at(place);
     let _lock = layout::lock_service(&sd, svc)?;
     let mut state = sd.load()?;
-    let mirror = Mirror::of(svc, state_dir);
-    let releases = layout::releases(svc, state_dir);
+    let mirror = Mirror::of(svc, place);
+    let releases = layout::releases(place);
     let lookup = Lookup {
         svc,
         mirror: &mirror,
@@ -136,7 +131,7 @@ pub fn rollback(
         policy: DriftPolicy::Restore,
         stopped: WhenStopped::Start,
     };
-    let result = apply::apply(svc, state_dir, &sd, &mut state, &plan, Vec::new());
+    let result = apply::apply(svc, place, &sd, &mut state, &plan, Vec::new());
     let switched = state
         .deployed
         .as_ref()
@@ -210,7 +205,7 @@ pub fn forward(
     allow_older: bool,
 ) -> Result<Report> {
     {
-        let sd = StateDir::new(state_dir, &svc.name);
+        let sd = StateDir::at(&Place::of(svc, state_dir));
         let _lock = layout::lock_service(&sd, svc)?;
         let mut state = sd.load()?;
         state.hold = None;
@@ -234,15 +229,15 @@ pub fn forward(
 /// allowed_signers (none trusted when it has none). Takes no lock.
 pub fn verify(
     svc: &Service,
-    state_dir: &Path,
+    place: &Place,
     rev: Option<&Rev>,
 ) -> Result<crate::git::signature::Verdict> {
-    let state = StateDir::new(state_dir, &svc.name).load()?;
-    let mirror = Mirror::of(svc, state_dir);
+    let state = StateDir::at(place).load()?;
+    let mirror = Mirror::of(svc, place);
     let deployed = state.deployed.as_ref().map(|d| d.commit);
     let target = match rev {
         Some(rev) => {
-            let releases = layout::releases(svc, state_dir);
+            let releases = layout::releases(place);
             let lookup = Lookup {
                 svc,
                 mirror: &mirror,

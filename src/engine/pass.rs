@@ -20,6 +20,7 @@ use crate::engine::trial::WhenStopped;
 use crate::git::mirror::{self, Mirror};
 use crate::model::commit::CommitId;
 use crate::model::pass::{Note, NoteKind};
+use crate::model::place::Place;
 use crate::observe;
 use crate::store::layout;
 use crate::store::state::{Deployed, PassRecord, State, StateDir, UpstreamSeen};
@@ -82,13 +83,14 @@ pub fn sync(
     let reports = selected
         .iter()
         .map(|svc| {
-            let mirror = Mirror::of(svc, state_dir);
+            let place = Place::of(svc, state_dir);
+            let mirror = Mirror::of(svc, &place);
             let fetch = &fetched[&mirror.path];
             let intent = Intent {
                 drift: Some(intent.drift.unwrap_or(svc.drift)),
                 ..intent
             };
-            reconcile(svc, &mirror, fetch, state_dir, intent, start)
+            reconcile(svc, &mirror, fetch, &place, intent, start)
         })
         .collect();
     remove_unused_mirrors(all, state_dir);
@@ -103,7 +105,7 @@ fn fetch_all(
 ) -> BTreeMap<PathBuf, Result<mirror::Fetched, String>> {
     let mut groups: BTreeMap<PathBuf, (Mirror, u32, &Service)> = BTreeMap::new();
     for svc in services {
-        let m = Mirror::of(svc, state_dir);
+        let m = Mirror::of(svc, &Place::of(svc, state_dir));
         let max_bytes = m.max_fetch_bytes;
         let files = m.files.clone();
         let e = groups.entry(m.path.clone()).or_insert((m, svc.depth, svc));
@@ -129,22 +131,22 @@ fn reconcile(
     svc: &Service,
     mirror: &Mirror,
     fetched: &Result<mirror::Fetched, String>,
-    state_dir: &Path,
+    place: &Place,
     intent: Intent,
     start: Instant,
 ) -> Report {
-    let sd = StateDir::new(state_dir, &svc.name);
+    let sd = StateDir::at(place);
     let locked = layout::lock_service(&sd, svc).and_then(|l| Ok((l, sd.load()?)));
     let (_lock, mut state) = match locked {
         Ok(x) => x,
         Err(e) => return Report::unknown(&svc.name, Err(e)),
     };
     let result = match fetched {
-        Ok(f) => follow(svc, mirror, f, state_dir, &sd, &mut state, intent),
+        Ok(f) => follow(svc, mirror, f, place, &sd, &mut state, intent),
         Err(e) => Err(anyhow::anyhow!("{e}")),
     };
     let now = now_unix();
-    let seen = observe::observe(svc, state_dir, &state, mirror.open().ok().as_ref());
+    let seen = observe::observe(svc, place, &state, mirror.open().ok().as_ref());
     state.last_pass = Some(PassRecord {
         time: now,
         ok: result.is_ok(),
@@ -180,7 +182,7 @@ fn follow(
     svc: &Service,
     mirror: &Mirror,
     fetched: &mirror::Fetched,
-    state_dir: &Path,
+    place: &Place,
     sd: &StateDir,
     state: &mut State,
     intent: Intent,
@@ -273,7 +275,7 @@ fn follow(
         policy: intent.drift.unwrap_or(svc.drift),
         stopped: intent.stopped,
     };
-    let result = apply::apply(svc, state_dir, sd, state, &plan, notes);
+    let result = apply::apply(svc, place, sd, state, &plan, notes);
     if target == head && state.deployed.as_ref().is_some_and(|d| d.commit == head) {
         state.followed = Some(head);
     }
@@ -301,12 +303,12 @@ fn note_lag(state: &mut State, now: u64) {
 pub fn restore(selected: &[&Service], state_dir: &Path) -> Vec<Report> {
     selected
         .iter()
-        .map(|svc| restore_one(svc, state_dir))
+        .map(|svc| restore_one(svc, &Place::of(svc, state_dir)))
         .collect()
 }
 
-fn restore_one(svc: &Service, state_dir: &Path) -> Report {
-    let sd = StateDir::new(state_dir, &svc.name);
+fn restore_one(svc: &Service, place: &Place) -> Report {
+    let sd = StateDir::at(place);
     let (_lock, state) = match lock_for_restore(&sd) {
         Ok(Some(x)) => x,
         Ok(None) => return busy(&svc.name),
@@ -315,7 +317,7 @@ fn restore_one(svc: &Service, state_dir: &Path) -> Report {
     Report {
         service: svc.name.clone(),
         serving: Serving::of(state.deployed.as_ref()),
-        outcome: remount(svc, state_dir, state.deployed),
+        outcome: remount(svc, place, state.deployed),
     }
 }
 
@@ -342,12 +344,12 @@ fn busy(name: &str) -> Report {
 }
 
 /// Mounts the release of `deployed` again.
-fn remount(svc: &Service, state_dir: &Path, deployed: Option<Deployed>) -> Result<Outcome> {
+fn remount(svc: &Service, place: &Place, deployed: Option<Deployed>) -> Result<Outcome> {
     let Some(deployed) = deployed else {
         return Ok(Outcome::nothing(Vec::new()));
     };
     layout::trusted_base(svc)?;
-    let release = layout::releases(svc, state_dir).path(&deployed.release);
+    let release = layout::releases(place).path(&deployed.release);
     anyhow::ensure!(
         release.is_dir(),
         "deployed release {} is missing; run provision sync",
@@ -416,11 +418,8 @@ fn remount_recorded(state: &State) -> Result<Outcome> {
 fn remove_unused_mirrors(all: &[&Service], state_dir: &Path) {
     let mut bases: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
     for svc in all {
-        let m = Mirror::of(svc, state_dir);
-        bases
-            .entry(svc.base_dir(state_dir))
-            .or_default()
-            .push(m.path);
+        let place = Place::of(svc, state_dir);
+        bases.entry(place.base).or_default().push(place.mirror);
     }
     for (base, used) in bases {
         if let Err(e) = mirror::remove_unused(&base, &used) {

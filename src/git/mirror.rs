@@ -26,12 +26,12 @@ use crate::git::ancestry;
 use crate::git::auth;
 use crate::git::partial::{self, Files};
 use crate::git::upload_pack::{self, Bounds, Opened, Session, Target, Want};
+use crate::model::place::{self, Place};
 use crate::util::dirfd::Dir;
 use crate::util::http;
 use crate::util::lock::Lock;
 
-/// Directory under a service base (`mount`) holding all mirrors.
-pub const MIRRORS_DIR: &str = ".mirrors";
+pub use crate::model::place::MIRRORS_DIR;
 /// After this many pack files the mirror is rebuilt from a fresh shallow
 /// fetch: every fetch that brings objects adds one pack, and libgit2 has no
 /// `gc`, so this is what bounds the disk of a long-lived mirror.
@@ -96,15 +96,13 @@ impl Mirror {
     /// a service to another branch or repository uses a new mirror instead
     /// of reinterpreting an old one.
     pub fn new(base: &Path, upstream: &Upstream, branch: &str) -> Mirror {
-        let key = format!("{}\n{}", upstream.url, branch);
-        let hash = Oid::hash_object(git2::ObjectType::Blob, key.as_bytes())
-            .map(|o| o.to_string())
-            .unwrap_or_default();
-        let slug: String = slug(&upstream.url, branch);
+        Mirror::at(place::mirror_path(base, upstream, branch), upstream, branch)
+    }
+
+    /// The mirror at `path`.
+    fn at(path: PathBuf, upstream: &Upstream, branch: &str) -> Mirror {
         Mirror {
-            path: base
-                .join(MIRRORS_DIR)
-                .join(format!("{slug}-{}.git", &hash[..12.min(hash.len())])),
+            path,
             upstream: upstream.clone(),
             branch: branch.to_string(),
             max_fetch_bytes: crate::config::Limits::default().max_fetch_bytes,
@@ -113,9 +111,10 @@ impl Mirror {
         }
     }
 
-    /// The mirror `svc` fetches through, bounded by its `max_fetch_bytes`.
-    pub fn of(svc: &crate::config::Service, state_dir: &Path) -> Mirror {
-        let mut m = Mirror::new(&svc.base_dir(state_dir), &svc.upstream, &svc.branch);
+    /// The mirror `svc` fetches through (at `place.mirror`), bounded by its
+    /// `max_fetch_bytes`.
+    pub fn of(svc: &crate::config::Service, place: &Place) -> Mirror {
+        let mut m = Mirror::at(place.mirror.clone(), &svc.upstream, &svc.branch);
         m.max_fetch_bytes = svc.limits.max_fetch_bytes;
         m.files = Files::of(&svc.dirs);
         m.window = svc.depth;
@@ -1061,24 +1060,6 @@ fn pack_stats(repo: &Path) -> (usize, u64) {
         .map(|n| dir.meta(n).ok().flatten().map_or(0, |m| m.size))
         .collect();
     (packs.len(), packs.iter().sum())
-}
-
-/// A readable, filesystem-safe hint of what a mirror holds.
-fn slug(url: &str, branch: &str) -> String {
-    let tail = url.trim_end_matches('/').trim_end_matches(".git");
-    let tail = tail.rsplit(['/', ':']).next().unwrap_or("repo");
-    let s: String = format!("{tail}-{branch}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(48)
-        .collect();
-    s
 }
 
 /// Removes mirrors under `base` that are not in `used`. A mirror whose lock

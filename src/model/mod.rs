@@ -7,6 +7,7 @@ pub mod commit;
 pub mod fleet;
 pub mod history;
 pub mod pass;
+pub mod place;
 pub mod record;
 pub mod signature;
 pub mod status;

@@ -8,17 +8,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::config::Service;
+use crate::model::place::Place;
 use crate::store::release::Releases;
 use crate::store::state::StateDir;
 use crate::util::lock::Lock;
 
 /// How long a command waits for another one working on the same service.
 pub const SERVICE_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The directory holding a service's releases: `<mount>/<name>`.
-pub fn service_dir(svc: &Service, state_dir: &Path) -> PathBuf {
-    svc.base_dir(state_dir).join(&svc.name)
-}
 
 /// Refuses a `mount` directory that somebody other than root could change,
 /// or that lies below such a directory (as mount points' parents are
@@ -34,8 +30,8 @@ pub fn trusted_base(svc: &Service) -> Result<()> {
 }
 
 /// The releases of a service.
-pub fn releases(svc: &Service, state_dir: &Path) -> Releases {
-    Releases::new(&service_dir(svc, state_dir))
+pub fn releases(place: &Place) -> Releases {
+    Releases::new(&place.releases)
 }
 
 /// Serializes everything that changes one service: passes, restores and

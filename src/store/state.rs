@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::model::commit::CommitId;
+use crate::model::place::Place;
 pub use crate::model::record::{HoldKind, Rejected, Stage};
 use crate::util::{write_atomic, Visibility};
 
@@ -347,7 +348,15 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// The state directory of service `name` under `state_dir`.
+    /// The state directory of a service's [`Place`].
+    pub fn at(place: &Place) -> StateDir {
+        StateDir {
+            dir: place.state.clone(),
+        }
+    }
+
+    /// The state directory of service `name` under `state_dir`: for a
+    /// service known by its name only (one the config no longer has).
     pub fn new(state_dir: &Path, name: &str) -> StateDir {
         StateDir {
             dir: state_dir.join(name),

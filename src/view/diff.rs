@@ -17,6 +17,7 @@ use git2::{DiffOptions, Oid, Patch, Repository, Tree};
 use crate::config::Service;
 use crate::git::mirror::Mirror;
 use crate::model::commit::CommitId;
+use crate::model::place::Place;
 use crate::observe::{self, MountState};
 use crate::store::drift::{self, Change};
 use crate::store::layout;
@@ -26,20 +27,20 @@ use crate::store::state::StateDir;
 use crate::util::{dirfd, human_size};
 
 /// The diff of local changes against the deployed commit ("" when none).
-pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {
-    let state = StateDir::new(state_dir, &svc.name).load()?;
+pub fn local(svc: &Service, place: &Place) -> Result<String> {
+    let state = StateDir::at(place).load()?;
     let Some(deployed) = &state.deployed else {
         return Ok(String::new());
     };
-    let mut out = mount_lines(svc, state_dir, deployed);
-    let repo = Mirror::of(svc, state_dir).open().ok();
-    let drifted = observe::drift(svc, state_dir, deployed, repo.as_ref())?;
+    let mut out = mount_lines(svc, place, deployed);
+    let repo = Mirror::of(svc, place).open().ok();
+    let drifted = observe::drift(svc, place, deployed, repo.as_ref())?;
     if drifted.is_empty() {
         return Ok(out);
     }
     let repo = repo.context("the local mirror is missing; run `provision sync` to fetch it")?;
     let commit = deployed.commit.oid();
-    let releases = layout::releases(svc, state_dir);
+    let releases = layout::releases(place);
     let manifest = releases.manifest(&deployed.release, Some(&repo), commit, &svc.dirs)?;
     let release = dirfd::Dir::open(&releases.path(&deployed.release))?;
     for d in &drifted {
@@ -79,10 +80,10 @@ pub fn local(svc: &Service, state_dir: &Path) -> Result<String> {
 /// A line per mount that does not show the deployed release: the service
 /// then reads something else than every file of the diff says, so a
 /// missing or foreign mount is a difference too.
-fn mount_lines(svc: &Service, state_dir: &Path, deployed: &Deployed) -> String {
+fn mount_lines(svc: &Service, place: &Place, deployed: &Deployed) -> String {
     let short = deployed.commit.short();
     let mut out = String::new();
-    for m in observe::mounts(svc, state_dir, deployed) {
+    for m in observe::mounts(svc, place, deployed) {
         let what = match m.state {
             MountState::Ok => continue,
             MountState::Missing => format!(
@@ -100,13 +101,13 @@ fn mount_lines(svc: &Service, state_dir: &Path, deployed: &Deployed) -> String {
 
 /// The diff from the deployed commit to the upstream head as of the last
 /// fetch, limited to what the service mounts ("" when none).
-pub fn upstream(svc: &Service, state_dir: &Path) -> Result<String> {
-    let state = StateDir::new(state_dir, &svc.name).load()?;
+pub fn upstream(svc: &Service, place: &Place) -> Result<String> {
+    let state = StateDir::at(place).load()?;
     let up = state
         .upstream
         .as_ref()
         .context("upstream has not been fetched yet; run `provision sync`")?;
-    let repo = Mirror::of(svc, state_dir)
+    let repo = Mirror::of(svc, place)
         .open()
         .context("the local mirror is missing; run `provision sync` to fetch it")?;
     let tree_of = |commit: CommitId| -> Result<Tree<'_>> {

@@ -2,8 +2,6 @@
 //! with what is deployed, what upstream is at, and what can be rolled back
 //! to without network.
 
-use std::path::Path;
-
 use anyhow::Result;
 use git2::Repository;
 
@@ -11,22 +9,23 @@ use crate::config::Service;
 use crate::git::mirror::Mirror;
 use crate::model::commit::CommitId;
 pub use crate::model::history::HistoryEntry;
+use crate::model::place::Place;
 use crate::store::layout;
 use crate::store::state::StateDir;
 
 /// Up to `limit` commits from the branch head, first-parent, plus the
 /// deployed commit when it is not among them (after a force-push, say).
 /// Reading it takes no lock and no network.
-pub fn list(svc: &Service, state_dir: &Path, limit: usize) -> Result<Vec<HistoryEntry>> {
-    let state = StateDir::new(state_dir, &svc.name).load()?;
+pub fn list(svc: &Service, place: &Place, limit: usize) -> Result<Vec<HistoryEntry>> {
+    let state = StateDir::at(place).load()?;
     let deployed = state.deployed.map(|d| d.commit);
-    let releases = layout::releases(svc, state_dir);
+    let releases = layout::releases(place);
     let kept: Vec<CommitId> = releases
         .list()?
         .into_iter()
         .filter_map(|n| n.split('-').next().and_then(|c| c.parse().ok()))
         .collect();
-    let mirror = Mirror::of(svc, state_dir);
+    let mirror = Mirror::of(svc, place);
     let repo = mirror.open().ok();
     let head = mirror.head().ok().flatten();
     let mut entries = Vec::new();

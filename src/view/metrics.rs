@@ -53,7 +53,7 @@ pub fn publish(
     let _lock = Lock::acquire(&state_dir.join(LOCK), LOCK_TIMEOUT, "the metrics file")?;
     let states: Vec<Result<State>> = services
         .iter()
-        .map(|s| StateDir::new(state_dir, &s.name).load())
+        .map(|s| StateDir::at(&crate::model::place::Place::of(s, state_dir)).load())
         .collect();
     let path = target.dir.join(FILE);
     write_atomic(

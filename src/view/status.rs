@@ -11,6 +11,7 @@ use std::path::Path;
 use crate::config::{DriftPolicy, Service};
 use crate::git::mirror::Mirror;
 use crate::model::commit::CommitId;
+use crate::model::place::Place;
 use crate::observe::{self, MountState};
 use crate::store::state::{HoldKind, RolloutWait, State, StateDir};
 use crate::util::now_unix;
@@ -61,20 +62,20 @@ pub fn collect(services: &[&Service], state_dir: &Path, machine: &str) -> Docume
         time: now_unix(),
         services: services
             .iter()
-            .map(|s| service_status(s, state_dir))
+            .map(|s| service_status(s, &Place::of(s, state_dir)))
             .chain(orphans(services, state_dir))
             .collect(),
     }
 }
 
-fn service_status(svc: &Service, state_dir: &Path) -> ServiceStatus {
-    let loaded = StateDir::new(state_dir, &svc.name).load();
+fn service_status(svc: &Service, place: &Place) -> ServiceStatus {
+    let loaded = StateDir::at(place).load();
     let state_error = loaded.as_ref().err().map(|e| format!("{e:#}"));
     let mut state = loaded.unwrap_or_default();
     let now = now_unix();
     state.hold = state.hold_at(now).cloned();
-    let repo = Mirror::of(svc, state_dir).open().ok();
-    let seen = observe::observe(svc, state_dir, &state, repo.as_ref());
+    let repo = Mirror::of(svc, place).open().ok();
+    let seen = observe::observe(svc, place, &state, repo.as_ref());
     let drift = match &seen.drift {
         Ok(d) => DriftStatus {
             policy: svc.drift,

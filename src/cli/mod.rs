@@ -177,22 +177,16 @@ fn check(cli: &Cli) -> Result<ExitCode> {
     for svc in &mine {
         render::service(&mut render::stdout(), svc);
     }
-    for w in secret_warnings(&mine) {
+    for w in config::exposed_secrets(&mine) {
         tell!("warning: {w}");
     }
-    for w in volatile_warnings(&cli.state_dir, &mine) {
+    for w in crate::view::check::volatile(&cli.state_dir, &mine) {
         tell!("warning: {w}");
     }
     let mut bad = false;
-    for (path, openpgp, n) in key_files(&mine) {
-        let read = if openpgp {
-            crate::git::openpgp_keys::load(&path).map(|k| format!("{} OpenPGP key(s)", k.len()))
-        } else {
-            crate::git::allowed_signers::load(&path)
-                .map(|s| format!("{} allowed signer(s)", s.len()))
-        };
-        match read {
-            Ok(what) => say!("{}: {what}, for {n}", path.display()),
+    for k in crate::view::check::key_files(&mine) {
+        match &k.read {
+            Ok(what) => say!("{}: {what}, for {}", k.path.display(), k.services),
             Err(e) => {
                 tell!("error: {e:#}");
                 bad = true;
@@ -206,72 +200,13 @@ fn check(cli: &Cli) -> Result<ExitCode> {
     })
 }
 
-/// Each key file once (and whether it holds OpenPGP keys), with the
-/// services that use it.
-fn key_files(services: &[&Service]) -> Vec<(std::path::PathBuf, bool, String)> {
-    let mut out: Vec<(std::path::PathBuf, bool, Vec<&str>)> = Vec::new();
-    for svc in services {
-        let files = [(&svc.allowed_signers, false), (&svc.openpgp_keys, true)];
-        for (p, openpgp) in files
-            .iter()
-            .filter_map(|(p, o)| p.as_ref().map(|p| (p, *o)))
-        {
-            match out.iter_mut().find(|(q, o, _)| q == p && *o == openpgp) {
-                Some((_, _, names)) => names.push(&svc.name),
-                None => out.push((p.clone(), openpgp, vec![&svc.name])),
-            }
-        }
-    }
-    out.into_iter()
-        .map(|(p, o, n)| (p, o, n.join(", ")))
-        .collect()
-}
-
-/// The state dir and `mount` directories that a reboot would empty.
-fn volatile_warnings(state_dir: &std::path::Path, services: &[&Service]) -> Vec<String> {
-    let mut dirs: Vec<(std::path::PathBuf, String)> =
-        vec![(state_dir.to_path_buf(), "the state dir".to_string())];
-    for svc in services {
-        if let Some(m) = &svc.mount {
-            dirs.push((m.clone(), format!("`mount` of {}", svc.name)));
-        }
-    }
-    dirs.dedup_by(|a, b| a.0 == b.0);
-    dirs.into_iter()
-        .filter_map(|(dir, what)| {
-            let fs = crate::host::volatile::memory_backed(&dir).ok().flatten()?;
-            Some(format!(
-                "{what}, {}, is on {fs}: its releases are lost at reboot and the service would \
-                 start on what its package ships; choose a directory on disk",
-                dir.display()
-            ))
-        })
-        .collect()
-}
-
-/// Exposed secret files of `services`, each named once.
-fn secret_warnings(services: &[&Service]) -> Vec<String> {
-    let mut out: Vec<String> = services
-        .iter()
-        .flat_map(|s| {
-            s.credentials
-                .clone()
-                .with_env_defaults()
-                .exposure_warnings()
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
 /// `provision sync [NAME...]`
 fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
     let (config, id) = machine_config(cli)?;
     let all = id.services(&config);
     let selected = select(&all, &opts.names, &id)?;
     let policy = opts.discard_drift.then_some(DriftPolicy::Restore);
-    for w in secret_warnings(&selected) {
+    for w in config::exposed_secrets(&selected) {
         tell!("warning: {w}");
     }
     let intent = pass::Intent {
@@ -452,7 +387,7 @@ fn who(by: Option<&str>) -> String {
 
 /// `provision bootstrap URL [--branch B] [--path P] [--force]`
 fn bootstrap(cli: &Cli, opts: &BootstrapOpts) -> Result<ExitCode> {
-    use crate::engine::bootstrap::{self, Installed, Source};
+    use crate::engine::bootstrap::{self, Source};
     let upstream =
         crate::config::classify_url(&opts.url).map_err(|m| UsageError(format!("URL {m}")))?;
     let source = Source {
@@ -462,64 +397,45 @@ fn bootstrap(cli: &Cli, opts: &BootstrapOpts) -> Result<ExitCode> {
         allowed_signers: opts.allowed_signers.clone(),
         openpgp_keys: opts.openpgp_keys.clone(),
     };
-    if let Some(w) = source.unauthenticated() {
-        tell!("{w}");
-    }
-    let fetched = bootstrap::fetch(&source, &cli.state_dir)?;
-    let dest = &cli.config;
-    let line = match bootstrap::install(&fetched, &source, dest, opts.force)? {
-        Installed::Written => format!(
-            "installed {} from {} {} ({})",
-            dest.display(),
-            opts.url,
-            opts.path,
-            fetched.commit.short()
-        ),
-        Installed::Unchanged => format!(
-            "{} is already {} ({})",
-            dest.display(),
-            opts.path,
-            fetched.commit.short()
-        ),
+    let req = bootstrap::Request {
+        source: &source,
+        dest: &cli.config,
+        force: opts.force,
+        machine: cli.machine.as_deref(),
+        state_dir: &cli.state_dir,
     };
-    announce(journal::Event::Bootstrap, "*", &line);
-    if let Some(name) = &cli.machine {
-        bootstrap::remember_machine(name)?;
-        say!("this machine is {name} (in {})", bootstrap::MACHINE_FILE);
+    let mut told = Bootstrapping {
+        cli,
+        code: ExitCode::SUCCESS,
+    };
+    bootstrap::run(&req, &mut told)?;
+    Ok(told.code)
+}
+
+/// Bootstrap's steps on the terminal or in the journal.
+struct Bootstrapping<'a> {
+    cli: &'a Cli,
+    code: ExitCode,
+}
+
+impl crate::engine::bootstrap::Progress for Bootstrapping<'_> {
+    fn done(&mut self, step: crate::engine::bootstrap::Step, line: &str) {
+        use crate::engine::bootstrap::Step;
+        match step {
+            Step::Installed => announce(journal::Event::Bootstrap, "*", line),
+            Step::Named => say!("{line}"),
+            Step::Activated => announce(journal::Event::Activate, "*", line),
+        }
     }
-    let (config, id) = machine_config(cli)?;
-    let all = id.services(&config);
-    if all.is_empty() {
-        tell!(
-            "warning: {} has no service for machine {}",
-            dest.display(),
-            id.name()
-        );
+
+    fn warning(&mut self, line: &str) {
+        tell!("{line}");
     }
-    if !bootstrap::self_managed(&all, dest) {
-        tell!(
-            "warning: no service of machine {} mounts {}: the config will not follow Git; \
-             add one such as\n  [[services]]\n  machine = \"{}\"\n  service = \"provision-activate\"\n  \
-             name = \"provision\"\n  upstream = \"{}\"\n  action = \"start\"\n  \
-             dirs = [ {{ local = \"{}\", link = \"{}\", file = true }} ]",
-            id.name(),
-            dest.display(),
-            id.name(),
-            opts.url,
-            dest.display(),
-            opts.path
-        );
+
+    fn passed(&mut self, config: &Config, all: &[&Service], reports: Vec<apply::Report>) {
+        self.code = print_reports(reports, Doing::Deploy);
+        publish_metrics(self.cli, config, all);
     }
-    let reports = pass::sync(&all, &all, &cli.state_dir, pass::Intent::TIMER);
-    let code = print_reports(reports, Doing::Deploy);
-    publish_metrics(cli, &config, &all);
-    for line in crate::engine::timers::activate(&all)? {
-        announce(journal::Event::Activate, "*", &line);
-    }
-    if let Some(line) = crate::engine::timers::watch_config()? {
-        announce(journal::Event::Activate, "*", &line);
-    }
-    Ok(code)
 }
 
 /// A line about `service`: a journal entry of `event` when the journal

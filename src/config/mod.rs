@@ -506,3 +506,20 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+/// Exposed secret files of `services` (a key or token file others may
+/// read), each named once: `check` and `sync` warn of them.
+pub fn exposed_secrets(services: &[&Service]) -> Vec<String> {
+    let mut out: Vec<String> = services
+        .iter()
+        .flat_map(|s| {
+            s.credentials
+                .clone()
+                .with_env_defaults()
+                .exposure_warnings()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}

@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::{self, Config, Credentials, Transport, Upstream};
+use crate::config::{self, Config, Credentials, Service, Transport, Upstream};
+use crate::engine::apply::Report;
+use crate::engine::{pass, timers};
 use crate::git::mirror::Mirror;
+use crate::host::machine::Identity;
 use crate::model::commit::CommitId;
 use crate::util::{write_atomic, Visibility};
 
@@ -182,4 +185,119 @@ pub fn remember_machine(name: &str) -> Result<()> {
          PROVISION_MACHINE={name}\n"
     );
     write_atomic(Path::new(MACHINE_FILE), text.as_bytes(), Visibility::Public)
+}
+
+/// What `provision bootstrap` was asked.
+pub struct Request<'a> {
+    /// Where the config comes from.
+    pub source: &'a Source,
+    /// Where it is installed (`--config`).
+    pub dest: &'a Path,
+    /// Replace a hand-written config there.
+    pub force: bool,
+    /// `--machine`: this machine's name in the config, remembered.
+    pub machine: Option<&'a str>,
+    /// The state directory.
+    pub state_dir: &'a Path,
+}
+
+/// What the bootstrap sequence tells as it goes: the caller prints it (or
+/// writes it to the journal) and publishes the first pass's metrics.
+pub trait Progress {
+    /// A step is done (the config installed, the machine named, a timer
+    /// started).
+    fn done(&mut self, step: Step, line: &str);
+    /// Something the operator should look at; bootstrap goes on.
+    fn warning(&mut self, line: &str);
+    /// The first pass ran over `all`, this machine's services.
+    fn passed(&mut self, config: &Config, all: &[&Service], reports: Vec<Report>);
+}
+
+/// The steps [`Progress::done`] is told of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The config is in place.
+    Installed,
+    /// `--machine` is remembered.
+    Named,
+    /// Timers and the config watch are running.
+    Activated,
+}
+
+/// From a fresh machine to a converged one: fetch and install the config,
+/// remember the machine's name, run the first pass over its services, and
+/// start every service's timer and the config watch. Stops at the first
+/// step that fails; the first pass failing does not stop the timers (the
+/// next pass tries again).
+pub fn run(req: &Request<'_>, progress: &mut impl Progress) -> Result<()> {
+    let source = req.source;
+    if let Some(w) = source.unauthenticated() {
+        progress.warning(&w);
+    }
+    let fetched = fetch(source, req.state_dir)?;
+    let line = match install(&fetched, source, req.dest, req.force)? {
+        Installed::Written => format!(
+            "installed {} from {} {} ({})",
+            req.dest.display(),
+            source.upstream.url,
+            source.path,
+            fetched.commit.short()
+        ),
+        Installed::Unchanged => format!(
+            "{} is already {} ({})",
+            req.dest.display(),
+            source.path,
+            fetched.commit.short()
+        ),
+    };
+    progress.done(Step::Installed, &line);
+    let id = match req.machine {
+        Some(name) => {
+            remember_machine(name)?;
+            progress.done(
+                Step::Named,
+                &format!("this machine is {name} (in {MACHINE_FILE})"),
+            );
+            Identity::named(name)
+        }
+        None => Identity::this_host()?,
+    };
+    let config = Config::load(req.dest)?;
+    let all = id.services(&config);
+    for w in config_warnings(&all, req, id.name()) {
+        progress.warning(&w);
+    }
+    let reports = pass::sync(&all, &all, req.state_dir, pass::Intent::TIMER);
+    progress.passed(&config, &all, reports);
+    for line in timers::activate(&all)? {
+        progress.done(Step::Activated, &line);
+    }
+    if let Some(line) = timers::watch_config()? {
+        progress.done(Step::Activated, &line);
+    }
+    Ok(())
+}
+
+/// What the installed config lacks for this machine: any service at all,
+/// or one that mounts the config itself (without it the config does not
+/// follow Git; the warning shows such a service).
+fn config_warnings(all: &[&Service], req: &Request<'_>, machine: &str) -> Vec<String> {
+    let dest = req.dest.display();
+    let mut out = Vec::new();
+    if all.is_empty() {
+        out.push(format!(
+            "warning: {dest} has no service for machine {machine}"
+        ));
+    }
+    if !self_managed(all, req.dest) {
+        out.push(format!(
+            "warning: no service of machine {machine} mounts {dest}: the config will not follow Git; \
+             add one such as\n  [[services]]\n  machine = \"{machine}\"\n  service = \"provision-activate\"\n  \
+             name = \"provision\"\n  upstream = \"{}\"\n  action = \"start\"\n  \
+             dirs = [ {{ local = \"{dest}\", link = \"{}\", file = true }} ]",
+            req.source.upstream.url,
+            req.source.path
+        ));
+    }
+    out
 }

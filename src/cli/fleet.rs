@@ -41,7 +41,7 @@ pub fn run(cli: &Cli, args: &FleetArgs) -> Result<ExitCode> {
                 InventoryFormat::Json => Format::Json,
                 InventoryFormat::Ssh => Format::Ssh,
             };
-            say!("{}", inventory::render(&config, &all, format).trim_end());
+            render::line(inventory::render(&config, &all, format).trim_end());
             Ok(ExitCode::SUCCESS)
         }
         FleetVerb::Status {
@@ -176,7 +176,7 @@ fn load(cli: &Cli, opts: &FleetOpts) -> Result<Config> {
         openpgp_keys: opts.openpgp_keys.clone(),
     };
     if let Some(w) = source.unauthenticated() {
-        tell!("{w}");
+        render::note(w);
     }
     let cache = repo_cache(cli)?;
     let fetched = crate::engine::bootstrap::fetch(&source, &cache)
@@ -227,7 +227,7 @@ fn status(config: &Config, answers: Vec<(String, Answer)>, json: bool) -> Result
     let doc = status::collect(config, answers, now_unix());
     if json {
         let text = serde_json::to_string_pretty(&doc).context("serializing the fleet status")?;
-        say!("{text}");
+        render::line(text);
     } else {
         table(&doc);
     }
@@ -276,7 +276,7 @@ fn table(doc: &Document) {
             ),
             _ => String::new(),
         };
-        say!(
+        render::line(format_args!(
             "{}: {}/{} at {head}, {} waiting{waiting}, {} rejected, {} behind, {} frozen behind, {} unreachable, {} failing",
             r.name,
             r.at_head,
@@ -287,7 +287,7 @@ fn table(doc: &Document) {
             r.frozen,
             r.unreachable,
             r.failing
-        );
+        ));
     }
 }
 
@@ -379,12 +379,12 @@ fn act(
     let what = format!("provision {}", args.join(" "));
     if opts.dry_run {
         for m in &targets {
-            say!("{m}: would run `{what}`");
+            render::line(format_args!("{m}: would run `{what}`"));
         }
         return Ok(ExitCode::SUCCESS);
     }
     if changes && targets.len() > 1 && !opts.yes && !confirm(&what, &targets)? {
-        tell!("nothing done");
+        render::note("nothing done");
         return Ok(ExitCode::from(EXIT_FAILED));
     }
     let answers = action::run_on(
@@ -403,27 +403,32 @@ fn act(
                 ok += 1;
                 if changes {
                     let first = stdout.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-                    say!("{m}: ok: {first}");
+                    render::line(format_args!("{m}: ok: {first}"));
                 } else {
-                    say!("== {m}");
-                    say!("{}", stdout.trim_end());
+                    render::line(format_args!("== {m}"));
+                    render::line(stdout.trim_end());
                 }
             }
             Answer::Unreachable(_) => {
                 unreachable += 1;
-                tell!("{m}: {}", a.problem().unwrap_or_default());
+                render::note(format_args!("{m}: {}", a.problem().unwrap_or_default()));
             }
             Answer::Ran { stdout, .. } => {
                 failed += 1;
                 if !changes && !stdout.trim().is_empty() {
-                    say!("== {m}");
-                    say!("{}", stdout.trim_end());
+                    render::line(format_args!("== {m}"));
+                    render::line(stdout.trim_end());
                 }
-                tell!("{m}: FAILED: {}", a.problem().unwrap_or_default());
+                render::note(format_args!(
+                    "{m}: FAILED: {}",
+                    a.problem().unwrap_or_default()
+                ));
             }
         }
     }
-    tell!("{what}: {ok} ok, {failed} failed, {unreachable} unreachable");
+    render::note(format_args!(
+        "{what}: {ok} ok, {failed} failed, {unreachable} unreachable"
+    ));
     Ok(if failed + unreachable == 0 {
         ExitCode::SUCCESS
     } else {

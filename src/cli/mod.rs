@@ -10,23 +10,6 @@ pub mod complete;
 pub(crate) mod journal;
 pub(crate) mod render;
 
-/// A line on standard output, dropped quietly once its reader is gone.
-macro_rules! say {
-    ($($t:tt)*) => {{ let _ = writeln!(render::stdout(), $($t)*); }};
-}
-/// Text on standard output, without a newline.
-macro_rules! say_raw {
-    ($($t:tt)*) => {{ let _ = write!(render::stdout(), $($t)*); }};
-}
-/// A line on standard error, dropped quietly once its reader is gone.
-macro_rules! tell {
-    ($($t:tt)*) => {{ let _ = writeln!(render::stderr(), $($t)*); }};
-}
-/// Text on standard error, without a newline.
-macro_rules! tell_raw {
-    ($($t:tt)*) => {{ let _ = write!(render::stderr(), $($t)*); }};
-}
-
 mod fleet;
 
 pub use args::*;
@@ -34,8 +17,6 @@ pub use args::*;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-
-use std::io::Write;
 
 use crate::config::{self, Config, DriftPolicy, Service};
 use crate::engine::control;
@@ -66,7 +47,7 @@ impl std::error::Error for UsageError {}
 /// Shows the error a command ended with on stderr, control characters
 /// escaped (it may carry a server's words or a commit's subject).
 pub fn print_error(e: &anyhow::Error) {
-    tell!("error: {e:#}");
+    render::error(e);
 }
 
 /// Runs the parsed command line.
@@ -157,38 +138,32 @@ fn check(cli: &Cli) -> Result<ExitCode> {
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) if e.is::<config::ConfigErrors>() => {
-            tell_raw!("{e}");
+            render::config_errors(&e);
             return Ok(ExitCode::from(EXIT_FAILED));
         }
         Err(e) => return Err(e),
     };
     for w in &config.warnings {
-        tell!("warning: {w}");
+        render::warning(w);
     }
     let id = identity(cli)?;
     let mine = id.services(&config);
-    say!(
-        "{}: valid, {} service(s) in total, {} for machine {}",
-        config.path.display(),
-        config.services.len(),
-        mine.len(),
-        id.name()
-    );
+    render::check_summary(&config.path, config.services.len(), mine.len(), id.name());
     for svc in &mine {
         render::service(&mut render::stdout(), svc);
     }
     for w in config::exposed_secrets(&mine) {
-        tell!("warning: {w}");
+        render::warning(w);
     }
     for w in crate::view::check::volatile(&cli.state_dir, &mine) {
-        tell!("warning: {w}");
+        render::warning(w);
     }
     let mut bad = false;
     for k in crate::view::check::key_files(&mine) {
         match &k.read {
-            Ok(what) => say!("{}: {what}, for {}", k.path.display(), k.services),
+            Ok(what) => render::key_file(&k.path, what, &k.services),
             Err(e) => {
-                tell!("error: {e:#}");
+                render::error(e);
                 bad = true;
             }
         }
@@ -207,7 +182,7 @@ fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
     let selected = select(&all, &opts.names, &id)?;
     let policy = opts.discard_drift.then_some(DriftPolicy::Restore);
     for w in config::exposed_secrets(&selected) {
-        tell!("warning: {w}");
+        render::warning(w);
     }
     let intent = pass::Intent {
         drift: policy,
@@ -216,7 +191,7 @@ fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
     let reports = pass::sync(&selected, &all, &cli.state_dir, intent);
     let code = if opts.json {
         let doc = pass::document(id.name(), &reports);
-        say!("{}", serde_json::to_string_pretty(&doc)?);
+        render::json(&doc)?;
         render::failures(&mut render::stderr(), &reports, Doing::Deploy);
         exit_of(doc.ok)
     } else {
@@ -233,7 +208,7 @@ fn status(cli: &Cli, opts: &StatusOpts) -> Result<ExitCode> {
     let selected = select(&all, &opts.names, &id)?;
     let report = crate::view::status::collect(&selected, &cli.state_dir, id.name());
     if opts.json {
-        say!("{}", serde_json::to_string_pretty(&report)?);
+        render::json(&report)?;
     } else {
         render::status_table(&mut render::stdout(), &report);
     }
@@ -253,11 +228,11 @@ fn diff(cli: &Cli, opts: &DiffOpts) -> Result<ExitCode> {
     match text {
         Ok(t) if t.is_empty() => Ok(ExitCode::SUCCESS),
         Ok(t) => {
-            say_raw!("{t}");
+            render::text(&t);
             Ok(ExitCode::from(EXIT_FAILED))
         }
         Err(e) => {
-            tell!("error: {e:#}");
+            render::error(&e);
             Ok(ExitCode::from(EXIT_USAGE))
         }
     }
@@ -273,7 +248,7 @@ fn publish_metrics(cli: &Cli, config: &Config, services: &[&Service]) {
     };
     let target = crate::view::metrics::Target { dir, create };
     if let Err(e) = crate::view::metrics::publish(services, &cli.state_dir, &target) {
-        tell!("warning: writing metrics: {e:#}");
+        render::warning(format_args!("writing metrics: {e:#}"));
     }
 }
 
@@ -284,8 +259,8 @@ fn mount(cli: &Cli, opts: &MountOpts) -> Result<ExitCode> {
     let (config, id) = match machine_config(cli) {
         Ok(x) => x,
         Err(e) => {
-            tell!("warning: {e:#}");
-            tell!("warning: restoring the mounts recorded in the state files instead");
+            render::warning(format_args!("{e:#}"));
+            render::warning("restoring the mounts recorded in the state files instead");
             let reports = pass::restore_recorded(&cli.state_dir, &opts.names);
             return Ok(print_reports(reports, Doing::Restore));
         }
@@ -423,13 +398,13 @@ impl crate::engine::bootstrap::Progress for Bootstrapping<'_> {
         use crate::engine::bootstrap::Step;
         match step {
             Step::Installed => announce(journal::Event::Bootstrap, "*", line),
-            Step::Named => say!("{line}"),
+            Step::Named => render::line(line),
             Step::Activated => announce(journal::Event::Activate, "*", line),
         }
     }
 
     fn warning(&mut self, line: &str) {
-        tell!("{line}");
+        render::note(line);
     }
 
     fn passed(&mut self, config: &Config, all: &[&Service], reports: Vec<apply::Report>) {
@@ -444,7 +419,7 @@ fn announce(event: journal::Event, service: &str, line: &str) {
     if journal::active() {
         journal::entry(event, service, None, line);
     } else {
-        say!("{line}");
+        render::line(line);
     }
 }
 
@@ -511,11 +486,7 @@ fn rollback(cli: &Cli, opts: &RollbackOpts) -> Result<ExitCode> {
     let code = print_reports(vec![report], Doing::Rollback);
     publish_metrics(cli, &config, &id.services(&config));
     if code == ExitCode::SUCCESS {
-        say!(
-            "{}: pinned; `provision forward {}` follows upstream again",
-            svc.name,
-            svc.name
-        );
+        render::pinned(&svc.name);
     }
     Ok(code)
 }
@@ -541,16 +512,11 @@ fn verify(cli: &Cli, opts: &VerifyOpts) -> Result<ExitCode> {
         .map(|r| crate::engine::rev::Rev::parse(r).map_err(UsageError))
         .transpose()?;
     let found = control::verify(svc, &Place::of(svc, &cli.state_dir), rev.as_ref())?;
-    if !svc.checks_signatures() {
-        tell!(
-            "note: {} has neither allowed_signers nor openpgp_keys: no key is trusted, and passes do not check signatures",
-            svc.name
-        );
-    }
-    say!(
-        "{}: {}",
-        found.commit.chars().take(10).collect::<String>(),
-        found.describe()
+    render::verdict(
+        &svc.name,
+        svc.checks_signatures(),
+        &found.commit,
+        &found.describe(),
     );
     Ok(if found.verified {
         ExitCode::SUCCESS
@@ -565,7 +531,7 @@ fn history(cli: &Cli, opts: &HistoryOpts) -> Result<ExitCode> {
     let svc = one(&config, &id, &opts.name)?;
     let entries = crate::view::history::list(svc, &Place::of(svc, &cli.state_dir), opts.limit)?;
     if opts.json {
-        say!("{}", serde_json::to_string_pretty(&entries)?);
+        render::json(&entries)?;
         return Ok(ExitCode::SUCCESS);
     }
     render::history(&mut render::stdout(), svc, &entries);
@@ -604,7 +570,10 @@ fn exit_of(ok: bool) -> ExitCode {
 fn select<'a>(all: &[&'a Service], names: &[String], id: &Identity) -> Result<Vec<&'a Service>> {
     if names.is_empty() {
         if all.is_empty() {
-            tell!("no services configured for machine {}", id.name());
+            render::note(format_args!(
+                "no services configured for machine {}",
+                id.name()
+            ));
         }
         return Ok(all.to_vec());
     }

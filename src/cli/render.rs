@@ -83,6 +83,77 @@ pub enum Doing {
     Rollback,
 }
 
+/// A line on standard output, dropped quietly once its reader is gone.
+pub fn line(text: impl std::fmt::Display) {
+    let _ = writeln!(stdout(), "{text}");
+}
+
+/// Text on standard output as it is (a diff).
+pub fn text(text: &str) {
+    let _ = write!(stdout(), "{text}");
+}
+
+/// A line on standard error as it is (a note, a progress summary, a
+/// warning that names itself).
+pub fn note(text: impl std::fmt::Display) {
+    let _ = writeln!(stderr(), "{text}");
+}
+
+/// `warning: TEXT` on standard error.
+pub fn warning(text: impl std::fmt::Display) {
+    let _ = writeln!(stderr(), "warning: {text}");
+}
+
+/// `error: ERROR` with its causes, on standard error.
+pub fn error(e: &anyhow::Error) {
+    let _ = writeln!(stderr(), "error: {e:#}");
+}
+
+/// The config's errors, each with its file, line and key, as they are.
+pub fn config_errors(e: &anyhow::Error) {
+    let _ = write!(stderr(), "{e}");
+}
+
+/// A document as pretty JSON on standard output.
+pub fn json(doc: &impl serde::Serialize) -> anyhow::Result<()> {
+    line(serde_json::to_string_pretty(doc)?);
+    Ok(())
+}
+
+/// `check`'s first line: the config is valid, and how many services it
+/// has for this machine.
+pub fn check_summary(path: &std::path::Path, total: usize, mine: usize, machine: &str) {
+    line(format_args!(
+        "{}: valid, {total} service(s) in total, {mine} for machine {machine}",
+        path.display()
+    ));
+}
+
+/// A key file `check` read: how many keys, for which services.
+pub fn key_file(path: &std::path::Path, what: &str, services: &str) {
+    line(format_args!("{}: {what}, for {services}", path.display()));
+}
+
+/// After a rollback: how the pin ends.
+pub fn pinned(service: &str) {
+    line(format_args!(
+        "{service}: pinned; `provision forward {service}` follows upstream again"
+    ));
+}
+
+/// `verify`'s answer, and a note when the service trusts no key at all.
+pub fn verdict(service: &str, trusts_keys: bool, commit: &str, describe: &str) {
+    if !trusts_keys {
+        note(format_args!(
+            "note: {service} has neither allowed_signers nor openpgp_keys: no key is trusted, and passes do not check signatures"
+        ));
+    }
+    line(format_args!(
+        "{}: {describe}",
+        crate::model::commit::short(commit)
+    ));
+}
+
 /// One line per service and its notes, successes to `out` and failures to
 /// `err`; returns how many failed.
 pub fn reports(

@@ -1,6 +1,7 @@
 //! What a service's state records and its status reports about it: the
-//! rejections, the holds, the kinds of drift. Plain data, shared by the
-//! state file, the status document and the fleet that reads it.
+//! rejections, the holds, a staged rollout's wait, the kinds of drift.
+//! Plain data, shared by the state file, the status document and the
+//! fleet that reads it.
 
 use serde::{Deserialize, Serialize};
 
@@ -108,5 +109,90 @@ impl Change {
             Change::Added => "added",
             Change::Deleted => "deleted",
         }
+    }
+}
+
+/// Why a service stays on its deployed commit instead of following upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// A freeze or a pin.
+    pub kind: HoldKind,
+    /// The operator's words, or what put the hold in place.
+    pub reason: String,
+    /// Unix time the hold began.
+    pub since: u64,
+    /// Unix time the hold ends by itself; `None` holds until lifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+    /// Who set it (`--by`, `SUDO_USER` or the login name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+impl Hold {
+    /// Whether the hold has run out at `now`.
+    pub fn expired(&self, now: u64) -> bool {
+        self.until.is_some_and(|u| u <= now)
+    }
+}
+
+/// A new head's place in a staged rollout on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutWait {
+    /// The head waited for.
+    pub commit: CommitId,
+    /// Unix time this machine first saw it.
+    pub seen: u64,
+    /// This machine's place in the rollout of this commit.
+    pub position: Position,
+    /// Unix time it may be adopted (`seen` + position × window).
+    pub at: u64,
+    /// Why the gate was closed at the last pass, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
+    /// Its time has come and the gate (if any) opened: the pass that saw
+    /// it deploys it, and a failed attempt is retried without a new wait.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopting: bool,
+}
+
+impl RolloutWait {
+    /// Whether the service still waits for the commit (not adopting it).
+    pub fn waiting(&self) -> bool {
+        !self.adopting
+    }
+}
+
+/// A place in [0, 1) with 32 bits of resolution, so that state files
+/// compare exactly; written as a fraction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position(pub u32);
+
+impl Position {
+    /// The first place: canaries and machines with nothing deployed.
+    pub const FIRST: Position = Position(0);
+
+    /// As a fraction of the window.
+    pub fn fraction(self) -> f64 {
+        f64::from(self.0) / 4_294_967_296.0
+    }
+}
+
+impl Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.fraction())
+    }
+}
+
+impl<'de> Deserialize<'de> for Position {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let f = f64::deserialize(d)?;
+        if !(0.0..1.0).contains(&f) {
+            return Err(serde::de::Error::custom(format!(
+                "rollout position {f} is not in [0, 1)"
+            )));
+        }
+        // Exact: every u32 over 2^32 is a double.
+        Ok(Position((f * 4_294_967_296.0) as u32))
     }
 }

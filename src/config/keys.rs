@@ -5,7 +5,7 @@
 //! guide's configuration reference (docs/src/configuration.md) documents every key, and the keys the fuzz tests generate.
 //! Adding a shared key is one line here plus its validation.
 
-use super::parse::{Sp, Value, Walker};
+use super::value::{Sp, Value, Values};
 
 /// Where a key may be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +113,7 @@ macro_rules! shared_keys {
             /// its slot; false when `key` is not a shared key.
             pub(super) fn read(
                 &mut self,
-                w: &mut Walker<'_, '_>,
+                w: &mut Values<'_, '_>,
                 ctx: &str,
                 key: &str,
                 v: &Value<'_>,

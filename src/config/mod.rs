@@ -14,6 +14,7 @@ mod credentials;
 pub mod keys;
 mod parse;
 mod validate;
+mod value;
 
 pub use credentials::Credentials;
 pub(crate) use validate::{check_name, classify_url, parse_span};

@@ -2,21 +2,14 @@
 //! the source position of every value so later checks can point at it.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
 
 use toml::de::{DeTable, DeValue};
-use toml::Spanned;
 
 pub(super) use super::keys::RawSettings;
 use super::keys::{self, Scope};
+use super::value::Values;
+pub(super) use super::value::{Locator, Sp, Value};
 use super::Diagnostic;
-
-/// A value and where it was written.
-#[derive(Debug, Clone)]
-pub(super) struct Sp<T> {
-    pub value: T,
-    pub span: Range<usize>,
-}
 
 /// One `[[services]]` table.
 #[derive(Debug, Clone, Default)]
@@ -67,47 +60,6 @@ pub(super) struct Parsed {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Turns byte offsets into line/column diagnostics for one file.
-pub(super) struct Locator<'a> {
-    file: PathBuf,
-    text: &'a str,
-}
-
-impl<'a> Locator<'a> {
-    pub fn new(file: &Path, text: &'a str) -> Self {
-        Locator {
-            file: file.to_path_buf(),
-            text,
-        }
-    }
-
-    /// A diagnostic at `span` (`None`: no position, e.g. a missing key).
-    pub fn diag(
-        &self,
-        span: Option<&Range<usize>>,
-        context: &str,
-        key: &str,
-        message: impl Into<String>,
-    ) -> Diagnostic {
-        let (line, column) = span.map_or((0, 0), |s| self.line_col(s.start));
-        Diagnostic {
-            file: self.file.clone(),
-            line,
-            column,
-            context: context.to_string(),
-            key: key.to_string(),
-            message: message.into(),
-        }
-    }
-
-    fn line_col(&self, offset: usize) -> (usize, usize) {
-        let before = self.text.get(..offset).unwrap_or(self.text);
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        (line, column)
-    }
-}
-
 const GLOBAL: &str = "[global]";
 /// Walks `text` (read from `file`) into raw settings and diagnostics.
 pub(super) fn parse(loc: &Locator<'_>, text: &str) -> Parsed {
@@ -144,13 +96,17 @@ pub(super) struct Walker<'a, 'b> {
     out: &'b mut Parsed,
 }
 
-/// A TOML value with where it was written.
-pub(super) type Value<'i> = Spanned<DeValue<'i>>;
-
 impl Walker<'_, '_> {
+    /// The reader of one value, reporting into this file's errors.
+    fn values(&mut self) -> Values<'_, '_> {
+        Values {
+            loc: self.loc,
+            errors: &mut self.out.errors,
+        }
+    }
+
     fn error(&mut self, span: &Range<usize>, context: &str, key: &str, msg: impl Into<String>) {
-        let d = self.loc.diag(Some(span), context, key, msg);
-        self.out.errors.push(d);
+        self.values().error(span, context, key, msg);
     }
 
     /// An unknown key at top level, where only two are known.
@@ -170,7 +126,7 @@ impl Walker<'_, '_> {
     }
 
     fn global(&mut self, value: &Value<'_>) {
-        let Some(table) = self.table(value, GLOBAL, "global") else {
+        let Some(table) = self.values().table(value, GLOBAL, "global") else {
             return;
         };
         // A `[global]` header's own span may cover the header only: take
@@ -184,17 +140,17 @@ impl Walker<'_, '_> {
             let name = name.as_str();
             match name {
                 "metrics_dir" => {
-                    self.out.metrics_dir = self.string(v, GLOBAL, name);
+                    self.out.metrics_dir = self.values().string(v, GLOBAL, name);
                     continue;
                 }
                 // gitopper's [global] is a whole service: its `machine`,
                 // `service` and `dirs` are defaults too.
                 "machine" => {
-                    (defaults.machine, defaults.more_machines) = self.machines(v, GLOBAL);
+                    (defaults.machine, defaults.more_machines) = self.values().machines(v, GLOBAL);
                     continue;
                 }
                 "service" => {
-                    defaults.service = self.string(v, GLOBAL, name);
+                    defaults.service = self.values().string(v, GLOBAL, name);
                     continue;
                 }
                 "dirs" => {
@@ -231,7 +187,7 @@ impl Walker<'_, '_> {
         };
         for (index, item) in items.iter().enumerate() {
             let context = service_context(index, item.get_ref());
-            if let Some(table) = self.table(item, &context, "services") {
+            if let Some(table) = self.values().table(item, &context, "services") {
                 let svc = self.service(context, item.span(), table);
                 self.out.services.push(svc);
             }
@@ -249,9 +205,9 @@ impl Walker<'_, '_> {
             let name = &key.get_ref().to_ascii_lowercase();
             let name = name.as_str();
             match name {
-                "machine" => (svc.machine, svc.more_machines) = self.machines(v, &ctx),
-                "service" => svc.service = self.string(v, &ctx, name),
-                "name" => svc.name = self.string(v, &ctx, name),
+                "machine" => (svc.machine, svc.more_machines) = self.values().machines(v, &ctx),
+                "service" => svc.service = self.values().string(v, &ctx, name),
+                "name" => svc.name = self.values().string(v, &ctx, name),
                 "dirs" => svc.dirs = self.dirs(v, &ctx),
                 _ if keys::is(name, Scope::Global) => {
                     let msg = format!("`{name}` is a machine-wide setting: it belongs in [global]");
@@ -281,7 +237,7 @@ impl Walker<'_, '_> {
             self.out.warnings.push(d);
             return true;
         }
-        s.read(self, ctx, key, v)
+        s.read(&mut self.values(), ctx, key, v)
     }
 
     fn dirs(&mut self, value: &Value<'_>, ctx: &str) -> Option<Sp<Vec<RawDir>>> {
@@ -297,7 +253,7 @@ impl Walker<'_, '_> {
         let mut dirs = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let key = format!("dirs[{i}]");
-            if let Some(table) = self.table(item, ctx, &key) {
+            if let Some(table) = self.values().table(item, ctx, &key) {
                 dirs.push(self.dir(i, item.span(), table, ctx, &key));
             }
         }
@@ -325,17 +281,19 @@ impl Walker<'_, '_> {
             let name = name.as_str();
             let full = format!("{prefix}.{name}");
             match name {
-                "local" => dir.local = self.string(v, ctx, &full),
-                "link" => dir.link = self.string(v, ctx, &full),
+                "local" => dir.local = self.values().string(v, ctx, &full),
+                "link" => dir.link = self.values().string(v, ctx, &full),
                 // gitopper calls a single-file mount `single`.
-                "file" | "single" => dir.file = self.boolean(v, ctx, &full).or(dir.file.take()),
-                "readonly" => dir.readonly = self.boolean(v, ctx, &full),
+                "file" | "single" => {
+                    dir.file = self.values().boolean(v, ctx, &full).or(dir.file.take())
+                }
+                "readonly" => dir.readonly = self.values().boolean(v, ctx, &full),
                 // An octal string ("0640"): TOML integers have no octal
                 // reading a reader would expect of a file mode.
-                "mode" => dir.mode = self.string(v, ctx, &full),
-                "group" => dir.group = self.string(v, ctx, &full),
+                "mode" => dir.mode = self.values().string(v, ctx, &full),
+                "group" => dir.group = self.values().string(v, ctx, &full),
                 "allow_writable_parents" => {
-                    dir.allow_writable_parents = self.boolean(v, ctx, &full)
+                    dir.allow_writable_parents = self.values().boolean(v, ctx, &full)
                 }
                 _ => {
                     let written = format!("{prefix}.{}", key.get_ref().as_ref());
@@ -344,138 +302,6 @@ impl Walker<'_, '_> {
             }
         }
         dir
-    }
-
-    fn table<'v, 'i>(&mut self, v: &'v Value<'i>, ctx: &str, key: &str) -> Option<&'v DeTable<'i>> {
-        match v.get_ref() {
-            DeValue::Table(t) => Some(t),
-            other => {
-                self.error(
-                    &v.span(),
-                    ctx,
-                    key,
-                    format!("must be a table, found {}", kind(other)),
-                );
-                None
-            }
-        }
-    }
-
-    pub(super) fn string(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<String>> {
-        match v.get_ref() {
-            DeValue::String(s) => Some(Sp {
-                value: s.to_string(),
-                span: v.span(),
-            }),
-            other => {
-                self.error(
-                    &v.span(),
-                    ctx,
-                    key,
-                    format!("must be a string, found {}", kind(other)),
-                );
-                None
-            }
-        }
-    }
-
-    /// `machine`: one name, or a list of them (the first, and the rest).
-    pub(super) fn machines(
-        &mut self,
-        v: &Value<'_>,
-        ctx: &str,
-    ) -> (Option<Sp<String>>, Vec<Sp<String>>) {
-        let DeValue::Array(items) = v.get_ref() else {
-            return (self.string(v, ctx, "machine"), Vec::new());
-        };
-        if items.is_empty() {
-            self.error(&v.span(), ctx, "machine", "must name at least one machine");
-            return (None, Vec::new());
-        }
-        let mut names: Vec<Sp<String>> = items
-            .iter()
-            .filter_map(|item| self.string(item, ctx, "machine"))
-            .collect();
-        if names.len() < items.len() {
-            return (None, Vec::new());
-        }
-        let first = names.remove(0);
-        (Some(first), names)
-    }
-
-    /// One name or a list of names (possibly empty).
-    pub(super) fn names(
-        &mut self,
-        v: &Value<'_>,
-        ctx: &str,
-        key: &str,
-    ) -> Option<Sp<Vec<Sp<String>>>> {
-        let items: Vec<Option<Sp<String>>> = match v.get_ref() {
-            DeValue::Array(items) => items.iter().map(|i| self.string(i, ctx, key)).collect(),
-            _ => vec![self.string(v, ctx, key)],
-        };
-        Some(Sp {
-            value: items.into_iter().collect::<Option<Vec<_>>>()?,
-            span: v.span(),
-        })
-    }
-
-    /// A string, or an integer kept as its decimal text.
-    pub(super) fn string_or_integer(
-        &mut self,
-        v: &Value<'_>,
-        ctx: &str,
-        key: &str,
-    ) -> Option<Sp<String>> {
-        match v.get_ref() {
-            DeValue::Integer(_) => self.integer(v, ctx, key).map(|i| Sp {
-                value: i.value.to_string(),
-                span: i.span,
-            }),
-            _ => self.string(v, ctx, key),
-        }
-    }
-
-    pub(super) fn boolean(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<bool>> {
-        match v.get_ref() {
-            DeValue::Boolean(b) => Some(Sp {
-                value: *b,
-                span: v.span(),
-            }),
-            other => {
-                self.error(
-                    &v.span(),
-                    ctx,
-                    key,
-                    format!("must be true or false, found {}", kind(other)),
-                );
-                None
-            }
-        }
-    }
-
-    pub(super) fn integer(&mut self, v: &Value<'_>, ctx: &str, key: &str) -> Option<Sp<i64>> {
-        let parsed = match v.get_ref() {
-            DeValue::Integer(i) => {
-                let digits = i.as_str().replace('_', "");
-                let digits = digits
-                    .trim_start_matches("0x")
-                    .trim_start_matches("0o")
-                    .trim_start_matches("0b");
-                i64::from_str_radix(digits, i.radix()).map_err(|_| "is out of range".to_string())
-            }
-            other => Err(format!("must be an integer, found {}", kind(other))),
-        };
-        match parsed {
-            Ok(value) => Some(Sp {
-                value,
-                span: v.span(),
-            }),
-            Err(msg) => {
-                self.error(&v.span(), ctx, key, msg);
-                None
-            }
-        }
     }
 }
 
@@ -489,17 +315,5 @@ fn service_context(index: usize, item: &DeValue<'_>) -> String {
     match label("name").or_else(|| label("service")) {
         Some(name) => format!("services[{index}] ({})", super::printable(&name)),
         None => format!("services[{index}]"),
-    }
-}
-
-fn kind(v: &DeValue<'_>) -> &'static str {
-    match v {
-        DeValue::String(_) => "a string",
-        DeValue::Integer(_) => "an integer",
-        DeValue::Float(_) => "a float",
-        DeValue::Boolean(_) => "a boolean",
-        DeValue::Datetime(_) => "a datetime",
-        DeValue::Array(_) => "an array",
-        DeValue::Table(_) => "a table",
     }
 }

@@ -67,6 +67,30 @@ fn references(text: &str) -> BTreeSet<Vec<String>> {
     out
 }
 
+/// The module paths a file of `module` names with `super::` outside its
+/// tests (whose `super` is the file itself), as paths from the crate.
+fn relative_references(text: &str, module: &str) -> BTreeSet<Vec<String>> {
+    let code = text.split("#[cfg(test)]").next().unwrap_or("");
+    let code: String = code
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut parent: Vec<String> = module.split("::").map(str::to_string).collect();
+    parent.pop();
+    let mut out = BTreeSet::new();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("super::") {
+        let before = rest[..at].chars().last();
+        rest = &rest[at + "super::".len()..];
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        expand(&parent, &use_tree(rest), &mut out);
+    }
+    out
+}
+
 /// The path, or path with `{...}` group, at the start of `s`.
 fn use_tree(s: &str) -> String {
     let mut depth = 0;
@@ -162,6 +186,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         let text = fs::read_to_string(f).expect("reading a source file");
         let used: BTreeSet<String> = references(&text)
             .iter()
+            .chain(relative_references(&text, m).iter())
             .filter_map(|p| resolve(&modules, p))
             .filter(|u| u != m && !m.starts_with(&format!("{u}::")))
             .collect();
@@ -263,4 +288,23 @@ fn the_checker_sees_uses_in_groups_and_inline_paths() {
     assert!(resolved.contains("store::state"), "{refs:?}");
     assert!(resolved.contains("util"), "{refs:?}");
     assert!(!resolved.contains("cli"), "comments are not code: {refs:?}");
+
+    let text = "use super::keys::{self, Scope};\npub(super) fn f() { super::value::read(); }\n\
+                #[cfg(test)]\nmod tests { use super::parse; }\n";
+    let modules: BTreeSet<String> = ["config", "config::keys", "config::value", "config::parse"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let used: BTreeSet<String> = relative_references(text, "config::walk")
+        .iter()
+        .filter_map(|p| resolve(&modules, p))
+        .collect();
+    assert_eq!(
+        used,
+        ["config::keys", "config::value"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        "super:: outside the tests, from the file's parent"
+    );
 }

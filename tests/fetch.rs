@@ -320,3 +320,199 @@ fn https_credentials_come_from_the_token_file_and_a_refusal_names_it() {
     let out = h.sync(0);
     assert!(out.contains("app: deployed"), "{out}");
 }
+
+/// A real HTTP proxy (tinyproxy) on 127.0.0.1, logging every request it
+/// is asked; with `basic`, it asks for those credentials. Dropping it
+/// stops it.
+struct Tinyproxy {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tinyproxy {
+    fn start(basic: Option<(&str, &str)>) -> Tinyproxy {
+        let dir = tempfile::tempdir().expect("a directory for the proxy");
+        let port = common::free_port();
+        let log = dir.path().join("tinyproxy.log");
+        let mut conf = format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 30\nLogFile \"{}\"\nLogLevel Info\nMaxClients 20\nAllow 127.0.0.1\n",
+            log.display()
+        );
+        if let Some((user, pass)) = basic {
+            conf.push_str(&format!("BasicAuth {user} {pass}\n"));
+        }
+        let path = dir.path().join("tinyproxy.conf");
+        fs::write(&path, conf).expect("writing the proxy's config");
+        let child = Command::new("tinyproxy")
+            .arg("-d")
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting tinyproxy");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tinyproxy did not listen on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Tinyproxy {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What the proxy logged.
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// provision reaches an https upstream through a real proxy (a CONNECT
+/// tunnel, the certificate checked end to end), from the `proxy` key or
+/// from `https_proxy` as the units' environment file sets it; a dead
+/// proxy fails the pass naming it and keeps the last good release;
+/// `no_proxy` reaches the server directly.
+#[test]
+fn an_https_upstream_is_fetched_through_a_proxy_and_a_dead_one_is_named() {
+    common::need_git!();
+    if !common::require_tool("tinyproxy") {
+        return;
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let first = seed(&up);
+    let http = https(d.base(), Protocol::AsAsked);
+    let proxy = Tinyproxy::start(None);
+    let h = Host::new();
+    let with_proxy = format!("proxy = \"{}\"", proxy.url());
+    h.write_config(&app_config(&http.url("r"), &with_proxy));
+    let out = h.sync(0);
+    assert!(
+        out.contains(&format!("app: deployed {}", &first[..10])),
+        "{out}"
+    );
+    assert!(
+        proxy
+            .log()
+            .contains(&format!("CONNECT 127.0.0.1:{}", http.port())),
+        "the fetch went through the proxy:\n{}",
+        proxy.log()
+    );
+
+    h.write_config(&app_config(&http.url("r"), ""));
+    let second = up.commit("main", &[("app/etc/app.conf", Some("port = 2\n"))], "bump");
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let out = h
+        .command(&["sync"])
+        .env("https_proxy", &dead)
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "proxy 127.0.0.1:{} (from https_proxy)",
+            dead.rsplit(':').next().unwrap_or("")
+        )),
+        "the dead proxy is named: {}",
+        text(&out)
+    );
+    assert!(
+        h.deployed("app").to_string_lossy().contains(&first),
+        "the last good release stays"
+    );
+
+    let out = h
+        .command(&["sync"])
+        .env("https_proxy", &dead)
+        .env("no_proxy", "localhost,127.0.0.1")
+        .output()
+        .expect("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("app: deployed {}", &second[..10])),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A proxy that asks for credentials gets them from
+/// `proxy_credentials_file`, never from a password in the config, and a
+/// refusal says which it was; the password appears in no output.
+#[test]
+fn a_proxy_asking_for_credentials_gets_them_from_a_file() {
+    common::need_git!();
+    if !common::require_tool("tinyproxy") {
+        return;
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let first = seed(&up);
+    let http = https(d.base(), Protocol::AsAsked);
+    let proxy = Tinyproxy::start(Some(("deploy", "s3cret-pw")));
+    let h = Host::new();
+    let config = |extra: &str| {
+        app_config(
+            &http.url("r"),
+            &format!("proxy = \"{}\"\n{extra}", proxy.url()),
+        )
+    };
+    h.write_config(&config(""));
+    let out = h.sync(1);
+    assert!(
+        out.contains("asks for credentials (HTTP 407): set proxy_credentials_file"),
+        "{out}"
+    );
+
+    let in_url = app_config(
+        &http.url("r"),
+        &format!(
+            "proxy = \"http://deploy:s3cret-pw@127.0.0.1:{}\"",
+            proxy.port
+        ),
+    );
+    h.write_config(&in_url);
+    let out = h.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("proxy_credentials_file"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("s3cret-pw"), "{}", text(&out));
+
+    let file = h.path().join("proxy-credentials");
+    fs::write(&file, "deploy:wrong\n").expect("writing the credentials");
+    common::run(Command::new("chmod").arg("600").arg(&file));
+    h.write_config(&config(&format!(
+        "proxy_credentials_file = \"{}\"",
+        file.display()
+    )));
+    let out = h.sync(1);
+    assert!(out.contains("refused its credentials (HTTP 40"), "{out}");
+    fs::write(&file, "deploy:s3cret-pw\n").expect("writing the credentials");
+    let out = h.sync(0);
+    assert!(
+        out.contains(&format!("app: deployed {}", &first[..10])),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret-pw"), "{out}");
+}

@@ -19,6 +19,11 @@ pub struct Credentials {
     pub https_user: Option<String>,
     /// File whose first line (trimmed) is the https password or token.
     pub https_token_file: Option<PathBuf>,
+    /// The HTTP proxy for http(s) upstreams (`proxy`), winning over the
+    /// environment's `https_proxy`/`http_proxy`; no password in it.
+    pub proxy: Option<String>,
+    /// File whose first line is `user:password` for the proxy.
+    pub proxy_credentials_file: Option<PathBuf>,
 }
 
 impl Credentials {
@@ -54,6 +59,10 @@ impl Credentials {
         let files = [
             ("ssh_key", self.ssh_key.as_ref()),
             ("https_token_file", self.https_token_file.as_ref()),
+            (
+                "proxy_credentials_file",
+                self.proxy_credentials_file.as_ref(),
+            ),
         ];
         files
             .into_iter()

@@ -143,6 +143,9 @@ shared_keys! {
     ssh_known_hosts: Text = "\"/etc/provision/known_hosts\"",
     https_user: Text = "\"deploy\"",
     https_token_file: Text = "\"/etc/provision/token\"",
+    /// An HTTP proxy for http(s) upstreams: `http://host:port`.
+    proxy: Text = "\"http://proxy.example.net:3128\"",
+    proxy_credentials_file: Text = "\"/etc/provision/proxy-credentials\"",
     /// Seconds as an integer, or a span such as "5m" or "1h 30m".
     interval: TextOrInteger = "\"5m\"",
     drift: Text = "\"warn\"",

@@ -651,13 +651,43 @@ impl Resolver<'_> {
         let ssh_key = path(&s.ssh_key, "ssh_key");
         let ssh_known_hosts = path(&s.ssh_known_hosts, "ssh_known_hosts");
         let https_token_file = path(&s.https_token_file, "https_token_file");
+        let proxy_credentials_file = path(&s.proxy_credentials_file, "proxy_credentials_file");
         let https_user = self.word(s.https_user.as_ref(), "https_user");
+        let proxy = self.proxy(s.proxy.as_ref());
         Some(Credentials {
             ssh_key: ssh_key?,
             ssh_known_hosts: ssh_known_hosts?,
             https_user: https_user?,
             https_token_file: https_token_file?,
+            proxy: proxy?,
+            proxy_credentials_file: proxy_credentials_file?,
         })
+    }
+
+    /// `proxy`: an `http://host:port` URL, without a password (which would
+    /// be stored and shown in plain text: `proxy_credentials_file` holds it).
+    fn proxy(&mut self, v: Option<&Sp<String>>) -> Option<Option<String>> {
+        let Some(v) = v else {
+            return Some(None);
+        };
+        if let Ok(url) = url::Url::parse(&v.value) {
+            if url.password().is_some() {
+                self.err(
+                    Some(&v.span),
+                    "proxy",
+                    "a password in the proxy URL would be stored and shown in plain text; put `user:password` in a file named by proxy_credentials_file",
+                );
+                return None;
+            }
+        }
+        match crate::util::proxy::Proxy::parse(&v.value, "proxy", None) {
+            Ok(_) => Some(Some(v.value.clone())),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                self.err(Some(&v.span), "proxy", msg.trim_start_matches("proxy: "));
+                None
+            }
+        }
     }
 
     fn dirs(&mut self, raw: &RawService) -> Option<Vec<Dir>> {

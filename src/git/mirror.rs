@@ -30,6 +30,7 @@ use crate::model::place::{self, Place};
 use crate::util::dirfd::Dir;
 use crate::util::http;
 use crate::util::lock::Lock;
+use crate::util::proxy;
 
 pub use crate::model::place::MIRRORS_DIR;
 /// After this many pack files the mirror is rebuilt from a fresh shallow
@@ -408,7 +409,17 @@ impl Mirror {
         let Some(target) = Target::parse(&self.upstream.url) else {
             return Ok(None);
         };
-        let target = target.resume_tls_in(dir.join(TLS_SESSION));
+        let proxy = match target.http_host() {
+            Some((host, tls)) => proxy::choose(
+                creds.proxy.as_deref(),
+                creds.proxy_credentials_file.as_deref(),
+                tls,
+                host,
+                proxy::environment,
+            )?,
+            None => None,
+        };
+        let target = target.resume_tls_in(dir.join(TLS_SESSION)).through(proxy);
         let auth = if self.is_https() {
             auth::https_basic(creds, target.user.as_deref())?
         } else {
@@ -754,6 +765,35 @@ impl Mirror {
         self.server_error(why)
     }
 
+    /// The proxy of a plain `http://` upstream that libgit2 fetches (one
+    /// that does not speak protocol v2), so that it is not bypassed; its
+    /// credentials are not handed to libgit2.
+    fn libgit2_proxy(&self, creds: &Credentials) -> Result<Option<git2::ProxyOptions<'static>>> {
+        let Some(target) = Target::parse(&self.upstream.url) else {
+            return Ok(None);
+        };
+        let Some((host, tls)) = target.http_host() else {
+            return Ok(None);
+        };
+        let chosen = proxy::choose(
+            creds.proxy.as_deref(),
+            creds.proxy_credentials_file.as_deref(),
+            tls,
+            host,
+            proxy::environment,
+        )?;
+        Ok(chosen.map(|p| {
+            let mut o = git2::ProxyOptions::new();
+            let host = if p.host.contains(':') {
+                format!("[{}]", p.host)
+            } else {
+                p.host.clone()
+            };
+            o.url(&format!("http://{host}:{}", p.port));
+            o
+        }))
+    }
+
     /// The branch head as the server advertises it right now.
     fn advertised_head(
         &self,
@@ -769,7 +809,11 @@ impl Mirror {
         };
         let mut remote = repo.remote_anonymous(url).map_err(unreachable)?;
         let conn = remote
-            .connect_auth(Direction::Fetch, Some(callbacks), None)
+            .connect_auth(
+                Direction::Fetch,
+                Some(callbacks),
+                self.libgit2_proxy(creds)?,
+            )
             .map_err(unreachable)?;
         let refname = self.refname();
         let head = conn
@@ -811,6 +855,9 @@ impl Mirror {
             .update_fetchhead(false);
         if depth > 0 {
             opts.depth(i32::try_from(depth).unwrap_or(i32::MAX));
+        }
+        if let Some(p) = self.libgit2_proxy(creds)? {
+            opts.proxy_options(p);
         }
         let mut remote = repo
             .remote_anonymous(&self.upstream.url)

@@ -49,6 +49,21 @@ impl Target {
         self
     }
 
+    /// Goes through `proxy` (HTTP and HTTPS only: `git://` and local
+    /// repositories are reached directly).
+    pub fn through(mut self, proxy: Option<http::Proxy>) -> Target {
+        if !self.daemon && !self.local {
+            self.endpoint.proxy = proxy;
+        }
+        self
+    }
+
+    /// Whether it is spoken to over HTTP(S), where a proxy may apply, and
+    /// the host and whether TLS is spoken.
+    pub fn http_host(&self) -> Option<(&str, bool)> {
+        (!self.daemon && !self.local).then_some((self.endpoint.host.as_str(), self.endpoint.tls))
+    }
+
     /// The target of `url`, or `None` for transports spoken only through
     /// libgit2 (ssh) and URLs this client cannot read (a password in the
     /// URL, a query).
@@ -65,6 +80,7 @@ impl Target {
                     port: 0,
                     resume: None,
                     ca_file: None,
+                    proxy: None,
                 },
                 path: path.to_string(),
                 daemon: true,
@@ -99,6 +115,7 @@ impl Target {
                 port,
                 resume: None,
                 ca_file: None,
+                proxy: None,
             },
             path: if daemon {
                 path.to_string()
@@ -384,6 +401,9 @@ impl Session {
                         // origin never sees it (as curl and git do).
                         self.auth = None;
                     }
+                    let mut next = next;
+                    next.endpoint.proxy = self.target.endpoint.proxy.clone();
+                    next.endpoint.resume = None;
                     self.target = Target {
                         user: self.target.user.clone(),
                         ..next

@@ -55,6 +55,7 @@ impl Api {
                 port,
                 resume: None,
                 ca_file: access.ca_file.clone(),
+                proxy: None,
             },
             prefix: prefix.trim_end_matches('/').to_string(),
             timeout,

@@ -3,15 +3,17 @@
 //! close`), a body read to its length, through its chunks, or to the end
 //! of the stream, the whole exchange bounded by one deadline.
 //!
-//! Only what those servers need is here: redirects, proxies and
-//! compression are left to libgit2, which a caller falls back to when a
-//! request here does not succeed.
+//! Only what those servers need is here, and an HTTP proxy on the way
+//! ([`Proxy`]): compression is left to libgit2, which a caller falls back
+//! to when a request here does not succeed.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+pub use crate::util::proxy::Proxy;
 
 /// Most bytes of a response's status line and headers.
 const MAX_HEAD: usize = 64 * 1024;
@@ -30,6 +32,9 @@ pub struct Endpoint {
     /// The CA certificates (PEM) the server is verified against instead of
     /// this machine's.
     pub ca_file: Option<std::path::PathBuf>,
+    /// The HTTP proxy to go through: a `CONNECT` tunnel for TLS, requests
+    /// in absolute form for plain HTTP.
+    pub proxy: Option<Proxy>,
 }
 
 /// The most bytes one conversation with a server may receive, shared by
@@ -145,7 +150,14 @@ impl Conn {
     /// Connects to `host:port` (TLS when `tls`), waiting at most `connect`
     /// for the TCP handshake and never past `deadline`.
     pub fn open(ep: &Endpoint, connect: Duration, deadline: Instant) -> Result<Conn> {
-        let tcp = tcp(&ep.host, ep.port, connect, deadline)?;
+        let tcp = match &ep.proxy {
+            None => tcp(&ep.host, ep.port, connect, deadline)?,
+            Some(p) => tcp(&p.host, p.port, connect, deadline)
+                .with_context(|| format!("reaching {}", p.shown()))?,
+        };
+        if let (Some(p), true) = (&ep.proxy, ep.tls) {
+            tunnel(&tcp, p, ep, deadline)?;
+        }
         let mut conn = Conn {
             _watchdog: watchdog(&tcp, deadline),
             stream: Stream::Tcp(tcp),
@@ -405,6 +417,74 @@ fn set_timeouts(tcp: &TcpStream, deadline: Instant, host: &str) -> Result<()> {
         .with_context(|| format!("setting timeouts on the connection to {host}"))
 }
 
+/// Asks proxy `p` on `tcp` for a tunnel to `ep` (`CONNECT`), reading its
+/// answer's head byte by byte so that nothing of the server's first bytes
+/// is taken from the stream.
+fn tunnel(tcp: &TcpStream, p: &Proxy, ep: &Endpoint, deadline: Instant) -> Result<()> {
+    set_timeouts(tcp, deadline, &p.host)?;
+    let to = host_port(ep);
+    let mut head = format!("CONNECT {to} HTTP/1.1\r\nHost: {to}\r\n");
+    if let Some(a) = &p.authorization {
+        head.push_str(&format!("Proxy-Authorization: {a}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut w = tcp;
+    w.write_all(head.as_bytes())
+        .with_context(|| format!("asking {} for a tunnel to {to}", p.shown()))?;
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut r = tcp;
+    while !answer.ends_with(b"\r\n\r\n") {
+        if answer.len() >= MAX_HEAD {
+            bail!("{} sent an endless answer to CONNECT", p.shown());
+        }
+        match r.read(&mut byte) {
+            Ok(0) => bail!(
+                "{} closed the connection instead of opening a tunnel to {to}",
+                p.shown()
+            ),
+            Ok(_) => answer.push(byte[0]),
+            Err(e) if Instant::now() >= deadline || e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(
+                    TimedOut(format!("{} did not answer CONNECT in time", p.shown())).into(),
+                )
+            }
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("reading the answer of {}", p.shown()))
+                )
+            }
+        }
+    }
+    let line = String::from_utf8_lossy(&answer);
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .unwrap_or(0);
+    match status {
+        200..=299 => Ok(()),
+        401 | 407 if p.authorization.is_some() => {
+            bail!("{} refused its credentials (HTTP {status})", p.shown())
+        }
+        407 => bail!(
+            "{} asks for credentials (HTTP 407): set proxy_credentials_file to a file holding `user:password`",
+            p.shown()
+        ),
+        s => bail!("{} refused a tunnel to {to}: HTTP {s}", p.shown()),
+    }
+}
+
+/// `host:port` of `ep`, bracketed for IPv6, as `CONNECT` and absolute
+/// URLs write it.
+fn host_port(ep: &Endpoint) -> String {
+    if ep.host.contains(':') {
+        format!("[{}]:{}", ep.host, ep.port)
+    } else {
+        format!("{}:{}", ep.host, ep.port)
+    }
+}
+
 /// A TCP connection to the first address of `host` that accepts one.
 fn tcp(host: &str, port: u16, connect: Duration, deadline: Instant) -> Result<TcpStream> {
     let addrs: Vec<_> = (host, port)
@@ -475,12 +555,21 @@ pub fn send(
     deadline: Instant,
 ) -> Result<Response> {
     let mut conn = Conn::open(ep, connect, deadline)?.with_budget(req.budget.cloned());
+    // Through a proxy, plain HTTP names the whole URL (TLS is tunnelled).
+    let target = match &ep.proxy {
+        Some(_) if !ep.tls => format!("http://{}{}", host_header(ep), req.target),
+        _ => req.target.to_string(),
+    };
     let mut head = format!(
-        "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        "{} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
         req.method,
-        req.target,
         host_header(ep)
     );
+    if let (Some(p), false) = (&ep.proxy, ep.tls) {
+        if let Some(a) = &p.authorization {
+            head.push_str(&format!("Proxy-Authorization: {a}\r\n"));
+        }
+    }
     for h in &req.headers {
         head.push_str(h);
         head.push_str("\r\n");
@@ -672,6 +761,7 @@ mod tests {
             port,
             resume: None,
             ca_file: None,
+            proxy: None,
         };
         assert_eq!(host_header(&ep(true, 443)), "git.example.net");
         assert_eq!(host_header(&ep(false, 8080)), "git.example.net:8080");

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 pub mod dirfd;
 pub(crate) mod http;
 pub mod lock;
+pub(crate) mod proxy;
 pub(crate) mod tls;
 
 use dirfd::Dir;

@@ -516,3 +516,74 @@ fn a_proxy_asking_for_credentials_gets_them_from_a_file() {
     );
     assert!(!out.contains("s3cret-pw"), "{out}");
 }
+
+/// A server answering 429 with `Retry-After` is not asked again before
+/// that time: the next timer pass makes no request and says until when,
+/// `status --json` and the metrics show the backoff, and `sync --now`
+/// fetches anyway; a successful fetch ends the backoff.
+#[test]
+fn a_rate_limited_server_is_left_alone_until_its_retry_after() {
+    common::need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let first = seed(&up);
+    let http = https(d.base(), Protocol::AsAsked);
+    let h = Host::new();
+    h.write_config(&app_config(&http.url("r"), "interval = 60"));
+    h.sync(0);
+    let second = up.commit("main", &[("app/etc/app.conf", Some("port = 2\n"))], "bump");
+
+    http.rate_limit(Some(3600));
+    http.take_sent();
+    let out = h.sync(1);
+    assert!(out.contains("HTTP 429"), "{out}");
+    assert!(
+        out.contains("backing off: the next pass fetches at"),
+        "{out}"
+    );
+    assert_eq!(http.take_sent().1, 1, "one request, answered 429");
+    let status = h.status_json();
+    let until = status["backoff"]["until"]
+        .as_u64()
+        .expect("a backoff in status --json");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    assert!(
+        until >= now + 3500 && until <= now + 3700,
+        "Retry-After honoured: {until} vs {now}"
+    );
+    assert_eq!(status["backoff"]["failures"], 1);
+
+    let out = h.sync(1);
+    assert!(
+        out.contains("backing off until") && out.contains("no connection was made"),
+        "{out}"
+    );
+    assert_eq!(http.take_sent().1, 0, "no request inside the backoff");
+    let metrics = fs::read_to_string(h.metrics_dir().join("provision.prom")).unwrap_or_default();
+    assert!(
+        metrics.contains(&format!(
+            "provision_backoff_until_timestamp_seconds{{service=\"app\"}} {until}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        h.deployed("app").to_string_lossy().contains(&first),
+        "the last good release serves"
+    );
+
+    http.rate_limit(None);
+    let out = h.run(&["sync", "--now"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("app: deployed {}", &second[..10])),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        h.status_json()["backoff"].is_null(),
+        "a fetch that works ends the backoff"
+    );
+}

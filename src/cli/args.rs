@@ -303,6 +303,10 @@ pub struct SyncOpts {
     /// service whose drift policy is warn.
     #[arg(long)]
     pub discard_drift: bool,
+    /// Fetch even while backing off from an upstream whose fetch failed
+    /// (passes otherwise make no connection until the backoff ends).
+    #[arg(long)]
+    pub now: bool,
     /// Print the pass as one JSON document on stdout (services, outcome,
     /// notes, failure) instead of lines; failures still go to stderr.
     #[arg(long)]

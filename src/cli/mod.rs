@@ -186,6 +186,7 @@ fn sync(cli: &Cli, opts: &SyncOpts) -> Result<ExitCode> {
     }
     let intent = pass::Intent {
         drift: policy,
+        backoff: !opts.now,
         ..pass::Intent::TIMER
     };
     let reports = pass::sync(&selected, &all, &cli.state_dir, intent);

@@ -550,6 +550,14 @@ fn detail_lines(s: &ServiceStatus, now: u64) -> Vec<String> {
             w.position
         ));
     }
+    if let Some(b) = &s.backoff {
+        out.push(format!(
+            "{n}: backing off until {} UTC after {} failed fetch(es) ({}); `provision sync --now {n}` fetches anyway",
+            utc(b.until),
+            b.failures,
+            b.reason
+        ));
+    }
     // A pass that failed by rejecting a commit is told by the line above.
     let rejection = |p: &&crate::view::status::PassStatus| {
         s.rejected.as_ref().is_some_and(|r| {

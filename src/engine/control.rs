@@ -217,6 +217,7 @@ pub fn forward(
         stopped: WhenStopped::Start,
         pace: Pace::Now,
         allow_older,
+        backoff: false,
     };
     let mut reports = pass::sync(&[svc], all, state_dir, intent);
     reports

@@ -4,6 +4,7 @@
 //! when a new head is adopted, and those commands.
 
 pub mod apply;
+pub mod backoff;
 pub mod bootstrap;
 pub mod check;
 pub mod control;

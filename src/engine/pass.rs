@@ -14,6 +14,7 @@ use anyhow::Result;
 
 use crate::config::{DriftPolicy, Service};
 use crate::engine::apply::{self, Keeper, Outcome, Report, Serving};
+use crate::engine::backoff;
 use crate::engine::mounts;
 use crate::engine::rollout::{self, Decision, Pace};
 use crate::engine::trial::WhenStopped;
@@ -39,6 +40,19 @@ pub struct Intent {
     /// (`forward --allow-older`); refused otherwise when signatures are
     /// checked.
     pub allow_older: bool,
+    /// Whether a backoff after failed fetches holds (timer passes); `sync
+    /// --now` and `forward` fetch anyway.
+    pub backoff: bool,
+}
+
+/// Why a mirror was not fetched in this pass.
+#[derive(Debug)]
+enum FetchFailed {
+    /// The fetch failed: its message, the server's `Retry-After`, and
+    /// whether the server could not serve (a reason to back off).
+    Failed(String, Option<u64>, bool),
+    /// Every service of the mirror backs off: no connection was made.
+    BackingOff,
 }
 
 impl Intent {
@@ -48,6 +62,7 @@ impl Intent {
         stopped: WhenStopped::Leave,
         pace: Pace::Staged,
         allow_older: false,
+        backoff: true,
     };
 }
 
@@ -79,7 +94,7 @@ pub fn sync(
             .map(|svc| Report::unknown(&svc.name, Err(anyhow::anyhow!("{e}"))))
             .collect();
     }
-    let fetched = fetch_all(selected, state_dir);
+    let fetched = fetch_all(selected, state_dir, intent.backoff);
     let reports = selected
         .iter()
         .map(|svc| {
@@ -99,13 +114,24 @@ pub fn sync(
 
 /// Fetches every mirror used by `services` once, to the deepest depth any
 /// of them asks for.
+/// A mirror whose every service backs off is not asked at all (with
+/// `backoff`, a timer pass).
 fn fetch_all(
     services: &[&Service],
     state_dir: &Path,
-) -> BTreeMap<PathBuf, Result<mirror::Fetched, String>> {
+    backoff: bool,
+) -> BTreeMap<PathBuf, Result<mirror::Fetched, FetchFailed>> {
     let mut groups: BTreeMap<PathBuf, (Mirror, u32, &Service)> = BTreeMap::new();
+    let mut waiting: BTreeMap<PathBuf, bool> = BTreeMap::new();
+    let now = now_unix();
     for svc in services {
-        let m = Mirror::of(svc, &Place::of(svc, state_dir));
+        let place = Place::of(svc, state_dir);
+        let backs_off = backoff
+            && StateDir::at(&place)
+                .load()
+                .is_ok_and(|s| backoff::active(&s, now).is_some());
+        let m = Mirror::of(svc, &place);
+        *waiting.entry(m.path.clone()).or_insert(true) &= backs_off;
         let max_bytes = m.max_fetch_bytes;
         let files = m.files.clone();
         let e = groups.entry(m.path.clone()).or_insert((m, svc.depth, svc));
@@ -117,9 +143,18 @@ fn fetch_all(
     groups
         .into_iter()
         .map(|(path, (mirror, depth, svc))| {
+            if waiting.get(&path).copied().unwrap_or(false) {
+                return (path, Err(FetchFailed::BackingOff));
+            }
             let r = layout::trusted_base(svc)
                 .and_then(|()| mirror.fetch(depth, &svc.credentials, svc.timeout))
-                .map_err(|e| format!("{e:#}"));
+                .map_err(|e| {
+                    FetchFailed::Failed(
+                        format!("{e:#}"),
+                        mirror::retry_after(&e),
+                        mirror::is_unavailable(&e),
+                    )
+                });
             (path, r)
         })
         .collect()
@@ -130,7 +165,7 @@ fn fetch_all(
 fn reconcile(
     svc: &Service,
     mirror: &Mirror,
-    fetched: &Result<mirror::Fetched, String>,
+    fetched: &Result<mirror::Fetched, FetchFailed>,
     place: &Place,
     intent: Intent,
     start: Instant,
@@ -142,8 +177,31 @@ fn reconcile(
         Err(e) => return Report::unknown(&svc.name, Err(e)),
     };
     let result = match fetched {
-        Ok(f) => follow(svc, mirror, f, place, &sd, &mut state, intent),
-        Err(e) => Err(anyhow::anyhow!("{e}")),
+        Ok(f) => {
+            state.backoff = None;
+            follow(svc, mirror, f, place, &sd, &mut state, intent)
+        }
+        Err(FetchFailed::Failed(e, retry_after, unavailable)) => {
+            let now = now_unix();
+            state.backoff = unavailable.then(|| {
+                backoff::after_failure(
+                    state.backoff.as_ref(),
+                    svc.interval,
+                    *retry_after,
+                    e,
+                    now,
+                    backoff::spread(),
+                )
+            });
+            match state.backoff.as_ref().filter(|b| b.holds_at(now)) {
+                Some(b) => Err(anyhow::anyhow!(
+                    "{e}\n  backing off: the next pass fetches at {} UTC at the earliest",
+                    crate::util::format_utc(b.until as i64)
+                )),
+                None => Err(anyhow::anyhow!("{e}")),
+            }
+        }
+        Err(FetchFailed::BackingOff) => Err(backing_off(&state)),
     };
     let now = now_unix();
     let seen = observe::observe(svc, place, &state, mirror.open().ok().as_ref());
@@ -172,6 +230,19 @@ fn reconcile(
         service: svc.name.clone(),
         serving: Serving::of(state.deployed.as_ref()),
         outcome,
+    }
+}
+
+/// The error of a pass inside a backoff: when it ends, and why it began.
+fn backing_off(state: &State) -> anyhow::Error {
+    match &state.backoff {
+        Some(b) => anyhow::anyhow!(
+            "backing off until {} UTC ({} failed fetch(es), the last: {}); no connection was made; `provision sync --now` fetches anyway",
+            crate::util::format_utc(b.until as i64),
+            b.failures,
+            b.reason
+        ),
+        None => anyhow::anyhow!("backing off; `provision sync --now` fetches anyway"),
     }
 }
 

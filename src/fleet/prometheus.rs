@@ -30,6 +30,7 @@ pub fn answers(api: &Api, machines: &[String]) -> Result<Vec<(String, Answer)>> 
         "provision_unit_active",
         "provision_rejected_commit_info",
         "provision_rollout_wait_until_timestamp_seconds",
+        "provision_backoff_until_timestamp_seconds",
     ];
     // (machine, service) -> family -> sample
     let mut seen: BTreeMap<(String, String), BTreeMap<&str, Sample>> = BTreeMap::new();
@@ -137,6 +138,13 @@ fn service_doc(name: &str, f: &BTreeMap<&str, Sample>) -> ServiceStatus {
             })
         }),
         signature: None,
+        backoff: value("provision_backoff_until_timestamp_seconds").map(|t| {
+            crate::model::record::Backoff {
+                until: t as u64,
+                failures: 0,
+                reason: String::new(),
+            }
+        }),
         behind_seconds: None,
         state_error: None,
     }

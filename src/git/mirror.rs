@@ -515,7 +515,12 @@ impl Mirror {
                 Ok(found) => return Ok(Some((session, found))),
                 // A resumed session the server no longer accepts: ask it
                 // for its capabilities once.
-                Err(e) if !fresh && !http::is_timeout(&e) && path.join(V2_MARK).exists() => {
+                Err(e)
+                    if !fresh
+                        && !http::is_timeout(&e)
+                        && !busy(&e)
+                        && path.join(V2_MARK).exists() =>
+                {
                     let _ = Dir::open(path).and_then(|d| d.remove_file(OsStr::new(V2_MARK)));
                     fresh = true;
                 }
@@ -554,7 +559,15 @@ impl Mirror {
             ),
             _ => format!("{e:#}"),
         };
-        Err(self.server_error(why))
+        let retry = e
+            .downcast_ref::<upload_pack::HttpStatus>()
+            .and_then(|s| s.retry_after);
+        Err(
+            anyhow::Error::new(ServerError(why, retry, busy(&e))).context(format!(
+                "fetching branch {:?} from {}",
+                self.branch, self.upstream.url
+            )),
+        )
     }
 
     /// An https server that answers in protocol v0 (or a dumb one).
@@ -568,7 +581,7 @@ impl Mirror {
     /// `why`, as the server's fault (never a reason to rebuild), naming the
     /// branch and URL.
     fn server_error(&self, why: String) -> anyhow::Error {
-        anyhow::Error::new(ServerError(why)).context(format!(
+        anyhow::Error::new(ServerError(why, None, false)).context(format!(
             "fetching branch {:?} from {}",
             self.branch, self.upstream.url
         ))
@@ -804,7 +817,7 @@ impl Mirror {
         let url = &self.upstream.url;
         let callbacks = auth::remote_callbacks(creds, Instant::now() + timeout);
         let unreachable = |e: git2::Error| {
-            anyhow::Error::new(ServerError(e.message().to_string()))
+            anyhow::Error::new(ServerError(e.message().to_string(), None, false))
                 .context(format!("fetching branch {:?} from {url}", self.branch))
         };
         let mut remote = repo.remote_anonymous(url).map_err(unreachable)?;
@@ -868,10 +881,11 @@ impl Mirror {
             // Stopped by us: the server, not the mirror, is at fault, so
             // the mirror is kept (not rebuilt and downloaded again).
             Some(why) => {
-                anyhow::Error::new(ServerError(stopped_message(&why, timeout))).context(format!(
-                    "fetching branch {:?} from {}",
-                    self.branch, self.upstream.url
-                ))
+                anyhow::Error::new(ServerError(stopped_message(&why, timeout), None, false))
+                    .context(format!(
+                        "fetching branch {:?} from {}",
+                        self.branch, self.upstream.url
+                    ))
             }
             None => fetch_error(e, &self.upstream.url, &self.branch),
         })
@@ -1034,9 +1048,10 @@ fn file_name(path: &Path) -> Result<&OsStr> {
 
 /// The server could not be reached, refused the conversation (down,
 /// hanging, wrong credentials, unknown host key) or does not have the
-/// branch. Never a reason to rebuild the mirror.
+/// branch. Never a reason to rebuild the mirror. With it, the server's
+/// `Retry-After` and whether it said it was busy or failing (429, 5xx).
 #[derive(Debug)]
-pub struct ServerError(String);
+pub struct ServerError(String, Option<u64>, bool);
 
 impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1046,10 +1061,58 @@ impl std::fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
+/// Whether the fetch failed because the server could not serve it: the
+/// connection was refused, reset or timed out, or the server answered
+/// that it is busy or failing (429, 5xx). Not a refusal of credentials, a
+/// missing branch or repository, or a server breaking the protocol: a
+/// person fixes those, and the next pass should try at once.
+pub fn is_unavailable(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::*;
+    busy(e)
+        || http::is_timeout(e)
+        || e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ConnectionRefused
+                        | ConnectionReset
+                        | ConnectionAborted
+                        | TimedOut
+                        | HostUnreachable
+                        | NetworkUnreachable
+                )
+            }) || c
+                .downcast_ref::<git2::Error>()
+                .is_some_and(|g| g.class() == ErrorClass::Net && g.code() != git2::ErrorCode::Auth)
+        })
+}
+
+/// Whether the server answered that it is busy or failing (429, 5xx):
+/// asking it again at once would only add to its load.
+fn busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<upload_pack::HttpStatus>()
+            .is_some_and(|s| s.status == 429 || s.status >= 500)
+            || c.downcast_ref::<ServerError>().is_some_and(|s| s.2)
+    })
+}
+
+/// How long the server behind `e` asked to wait before the next fetch
+/// (`Retry-After`, seconds), if it did.
+pub fn retry_after(e: &anyhow::Error) -> Option<u64> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<ServerError>()
+            .and_then(|s| s.1)
+            .or_else(|| c.downcast_ref::<upload_pack::HttpStatus>()?.retry_after)
+    })
+}
+
 fn branch_missing(url: &str, branch: &str) -> anyhow::Error {
-    anyhow::Error::new(ServerError(format!(
-        "branch {branch:?} does not exist on {url}"
-    )))
+    anyhow::Error::new(ServerError(
+        format!("branch {branch:?} does not exist on {url}"),
+        None,
+        false,
+    ))
 }
 
 /// Says which setting ran out when the server stopped answering: libgit2

@@ -193,6 +193,8 @@ pub struct HttpStatus {
     pub status: u16,
     /// What was asked.
     pub request: String,
+    /// How long the server asked to wait (`Retry-After`, seconds).
+    pub retry_after: Option<u64>,
 }
 
 impl std::fmt::Display for HttpStatus {
@@ -414,6 +416,7 @@ impl Session {
                     return Err(HttpStatus {
                         status: resp.status,
                         request: format!("GET {target}"),
+                        retry_after: resp.retry_after,
                     }
                     .into())
                 }
@@ -473,6 +476,7 @@ impl Session {
             return Err(HttpStatus {
                 status: resp.status,
                 request: format!("POST {target}"),
+                retry_after: resp.retry_after,
             }
             .into());
         }

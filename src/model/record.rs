@@ -196,3 +196,23 @@ impl<'de> Deserialize<'de> for Position {
         Ok(Position((f * 4_294_967_296.0) as u32))
     }
 }
+
+/// Passes make no connection to an upstream whose fetch failed until
+/// `until`: a failing or rate-limited server is not polled at every
+/// interval by every machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    /// Unix time the next pass may fetch again.
+    pub until: u64,
+    /// Fetches that failed in a row.
+    pub failures: u32,
+    /// Why the last one failed (its last line: the innermost cause).
+    pub reason: String,
+}
+
+impl Backoff {
+    /// Whether it still holds at `now`.
+    pub fn holds_at(&self, now: u64) -> bool {
+        self.until > now
+    }
+}

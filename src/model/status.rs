@@ -69,6 +69,9 @@ pub struct ServiceStatus {
     pub rollout: Option<RolloutStatus>,
     /// The last signature check, when signatures are checked; `None` else.
     pub signature: Option<crate::model::signature::Verdict>,
+    /// While passes back off from an upstream whose fetch failed: until
+    /// when, how many failed in a row, and the last reason; `None` else.
+    pub backoff: Option<crate::model::record::Backoff>,
     /// Seconds upstream has had a commit that is not deployed: 0 in sync,
     /// `None` until both are known.
     pub behind_seconds: Option<u64>,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::commit::CommitId;
 use crate::model::place::Place;
-pub use crate::model::record::{Hold, HoldKind, Position, Rejected, RolloutWait, Stage};
+pub use crate::model::record::{Backoff, Hold, HoldKind, Position, Rejected, RolloutWait, Stage};
 use crate::util::{write_atomic, Visibility};
 
 /// Version of the state file format written by this binary.
@@ -91,6 +91,9 @@ pub struct State {
     /// kept until it is deployed or a newer head replaces it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutWait>,
+    /// Set after a failed fetch: passes do not connect before its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
     /// Totals kept across runs, for the metrics' counters.
     #[serde(default)]
     pub counters: Counters,

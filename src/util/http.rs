@@ -543,6 +543,9 @@ pub struct Response {
     pub content_type: String,
     /// The `Location` of a redirect.
     pub location: Option<String>,
+    /// `Retry-After` in seconds (a 429 or 503 asks to wait that long); the
+    /// HTTP-date form is not read.
+    pub retry_after: Option<u64>,
     /// The body, de-chunked.
     pub body: Box<dyn Read>,
 }
@@ -623,6 +626,7 @@ fn read_response<R: BufRead + 'static>(mut r: R) -> Result<Response> {
         .with_context(|| format!("the server answered {status_line:?}, not an HTTP status"))?;
     let (mut content_type, mut length, mut chunked) = (String::new(), None, false);
     let mut location = None;
+    let mut retry_after = None;
     loop {
         let line = next_line(&mut r)?;
         if line.is_empty() {
@@ -635,6 +639,7 @@ fn read_response<R: BufRead + 'static>(mut r: R) -> Result<Response> {
         match name.trim().to_ascii_lowercase().as_str() {
             "content-type" => content_type = value.to_ascii_lowercase(),
             "location" => location = Some(value.to_string()),
+            "retry-after" => retry_after = value.parse::<u64>().ok(),
             "content-length" => length = value.parse::<u64>().ok(),
             "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
             _ => {}
@@ -655,6 +660,7 @@ fn read_response<R: BufRead + 'static>(mut r: R) -> Result<Response> {
         status,
         content_type,
         location,
+        retry_after,
         body,
     })
 }

@@ -74,7 +74,7 @@ struct Family {
 }
 
 /// The families, in output order: name, type, help.
-pub const FAMILIES: [(&str, &str, &str); 24] = [
+pub const FAMILIES: [(&str, &str, &str); 25] = [
     (
         "provision_service_info",
         "gauge",
@@ -139,6 +139,11 @@ pub const FAMILIES: [(&str, &str, &str); 24] = [
         "provision_rollout_wait_until_timestamp_seconds",
         "gauge",
         "When this machine adopts the head it waits for in a staged rollout (its gate permitting); absent when not waiting.",
+    ),
+    (
+        "provision_backoff_until_timestamp_seconds",
+        "gauge",
+        "Until when passes make no connection to the upstream, after fetches that failed in a row (or a Retry-After); absent when not backing off.",
     ),
     (
         "provision_signature_verified",
@@ -306,6 +311,12 @@ fn samples(svc: &Service, state: Option<&State>, now: u64) -> Vec<Sample> {
         out.push(one(
             "provision_rollout_wait_until_timestamp_seconds",
             w.at as f64,
+        ));
+    }
+    if let Some(b) = state.backoff.as_ref().filter(|b| b.holds_at(now)) {
+        out.push(one(
+            "provision_backoff_until_timestamp_seconds",
+            b.until as f64,
         ));
     }
     if let Some(p) = &state.last_pass {

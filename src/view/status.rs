@@ -140,6 +140,7 @@ fn service_status(svc: &Service, place: &Place) -> ServiceStatus {
         rejected: state.rejected.clone(),
         rollout: state.rollout_wait(now).map(RolloutStatus::of),
         signature: state.signature.clone().filter(|_| svc.checks_signatures()),
+        backoff: state.backoff.clone().filter(|b| b.holds_at(now)),
         behind_seconds: behind_seconds(&state, now),
         state_error,
     }
@@ -209,6 +210,7 @@ fn orphan_status(state_dir: &Path, name: String) -> ServiceStatus {
         rejected: None,
         rollout: None,
         signature: None,
+        backoff: None,
         behind_seconds: None,
         state_error,
         name,

@@ -50,6 +50,9 @@ pub struct Shared {
     redirect: std::sync::Mutex<Option<(String, String)>>,
     /// The `Authorization` header of every request, as received.
     authorizations: std::sync::Mutex<Vec<String>>,
+    /// Answer every request with 429 and this `Retry-After` (seconds), as
+    /// a forge's rate limit does.
+    limited: std::sync::Mutex<Option<u64>>,
 }
 
 impl SmartHttp {
@@ -76,6 +79,14 @@ impl SmartHttp {
     /// Makes every request fail with 503 (`true`) or be served again.
     pub fn set_down(&self, down: bool) {
         self.shared.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Answers every request with 429 Too Many Requests and `Retry-After:
+    /// SECONDS` (`Some`), or serves again (`None`).
+    pub fn rate_limit(&self, retry_after: Option<u64>) {
+        if let Ok(mut l) = self.shared.limited.lock() {
+            *l = retry_after;
+        }
     }
 
     /// Requires HTTP basic credentials `user:password` from now on.
@@ -168,6 +179,13 @@ pub fn serve(
         shared.requests.fetch_add(1, Ordering::SeqCst);
         if shared.down.load(Ordering::SeqCst) {
             let _ = request.respond(tiny_http::Response::empty(503));
+            continue;
+        }
+        if let Some(secs) = shared.limited.lock().ok().and_then(|l| *l) {
+            let after =
+                tiny_http::Header::from_bytes(&b"Retry-After"[..], secs.to_string().as_bytes())
+                    .expect("a header");
+            let _ = request.respond(tiny_http::Response::empty(429).with_header(after));
             continue;
         }
         if let Some(a) = request

@@ -40,6 +40,7 @@ const METRICS: &[&str] = &[
     "provision_rejected_commit_info",
     "provision_reverts_total",
     "provision_rollout_wait_until_timestamp_seconds",
+    "provision_backoff_until_timestamp_seconds",
     "provision_signature_verified",
 ];
 

@@ -131,7 +131,8 @@ macro_rules! shared_keys {
 }
 
 shared_keys! {
-    upstream: Text = "\"https://git.example.net/ops/config.git\"",
+    /// `upstream`: one URL, or a list of them tried in order (mirrors).
+    upstream: Names = "\"https://git.example.net/ops/config.git\"",
     branch: Text = "\"main\"",
     user: Text = "\"grafana\"",
     package: Text = "\"nginx-light\"",

@@ -64,6 +64,10 @@ pub struct Service {
     pub machine: String,
     /// Where the files come from.
     pub upstream: Upstream,
+    /// Further upstreams serving the same repository (the rest of an
+    /// `upstream` list), tried in order when the ones before cannot be
+    /// fetched.
+    pub mirrors: Vec<Upstream>,
     /// The branch followed.
     pub branch: String,
     /// Owner of the materialized files; `None` keeps them owned by root.

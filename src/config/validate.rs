@@ -119,9 +119,7 @@ impl Resolver<'_> {
             (None, Some(unit)) => self.default_name(unit, raw),
             (None, None) => None,
         };
-        let upstream = self
-            .required(&s.upstream, "upstream", raw)
-            .and_then(|u| self.upstream(u));
+        let upstreams = self.upstreams(s.upstream.as_ref(), raw);
         let branch = self.branch(s.branch.as_ref());
         let action = s.action.as_ref().and_then(|a| {
             Action::parse(&a.value)
@@ -150,7 +148,8 @@ impl Resolver<'_> {
             name: name?,
             unit: unit?,
             machine: machine?,
-            upstream: upstream?,
+            upstream: upstreams.as_ref()?.0.clone(),
+            mirrors: upstreams?.1,
             branch: branch?,
             user: user?,
             package: package?,
@@ -485,6 +484,37 @@ impl Resolver<'_> {
                 None
             }
         }
+    }
+
+    /// `upstream`: the first URL, and the mirrors after it.
+    fn upstreams(
+        &mut self,
+        v: Option<&Sp<Vec<Sp<String>>>>,
+        raw: &RawService,
+    ) -> Option<(Upstream, Vec<Upstream>)> {
+        let Some(list) = v else {
+            self.err(
+                Some(&raw.span),
+                "upstream",
+                "is required (here or in [global])",
+            );
+            return None;
+        };
+        if list.value.is_empty() {
+            self.err(Some(&list.span), "upstream", "must name at least one URL");
+            return None;
+        }
+        let mut out = Vec::new();
+        for u in &list.value {
+            if u.value.trim().is_empty() {
+                self.err(Some(&u.span), "upstream", "must not be empty");
+                return None;
+            }
+            out.push(self.upstream(u));
+        }
+        let mut all = out.into_iter().collect::<Option<Vec<_>>>()?;
+        let first = all.remove(0);
+        Some((first, all))
     }
 
     fn upstream(&mut self, u: &Sp<String>) -> Option<Upstream> {

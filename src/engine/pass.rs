@@ -263,12 +263,19 @@ fn follow(
     state.upstream = Some(UpstreamSeen {
         commit: head,
         fetched: now,
+        via: fetched.via.as_ref().map(|(url, _)| url.clone()),
     });
     let mut notes: Vec<Note> = fetched
         .rebuilt
         .iter()
         .map(|r| Note::new(NoteKind::Fetch, format!("mirror rebuilt: {r}")))
         .collect();
+    if let Some((url, why)) = &fetched.via {
+        notes.push(Note::new(
+            NoteKind::Fetch,
+            format!("fetched from {url}, as the upstream(s) before it failed: {why}"),
+        ));
+    }
     if let Some(hold) = state.hold.take_if(|h| h.expired(now)) {
         notes.push(Note::new(
             NoteKind::Hold,

@@ -31,6 +31,7 @@ pub fn answers(api: &Api, machines: &[String]) -> Result<Vec<(String, Answer)>> 
         "provision_rejected_commit_info",
         "provision_rollout_wait_until_timestamp_seconds",
         "provision_backoff_until_timestamp_seconds",
+        "provision_fetched_from_info",
     ];
     // (machine, service) -> family -> sample
     let mut seen: BTreeMap<(String, String), BTreeMap<&str, Sample>> = BTreeMap::new();
@@ -101,6 +102,7 @@ fn service_doc(name: &str, f: &BTreeMap<&str, Sample>) -> ServiceStatus {
         hold: None,
         deployed: commit("provision_deployed_commit_info").map(at),
         upstream: upstream.map(at),
+        upstream_url: label("provision_fetched_from_info", "upstream"),
         in_sync: flag("provision_in_sync"),
         drift: DriftStatus {
             policy: Default::default(),

@@ -60,6 +60,9 @@ pub struct Fetched {
     pub head: Oid,
     /// Why the mirror was rebuilt, if it was.
     pub rebuilt: Option<String>,
+    /// The further upstream it was fetched from, when the first could
+    /// not be (and why not).
+    pub via: Option<(String, String)>,
 }
 
 /// Whether a head descends from a commit (see [`Mirror::descends`]).
@@ -80,6 +83,9 @@ pub struct Mirror {
     pub path: PathBuf,
     /// Where it is fetched from.
     pub upstream: Upstream,
+    /// Further upstreams of the same repository, tried in order when
+    /// `upstream` cannot be fetched.
+    pub alternates: Vec<Upstream>,
     /// The one branch it holds.
     pub branch: String,
     /// Most bytes one fetch may receive (the service's `max_fetch_bytes`).
@@ -105,6 +111,7 @@ impl Mirror {
         Mirror {
             path,
             upstream: upstream.clone(),
+            alternates: Vec::new(),
             branch: branch.to_string(),
             max_fetch_bytes: crate::config::Limits::default().max_fetch_bytes,
             files: Files::All,
@@ -119,6 +126,7 @@ impl Mirror {
         m.max_fetch_bytes = svc.limits.max_fetch_bytes;
         m.files = Files::of(&svc.dirs);
         m.window = svc.depth;
+        m.alternates = svc.mirrors.clone();
         m
     }
 
@@ -149,7 +157,45 @@ impl Mirror {
 
     /// Fetches the branch to `depth` commits, under the mirror lock, and
     /// rebuilds the mirror when it is unusable or has grown too many packs.
+    /// When that fails and further upstreams are configured, each is tried
+    /// in turn, into the same mirror: they serve the same repository, and
+    /// the signature rules apply to whatever one of them serves.
     pub fn fetch(&self, depth: u32, creds: &Credentials, timeout: Duration) -> Result<Fetched> {
+        let first = match self.fetch_from(depth, creds, timeout) {
+            Ok(f) => return Ok(f),
+            Err(e) => e,
+        };
+        let mut failed = vec![format!("{}: {first:#}", self.upstream.url)];
+        let mut last = first;
+        for alt in &self.alternates {
+            let m = Mirror {
+                upstream: alt.clone(),
+                alternates: Vec::new(),
+                ..self.clone()
+            };
+            match m.fetch_from(depth, creds, timeout) {
+                Ok(mut f) => {
+                    f.via = Some((alt.url.clone(), failed.join("; ")));
+                    return Ok(f);
+                }
+                Err(e) => {
+                    failed.push(format!("{}: {e:#}", alt.url));
+                    last = e;
+                }
+            }
+        }
+        if failed.len() == 1 {
+            return Err(last);
+        }
+        failed.pop();
+        Err(last.context(format!(
+            "no upstream could be fetched; before the last: {}",
+            failed.join("; ")
+        )))
+    }
+
+    /// [`Mirror::fetch`] from `upstream` alone.
+    fn fetch_from(&self, depth: u32, creds: &Credentials, timeout: Duration) -> Result<Fetched> {
         let _lock = self.lock()?;
         let depth = self.bounded(depth);
         let rebuild = match self.try_fetch(&self.path, depth, creds, timeout) {
@@ -158,6 +204,7 @@ impl Mirror {
                     return Ok(Fetched {
                         head,
                         rebuilt: None,
+                        via: None,
                     })
                 }
                 Some(why) => why,
@@ -171,6 +218,7 @@ impl Mirror {
         Ok(Fetched {
             head,
             rebuilt: Some(rebuild),
+            via: None,
         })
     }
 

@@ -48,6 +48,9 @@ pub struct ServiceStatus {
     pub deployed: Option<CommitAt>,
     /// The branch head as of the last successful fetch.
     pub upstream: Option<CommitAt>,
+    /// The upstream URL that fetch used: the first of `upstream`, or a
+    /// mirror after it when those before failed; `None` before a fetch.
+    pub upstream_url: Option<String>,
     /// Deployed equals upstream; `None` until both are known.
     pub in_sync: Option<bool>,
     /// Local changes to the deployed files.

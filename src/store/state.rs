@@ -232,6 +232,10 @@ pub struct UpstreamSeen {
     pub commit: CommitId,
     /// Unix time of that fetch.
     pub fetched: u64,
+    /// The further upstream (a mirror) that served it, when the first
+    /// could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// When the last pass ran, how it ended, and what it saw of the host at its

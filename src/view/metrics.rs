@@ -74,7 +74,7 @@ struct Family {
 }
 
 /// The families, in output order: name, type, help.
-pub const FAMILIES: [(&str, &str, &str); 25] = [
+pub const FAMILIES: [(&str, &str, &str); 26] = [
     (
         "provision_service_info",
         "gauge",
@@ -99,6 +99,11 @@ pub const FAMILIES: [(&str, &str, &str); 25] = [
         "provision_upstream_commit_info",
         "gauge",
         "The branch head as of the last successful fetch (always 1; the commit is a label).",
+    ),
+    (
+        "provision_fetched_from_info",
+        "gauge",
+        "The upstream URL the last successful fetch used (always 1; the URL is a label): the first of `upstream`, or a mirror after it when those before failed.",
     ),
     (
         "provision_upstream_fetch_timestamp_seconds",
@@ -268,6 +273,17 @@ fn samples(svc: &Service, state: Option<&State>, now: u64) -> Vec<Sample> {
             vec![name(), ("commit", u.commit.to_string())],
             1.0,
         ));
+        out.push((
+            "provision_fetched_from_info",
+            vec![
+                name(),
+                (
+                    "upstream",
+                    u.via.clone().unwrap_or_else(|| svc.upstream.url.clone()),
+                ),
+            ],
+            1.0,
+        ));
         out.push(one(
             "provision_upstream_fetch_timestamp_seconds",
             u.fetched as f64,
@@ -420,6 +436,7 @@ dirs = [{ local = "/etc/grafana", link = "grafana" }]
                 time: 100,
             }),
             upstream: Some(UpstreamSeen {
+                via: None,
                 commit: "b".repeat(40).parse().expect("commit id"),
                 fetched: 200,
             }),

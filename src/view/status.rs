@@ -123,6 +123,10 @@ fn service_status(svc: &Service, place: &Place) -> ServiceStatus {
             .upstream
             .as_ref()
             .map(|u| CommitAt::of(u.commit, u.fetched, repo.as_ref())),
+        upstream_url: state
+            .upstream
+            .as_ref()
+            .map(|u| u.via.clone().unwrap_or_else(|| svc.upstream.url.clone())),
         drift,
         mounts_ok: state.deployed.as_ref().map(|_| seen.mounts_ok()),
         mounts: seen
@@ -186,6 +190,7 @@ fn orphan_status(state_dir: &Path, name: String) -> ServiceStatus {
             .as_ref()
             .map(|d| CommitAt::of(d.commit, d.time, None)),
         upstream: None,
+        upstream_url: None,
         in_sync: None,
         drift: DriftStatus {
             policy: DriftPolicy::Restore,

@@ -648,6 +648,8 @@ impl Val {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Str,
+    /// A string, or a list of strings (`upstream` and its mirrors).
+    StrList,
     Int,
     Interval,
     Bool,
@@ -661,6 +663,7 @@ fn kind_of(key: &str) -> Kind {
         "interval" => Kind::Interval,
         "file" | "single" | "readonly" => Kind::Bool,
         "dirs" => Kind::DirsArray,
+        "upstream" => Kind::StrList,
         _ => Kind::Str,
     }
 }
@@ -980,8 +983,19 @@ fn wrong_type(rng: &mut Rng, kind: Kind) -> Val {
                 "table",
             ),
         };
+        if kind == Kind::StrList && is == "array" {
+            // A list is the right type: an empty one is refused where it is
+            // written; one with other items than strings does not read.
+            let class = if text == "[]" {
+                Class::SemBad
+            } else {
+                Class::ParseBad
+            };
+            return Val::raw(&text, "", class);
+        }
         let wrong = match kind {
             Kind::Str => is != "string",
+            Kind::StrList => is != "string" && is != "array",
             Kind::Int => is != "int",
             Kind::Interval => is != "int" && is != "string",
             Kind::Bool => is != "bool",

@@ -41,6 +41,7 @@ const METRICS: &[&str] = &[
     "provision_reverts_total",
     "provision_rollout_wait_until_timestamp_seconds",
     "provision_backoff_until_timestamp_seconds",
+    "provision_fetched_from_info",
     "provision_signature_verified",
 ];
 

@@ -612,3 +612,60 @@ fn sync_json_prints_the_pass_as_one_document() {
         "the failure is told on stderr: {stderr}"
     );
 }
+
+/// `upstream` as a list: with the first server down, a pass deploys from
+/// the next one, says so, and status, JSON and metrics name the upstream
+/// used; with every one down, the pass fails naming each and the last
+/// good release stays.
+#[test]
+fn a_dead_first_upstream_is_passed_over_for_the_next() {
+    common::need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let head = seed(&up);
+    let dead = format!("git://127.0.0.1:{}/r.git", common::free_port());
+    let h = Host::new();
+    let config = |urls: &[&str]| {
+        app_config(&up.url(), "").replace(
+            &format!("upstream = \"{}\"", up.url()),
+            &format!(
+                "upstream = [{}]",
+                urls.iter()
+                    .map(|u| format!("\"{u}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    };
+    h.write_config(&config(&[&dead, &up.url()]));
+    let out = h.sync(0);
+    assert!(
+        out.contains(&format!("app: deployed {}", &head[..10])),
+        "{out}"
+    );
+    assert!(out.contains(&format!("fetched from {}", up.url())), "{out}");
+    let status = h.status_json();
+    assert_eq!(status["upstream_url"], up.url().as_str(), "{status}");
+    let metrics = fs::read_to_string(h.metrics_dir().join("provision.prom")).unwrap_or_default();
+    assert!(
+        metrics.contains(&format!(
+            "provision_fetched_from_info{{service=\"app\",upstream=\"{}\"}} 1",
+            up.url()
+        )),
+        "{metrics}"
+    );
+
+    let dead2 = format!("git://127.0.0.1:{}/r.git", common::free_port());
+    h.write_config(&config(&[&dead, &dead2]));
+    up.commit("main", &[("app/etc/app.conf", Some("port = 2\n"))], "bump");
+    let out = h.sync(1);
+    assert!(out.contains("no upstream could be fetched"), "{out}");
+    assert!(
+        out.contains(&dead) && out.contains(&dead2),
+        "each upstream is named: {out}"
+    );
+    assert!(
+        h.deployed("app").to_string_lossy().contains(&head),
+        "the last good release stays"
+    );
+}

@@ -19,6 +19,9 @@ pub struct Credentials {
     pub https_user: Option<String>,
     /// File whose first line (trimmed) is the https password or token.
     pub https_token_file: Option<PathBuf>,
+    /// Run instead of `ssh` for ssh upstreams, through the shell
+    /// (`ssh_command`, as git's `GIT_SSH_COMMAND`).
+    pub ssh_command: Option<String>,
     /// The HTTP proxy for http(s) upstreams (`proxy`), winning over the
     /// environment's `https_proxy`/`http_proxy`; no password in it.
     pub proxy: Option<String>,

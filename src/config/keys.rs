@@ -142,6 +142,8 @@ shared_keys! {
     timeout: Integer = "60",
     ssh_key: Text = "\"/etc/provision/id_ed25519\"",
     ssh_known_hosts: Text = "\"/etc/provision/known_hosts\"",
+    /// Runs instead of `ssh`, through the shell, as `GIT_SSH_COMMAND`.
+    ssh_command: Text = "\"ssh -F /etc/provision/ssh_config\"",
     https_user: Text = "\"deploy\"",
     https_token_file: Text = "\"/etc/provision/token\"",
     /// An HTTP proxy for http(s) upstreams: `http://host:port`.

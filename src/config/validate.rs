@@ -684,12 +684,21 @@ impl Resolver<'_> {
         let proxy_credentials_file = path(&s.proxy_credentials_file, "proxy_credentials_file");
         let https_user = self.word(s.https_user.as_ref(), "https_user");
         let proxy = self.proxy(s.proxy.as_ref());
+        let ssh_command = match &s.ssh_command {
+            Some(c) if c.value.trim().is_empty() => {
+                self.err(Some(&c.span), "ssh_command", "must not be empty");
+                None
+            }
+            Some(c) => Some(Some(c.value.clone())),
+            None => Some(None),
+        };
         Some(Credentials {
             ssh_key: ssh_key?,
             ssh_known_hosts: ssh_known_hosts?,
             https_user: https_user?,
             https_token_file: https_token_file?,
             proxy: proxy?,
+            ssh_command: ssh_command?,
             proxy_credentials_file: proxy_credentials_file?,
         })
     }

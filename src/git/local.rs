@@ -34,6 +34,9 @@ pub struct Pipe {
     /// Collects what git says on stderr (a thread, so that git never
     /// blocks on a full stderr pipe while we wait for its stdout).
     stderr: Option<JoinHandle<Vec<u8>>>,
+    /// Turns what the program said on stderr, when its output ended, into
+    /// the error's words.
+    explain: fn(&str) -> String,
 }
 
 impl Pipe {
@@ -58,21 +61,39 @@ impl Pipe {
             "--",
             path,
         ])
-        .env("GIT_PROTOCOL", "version=2")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env("GIT_PROTOCOL", "version=2");
+        Pipe::start(
+            cmd,
+            |said| format!("git upload-pack: {said}"),
+            deadline,
+            budget,
+        )
+    }
+
+    /// Starts `cmd` with its stdin and stdout as the connection; `None`
+    /// when its program is not installed. `explain` words what it said on
+    /// stderr when its output ends.
+    pub fn start(
+        mut cmd: Command,
+        explain: fn(&str) -> String,
+        deadline: Instant,
+        budget: Budget,
+    ) -> Result<Option<Pipe>> {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let program = cmd.get_program().to_string_lossy().into_owned();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).context("starting git upload-pack"),
+            Err(e) => return Err(e).with_context(|| format!("starting {program}")),
         };
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             let _ = child.kill();
             let _ = child.wait();
-            anyhow::bail!("git upload-pack started without its pipes");
+            anyhow::bail!("{program} started without its pipes");
         };
         let stderr = std::thread::spawn(move || {
             let mut said = Vec::new();
@@ -88,6 +109,7 @@ impl Pipe {
             deadline,
             budget,
             stderr: Some(stderr),
+            explain,
         }))
     }
 
@@ -128,7 +150,7 @@ impl Read for Pipe {
             // git ended its output: say why, when it said why.
             let said = self.finish();
             if !said.is_empty() {
-                return Err(io::Error::other(format!("git upload-pack: {said}")));
+                return Err(io::Error::other((self.explain)(&said)));
             }
         }
         self.budget.spend(n)?;

@@ -25,6 +25,7 @@ use crate::config::Upstream;
 use crate::git::ancestry;
 use crate::git::auth;
 use crate::git::partial::{self, Files};
+use crate::git::ssh;
 use crate::git::upload_pack::{self, Bounds, Opened, Session, Target, Want};
 use crate::model::place::{self, Place};
 use crate::util::dirfd::Dir;
@@ -43,6 +44,13 @@ const V2_MARK: &str = "provision-v2";
 /// File in a mirror keeping the last TLS session with an https server, so
 /// the next poll resumes it instead of a full handshake.
 const TLS_SESSION: &str = "provision-tls-session";
+/// File in a mirror saying that its ssh server answered protocol v0 (its
+/// sshd does not accept `GIT_PROTOCOL`): polls within a day go straight to
+/// libgit2 instead of opening an ssh connection that ends in v0 anyway.
+const V0_MARK: &str = "provision-ssh-v0";
+/// How long [`V0_MARK`] is believed before v2 is asked for again (the
+/// server's administrator may have enabled it).
+const V0_MARK_LIFE: Duration = Duration::from_secs(24 * 3600);
 /// Most commits read (and fetched) to prove that a new head descends from
 /// the deployed commit: a machine further behind than this needs `forward
 /// --allow-older`.
@@ -454,7 +462,11 @@ impl Mirror {
         timeout: Duration,
         fresh: bool,
     ) -> Result<Option<Box<Session>>> {
-        let Some(target) = Target::parse(&self.upstream.url) else {
+        let ssh = Target::ssh(&self.upstream.url, &creds.clone().with_env_defaults());
+        if ssh.is_some() && recent(&dir.join(V0_MARK), V0_MARK_LIFE) {
+            return Ok(None);
+        }
+        let Some(target) = ssh.or_else(|| Target::parse(&self.upstream.url)) else {
             return Ok(None);
         };
         let proxy = match target.http_host() {
@@ -496,7 +508,11 @@ impl Mirror {
                 Ok(Some(s))
             }
             Opened::NotV2 => {
-                let _ = Dir::open(dir).and_then(|d| d.remove_file(OsStr::new(V2_MARK)));
+                let d = Dir::open(dir)?;
+                let _ = d.remove_file(OsStr::new(V2_MARK));
+                if target.is_ssh() && d.meta(OsStr::new("HEAD"))?.is_some() {
+                    d.write_atomic(OsStr::new(V0_MARK), b"v0\n", 0o644)?;
+                }
                 Ok(None)
             }
         }
@@ -590,6 +606,9 @@ impl Mirror {
         if upload_pack::is_overflow(&e) {
             return Err(self.download_failed(e, Duration::ZERO));
         }
+        if let Some(t) = ssh::SshTarget::parse(&self.upstream.url) {
+            return Err(self.ssh_failure(&t, e, &creds.clone().with_env_defaults()));
+        }
         if !self.is_https() {
             return Ok(());
         }
@@ -616,6 +635,54 @@ impl Mirror {
                 self.branch, self.upstream.url
             )),
         )
+    }
+
+    /// Why OpenSSH could not reach upload-pack on `t`, in the words of what
+    /// to fix: final, since libgit2's ssh would fail the same way and
+    /// without the operator's ssh_config.
+    fn ssh_failure(
+        &self,
+        t: &ssh::SshTarget,
+        e: anyhow::Error,
+        creds: &Credentials,
+    ) -> anyhow::Error {
+        let url = &self.upstream.url;
+        let said = format!("{e:#}");
+        let files = match &creds.ssh_known_hosts {
+            Some(f) => f.display().to_string(),
+            None => "known_hosts (/etc/ssh/ssh_known_hosts, ~/.ssh/known_hosts)".to_string(),
+        };
+        let (why, busy) = match ssh::refusal(&said) {
+            Some(ssh::Refusal::Denied) => (
+                match &creds.ssh_key {
+                    Some(k) => format!("ssh authentication was rejected for {url} with key {}", k.display()),
+                    None => format!(
+                        "ssh authentication was rejected for {url}: set ssh_key (or PROVISION_SSH_KEY) to a private key file the server accepts"
+                    ),
+                },
+                false,
+            ),
+            Some(ssh::Refusal::UnknownHost) => (
+                format!(
+                    "the ssh host key of {} is not in {files}; check the server's key fingerprint, then add it (`ssh-keyscan{} {} >> FILE`)",
+                    t.known_as(),
+                    t.port.map_or(String::new(), |p| format!(" -p {p}")),
+                    t.host
+                ),
+                false,
+            ),
+            Some(ssh::Refusal::ChangedHostKey) => (
+                format!(
+                    "ssh host key for {} CHANGED: the server presents another key than {files} holds; refusing to connect (a new server key, or someone in between)",
+                    t.known_as()
+                ),
+                false,
+            ),
+            Some(ssh::Refusal::Unreachable) => (said, true),
+            None => (said, false),
+        };
+        anyhow::Error::new(ServerError(why, None, busy))
+            .context(format!("fetching branch {:?} from {url}", self.branch))
     }
 
     /// An https server that answers in protocol v0 (or a dumb one).
@@ -1133,6 +1200,15 @@ pub fn is_unavailable(e: &anyhow::Error) -> bool {
                 .downcast_ref::<git2::Error>()
                 .is_some_and(|g| g.class() == ErrorClass::Net && g.code() != git2::ErrorCode::Auth)
         })
+}
+
+/// Whether the file at `path` was written less than `life` ago.
+fn recent(path: &Path, life: Duration) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < life)
 }
 
 /// Whether the server answered that it is busy or failing (429, 5xx):

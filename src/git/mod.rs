@@ -11,4 +11,5 @@ pub mod openpgp_keys;
 pub(crate) mod partial;
 pub(crate) mod pkt_line;
 pub mod signature;
+pub(crate) mod ssh;
 pub(crate) mod upload_pack;

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use git2::Oid;
 
-use crate::git::local;
+use crate::config::Credentials;
 use crate::git::pkt_line::{self, Pkt, Reader};
+use crate::git::{local, ssh};
 use crate::util::http::{self, Conn, Endpoint};
 
 /// Identifies provision to servers (their logs show it).
@@ -38,6 +39,8 @@ pub struct Target {
     daemon: bool,
     /// A repository on this machine, served by git's upload-pack.
     local: bool,
+    /// An ssh upstream: reached through OpenSSH with these credentials.
+    ssh: Option<Box<(ssh::SshTarget, Credentials)>>,
 }
 
 impl Target {
@@ -47,6 +50,32 @@ impl Target {
             self.endpoint.resume = Some(file);
         }
         self
+    }
+
+    /// An ssh upstream (`ssh://…` or scp-like `user@host:path`), reached
+    /// through OpenSSH with `creds` (key, known_hosts, `ssh_command`).
+    pub fn ssh(url: &str, creds: &Credentials) -> Option<Target> {
+        let t = ssh::SshTarget::parse(url)?;
+        Some(Target {
+            endpoint: Endpoint {
+                tls: false,
+                host: t.host.clone(),
+                port: t.port.unwrap_or(22),
+                resume: None,
+                ca_file: None,
+                proxy: None,
+            },
+            user: t.user.clone(),
+            path: t.path.clone(),
+            daemon: true,
+            local: false,
+            ssh: Some(Box::new((t, creds.clone()))),
+        })
+    }
+
+    /// Whether it is an ssh upstream.
+    pub fn is_ssh(&self) -> bool {
+        self.ssh.is_some()
     }
 
     /// Goes through `proxy` (HTTP and HTTPS only: `git://` and local
@@ -85,6 +114,7 @@ impl Target {
                 path: path.to_string(),
                 daemon: true,
                 local: true,
+                ssh: None,
             });
         }
         let (scheme, rest) = url.split_once("://")?;
@@ -124,6 +154,7 @@ impl Target {
             },
             daemon,
             local: false,
+            ssh: None,
         })
     }
 }
@@ -256,6 +287,8 @@ impl Session {
         };
         let caps = if target.local {
             session.open_local()?
+        } else if target.ssh.is_some() {
+            session.open_ssh()?
         } else if target.daemon {
             session.open_daemon()?
         } else {
@@ -361,6 +394,29 @@ impl Session {
         )?
         else {
             return Ok(None);
+        };
+        let mut conn = BufReader::new(Wire::Pipe(Box::new(pipe)));
+        let caps = read_capabilities(&mut Reader::new(&mut conn))?;
+        self.daemon = Some(conn);
+        Ok(caps)
+    }
+
+    /// Runs upload-pack on the server through OpenSSH, asking for
+    /// protocol v2, and reads its capabilities; `None` when it answered in
+    /// v0 (its sshd does not accept `GIT_PROTOCOL`).
+    fn open_ssh(&mut self) -> Result<Option<Vec<String>>> {
+        let Some(route) = self.target.ssh.as_deref() else {
+            bail!("not an ssh upstream");
+        };
+        let cmd = ssh::upload_pack(&route.0, &route.1);
+        let Some(pipe) = local::Pipe::start(
+            cmd,
+            ssh::explain,
+            self.bounds.deadline,
+            self.bounds.budget.clone(),
+        )?
+        else {
+            bail!("ssh upstreams are reached through OpenSSH's `ssh`, which is not installed (Debian package openssh-client)");
         };
         let mut conn = BufReader::new(Wire::Pipe(Box::new(pipe)));
         let caps = read_capabilities(&mut Reader::new(&mut conn))?;

@@ -482,16 +482,22 @@ fn a_server_dribbling_the_tls_handshake_cannot_hold_a_pass_past_its_timeout() {
 
 /// A real sshd on 127.0.0.1 serving the daemon's repositories over ssh, with
 /// its own host key and one client key in `authorized_keys`. Killed on drop.
-struct Sshd {
+pub(crate) struct Sshd {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Sshd {
     /// Starts one, or returns None (after saying why) when sshd or
     /// ssh-keygen is missing outside CI.
-    fn start() -> Option<Sshd> {
+    pub(crate) fn start() -> Option<Sshd> {
+        Sshd::start_with("", |_| {})
+    }
+
+    /// [`Sshd::start`] with `extra` lines in its sshd_config, after
+    /// `prepare` made what they name in its directory.
+    pub(crate) fn start_with(extra: &str, prepare: impl Fn(&Path)) -> Option<Sshd> {
         if !common::require_tool("sshd") || !common::require_tool("ssh-keygen") {
             return None;
         }
@@ -508,6 +514,7 @@ impl Sshd {
             dir.path().join("authorized_keys"),
         )
         .expect("writing authorized_keys");
+        prepare(dir.path());
         // sshd insists on its privilege separation directory.
         fs::create_dir_all("/run/sshd").expect("creating /run/sshd");
         let sshd = common::find_tool("sshd").expect("sshd was found above");
@@ -519,9 +526,10 @@ impl Sshd {
             let config = format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
                  StrictModes no\nUsePAM no\nPermitRootLogin yes\nPidFile none\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n",
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n{}",
                 dir.path().join("host_key").display(),
                 dir.path().join("authorized_keys").display(),
+                extra.replace("__DIR__", &dir.path().display().to_string()),
             );
             fs::write(dir.path().join("sshd_config"), config).expect("writing sshd_config");
             let log = fs::File::create(dir.path().join("sshd.log")).expect("creating sshd log");
@@ -549,17 +557,22 @@ impl Sshd {
         );
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
+    /// What sshd logged.
+    pub(crate) fn log(&self) -> String {
+        fs::read_to_string(self.path("sshd.log")).unwrap_or_default()
+    }
+
     /// `ssh://root@127.0.0.1:PORT/abs/path` of a bare repository.
-    fn url(&self, bare: &Path) -> String {
+    pub(crate) fn url(&self, bare: &Path) -> String {
         format!("ssh://root@127.0.0.1:{}{}", self.port, bare.display())
     }
 
     /// A known_hosts file holding this server's host key.
-    fn known_hosts(&self) -> PathBuf {
+    pub(crate) fn known_hosts(&self) -> PathBuf {
         let key = read(&self.path("host_key.pub"));
         let key: Vec<&str> = key.split_whitespace().take(2).collect();
         let path = self.path("known_hosts");

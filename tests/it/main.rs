@@ -30,4 +30,5 @@ mod package;
 mod rough_edges;
 mod safe_changes;
 mod signatures;
+mod ssh_upstream;
 mod sync;

@@ -192,8 +192,12 @@ impl<'de> Deserialize<'de> for Position {
                 "rollout position {f} is not in [0, 1)"
             )));
         }
-        // Exact: every u32 over 2^32 is a double.
-        Ok(Position((f * 4_294_967_296.0) as u32))
+        // Every u32 over 2^32 is a double, but a JSON reader may land one
+        // ulp below the value written: rounding (not truncating) gives back
+        // the place that was written.
+        Ok(Position(
+            (f * 4_294_967_296.0).round().min(f64::from(u32::MAX)) as u32,
+        ))
     }
 }
 
@@ -214,5 +218,33 @@ impl Backoff {
     /// Whether it still holds at `now`.
     pub fn holds_at(&self, now: u64) -> bool {
         self.until > now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A place read back is the place written, even when the reader lands
+    /// one ulp below the fraction written (truncating lost one place).
+    #[test]
+    fn a_rollout_position_reads_back_exactly() {
+        let mut x: u32 = 0x9e37_79b9;
+        for _ in 0..10_000 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let p = Position(x);
+            let text = serde_json::to_string(&p).expect("written");
+            let back: Position = serde_json::from_str(&text).expect("read");
+            assert_eq!(back, p, "{text}");
+            let below = f64::from_bits(p.fraction().to_bits().saturating_sub(1));
+            let back: Position =
+                serde_json::from_str(&format!("{below:e}")).expect("one ulp below");
+            assert_eq!(back, p, "one ulp below {text}");
+        }
+        assert_eq!(
+            serde_json::from_str::<Position>("0.99999999999999999").ok(),
+            None,
+            "1.0 is not a place"
+        );
     }
 }

@@ -7,7 +7,9 @@ use testkit as common;
 use std::fs;
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::host::{app_config, read, seed, Host};
 use common::smart_http::{Protocol, SmartHttp};
@@ -65,14 +67,20 @@ fn add_refs(up: &Upstream, tags: usize, branches: usize) {
 /// `SSL_CERT_FILE`, as a systemd unit runs it.
 fn https(base: &Path, protocol: Protocol) -> SmartHttp {
     let server = SmartHttp::start(base, protocol);
+    trust(&server.ca, server.port());
+    server
+}
+
+/// Adds `cert` (of the server on `port`) to the certificates provision
+/// trusts in this file's tests.
+fn trust(cert: &Path, port: u16) {
     let dir = std::env::temp_dir().join(format!("provision-fetch-test-ca-{}", std::process::id()));
     fs::create_dir_all(&dir).expect("creating the CA directory");
-    let name = format!("server-{}.pem", server.port());
-    fs::copy(&server.ca, dir.join(name)).expect("copying the certificate");
+    let name = format!("server-{port}.pem");
+    fs::copy(cert, dir.join(name)).expect("copying the certificate");
     common::run(Command::new("openssl").arg("rehash").arg(&dir));
     std::env::set_var("SSL_CERT_DIR", &dir);
     std::env::remove_var("SSL_CERT_FILE");
-    server
 }
 
 fn text(out: &std::process::Output) -> String {
@@ -585,5 +593,148 @@ fn a_rate_limited_server_is_left_alone_until_its_retry_after() {
     assert!(
         h.status_json()["backoff"].is_null(),
         "a fetch that works ends the backoff"
+    );
+}
+
+/// nginx serving `root` over https on 127.0.0.1 (a certificate this
+/// file's provision trusts), logging every request.
+struct Nginx {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(root: &Path) -> Nginx {
+        let dir = tempfile::tempdir().expect("a directory for nginx");
+        let port = common::free_port();
+        let log = dir.path().join("access.log");
+        let _ = common::smart_http::certificate(dir.path());
+        trust(&dir.path().join("cert.pem"), port);
+        let conf = dir.path().join("nginx.conf");
+        fs::write(
+            &conf,
+            format!(
+                "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\ndaemon off;\n\
+                 events {{}}\nhttp {{\n  access_log {log};\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  \
+                 fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  \
+                 server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; \
+                 ssl_certificate_key {d}/key.pem; root {root}; }}\n}}\n",
+                d = dir.path().display(),
+                log = log.display(),
+                root = root.display(),
+            ),
+        )
+        .expect("writing nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nginx");
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "nginx did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The access log's lines so far.
+    fn requests(&self) -> Vec<String> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `git update-server-info`, as a server's post-receive hook runs it; with
+/// `earlier`, dated a minute back, as a push long before the poll is.
+fn update_server_info(up: &Upstream, earlier: bool) {
+    common::run(common::git_cmd(up.bare()).arg("update-server-info"));
+    if earlier {
+        common::run(
+            Command::new("touch")
+                .args(["-d", "1 minute ago"])
+                .arg(up.bare().join("info/refs")),
+        );
+    }
+}
+
+#[test]
+fn a_repository_served_as_static_files_deploys_and_a_no_op_poll_is_one_conditional_get() {
+    common::need_git!();
+    if !common::require_tool("nginx") {
+        return;
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let first = seed(&up);
+    update_server_info(&up, true);
+    let nginx = Nginx::start(d.base());
+    let url = format!("https://127.0.0.1:{}/r.git", nginx.port);
+    let h = Host::new();
+    h.write_config(&app_config(&url, ""));
+    let out = h.sync(0);
+    assert!(
+        out.contains(&format!("app: deployed {}", &first[..10])),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read_to_string(h.deployed("app").join("app/etc/app.conf")).expect("deployed file"),
+        "port = 1\n"
+    );
+
+    let before = nginx.requests().len();
+    let out = h.sync(0);
+    assert!(out.contains("app: up to date"), "{out}");
+    let poll: Vec<String> = nginx.requests()[before..].to_vec();
+    assert_eq!(poll.len(), 1, "a no-op poll is one request: {poll:?}");
+    assert!(
+        poll[0].contains("GET /r.git/info/refs ") && poll[0].contains(" 304 "),
+        "answered 304 Not Modified: {poll:?}"
+    );
+
+    // A change, then the same repository packed: both deploy.
+    // A push after that poll is seen by the next one.
+    let second = up.commit("main", &[("app/etc/app.conf", Some("port = 2\n"))], "two");
+    update_server_info(&up, false);
+    let out = h.sync(0);
+    assert!(
+        out.contains(&format!("app: deployed {}", &second[..10])),
+        "{out}"
+    );
+    let third = up.commit("main", &[("app/etc/app.conf", Some("port = 3\n"))], "three");
+    common::run(common::git_cmd(up.bare()).args(["repack", "-a", "-d", "-q"]));
+    common::run(common::git_cmd(up.bare()).args(["prune-packed"]));
+    update_server_info(&up, false);
+    let out = h.sync(0);
+    assert!(
+        out.contains(&format!("app: deployed {}", &third[..10])),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read_to_string(h.deployed("app").join("app/etc/app.conf")).expect("deployed file"),
+        "port = 3\n"
+    );
+    assert!(
+        nginx.requests().iter().any(|l| l.contains(".pack ")),
+        "the packed objects came from a pack"
     );
 }

@@ -25,8 +25,8 @@ use crate::config::Upstream;
 use crate::git::ancestry;
 use crate::git::auth;
 use crate::git::partial::{self, Files};
-use crate::git::ssh;
 use crate::git::upload_pack::{self, Bounds, Opened, Session, Target, Want};
+use crate::git::{dumb, ssh};
 use crate::model::place::{self, Place};
 use crate::util::dirfd::Dir;
 use crate::util::http;
@@ -51,6 +51,10 @@ const V0_MARK: &str = "provision-ssh-v0";
 /// How long [`V0_MARK`] is believed before v2 is asked for again (the
 /// server's administrator may have enabled it).
 const V0_MARK_LIFE: Duration = Duration::from_secs(24 * 3600);
+/// File in a mirror saying that its server serves static files (git's
+/// dumb HTTP protocol), with the validators of its last `info/refs`:
+/// polls within a day are one conditional GET.
+const DUMB_MARK: &str = "provision-dumb";
 /// Most commits read (and fetched) to prove that a new head descends from
 /// the deployed commit: a machine further behind than this needs `forward
 /// --allow-older`.
@@ -430,7 +434,25 @@ impl Mirror {
     ) -> Result<Oid> {
         let repo = open_or_init(path)?;
         let creds = network_setup(creds, timeout)?;
-        if let Some(head) = self.try_fetch_v2(&repo, path, depth, &creds, timeout)? {
+        if recent(&path.join(DUMB_MARK), V0_MARK_LIFE) {
+            if let Some((target, auth)) = self.http_target(path, &creds)? {
+                let server = dumb::DumbServer {
+                    target,
+                    auth,
+                    refs: Vec::new(),
+                    validators: dumb::Validators::default(),
+                };
+                return self.fetch_dumb(&repo, path, depth, timeout, server, true);
+            }
+        }
+        let v2 = match self.try_fetch_v2(&repo, path, depth, &creds, timeout) {
+            Err(e) => match e.downcast::<dumb::DumbServer>() {
+                Ok(server) => return self.fetch_dumb(&repo, path, depth, timeout, server, false),
+                Err(e) => return Err(e),
+            },
+            Ok(v2) => v2,
+        };
+        if let Some(head) = v2 {
             repo.find_commit(head)
                 .with_context(|| format!("reading fetched commit {head} in {}", path.display()))?;
             return Ok(head);
@@ -448,6 +470,124 @@ impl Mirror {
         repo.find_commit(head)
             .with_context(|| format!("reading fetched commit {head} in {}", path.display()))?;
         Ok(head)
+    }
+
+    /// The upstream as an HTTP(S) target, through its proxy, with its
+    /// `Authorization` header; `None` for other transports.
+    fn http_target(
+        &self,
+        dir: &Path,
+        creds: &Credentials,
+    ) -> Result<Option<(Target, Option<String>)>> {
+        let Some(target) = Target::parse(&self.upstream.url) else {
+            return Ok(None);
+        };
+        let Some((host, tls)) = target.http_host() else {
+            return Ok(None);
+        };
+        let proxy = proxy::choose(
+            creds.proxy.as_deref(),
+            creds.proxy_credentials_file.as_deref(),
+            tls,
+            host,
+            proxy::environment,
+        )?;
+        let target = target.resume_tls_in(dir.join(TLS_SESSION)).through(proxy);
+        let auth = if self.is_https() {
+            upload_pack::basic(auth::https_basic(creds, target.user.as_deref())?)
+        } else {
+            None
+        };
+        Ok(Some((target, auth)))
+    }
+
+    /// Fetches the branch from a dumb HTTP server: `server.refs` as its
+    /// first answer gave them, or (`poll`) a conditional GET of its
+    /// `info/refs`, which a static server answers 304 when nothing moved.
+    fn fetch_dumb(
+        &self,
+        repo: &Repository,
+        path: &Path,
+        depth: u32,
+        timeout: Duration,
+        server: dumb::DumbServer,
+        poll: bool,
+    ) -> Result<Oid> {
+        let bounds = Bounds {
+            connect: timeout.min(Duration::from_secs(15)),
+            deadline: Instant::now() + timeout,
+            budget: http::Budget::new(self.max_fetch_bytes),
+        };
+        let refname = self.refname();
+        let local = repo.refname_to_id(&refname).ok();
+        let mut client = dumb::Client::new(&server, &bounds);
+        let last = dumb::Validators::parse(&read_small(path, DUMB_MARK)?.unwrap_or_default());
+        let (refs, validators) = if poll {
+            match dumb::poll(&client, &last).map_err(|e| self.dumb_failed(e, timeout))? {
+                None => match local {
+                    Some(head) => return Ok(head),
+                    None => (Vec::new(), last),
+                },
+                Some(found) => found,
+            }
+        } else {
+            (
+                server.refs.clone(),
+                dumb::Validators {
+                    etag: server.validators.etag.clone(),
+                    last_modified: server.validators.last_modified.clone(),
+                },
+            )
+        };
+        let head = if refs.is_empty() && local.is_none() {
+            // A 304 for a mirror without the branch: ask again in full.
+            let _ = std::fs::remove_file(path.join(DUMB_MARK));
+            anyhow::bail!(
+                "{} answered 304 for a branch the mirror lacks; the next pass asks again",
+                self.upstream.url
+            );
+        } else {
+            dumb::find(&refs, &refname)
+                .ok_or_else(|| branch_missing(&self.upstream.url, &self.branch))?
+        };
+        if local != Some(head) || repo.find_commit(head).is_err() {
+            let shallow = read_shallow(path)?;
+            let cut = client
+                .fetch(repo, head, depth)
+                .map_err(|e| self.dumb_failed(e, timeout))?;
+            let got = upload_pack::Fetched {
+                shallow: cut,
+                unshallow: Vec::new(),
+            };
+            move_boundary(path, shallow, &got)?;
+            repo.reference(&refname, head, true, "provision: fetch (dumb http)")
+                .with_context(|| format!("moving {refname} in {}", path.display()))?;
+        }
+        Dir::open(path)?.write_atomic(
+            OsStr::new(DUMB_MARK),
+            validators.to_text().as_bytes(),
+            0o644,
+        )?;
+        Ok(head)
+    }
+
+    /// A dumb server's failure, as the server's fault (never a reason to
+    /// rebuild the mirror), naming the branch and URL.
+    fn dumb_failed(&self, e: anyhow::Error, timeout: Duration) -> anyhow::Error {
+        if http::is_timeout(&e) {
+            return self.unanswered(e);
+        }
+        if upload_pack::is_overflow(&e) {
+            return self.download_failed(e, timeout);
+        }
+        let busy = busy(&e);
+        let retry = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<upload_pack::HttpStatus>()?.retry_after);
+        anyhow::Error::new(ServerError(format!("{e:#}"), retry, busy)).context(format!(
+            "fetching branch {:?} from {} (static files)",
+            self.branch, self.upstream.url
+        ))
     }
 
     /// A protocol v2 session with the upstream; `None` when the transport
@@ -573,6 +713,7 @@ impl Mirror {
                 Ok(Some(s)) => s,
                 Ok(None) if self.is_https() => return Err(self.not_v2()),
                 Ok(None) => return Ok(None),
+                Err(e) if e.is::<dumb::DumbServer>() => return Err(e),
                 Err(e) => return self.first_failure(e, creds).map(|_| None),
             };
             match session.ls_ref(refname) {

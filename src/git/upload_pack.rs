@@ -30,12 +30,12 @@ const AGENT: &str = concat!("provision/", env!("CARGO_PKG_VERSION"));
 /// A parsed upstream URL that protocol v2 can be spoken to.
 #[derive(Debug, Clone)]
 pub struct Target {
-    endpoint: Endpoint,
+    pub(crate) endpoint: Endpoint,
     /// The user the URL names (`https://USER@host/…`), if any.
     pub user: Option<String>,
     /// `git://` and local: the repository path; HTTP: the URL path
     /// without a trailing slash.
-    path: String,
+    pub(crate) path: String,
     daemon: bool,
     /// A repository on this machine, served by git's upload-pack.
     local: bool,
@@ -270,6 +270,9 @@ pub fn is_overflow(e: &anyhow::Error) -> bool {
     http::exceeded(e).is_some() || e.chain().any(|c| c.is::<Overflow>())
 }
 
+/// Most bytes of a dumb server's `info/refs` read.
+const DUMB_REFS_CAP: u64 = 16 << 20;
+
 /// Redirects followed for the first request, as git does.
 const MAX_REDIRECTS: usize = 5;
 
@@ -483,7 +486,23 @@ impl Session {
             self.redirected = true;
         }
         if resp.content_type != "application/x-git-upload-pack-advertisement" {
-            // A dumb HTTP server: it has no upload-pack to speak v2.
+            // A dumb HTTP server (static files): no upload-pack to speak
+            // v2 to; what it sent is its `info/refs` file.
+            let validators = crate::git::dumb::Validators::of(&resp);
+            let mut text = String::new();
+            resp.body
+                .take(DUMB_REFS_CAP)
+                .read_to_string(&mut text)
+                .context("reading the server's info/refs")?;
+            if let Some(refs) = crate::git::dumb::refs(&text) {
+                return Err(crate::git::dumb::DumbServer {
+                    target: self.target.clone(),
+                    auth: self.auth.clone(),
+                    refs,
+                    validators,
+                }
+                .into());
+            }
             return Ok(None);
         }
         let mut r = Reader::new(resp.body);
@@ -706,7 +725,7 @@ fn same_origin(a: &Endpoint, b: &Endpoint) -> bool {
 }
 
 /// The `Authorization` header for a user and token.
-fn basic(auth: Option<(String, String)>) -> Option<String> {
+pub(crate) fn basic(auth: Option<(String, String)>) -> Option<String> {
     use base64::Engine as _;
     auth.map(|(user, token)| {
         let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}"));

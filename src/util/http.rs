@@ -56,6 +56,11 @@ impl Budget {
         }
     }
 
+    /// The whole budget, in bytes.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
     /// Takes `n` bytes; an [`Exceeded`] error once more than the budget
     /// has been received.
     pub fn spend(&self, n: usize) -> io::Result<()> {
@@ -546,6 +551,12 @@ pub struct Response {
     /// `Retry-After` in seconds (a 429 or 503 asks to wait that long); the
     /// HTTP-date form is not read.
     pub retry_after: Option<u64>,
+    /// `ETag`, as sent.
+    pub etag: Option<String>,
+    /// `Last-Modified`, as sent.
+    pub last_modified: Option<String>,
+    /// `Date`, as sent.
+    pub date: Option<String>,
     /// The body, de-chunked.
     pub body: Box<dyn Read>,
 }
@@ -627,6 +638,7 @@ fn read_response<R: BufRead + 'static>(mut r: R) -> Result<Response> {
     let (mut content_type, mut length, mut chunked) = (String::new(), None, false);
     let mut location = None;
     let mut retry_after = None;
+    let (mut etag, mut last_modified, mut date) = (None, None, None);
     loop {
         let line = next_line(&mut r)?;
         if line.is_empty() {
@@ -640,6 +652,9 @@ fn read_response<R: BufRead + 'static>(mut r: R) -> Result<Response> {
             "content-type" => content_type = value.to_ascii_lowercase(),
             "location" => location = Some(value.to_string()),
             "retry-after" => retry_after = value.parse::<u64>().ok(),
+            "etag" => etag = Some(value.to_string()),
+            "last-modified" => last_modified = Some(value.to_string()),
+            "date" => date = Some(value.to_string()),
             "content-length" => length = value.parse::<u64>().ok(),
             "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
             _ => {}
@@ -661,6 +676,9 @@ fn read_response<R: BufRead + 'static>(mut r: R) -> Result<Response> {
         content_type,
         location,
         retry_after,
+        etag,
+        last_modified,
+        date,
         body,
     })
 }

@@ -738,3 +738,51 @@ fn a_repository_served_as_static_files_deploys_and_a_no_op_poll_is_one_condition
         "the packed objects came from a pack"
     );
 }
+
+/// A static server that swaps an object for another (a tampered bucket, a
+/// poisoned cache) is caught: every object is checked against its id, the
+/// pass fails naming both, and the last good release keeps serving.
+#[test]
+fn a_static_server_swapping_an_object_is_caught_and_the_last_good_release_stays() {
+    common::need_git!();
+    if !common::require_tool("nginx") {
+        return;
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    let first = seed(&up);
+    update_server_info(&up, true);
+    let nginx = Nginx::start(d.base());
+    let h = Host::new();
+    h.write_config(&app_config(
+        &format!("https://127.0.0.1:{}/r.git", nginx.port),
+        "",
+    ));
+    h.sync(0);
+    up.commit("main", &[("app/etc/app.conf", Some("port = 666\n"))], "two");
+    update_server_info(&up, false);
+    let wanted =
+        common::run(common::git_cmd(up.bare()).args(["rev-parse", "main:app/etc/app.conf"]));
+    let other = common::run(
+        common::git_cmd(up.bare()).args(["rev-parse", &format!("{first}:app/etc/app.conf")]),
+    );
+    let loose = |id: &str| up.bare().join("objects").join(&id[..2]).join(&id[2..]);
+    assert!(
+        loose(&wanted).exists() && loose(&other).exists(),
+        "both blobs are loose"
+    );
+    fs::copy(loose(&other), loose(&wanted)).expect("swapping the object");
+    let out = h.sync(1);
+    assert!(
+        out.contains(&format!("the server sent {other} as object {wanted}")),
+        "{out}"
+    );
+    assert!(
+        h.deployed("app").to_string_lossy().contains(&first),
+        "{out}"
+    );
+    assert_eq!(
+        read(&h.deployed("app").join("app/etc/app.conf")),
+        "port = 1\n"
+    );
+}

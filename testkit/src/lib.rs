@@ -1019,6 +1019,7 @@ impl Upstream {
 pub mod container;
 pub mod host;
 pub mod smart_http;
+pub mod sshd;
 
 /// An ed25519 key pair without passphrase at `path` and `path.pub`.
 pub fn ssh_keygen(path: &Path) {

@@ -11,12 +11,14 @@
 
 use testkit as common;
 
+use common::sshd::Sshd;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -478,127 +480,6 @@ fn a_server_dribbling_the_tls_handshake_cannot_hold_a_pass_past_its_timeout() {
         "the pass took {took:?}: {text}"
     );
     assert!(text.contains("timed out"), "{text}");
-}
-
-/// A real sshd on 127.0.0.1 serving the daemon's repositories over ssh, with
-/// its own host key and one client key in `authorized_keys`. Killed on drop.
-pub(crate) struct Sshd {
-    child: Child,
-    pub(crate) port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Sshd {
-    /// Starts one, or returns None (after saying why) when sshd or
-    /// ssh-keygen is missing outside CI.
-    pub(crate) fn start() -> Option<Sshd> {
-        Sshd::start_with("", |_| {})
-    }
-
-    /// [`Sshd::start`] with `extra` lines in its sshd_config, after
-    /// `prepare` made what they name in its directory.
-    pub(crate) fn start_with(extra: &str, prepare: impl Fn(&Path)) -> Option<Sshd> {
-        if !common::require_tool("sshd") || !common::require_tool("ssh-keygen") {
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("sshd tempdir");
-        for key in ["host_key", "client_key", "other_key"] {
-            common::run(
-                Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-C", "faults", "-f"])
-                    .arg(dir.path().join(key)),
-            );
-        }
-        fs::copy(
-            dir.path().join("client_key.pub"),
-            dir.path().join("authorized_keys"),
-        )
-        .expect("writing authorized_keys");
-        prepare(dir.path());
-        // sshd insists on its privilege separation directory.
-        fs::create_dir_all("/run/sshd").expect("creating /run/sshd");
-        let sshd = common::find_tool("sshd").expect("sshd was found above");
-        for _ in 0..5 {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .and_then(|l| l.local_addr())
-                .expect("probing a free port")
-                .port();
-            let config = format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
-                 StrictModes no\nUsePAM no\nPermitRootLogin yes\nPidFile none\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n{}",
-                dir.path().join("host_key").display(),
-                dir.path().join("authorized_keys").display(),
-                extra.replace("__DIR__", &dir.path().display().to_string()),
-            );
-            fs::write(dir.path().join("sshd_config"), config).expect("writing sshd_config");
-            let log = fs::File::create(dir.path().join("sshd.log")).expect("creating sshd log");
-            let mut child = Command::new(&sshd)
-                .args(["-D", "-e", "-f"])
-                .arg(dir.path().join("sshd_config"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("starting sshd");
-            let until = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < until && matches!(child.try_wait(), Ok(None)) {
-                if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                    return Some(Sshd { child, port, dir });
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!(
-            "sshd did not start; its log:\n{}",
-            fs::read_to_string(dir.path().join("sshd.log")).unwrap_or_default()
-        );
-    }
-
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// What sshd logged.
-    pub(crate) fn log(&self) -> String {
-        fs::read_to_string(self.path("sshd.log")).unwrap_or_default()
-    }
-
-    /// `ssh://root@127.0.0.1:PORT/abs/path` of a bare repository.
-    pub(crate) fn url(&self, bare: &Path) -> String {
-        format!("ssh://root@127.0.0.1:{}{}", self.port, bare.display())
-    }
-
-    /// A known_hosts file holding this server's host key.
-    pub(crate) fn known_hosts(&self) -> PathBuf {
-        let key = read(&self.path("host_key.pub"));
-        let key: Vec<&str> = key.split_whitespace().take(2).collect();
-        let path = self.path("known_hosts");
-        fs::write(
-            &path,
-            format!("[127.0.0.1]:{} {}\n", self.port, key.join(" ")),
-        )
-        .expect("writing known_hosts");
-        path
-    }
-
-    /// Makes the server accept only the key in `name.pub`.
-    fn authorize(&self, name: &str) {
-        fs::copy(
-            self.path(&format!("{name}.pub")),
-            self.path("authorized_keys"),
-        )
-        .expect("replacing authorized_keys");
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

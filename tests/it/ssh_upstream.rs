@@ -11,8 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::faults::Sshd;
 use common::host::{app_config, seed, Host};
+use common::sshd::Sshd;
 use common::{GitDaemon, Upstream};
 
 /// Lets the server leave blobs out (`filter blob:none`), as forges do.

@@ -70,6 +70,7 @@ bench: deps release
 	$(CARGO) bench --bench reconcile -- --out $(CURDIR)/docs/BENCHMARKS.md
 	$(CARGO) bench --bench fleet -- --out $(CURDIR)/docs/BENCHMARKS.md
 	$(CARGO) bench --bench rollout -- --out $(CURDIR)/docs/BENCHMARKS.md
+	$(CARGO) bench --bench transport -- --out $(CURDIR)/docs/BENCHMARKS.md
 
 UNITDIR ?= /etc/systemd/system
 GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators

@@ -11,8 +11,8 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::thread::JoinHandle;
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -22,6 +22,8 @@ use crate::util::http::Budget;
 
 /// Most of git's stderr kept for a message.
 const MAX_STDERR: u64 = 4096;
+/// How long the end of stderr is waited for once the program exited.
+const STDERR_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// `git upload-pack` on a local repository, read and written like a
 /// connection: every read and write waits at most until the deadline.
@@ -31,9 +33,10 @@ pub struct Pipe {
     stdout: ChildStdout,
     deadline: Instant,
     budget: Budget,
-    /// Collects what git says on stderr (a thread, so that git never
-    /// blocks on a full stderr pipe while we wait for its stdout).
-    stderr: Option<JoinHandle<Vec<u8>>>,
+    /// What the program said on stderr so far, collected by a thread (so
+    /// that it never blocks on a full stderr pipe while we wait for its
+    /// stdout), and whether the pipe ended.
+    stderr: Arc<Said>,
     /// Turns what the program said on stderr, when its output ended, into
     /// the error's words.
     explain: fn(&str) -> String,
@@ -95,20 +98,16 @@ impl Pipe {
             let _ = child.wait();
             anyhow::bail!("{program} started without its pipes");
         };
-        let stderr = std::thread::spawn(move || {
-            let mut said = Vec::new();
-            let mut rest = stderr.take(MAX_STDERR);
-            let _ = rest.read_to_end(&mut said);
-            let _ = io::copy(&mut rest.into_inner(), &mut io::sink());
-            said
-        });
+        let said: Arc<Said> = Arc::new((Mutex::new((Vec::new(), false)), Condvar::new()));
+        let collected = Arc::clone(&said);
+        std::thread::spawn(move || collect(stderr, &collected));
         Ok(Some(Pipe {
             child,
             stdin,
             stdout,
             deadline,
             budget,
-            stderr: Some(stderr),
+            stderr: said,
             explain,
         }))
     }
@@ -128,18 +127,48 @@ impl Pipe {
         }
     }
 
-    /// Ends git (its answer is complete or no longer wanted) and returns
-    /// what it said on stderr, as one line.
+    /// Ends the program (its answer is complete or no longer wanted) and
+    /// returns what it said on stderr, as one line. A process it left
+    /// behind may hold stderr open (ssh's `ControlPersist` master does):
+    /// what was said is taken after a short wait, not at the pipe's end.
     fn finish(&mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let said = self
-            .stderr
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default();
+        let (lock, ended) = &*self.stderr;
+        let said = match lock.lock() {
+            Ok(g) => match ended.wait_timeout_while(g, STDERR_GRACE, |(_, done)| !*done) {
+                Ok((g, _)) => g.0.clone(),
+                Err(_) => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
         crate::util::escape_text(String::from_utf8_lossy(&said).trim()).into_owned()
     }
+}
+
+/// What a program said on stderr, whether the pipe ended, and the signal
+/// that it did.
+type Said = (Mutex<(Vec<u8>, bool)>, Condvar);
+
+/// Reads `stderr` into `said` (at most [`MAX_STDERR`] bytes kept) until it
+/// ends, then says so.
+fn collect(mut stderr: ChildStderr, said: &Said) {
+    let mut buf = [0u8; 1024];
+    loop {
+        match stderr.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if let Ok(mut g) = said.0.lock() {
+                    let room = (MAX_STDERR as usize).saturating_sub(g.0.len());
+                    g.0.extend_from_slice(&buf[..n.min(room)]);
+                }
+            }
+        }
+    }
+    if let Ok(mut g) = said.0.lock() {
+        g.1 = true;
+    }
+    said.1.notify_all();
 }
 
 impl Read for Pipe {

@@ -129,8 +129,9 @@ impl Pipe {
 
     /// Ends the program (its answer is complete or no longer wanted) and
     /// returns what it said on stderr, as one line. A process it left
-    /// behind may hold stderr open (ssh's `ControlPersist` master does):
-    /// what was said is taken after a short wait, not at the pipe's end.
+    /// behind may hold stderr open (a helper it started in the
+    /// background): what was said is taken after a short wait for the
+    /// pipe's end, not only at it.
     fn finish(&mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -193,3 +193,74 @@ fn a_proxyjump_bastion_from_the_operators_ssh_config_is_used() {
         bastion.log()
     );
 }
+
+/// An operator's ControlMaster (kept ten minutes) carries the next polls
+/// over its one connection: one login for two passes, each of which ends
+/// without waiting for the master it leaves behind.
+#[test]
+fn a_kept_controlmaster_carries_the_next_poll() {
+    common::need_git!();
+    let Some(sshd) = Sshd::start_with("AcceptEnv GIT_PROTOCOL\n", |_| {}) else {
+        return;
+    };
+    let d = GitDaemon::start();
+    let up = d.repo("r");
+    seed(&up);
+    let mux = sshd.path("mux");
+    fs::create_dir_all(&mux).expect("a directory for the mux socket");
+    let h = Host::new();
+    let extra = format!(
+        "ssh_key = \"{}\"\nssh_known_hosts = \"{}\"\nssh_command = \"ssh -o ControlMaster=auto -o ControlPath={}/%C -o ControlPersist=600 -o SendEnv=GIT_PROTOCOL\"",
+        sshd.path("client_key").display(),
+        sshd.known_hosts().display(),
+        mux.display()
+    );
+    h.write_config(&app_config(&sshd.url(up.bare()), &extra));
+    // `timeout` only bounds a pass that would wait for the master.
+    let sync = || {
+        let mut c = h.command(&["sync"]);
+        let mut t = Command::new("timeout");
+        t.arg("120").arg(c.get_program()).args(c.get_args());
+        t.envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+        let _ = &mut c;
+        t.output().expect("running provision")
+    };
+    let first = sync();
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        common::output_text(&first)
+    );
+    let logins = || sshd.log().matches("Accepted publickey").count();
+    assert_eq!(logins(), 1, "{}", sshd.log());
+    let second = sync();
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "{}",
+        common::output_text(&second)
+    );
+    assert!(
+        common::output_text(&second).contains("app: up to date"),
+        "{}",
+        common::output_text(&second)
+    );
+    assert_eq!(
+        logins(),
+        1,
+        "the second poll went over the master's connection:\n{}",
+        sshd.log()
+    );
+    let _ = Command::new("ssh")
+        .args([
+            "-o",
+            &format!("ControlPath={}/%C", mux.display()),
+            "-O",
+            "exit",
+            "-p",
+        ])
+        .arg(sshd.port.to_string())
+        .arg("root@127.0.0.1")
+        .output();
+}

@@ -26,7 +26,7 @@ use crate::git::ancestry;
 use crate::git::auth;
 use crate::git::partial::{self, Files};
 use crate::git::upload_pack::{self, Bounds, Opened, Session, Target, Want};
-use crate::git::{dumb, ssh};
+use crate::git::{dumb, info_refs, ssh};
 use crate::model::place::{self, Place};
 use crate::util::dirfd::Dir;
 use crate::util::http;
@@ -436,17 +436,17 @@ impl Mirror {
         let creds = network_setup(creds, timeout)?;
         if recent(&path.join(DUMB_MARK), V0_MARK_LIFE) {
             if let Some((target, auth)) = self.http_target(path, &creds)? {
-                let server = dumb::DumbServer {
+                let server = upload_pack::DumbServer {
                     target,
                     auth,
                     refs: Vec::new(),
-                    validators: dumb::Validators::default(),
+                    validators: info_refs::Validators::default(),
                 };
                 return self.fetch_dumb(&repo, path, depth, timeout, server, true);
             }
         }
         let v2 = match self.try_fetch_v2(&repo, path, depth, &creds, timeout) {
-            Err(e) => match e.downcast::<dumb::DumbServer>() {
+            Err(e) => match e.downcast::<upload_pack::DumbServer>() {
                 Ok(server) => return self.fetch_dumb(&repo, path, depth, timeout, server, false),
                 Err(e) => return Err(e),
             },
@@ -510,7 +510,7 @@ impl Mirror {
         path: &Path,
         depth: u32,
         timeout: Duration,
-        server: dumb::DumbServer,
+        server: upload_pack::DumbServer,
         poll: bool,
     ) -> Result<Oid> {
         let bounds = Bounds {
@@ -521,7 +521,7 @@ impl Mirror {
         let refname = self.refname();
         let local = repo.refname_to_id(&refname).ok();
         let mut client = dumb::Client::new(&server, &bounds);
-        let last = dumb::Validators::parse(&read_small(path, DUMB_MARK)?.unwrap_or_default());
+        let last = info_refs::Validators::parse(&read_small(path, DUMB_MARK)?.unwrap_or_default());
         let (refs, validators) = if poll {
             match dumb::poll(&client, &last).map_err(|e| self.dumb_failed(e, timeout))? {
                 None => match local {
@@ -533,7 +533,7 @@ impl Mirror {
         } else {
             (
                 server.refs.clone(),
-                dumb::Validators {
+                info_refs::Validators {
                     etag: server.validators.etag.clone(),
                     last_modified: server.validators.last_modified.clone(),
                 },
@@ -713,7 +713,7 @@ impl Mirror {
                 Ok(Some(s)) => s,
                 Ok(None) if self.is_https() => return Err(self.not_v2()),
                 Ok(None) => return Ok(None),
-                Err(e) if e.is::<dumb::DumbServer>() => return Err(e),
+                Err(e) if e.is::<upload_pack::DumbServer>() => return Err(e),
                 Err(e) => return self.first_failure(e, creds).map(|_| None),
             };
             match session.ls_ref(refname) {

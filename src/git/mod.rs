@@ -5,6 +5,7 @@ pub mod allowed_signers;
 pub(crate) mod ancestry;
 pub mod auth;
 pub(crate) mod dumb;
+pub(crate) mod info_refs;
 pub(crate) mod known_hosts;
 pub(crate) mod local;
 pub(crate) mod mirror;

@@ -171,6 +171,27 @@ pub struct Bounds {
     pub budget: http::Budget,
 }
 
+/// The server is a dumb one: its refs, and how to ask it for files.
+#[derive(Debug)]
+pub struct DumbServer {
+    /// Where it is.
+    pub target: Target,
+    /// The `Authorization: …` header line, if any.
+    pub auth: Option<String>,
+    /// Its `info/refs`: (commit, ref name).
+    pub refs: crate::git::info_refs::Refs,
+    /// The validators it sent with them, for the next poll.
+    pub validators: crate::git::info_refs::Validators,
+}
+
+impl std::fmt::Display for DumbServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the server serves the repository as static files (git's dumb HTTP protocol)")
+    }
+}
+
+impl std::error::Error for DumbServer {}
+
 /// What opening a session found.
 pub enum Opened {
     /// The server speaks protocol v2.
@@ -488,14 +509,14 @@ impl Session {
         if resp.content_type != "application/x-git-upload-pack-advertisement" {
             // A dumb HTTP server (static files): no upload-pack to speak
             // v2 to; what it sent is its `info/refs` file.
-            let validators = crate::git::dumb::Validators::of(&resp);
+            let validators = crate::git::info_refs::Validators::of(&resp);
             let mut text = String::new();
             resp.body
                 .take(DUMB_REFS_CAP)
                 .read_to_string(&mut text)
                 .context("reading the server's info/refs")?;
-            if let Some(refs) = crate::git::dumb::refs(&text) {
-                return Err(crate::git::dumb::DumbServer {
+            if let Some(refs) = crate::git::info_refs::refs(&text) {
+                return Err(DumbServer {
                     target: self.target.clone(),
                     auth: self.auth.clone(),
                     refs,

@@ -41,31 +41,6 @@ use proxy::Proxy;
 const HEADING: &str = "## Transports";
 const POLLS: usize = 10;
 
-/// `tags` tags and `branches` branches on the head, packed.
-fn add_refs(up: &Upstream, tags: usize, branches: usize) {
-    let head = up.head("main");
-    let mut input = String::new();
-    for i in 0..tags {
-        input.push_str(&format!("create refs/tags/v{i:05} {head}\n"));
-    }
-    for i in 0..branches {
-        input.push_str(&format!("create refs/heads/feature-{i:04} {head}\n"));
-    }
-    let mut child = common::git_cmd(up.bare())
-        .args(["update-ref", "--stdin"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("spawning git update-ref");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(input.as_bytes())
-        .expect("writing refs");
-    assert!(child.wait().expect("git update-ref").success());
-    common::run(common::git_cmd(up.bare()).args(["pack-refs", "--all"]));
-}
-
 /// CPU seconds (user + system) of the children waited for so far (their
 /// own children included).
 #[allow(unsafe_code)]
@@ -288,7 +263,7 @@ fn main() {
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);
-    add_refs(&up, 10_000, 1_000);
+    up.add_refs(10_000, 1_000);
     let v2 = Sshd::start_with("AcceptEnv GIT_PROTOCOL\n", |_| {}).expect("sshd");
     let v0 = Sshd::start().expect("sshd");
     let mut rows = Vec::new();
@@ -302,7 +277,7 @@ fn main() {
     ssh_rows("ssh, stock sshd (v0)", true, &v0, &up, &mut rows);
     let statics = d.repo("s");
     seed(&statics);
-    add_refs(&statics, 3_000, 0);
+    statics.add_refs(3_000, 0);
     common::run(common::git_cmd(statics.bare()).arg("update-server-info"));
     common::run(
         Command::new("touch")

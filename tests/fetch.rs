@@ -5,7 +5,6 @@
 use testkit as common;
 
 use std::fs;
-use std::io::Write as _;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -33,32 +32,6 @@ fn holds(mirror: &Path, id: &str) -> bool {
         .args(["cat-file", "-e", id])
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// `count` tags and `branches` branches on the head, packed like a
-/// server's refs.
-fn add_refs(up: &Upstream, tags: usize, branches: usize) {
-    let head = up.head("main");
-    let mut input = String::new();
-    for i in 0..tags {
-        input.push_str(&format!("create refs/tags/v{i:05} {head}\n"));
-    }
-    for i in 0..branches {
-        input.push_str(&format!("create refs/heads/feature-{i:04} {head}\n"));
-    }
-    let mut child = common::git_cmd(up.bare())
-        .args(["update-ref", "--stdin"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("spawning git update-ref");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(input.as_bytes())
-        .expect("writing refs");
-    assert!(child.wait().expect("git update-ref").success());
-    common::run(common::git_cmd(up.bare()).args(["pack-refs", "--all"]));
 }
 
 /// A smart HTTP server whose certificate provision trusts: every test of
@@ -188,7 +161,7 @@ fn a_no_op_poll_asks_for_the_followed_branch_alone_whatever_the_refs() {
     let d = GitDaemon::start();
     let up = d.repo("r");
     seed(&up);
-    add_refs(&up, 5_000, 500);
+    up.add_refs(5_000, 500);
     let http = https(d.base(), Protocol::AsAsked);
     let h = Host::new();
     h.write_config(&app_config(&http.url("r"), ""));

@@ -482,16 +482,10 @@ impl Mirror {
         let Some(target) = Target::parse(&self.upstream.url) else {
             return Ok(None);
         };
-        let Some((host, tls)) = target.http_host() else {
+        if target.http_host().is_none() {
             return Ok(None);
-        };
-        let proxy = proxy::choose(
-            creds.proxy.as_deref(),
-            creds.proxy_credentials_file.as_deref(),
-            tls,
-            host,
-            proxy::environment,
-        )?;
+        }
+        let proxy = proxy_for(&target, creds)?;
         let target = target.resume_tls_in(dir.join(TLS_SESSION)).through(proxy);
         let auth = if self.is_https() {
             upload_pack::basic(auth::https_basic(creds, target.user.as_deref())?)
@@ -609,16 +603,7 @@ impl Mirror {
         let Some(target) = ssh.or_else(|| Target::parse(&self.upstream.url)) else {
             return Ok(None);
         };
-        let proxy = match target.http_host() {
-            Some((host, tls)) => proxy::choose(
-                creds.proxy.as_deref(),
-                creds.proxy_credentials_file.as_deref(),
-                tls,
-                host,
-                proxy::environment,
-            )?,
-            None => None,
-        };
+        let proxy = proxy_for(&target, creds)?;
         let target = target.resume_tls_in(dir.join(TLS_SESSION)).through(proxy);
         let auth = if self.is_https() {
             auth::https_basic(creds, target.user.as_deref())?
@@ -1041,24 +1026,9 @@ impl Mirror {
         let Some(target) = Target::parse(&self.upstream.url) else {
             return Ok(None);
         };
-        let Some((host, tls)) = target.http_host() else {
-            return Ok(None);
-        };
-        let chosen = proxy::choose(
-            creds.proxy.as_deref(),
-            creds.proxy_credentials_file.as_deref(),
-            tls,
-            host,
-            proxy::environment,
-        )?;
-        Ok(chosen.map(|p| {
+        Ok(proxy_for(&target, creds)?.map(|p| {
             let mut o = git2::ProxyOptions::new();
-            let host = if p.host.contains(':') {
-                format!("[{}]", p.host)
-            } else {
-                p.host.clone()
-            };
-            o.url(&format!("http://{host}:{}", p.port));
+            o.url(&format!("http://{}", p.authority()));
             o
         }))
     }
@@ -1341,6 +1311,22 @@ pub fn is_unavailable(e: &anyhow::Error) -> bool {
                 .downcast_ref::<git2::Error>()
                 .is_some_and(|g| g.class() == ErrorClass::Net && g.code() != git2::ErrorCode::Auth)
         })
+}
+
+/// The proxy `target` is reached through: the `proxy` key, else the
+/// environment; `None` for a direct connection or a transport other than
+/// HTTP(S).
+fn proxy_for(target: &Target, creds: &Credentials) -> Result<Option<http::Proxy>> {
+    let Some((host, tls)) = target.http_host() else {
+        return Ok(None);
+    };
+    proxy::choose(
+        creds.proxy.as_deref(),
+        creds.proxy_credentials_file.as_deref(),
+        tls,
+        host,
+        proxy::environment,
+    )
 }
 
 /// Whether the file at `path` was written less than `life` ago.

@@ -28,12 +28,16 @@ pub struct Proxy {
 impl Proxy {
     /// `proxy HOST:PORT (from KEY)`, for messages.
     pub fn shown(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
+        format!("proxy {} (from {})", self.authority(), self.from)
+    }
+
+    /// `host:port`, the host bracketed when it is an IPv6 address.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
         } else {
-            self.host.clone()
-        };
-        format!("proxy {host}:{} (from {})", self.port, self.from)
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// Parses `text` (`http://[user:pass@]host[:port][/]`), configured in

@@ -841,6 +841,32 @@ impl Upstream {
         run(git_cmd(&self.bare).args(["update-ref", "-d", &format!("refs/heads/{branch}"), &old]));
     }
 
+    /// `tags` tags and `branches` branches on the head of `main`, packed
+    /// like a server's refs (a forge's repository, for the polls' costs).
+    pub fn add_refs(&self, tags: usize, branches: usize) {
+        let head = self.head("main");
+        let mut input = String::new();
+        for i in 0..tags {
+            input.push_str(&format!("create refs/tags/v{i:05} {head}\n"));
+        }
+        for i in 0..branches {
+            input.push_str(&format!("create refs/heads/feature-{i:04} {head}\n"));
+        }
+        let mut child = git_cmd(&self.bare)
+            .args(["update-ref", "--stdin"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawning git update-ref");
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(input.as_bytes())
+            .expect("writing refs");
+        assert!(child.wait().expect("git update-ref").success());
+        run(git_cmd(&self.bare).args(["pack-refs", "--all"]));
+    }
+
     /// Hash of `branch` in the bare repo. Panics if it does not exist.
     pub fn head(&self, branch: &str) -> String {
         self.head_opt(branch).unwrap_or_else(|| {

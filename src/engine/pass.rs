@@ -270,6 +270,15 @@ fn follow(
         .iter()
         .map(|r| Note::new(NoteKind::Fetch, format!("mirror rebuilt: {r}")))
         .collect();
+    if fetched.found_v0 {
+        notes.push(Note::new(
+            NoteKind::Fetch,
+            format!(
+                "{} answers over ssh in git's protocol v0: each poll reads its whole ref list; `AcceptEnv GIT_PROTOCOL` in its sshd_config makes a poll a few kilobytes",
+                fetched.via.as_ref().map_or(svc.upstream.url.as_str(), |(u, _)| u.as_str())
+            ),
+        ));
+    }
     if let Some((url, why)) = &fetched.via {
         notes.push(Note::new(
             NoteKind::Fetch,

@@ -44,13 +44,13 @@ const V2_MARK: &str = "provision-v2";
 /// File in a mirror keeping the last TLS session with an https server, so
 /// the next poll resumes it instead of a full handshake.
 const TLS_SESSION: &str = "provision-tls-session";
-/// File in a mirror saying that its ssh server answered protocol v0 (its
-/// sshd does not accept `GIT_PROTOCOL`): polls within a day go straight to
-/// libgit2 instead of opening an ssh connection that ends in v0 anyway.
+/// File in a mirror saying that its ssh server answers protocol v0 (its
+/// sshd does not accept `GIT_PROTOCOL`), so that the pass which finds it
+/// out says so once, with what makes polls cheap, and later ones do not.
 const V0_MARK: &str = "provision-ssh-v0";
-/// How long [`V0_MARK`] is believed before v2 is asked for again (the
-/// server's administrator may have enabled it).
-const V0_MARK_LIFE: Duration = Duration::from_secs(24 * 3600);
+/// How long a static server's mark ([`DUMB_MARK`]) is believed before
+/// smart HTTP is asked for again (the server may have been upgraded).
+const MARK_LIFE: Duration = Duration::from_secs(24 * 3600);
 /// File in a mirror saying that its server serves static files (git's
 /// dumb HTTP protocol), with the validators of its last `info/refs`:
 /// polls within a day are one conditional GET.
@@ -75,6 +75,9 @@ pub struct Fetched {
     /// The further upstream it was fetched from, when the first could
     /// not be (and why not).
     pub via: Option<(String, String)>,
+    /// This fetch found out that the ssh server answers in protocol v0
+    /// (the mirror remembers it; later fetches do not say it again).
+    pub found_v0: bool,
 }
 
 /// Whether a head descends from a commit (see [`Mirror::descends`]).
@@ -210,6 +213,8 @@ impl Mirror {
     fn fetch_from(&self, depth: u32, creds: &Credentials, timeout: Duration) -> Result<Fetched> {
         let _lock = self.lock()?;
         let depth = self.bounded(depth);
+        let knew_v0 = self.path.join(V0_MARK).exists();
+        let found_v0 = || !knew_v0 && self.path.join(V0_MARK).exists();
         let rebuild = match self.try_fetch(&self.path, depth, creds, timeout) {
             Ok(head) => match self.outgrown() {
                 None => {
@@ -217,6 +222,7 @@ impl Mirror {
                         head,
                         rebuilt: None,
                         via: None,
+                        found_v0: found_v0(),
                     })
                 }
                 Some(why) => why,
@@ -231,6 +237,7 @@ impl Mirror {
             head,
             rebuilt: Some(rebuild),
             via: None,
+            found_v0: found_v0(),
         })
     }
 
@@ -434,7 +441,7 @@ impl Mirror {
     ) -> Result<Oid> {
         let repo = open_or_init(path)?;
         let creds = network_setup(creds, timeout)?;
-        if recent(&path.join(DUMB_MARK), V0_MARK_LIFE) {
+        if recent(&path.join(DUMB_MARK), MARK_LIFE) {
             if let Some((target, auth)) = self.http_target(path, &creds)? {
                 let server = upload_pack::DumbServer {
                     target,
@@ -597,9 +604,6 @@ impl Mirror {
         fresh: bool,
     ) -> Result<Option<Box<Session>>> {
         let ssh = Target::ssh(&self.upstream.url, &creds.clone().with_env_defaults());
-        if ssh.is_some() && recent(&dir.join(V0_MARK), V0_MARK_LIFE) {
-            return Ok(None);
-        }
         let Some(target) = ssh.or_else(|| Target::parse(&self.upstream.url)) else {
             return Ok(None);
         };
@@ -624,8 +628,16 @@ impl Mirror {
             }
         }
         match Session::open(&target, auth, bounds)? {
+            Opened::V0(s) => {
+                let d = Dir::open(dir)?;
+                if d.meta(OsStr::new(V0_MARK))?.is_none() {
+                    d.write_atomic(OsStr::new(V0_MARK), b"v0\n", 0o644)?;
+                }
+                Ok(Some(s))
+            }
             Opened::V2(s) => {
                 let mirror = Dir::open(dir)?;
+                let _ = mirror.remove_file(OsStr::new(V0_MARK));
                 if s.is_http() && !s.redirected() && mirror.meta(OsStr::new("HEAD"))?.is_some() {
                     let features = s.fetch_features().join(" ");
                     mirror.write_atomic(OsStr::new(V2_MARK), features.as_bytes(), 0o644)?;
@@ -635,9 +647,6 @@ impl Mirror {
             Opened::NotV2 => {
                 let d = Dir::open(dir)?;
                 let _ = d.remove_file(OsStr::new(V2_MARK));
-                if target.is_ssh() && d.meta(OsStr::new("HEAD"))?.is_some() {
-                    d.write_atomic(OsStr::new(V0_MARK), b"v0\n", 0o644)?;
-                }
                 Ok(None)
             }
         }
@@ -1041,7 +1050,7 @@ impl Mirror {
         timeout: Duration,
     ) -> Result<Oid> {
         let url = &self.upstream.url;
-        let callbacks = auth::remote_callbacks(creds, Instant::now() + timeout);
+        let callbacks = auth::remote_callbacks(Instant::now() + timeout);
         let unreachable = |e: git2::Error| {
             anyhow::Error::new(ServerError(e.message().to_string(), None, false))
                 .context(format!("fetching branch {:?} from {url}", self.branch))
@@ -1088,7 +1097,7 @@ impl Mirror {
         let refspec = format!("+{refname}:{refname}");
         let mut opts = FetchOptions::new();
         let (callbacks, watch) =
-            auth::watched_callbacks(creds, Instant::now() + timeout, Some(self.max_fetch_bytes));
+            auth::watched_callbacks(Instant::now() + timeout, Some(self.max_fetch_bytes));
         opts.remote_callbacks(callbacks)
             .download_tags(AutotagOption::None)
             .update_fetchhead(false);

@@ -5,9 +5,13 @@
 //! blocks, `ProxyJump`, host certificates, FIDO keys, key exchanges), as
 //! it does for git; `ssh_command` replaces `ssh` as `GIT_SSH_COMMAND`
 //! does. A server whose sshd does not accept `GIT_PROTOCOL` answers v0 on
-//! the same connection; the caller then fetches through libgit2.
+//! the same connection, and is spoken to in v0 there.
 
 use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 
 use crate::config::Credentials;
 
@@ -116,6 +120,59 @@ fn finish(
         port,
         path,
     })
+}
+
+/// Checks the configured `ssh_key` before ssh is started, so that a key
+/// that cannot work is named with what to do: an unreadable file (ssh
+/// would go on without it and report only a refused login) or one
+/// protected by a passphrase, which nobody is there to type.
+pub fn check_key(creds: &Credentials) -> Result<()> {
+    let Some(key) = &creds.ssh_key else {
+        return Ok(());
+    };
+    let text = std::fs::read(key).with_context(|| format!("reading ssh key {}", key.display()))?;
+    if key_is_encrypted(&text) {
+        bail!(
+            "ssh key {k} is encrypted with a passphrase, which provision, running \
+             unattended, cannot type; give it a key without one, readable by root only \
+             (`ssh-keygen -p -N '' -f {k}` removes the passphrase of a copy)",
+            k = key.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether a private key file needs a passphrase: a PEM key with
+/// `Proc-Type: 4,ENCRYPTED`, a PKCS#8 `ENCRYPTED PRIVATE KEY`, or an
+/// OpenSSH key whose cipher is not `none`. With `BatchMode` OpenSSH
+/// cannot ask for the passphrase and only says "Permission denied".
+fn key_is_encrypted(text: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(text);
+    if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        return true;
+    }
+    let Some(body) = text
+        .split("-----BEGIN OPENSSH PRIVATE KEY-----")
+        .nth(1)
+        .and_then(|b| b.split("-----END").next())
+    else {
+        return false;
+    };
+    let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    let Ok(raw) = STANDARD.decode(b64) else {
+        return false;
+    };
+    // "openssh-key-v1\0", then the cipher name as a length-prefixed string.
+    let Some(rest) = raw.strip_prefix(b"openssh-key-v1\0") else {
+        return false;
+    };
+    let Some(len) = rest
+        .get(..4)
+        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+    else {
+        return false;
+    };
+    rest.get(4..4 + len).is_some_and(|cipher| cipher != b"none")
 }
 
 /// The command that runs upload-pack on `t`'s server: `ssh` (or

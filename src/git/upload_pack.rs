@@ -10,8 +10,12 @@
 //! leave blobs out (`filter blob:none`) so that a mirror can hold only the
 //! files its services mount.
 //!
-//! A server that answers in v0 (an old git, a dumb HTTP server) is reported
-//! as [`Opened::NotV2`]; the caller then uses libgit2 as before.
+//! An ssh server that answers in v0 (its sshd does not pass
+//! `GIT_PROTOCOL` on) is spoken to in v0 on the same connection
+//! ([`Opened::V0`]): its whole ref advertisement is read, then one fetch
+//! per connection. Any other server that answers in v0 (an old git
+//! daemon, a dumb HTTP server) is reported as [`Opened::NotV2`]; the
+//! caller then uses libgit2 (`git://`, `http://`) or the dumb client.
 
 use std::io::{BufReader, Read, Write};
 use std::time::{Duration, Instant};
@@ -20,6 +24,7 @@ use anyhow::{bail, Context, Result};
 use git2::Oid;
 
 use crate::config::Credentials;
+use crate::git::advertisement::Advertisement;
 use crate::git::pkt_line::{self, Pkt, Reader};
 use crate::git::{local, ssh};
 use crate::util::http::{self, Conn, Endpoint};
@@ -71,11 +76,6 @@ impl Target {
             local: false,
             ssh: Some(Box::new((t, creds.clone()))),
         })
-    }
-
-    /// Whether it is an ssh upstream.
-    pub fn is_ssh(&self) -> bool {
-        self.ssh.is_some()
     }
 
     /// Goes through `proxy` (HTTP and HTTPS only: `git://` and local
@@ -196,6 +196,9 @@ impl std::error::Error for DumbServer {}
 pub enum Opened {
     /// The server speaks protocol v2.
     V2(Box<Session>),
+    /// An ssh server answered in protocol v0, on a connection that is
+    /// kept and spoken to in v0.
+    V0(Box<Session>),
     /// The server answered in protocol v0 (it does not know v2).
     NotV2,
 }
@@ -212,6 +215,19 @@ pub struct Session {
     fetch_features: Vec<String>,
     /// The first request was redirected.
     redirected: bool,
+    /// Protocol v0 (ssh only): what the server advertised when the
+    /// session opened.
+    v0: Option<Advertisement>,
+}
+
+/// How a server answered the first request.
+#[derive(Debug)]
+enum Answer {
+    /// Protocol v2, with these capabilities.
+    V2(Vec<String>),
+    /// Protocol v0: the first line of its ref advertisement (`None`: the
+    /// flush of a repository without refs), not yet read further.
+    V0(Option<Vec<u8>>),
 }
 
 /// What the server's answer to a fetch said beyond the pack.
@@ -308,8 +324,9 @@ impl Session {
             daemon: None,
             fetch_features: Vec::new(),
             redirected: false,
+            v0: None,
         };
-        let caps = if target.local {
+        let answer = if target.local {
             session.open_local()?
         } else if target.ssh.is_some() {
             session.open_ssh()?
@@ -318,8 +335,13 @@ impl Session {
         } else {
             session.open_http()?
         };
-        let Some(caps) = caps else {
-            return Ok(Opened::NotV2);
+        let caps = match answer {
+            Answer::V2(caps) => caps,
+            Answer::V0(first) if target.ssh.is_some() => {
+                session.read_advertisement(first)?;
+                return Ok(Opened::V0(Box::new(session)));
+            }
+            Answer::V0(_) => return Ok(Opened::NotV2),
         };
         if !caps
             .iter()
@@ -358,6 +380,7 @@ impl Session {
             daemon: None,
             fetch_features,
             redirected: false,
+            v0: None,
         }))
     }
 
@@ -378,12 +401,29 @@ impl Session {
 
     /// Whether the server can fetch to a depth.
     pub fn can_deepen(&self) -> bool {
-        self.fetch_features.iter().any(|f| f == "shallow")
+        match &self.v0 {
+            Some(adv) => adv.has("shallow"),
+            None => self.fetch_features.iter().any(|f| f == "shallow"),
+        }
+    }
+
+    /// Reads the rest of a v0 advertisement on the connection.
+    fn read_advertisement(&mut self, first: Option<Vec<u8>>) -> Result<()> {
+        let conn = self
+            .daemon
+            .as_mut()
+            .context("the connection to the server is closed")?;
+        let adv = Advertisement::read(first.as_deref(), &mut Reader::new(conn))?;
+        if !adv.has("side-band-64k") {
+            bail!("the server's git is too old: it answers in protocol v0 without side-band-64k");
+        }
+        self.v0 = Some(adv);
+        Ok(())
     }
 
     /// Connects to a git daemon asking for protocol v2 and reads its
     /// capabilities; `None` when it answered in v0.
-    fn open_daemon(&mut self) -> Result<Option<Vec<String>>> {
+    fn open_daemon(&mut self) -> Result<Answer> {
         let ep = &self.target.endpoint;
         let mut conn = Conn::open(ep, self.bounds.connect, self.bounds.deadline)?
             .with_budget(Some(self.bounds.budget.clone()));
@@ -410,14 +450,14 @@ impl Session {
 
     /// Starts git's upload-pack on the local repository and reads its
     /// capabilities; `None` when git is not installed or answered in v0.
-    fn open_local(&mut self) -> Result<Option<Vec<String>>> {
+    fn open_local(&mut self) -> Result<Answer> {
         let Some(pipe) = local::Pipe::spawn(
             &self.target.path,
             self.bounds.deadline,
             self.bounds.budget.clone(),
         )?
         else {
-            return Ok(None);
+            return Ok(Answer::V0(None));
         };
         let mut conn = BufReader::new(Wire::Pipe(Box::new(pipe)));
         let caps = read_capabilities(&mut Reader::new(&mut conn))?;
@@ -428,10 +468,11 @@ impl Session {
     /// Runs upload-pack on the server through OpenSSH, asking for
     /// protocol v2, and reads its capabilities; `None` when it answered in
     /// v0 (its sshd does not accept `GIT_PROTOCOL`).
-    fn open_ssh(&mut self) -> Result<Option<Vec<String>>> {
+    fn open_ssh(&mut self) -> Result<Answer> {
         let Some(route) = self.target.ssh.as_deref() else {
             bail!("not an ssh upstream");
         };
+        ssh::check_key(&route.1)?;
         let cmd = ssh::upload_pack(&route.0, &route.1);
         let Some(pipe) = local::Pipe::start(
             cmd,
@@ -450,7 +491,7 @@ impl Session {
 
     /// `GET info/refs` with `Git-Protocol: version=2`; `None` when the
     /// server answered in v0.
-    fn open_http(&mut self) -> Result<Option<Vec<String>>> {
+    fn open_http(&mut self) -> Result<Answer> {
         const INFO_REFS: &str = "/info/refs?service=git-upload-pack";
         let mut redirects = 0;
         let resp = loop {
@@ -524,7 +565,7 @@ impl Session {
                 }
                 .into());
             }
-            return Ok(None);
+            return Ok(Answer::V0(None));
         }
         let mut r = Reader::new(resp.body);
         read_capabilities(&mut r)
@@ -592,6 +633,9 @@ impl Session {
     /// The commit `refname` points to on the server, `None` when it has no
     /// such ref. Asks for that one ref alone.
     pub fn ls_ref(&mut self, refname: &str) -> Result<Option<Oid>> {
+        if let Some(adv) = &self.v0 {
+            return Ok(adv.refs.get(refname).copied());
+        }
         let mut req = Vec::new();
         pkt_line::line(&mut req, "command=ls-refs");
         pkt_line::line(&mut req, &format!("agent={AGENT}"));
@@ -634,6 +678,9 @@ impl Session {
     /// there only once complete); the session's budget stops a server that
     /// sends too much.
     pub fn fetch(&mut self, want: &Want<'_>, odb: &git2::Odb<'_>) -> Result<Fetched> {
+        if self.v0.is_some() {
+            return self.fetch_v0(want, odb);
+        }
         let req = self.fetch_request(want);
         let mut r = self.command(&req)?;
         let mut out = Fetched::default();
@@ -648,29 +695,87 @@ impl Session {
             server_error(&section)?;
             match section.as_str() {
                 "packfile" => break,
-                "shallow-info" => read_shallow_info(&mut r, &mut out)?,
+                "shallow-info" => read_shallow_info(&mut r, &mut out, Pkt::Delim)?,
                 // acknowledgments, wanted-refs, packfile-uris: nothing we
                 // asked for; read through.
                 _ => skip_section(&mut r)?,
             }
         }
-        let mut writer = odb.packwriter().context("starting a pack in the mirror")?;
-        loop {
-            match r.next().context("reading the pack")? {
-                Pkt::Flush | Pkt::ResponseEnd => break,
-                Pkt::Delim => bail!("the server sent a delimiter inside the pack"),
-                Pkt::Data(d) => match d.split_first() {
-                    Some((1, data)) => writer.write_all(data).context("writing the pack")?,
-                    Some((2, _)) => {}
-                    Some((3, msg)) => {
-                        bail!("the server said: {}", String::from_utf8_lossy(msg).trim())
-                    }
-                    _ => bail!("the server sent a pack line on no known band"),
-                },
+        receive_pack(&mut r, odb)?;
+        Ok(out)
+    }
+
+    /// [`Session::fetch`] in protocol v0: the request in one write (wants
+    /// with the capabilities used, the shallow edge and depth, haves,
+    /// `done`), then the shallow lines, one `ACK` or `NAK`, and the pack.
+    /// The server ends the connection after its pack, so a further fetch
+    /// opens another one (and reads the advertisement again).
+    fn fetch_v0(&mut self, want: &Want<'_>, odb: &git2::Odb<'_>) -> Result<Fetched> {
+        if self.daemon.is_none() {
+            self.reopen_v0()?;
+        }
+        let req = self.fetch_request_v0(want)?;
+        let mut conn = self
+            .daemon
+            .take()
+            .context("the connection to the server is closed")?;
+        pkt_line::send(conn.get_mut(), &req).context("sending the fetch request")?;
+        let mut r = Reader::new(&mut conn);
+        let mut out = Fetched::default();
+        if want.depth > 0 && self.can_deepen() {
+            read_shallow_info(&mut r, &mut out, Pkt::Flush)?;
+        }
+        let pkt = r.next().context("reading the server's acknowledgment")?;
+        let line = pkt.line().unwrap_or_default();
+        server_error(line)?;
+        if line != "NAK" && !line.starts_with("ACK ") {
+            bail!("the server sent {line:?} where an ACK or NAK belongs");
+        }
+        receive_pack(&mut r, odb)?;
+        Ok(out)
+    }
+
+    /// A new connection to a v0 ssh server, its advertisement read.
+    fn reopen_v0(&mut self) -> Result<()> {
+        match self.open_ssh()? {
+            Answer::V0(first) => self.read_advertisement(first),
+            Answer::V2(_) => bail!(
+                "the server answered in protocol v2 on a second connection after v0 on the first"
+            ),
+        }
+    }
+
+    fn fetch_request_v0(&self, want: &Want<'_>) -> Result<Vec<u8>> {
+        let adv = self.v0.as_ref().context("not a protocol v0 session")?;
+        let mut caps = vec!["side-band-64k"];
+        caps.extend(
+            ["ofs-delta", "no-progress", "shallow"]
+                .into_iter()
+                .filter(|c| adv.has(c)),
+        );
+        let agent = format!("agent={AGENT}");
+        if adv.caps.iter().any(|c| c.starts_with("agent=")) {
+            caps.push(&agent);
+        }
+        let mut req = Vec::new();
+        for (i, w) in want.wants.iter().enumerate() {
+            match i {
+                0 => pkt_line::line(&mut req, &format!("want {w} {}", caps.join(" "))),
+                _ => pkt_line::line(&mut req, &format!("want {w}")),
             }
         }
-        writer.commit().context("indexing the fetched pack")?;
-        Ok(out)
+        if want.depth > 0 && self.can_deepen() {
+            for s in want.shallow {
+                pkt_line::line(&mut req, &format!("shallow {s}"));
+            }
+            pkt_line::line(&mut req, &format!("deepen {}", want.depth));
+        }
+        pkt_line::flush(&mut req);
+        for h in want.haves {
+            pkt_line::line(&mut req, &format!("have {h}"));
+        }
+        pkt_line::line(&mut req, "done");
+        Ok(req)
     }
 
     fn fetch_request(&self, want: &Want<'_>) -> Vec<u8> {
@@ -755,10 +860,10 @@ pub(crate) fn basic(auth: Option<(String, String)>) -> Option<String> {
 }
 
 /// Reads the capability advertisement of protocol v2 (`version 2`, then
-/// one capability per line up to a flush); `None` when the server started
-/// a v0 advertisement instead. A `# service=` preamble (smart HTTP) is
-/// skipped.
-fn read_capabilities<R: Read>(r: &mut Reader<R>) -> Result<Option<Vec<String>>> {
+/// one capability per line up to a flush), or the first line of a v0
+/// advertisement the server started instead. A `# service=` preamble
+/// (smart HTTP) is skipped.
+fn read_capabilities<R: Read>(r: &mut Reader<R>) -> Result<Answer> {
     let mut first = r.next().context("reading the server's first line")?;
     if first.line().is_some_and(|l| l.starts_with("# service=")) {
         if r.next().context("reading the server's advertisement")? != Pkt::Flush {
@@ -766,18 +871,19 @@ fn read_capabilities<R: Read>(r: &mut Reader<R>) -> Result<Option<Vec<String>>> 
         }
         first = r.next().context("reading the server's advertisement")?;
     }
-    let Some(line) = first.line() else {
+    let Pkt::Data(data) = first else {
         // An empty v0 advertisement (a repository without refs) is a flush.
-        return Ok(None);
+        return Ok(Answer::V0(None));
     };
-    server_error(line)?;
-    if line != "version 2" {
-        return Ok(None);
+    let line = String::from_utf8_lossy(&data);
+    server_error(line.trim_end_matches('\n'))?;
+    if line.trim_end_matches('\n') != "version 2" {
+        return Ok(Answer::V0(Some(data)));
     }
     let mut caps = Vec::new();
     loop {
         match r.next().context("reading the server's capabilities")? {
-            Pkt::Flush => return Ok(Some(caps)),
+            Pkt::Flush => return Ok(Answer::V2(caps)),
             _ if caps.len() >= MAX_CAPABILITIES => {
                 return Err(Overflow(format!(
                     "the server listed more than {MAX_CAPABILITIES} capabilities"
@@ -797,13 +903,14 @@ fn server_error(line: &str) -> Result<()> {
     }
 }
 
-/// Reads `shallow`/`unshallow` lines up to the end of the section.
-fn read_shallow_info<R: Read>(r: &mut Reader<R>, out: &mut Fetched) -> Result<()> {
+/// Reads `shallow`/`unshallow` lines up to `end`: the delimiter that
+/// ends the section in v2, the flush that ends the list in v0.
+fn read_shallow_info<R: Read>(r: &mut Reader<R>, out: &mut Fetched, end: Pkt) -> Result<()> {
     loop {
         let pkt = r.next().context("reading the shallow list")?;
         let Some(line) = pkt.line() else {
             return match pkt {
-                Pkt::Delim => Ok(()),
+                p if p == end => Ok(()),
                 _ => bail!("the server ended its answer inside the shallow list"),
             };
         };
@@ -822,6 +929,29 @@ fn read_shallow_info<R: Read>(r: &mut Reader<R>, out: &mut Fetched) -> Result<()
             _ => bail!("the server sent {line:?} in the shallow list"),
         }
     }
+}
+
+/// Writes the pack that follows on band 1 into `odb`, indexed there only
+/// once complete; band 2 (progress) is dropped, band 3 is the server's
+/// error.
+fn receive_pack<R: Read>(r: &mut Reader<R>, odb: &git2::Odb<'_>) -> Result<()> {
+    let mut writer = odb.packwriter().context("starting a pack in the mirror")?;
+    loop {
+        match r.next().context("reading the pack")? {
+            Pkt::Flush | Pkt::ResponseEnd => break,
+            Pkt::Delim => bail!("the server sent a delimiter inside the pack"),
+            Pkt::Data(d) => match d.split_first() {
+                Some((1, data)) => writer.write_all(data).context("writing the pack")?,
+                Some((2, _)) => {}
+                Some((3, msg)) => {
+                    bail!("the server said: {}", String::from_utf8_lossy(msg).trim())
+                }
+                _ => bail!("the server sent a pack line on no known band"),
+            },
+        }
+    }
+    writer.commit().context("indexing the fetched pack")?;
+    Ok(())
 }
 
 /// Reads up to the end of a section we have no use for.
@@ -870,18 +1000,19 @@ mod tests {
         pkt_line::line(&mut v2, "ls-refs=unborn");
         pkt_line::line(&mut v2, "fetch=shallow filter");
         pkt_line::flush(&mut v2);
-        let caps = read_capabilities(&mut Reader::new(&v2[..]))
-            .expect("read")
-            .expect("v2");
+        let Answer::V2(caps) = read_capabilities(&mut Reader::new(&v2[..])).expect("read") else {
+            panic!("not read as v2");
+        };
         assert_eq!(caps, ["ls-refs=unborn", "fetch=shallow filter"]);
         let mut v0 = Vec::new();
         pkt_line::data(
             &mut v0,
             b"0123456789012345678901234567890123456789 HEAD\0multi_ack\n",
         );
-        assert!(read_capabilities(&mut Reader::new(&v0[..]))
-            .expect("read")
-            .is_none());
+        assert!(matches!(
+            read_capabilities(&mut Reader::new(&v0[..])).expect("read"),
+            Answer::V0(Some(_))
+        ));
         let mut err = Vec::new();
         pkt_line::line(
             &mut err,

@@ -1,7 +1,8 @@
 //! ssh upstreams through the system's OpenSSH client, against real sshd
 //! servers on loopback: protocol v2 where sshd accepts `GIT_PROTOCOL`
-//! (the mirror then holds only the mounted files' blobs), v0 where it does
-//! not (still deployed, and remembered), a host certificate, a `ProxyJump`
+//! (the mirror then holds only the mounted files' blobs), v0 on the same
+//! connection where it does not (still deployed and updated, and named
+//! once with what makes polls cheap), a host certificate, a `ProxyJump`
 //! bastion from the operator's ssh_config through `ssh_command`, and an
 //! unknown host key named with what to do.
 
@@ -69,15 +70,39 @@ fn an_sshd_accepting_git_protocol_is_spoken_to_in_v2_and_a_stock_one_in_v0() {
         assert_eq!(
             !holds(&h.state(), &secret),
             speaks_v2,
-            "v2 leaves out the blobs no service mounts; v0 (libgit2) cannot:\n{out}"
+            "v2 leaves out the blobs no service mounts; v0 cannot:\n{out}"
         );
         assert_eq!(
             mirror.join("provision-ssh-v0").exists(),
             !speaks_v2,
             "a v0 server is remembered"
         );
+        assert_eq!(
+            out.contains("answers over ssh in git's protocol v0")
+                && out.contains("AcceptEnv GIT_PROTOCOL"),
+            !speaks_v2,
+            "a v0 server is named, with what makes polls cheap:\n{out}"
+        );
         let again = h.sync(0);
         assert!(again.contains("app: up to date"), "{again}");
+        assert!(!again.contains("protocol v0"), "said once:\n{again}");
+        let next = up.commit(
+            "main",
+            &[("app/etc/app.conf", Some("port = 2\n"))],
+            "port 2",
+        );
+        let moved = h.sync(0);
+        assert!(moved.contains("app: deployed"), "{moved}");
+        assert_eq!(
+            h.status_json()["deployed"]["commit"],
+            next.as_str(),
+            "{moved}"
+        );
+        assert_eq!(
+            common::host::read(&h.deployed("app").join("app/etc/app.conf")),
+            "port = 2\n",
+            "{moved}"
+        );
     }
 }
 

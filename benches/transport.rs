@@ -10,8 +10,9 @@
 //! handshakes included), and the median wall time and CPU (the client and
 //! its children: ssh, git's helpers) of 10 such polls. The clients:
 //! provision through OpenSSH; provision with a ControlMaster kept between
-//! polls; `git fetch` over the same ssh; provision against the v0 server
-//! (libgit2 and libssh2 after the first poll).
+//! polls; `git fetch` over the same ssh; provision and `git fetch` against
+//! the v0 server (provision through OpenSSH there too, in v0 on the same
+//! connection).
 //!
 //! Writes the "Transports" section of docs/BENCHMARKS.md and prints it.
 //! Option: `--out PATH`.
@@ -150,7 +151,7 @@ fn ssh_rows(label: &'static str, v0: bool, sshd: &Sshd, up: &Upstream, rows: &mu
     let h = Host::new();
     h.write_config(&app_config(&url, &creds));
     let client = if v0 {
-        "provision (v0: libgit2 and libssh2 after the first poll)"
+        "provision (OpenSSH, v0 on the same connection)"
     } else {
         "provision (OpenSSH)"
     };
@@ -297,8 +298,7 @@ fn main() {
          accepts `GIT_PROTOCOL`) moves a few kilobytes where v0 moves the whole ref \
          advertisement, whatever the client; `git fetch` also asks for every tag (to follow them) \
          unless `--no-tags`. Most of a poll's time and CPU is ssh's own handshake: a ControlMaster \
-         kept between polls leaves no new connection. libssh2 (the v0 path through libgit2) \
-         handshakes with less CPU but moves the whole advertisement. A static repository's no-op \
+         kept between polls leaves no new connection. A static repository's no-op \
          poll is one conditional GET answered 304.\n\n\
          | transport | client | bytes per poll | connections | wall (ms) | CPU (ms) |\n\
          | --- | --- | ---: | ---: | ---: | ---: |\n"

@@ -174,6 +174,8 @@ shared_keys! {
     gate_ca_file: Text = "\"/etc/provision/prometheus-ca.pem\"",
     allowed_signers: Text = "\"/etc/provision/allowed_signers\"",
     openpgp_keys: Text = "\"/etc/provision/keys.asc\"",
+    /// The key that decrypts the `.age` files of `decrypt` dirs.
+    age_identity: Text = "\"/etc/provision/age.key\"",
 }
 
 /// The keys with a parser of their own: a service's identity and mounts,
@@ -206,6 +208,7 @@ const OTHERS: &[Key] = &[
     other("mode", Scope::Dir, Kind::Text, "\"0640\""),
     other("group", Scope::Dir, Kind::Text, "\"adm\""),
     other("allow_writable_parents", Scope::Dir, Kind::Boolean, "true"),
+    other("decrypt", Scope::Dir, Kind::Boolean, "true"),
     other(
         "metrics_dir",
         Scope::Global,

@@ -102,6 +102,8 @@ pub struct Service {
     /// ASCII-armored OpenPGP public keys allowed to sign them; `None`:
     /// none (with no allowed_signers either, signatures are not checked).
     pub openpgp_keys: Option<PathBuf>,
+    /// The age identity that decrypts the files of `decrypt` dirs.
+    pub age_identity: PathBuf,
 }
 
 /// How long canaries must have served a commit when `soak` is not set.
@@ -283,7 +285,20 @@ pub struct Dir {
     /// Mount even when a directory above `local` is writable by a user
     /// other than root (never through a symlink).
     pub allow_writable_parents: bool,
+    /// Files ending in `.age` are decrypted with the service's
+    /// `age_identity` into the release, under the name without `.age`.
+    pub decrypt: bool,
+    /// Permission bits of a decrypted file: `mode` when the dir sets it,
+    /// else 0600 (root's, or the owner's, alone).
+    pub secret_mode: u32,
 }
+
+/// File mode of a decrypted file unless the dir's `mode` says otherwise.
+pub const DEFAULT_SECRET_MODE: u32 = 0o600;
+
+/// The identity that decrypts when `age_identity` is not set: the
+/// machine's own ssh host key, so that no key has to be distributed.
+pub const DEFAULT_AGE_IDENTITY: &str = "/etc/ssh/ssh_host_ed25519_key";
 
 /// File mode of a release's regular files unless `mode` says otherwise.
 pub const DEFAULT_FILE_MODE: u32 = 0o644;

@@ -41,6 +41,7 @@ pub(super) struct RawDir {
     pub mode: Option<Sp<String>>,
     pub group: Option<Sp<String>>,
     pub allow_writable_parents: Option<Sp<bool>>,
+    pub decrypt: Option<Sp<bool>>,
 }
 
 /// The result of walking a file: raw values plus everything wrong so far.
@@ -295,6 +296,7 @@ impl Walker<'_, '_> {
                 "allow_writable_parents" => {
                     dir.allow_writable_parents = self.values().boolean(v, ctx, &full)
                 }
+                "decrypt" => dir.decrypt = self.values().boolean(v, ctx, &full),
                 _ => {
                     let written = format!("{prefix}.{}", key.get_ref().as_ref());
                     self.unknown_key(key.span(), ctx, &written, &[Scope::Dir])

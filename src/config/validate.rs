@@ -142,6 +142,10 @@ impl Resolver<'_> {
         let checks = self.checks(&s);
         let rollout = self.rollout(&s);
         let trust = self.trust(&s);
+        let age_identity = match &s.age_identity {
+            None => Some(PathBuf::from(super::DEFAULT_AGE_IDENTITY)),
+            Some(p) => self.abs_path(p, "age_identity"),
+        };
         let dirs = self.dirs(raw);
         let machine = machine.and_then(|m| self.machine(m));
         Some(Service {
@@ -169,6 +173,7 @@ impl Resolver<'_> {
             rollout: rollout?,
             allowed_signers: trust.clone()?.0,
             openpgp_keys: trust?.1,
+            age_identity: age_identity?,
         })
     }
 
@@ -781,6 +786,17 @@ impl Resolver<'_> {
                 }
             },
         };
+        let decrypt = d.decrypt.as_ref().is_some_and(|x| x.value);
+        if let (true, Some(true), Some(l)) = (decrypt, d.file.as_ref().map(|f| f.value), &d.link) {
+            if !l.value.ends_with(".age") {
+                self.err(
+                    Some(&l.span),
+                    &key("link"),
+                    "a single file with decrypt = true is the encrypted file: its link ends in .age",
+                );
+                return None;
+            }
+        }
         let mode = match &d.mode {
             None => Some(super::DEFAULT_FILE_MODE),
             Some(m) => match parse_mode(&m.value) {
@@ -803,6 +819,11 @@ impl Resolver<'_> {
             mode: mode?,
             group: group?,
             allow_writable_parents: d.allow_writable_parents.as_ref().is_some_and(|a| a.value),
+            decrypt,
+            secret_mode: match d.mode {
+                Some(_) => mode?,
+                None => super::DEFAULT_SECRET_MODE,
+            },
         })
     }
 }

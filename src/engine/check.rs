@@ -104,7 +104,7 @@ pub(crate) fn validate(
             crate::config::printable(&check.command),
             finished.verdict(check.timeout)
         ),
-        finished.tail(),
+        crate::store::release::redact_secrets(release, &finished.tail()),
     )))
 }
 

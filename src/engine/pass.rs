@@ -213,6 +213,10 @@ fn reconcile(
         drift_files: seen.drift_count().map(|n| n as u64),
         mounts_ok: state.deployed.as_ref().map(|_| seen.mounts_ok()),
         unit_state: seen.unit_state,
+        undecryptable: result
+            .as_ref()
+            .err()
+            .is_some_and(crate::util::secret::is_undecryptable),
     });
     if result.is_ok() {
         state.counters.last_success = Some(now);

@@ -119,6 +119,7 @@ fn service_doc(name: &str, f: &BTreeMap<&str, Sample>) -> ServiceStatus {
             ok: flag("provision_last_pass_success").unwrap_or(false),
             error: None,
             duration_ms: None,
+            undecryptable: flag("provision_secret_undecryptable").unwrap_or(false),
         }),
         // The head waited for is the upstream head, by definition.
         rollout: value("provision_rollout_wait_until_timestamp_seconds").and_then(|t| {

@@ -178,6 +178,10 @@ pub struct PassStatus {
     pub error: Option<String>,
     /// How long it took.
     pub duration_ms: Option<u64>,
+    /// It failed because a secret could not be decrypted (`error` names
+    /// the file and the identity).
+    #[serde(default)]
+    pub undecryptable: bool,
 }
 
 /// Whether a service follows upstream, as the JSON and the table say it.

@@ -179,7 +179,7 @@ impl Scan<'_> {
 /// with the modes `d` gives.
 fn same(e: &Entry, md: &Meta, parent: &dirfd::Dir, name: &OsStr, d: &Dir) -> Result<bool> {
     let kind_ok = match e.kind {
-        Kind::File | Kind::Exec => md.is_file(),
+        Kind::File | Kind::Exec | Kind::Secret => md.is_file(),
         Kind::Symlink => md.is_symlink(),
         Kind::Dir => md.is_dir(),
     };
@@ -324,6 +324,8 @@ mod tests {
             mode: crate::config::DEFAULT_FILE_MODE,
             group: None,
             allow_writable_parents: false,
+            decrypt: false,
+            secret_mode: crate::config::DEFAULT_SECRET_MODE,
         }
     }
 

@@ -31,6 +31,9 @@ pub enum Kind {
     Symlink,
     /// A directory (a tree, or a submodule written empty).
     Dir,
+    /// A regular file decrypted from an `.age` blob: its id is the hash of
+    /// the plaintext (never in the mirror), and its content is never shown.
+    Secret,
 }
 
 impl Kind {
@@ -40,6 +43,7 @@ impl Kind {
             Kind::Exec => b'x',
             Kind::Symlink => b'l',
             Kind::Dir => b'd',
+            Kind::Secret => b's',
         }
     }
 
@@ -49,6 +53,7 @@ impl Kind {
             b'x' => Kind::Exec,
             b'l' => Kind::Symlink,
             b'd' => Kind::Dir,
+            b's' => Kind::Secret,
             _ => return None,
         })
     }
@@ -73,6 +78,7 @@ impl Kind {
             Kind::File => d.perm(false),
             Kind::Exec | Kind::Dir => d.perm(true),
             Kind::Symlink => 0o777,
+            Kind::Secret => d.secret_mode,
         }
     }
 }
@@ -225,6 +231,12 @@ impl Manifest {
             .with_context(|| format!("reading tree of commit {commit}"))?;
         let mut m = Manifest::default();
         for d in dirs {
+            if d.decrypt {
+                bail!(
+                    "{:?} decrypts its files, and its release has no manifest to compare them with",
+                    d.link
+                );
+            }
             let entry = tree
                 .get_path(Path::new(&d.link))
                 .with_context(|| format!("{:?} is not in commit {commit}", d.link))?;
@@ -252,6 +264,15 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// Entries at or below `prefix`.
+    /// The paths of decrypted files.
+    pub fn secrets(&self) -> impl Iterator<Item = &Path> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.kind == Kind::Secret)
+            .map(|(p, _)| p.as_path())
     }
 
     /// Entries at or below `prefix`.

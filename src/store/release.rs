@@ -21,8 +21,9 @@ use anyhow::{bail, Context, Result};
 use git2::{FileMode, ObjectType, Odb, Oid, Repository, Tree, TreeEntry};
 use nix::unistd::{Gid, Uid};
 
-use crate::config::{Dir, Limits, Service, DEFAULT_FILE_MODE};
+use crate::config::{Dir, Limits, Service, DEFAULT_FILE_MODE, DEFAULT_SECRET_MODE};
 use crate::store::manifest::{Kind, Manifest};
+use crate::util::secret::{self, Plaintext};
 use crate::util::{dirfd, human_size};
 
 /// Directory of a service's releases, below its service directory.
@@ -72,6 +73,12 @@ pub struct Access {
     pub gid: u32,
     /// Permission bits of regular files.
     pub mode: u32,
+    /// Owner of decrypted files: the service's user whatever `readonly`
+    /// says (a read-only mount keeps them unchanged; a secret only root
+    /// could read would be of no use to the service), else root.
+    pub secret_uid: u32,
+    /// Permission bits of decrypted files.
+    pub secret_mode: u32,
 }
 
 impl Access {
@@ -95,6 +102,8 @@ impl Access {
             uid,
             gid,
             mode: d.mode,
+            secret_uid: user.map_or(0, |u| u.uid.as_raw()),
+            secret_mode: d.secret_mode,
         })
     }
 
@@ -104,6 +113,7 @@ impl Access {
             Kind::File => self.mode,
             Kind::Exec | Kind::Dir => self.mode | ((self.mode & 0o444) >> 2),
             Kind::Symlink => 0o777,
+            Kind::Secret => self.secret_mode,
         }
     }
 }
@@ -243,8 +253,13 @@ impl Releases {
                 uid: 0,
                 gid: 0,
                 mode: DEFAULT_FILE_MODE,
+                secret_uid: 0,
+                secret_mode: DEFAULT_SECRET_MODE,
             },
             manifest: Manifest::default(),
+            decrypt: false,
+            identity: None,
+            age_identity: svc.age_identity.clone(),
         };
         let written = w
             .write(&tree, commit, &svc.dirs, user, &root)
@@ -375,6 +390,47 @@ fn remove_prefixed(releases: &dirfd::Dir, prefix: &str) -> Result<()> {
     Ok(())
 }
 
+/// `text` (a check's output) with every line of the release's decrypted
+/// files masked, so that a `validate` that prints the file it reads (a
+/// config test quoting a line) does not carry a secret into the state,
+/// the journal or the fleet page. Lines under 4 characters are left: they
+/// would mask ordinary words and reveal nothing.
+pub fn redact_secrets(release: &Path, text: &str) -> String {
+    let (Some(name), Some(service_dir)) = (
+        release.file_name().and_then(OsStr::to_str),
+        release.parent().and_then(Path::parent),
+    ) else {
+        return text.to_string();
+    };
+    let releases = Releases::new(service_dir);
+    let Ok(Some(manifest)) = Manifest::read(&releases.manifest_path(name)) else {
+        return text.to_string();
+    };
+    let Ok(root) = dirfd::Dir::open(release) else {
+        return text.to_string();
+    };
+    let mut out = text.to_string();
+    for rel in manifest.secrets() {
+        let mut plain = zeroize::Zeroizing::new(Vec::new());
+        let read = root
+            .open_file(rel)
+            .and_then(|mut f| f.read_to_end(&mut plain).map_err(Into::into));
+        if read.is_err() {
+            continue;
+        }
+        let plain = zeroize::Zeroizing::new(String::from_utf8_lossy(&plain).into_owned());
+        let mask = format!("[secret {}]", rel.display());
+        for line in plain
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.chars().count() >= 4)
+        {
+            out = out.replace(line, &mask);
+        }
+    }
+    out
+}
+
 /// A short, stable digest of what a service mounts and who owns it. Mode
 /// and group enter only when set, and the user only when there is one, so
 /// that adding them makes a new release (written with the new owners and
@@ -393,6 +449,9 @@ pub fn fingerprint(dirs: &[Dir], user: Option<&str>) -> String {
             }
             if let Some(u) = user {
                 s.push_str(&format!("\0user={u}\0{}", d.readonly));
+            }
+            if d.decrypt {
+                s.push_str(&format!("\0decrypt\0{:o}", d.secret_mode));
             }
             s
         })
@@ -500,6 +559,11 @@ struct Writer<'a> {
     /// Owner and mode of the link being written.
     access: Access,
     manifest: Manifest,
+    /// The link being written decrypts its `.age` files.
+    decrypt: bool,
+    /// The service's `age_identity`, read at the first file to decrypt.
+    identity: Option<secret::Identity>,
+    age_identity: PathBuf,
 }
 
 impl Writer<'_> {
@@ -514,6 +578,7 @@ impl Writer<'_> {
     ) -> Result<()> {
         for d in dirs {
             self.access = Access::of(d, user)?;
+            self.decrypt = d.decrypt;
             self.link(tree, d, root)
                 .with_context(|| format!("materializing {:?} of commit {commit}", d.link))?;
         }
@@ -557,6 +622,11 @@ impl Writer<'_> {
                 self.link_tree = None;
                 r
             }
+            // The encrypted file itself is the link: decrypted under its
+            // own name, which is what the mount shows.
+            (Some(ObjectType::Blob), true) if d.decrypt => {
+                self.secret(&entry, &parent, &name, &rel)
+            }
             (Some(ObjectType::Blob), true) => self.entry(&entry, &parent, &name, &rel),
             (_, true) => bail!(
                 "{:?} is configured with file = true but is not a regular file in the repository",
@@ -588,6 +658,24 @@ impl Writer<'_> {
             let child_rel = rel.join(child_name);
             if !seen.insert(child.name_bytes().to_vec()) {
                 bail!("refusing duplicate tree entry {}", child_rel.display());
+            }
+            if self.decrypt {
+                if let Some(plain) = encrypted_name(child_name) {
+                    if tree.get_name_bytes(plain.as_bytes()).is_some() {
+                        bail!(
+                            "{} and {} are both in the repository: with decrypt = true the first is what the second decrypts to; keep one",
+                            rel.join(plain).display(),
+                            child_rel.display()
+                        );
+                    }
+                    let mode = child.filemode();
+                    if mode == i32::from(FileMode::Blob)
+                        || mode == i32::from(FileMode::BlobExecutable)
+                    {
+                        self.secret(&child, &dir, plain, &rel.join(plain))?;
+                        continue;
+                    }
+                }
             }
             self.entry(&child, &dir, child_name, &child_rel)?;
         }
@@ -626,6 +714,55 @@ impl Writer<'_> {
         self.chown_file(&f, dir, name)?;
         drop(f);
         self.record(dir, name, rel, kind, entry.id())
+    }
+
+    /// Decrypts the `.age` blob of `entry` with the service's identity and
+    /// writes the plaintext as `name` in `dir` (`rel` in the release),
+    /// with the secret's owner and mode; the manifest records the hash of
+    /// the plaintext, so that drift compares what the service reads.
+    fn secret(
+        &mut self,
+        entry: &TreeEntry<'_>,
+        dir: &dirfd::Dir,
+        name: &OsStr,
+        rel: &Path,
+    ) -> Result<()> {
+        let blob = self
+            .repo
+            .find_blob(entry.id())
+            .with_context(|| format!("reading blob {}", entry.id()))?;
+        let mut encrypted = name.to_os_string();
+        if encrypted_name(name).is_none() {
+            encrypted.push(".age");
+        }
+        let encrypted = rel.with_file_name(encrypted);
+        let plain: Plaintext = self.identity()?.decrypt(blob.content(), &encrypted)?;
+        let mut f = dir.create_file(name, self.access.perm(Kind::Secret))?;
+        f.write_all(&plain)
+            .with_context(|| format!("writing {}", dir.path().join(name).display()))?;
+        if self.access.secret_uid != 0 || self.access.gid != 0 {
+            nix::unistd::fchown(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                Some(Uid::from_raw(self.access.secret_uid)),
+                Some(Gid::from_raw(self.access.gid)),
+            )
+            .with_context(|| format!("changing owner of {}", dir.path().join(name).display()))?;
+        }
+        drop(f);
+        let oid = Oid::hash_object(ObjectType::Blob, &plain).context("hashing a decrypted file")?;
+        self.record(dir, name, rel, Kind::Secret, oid)
+    }
+
+    /// The service's identity, read once per release.
+    fn identity(&mut self) -> Result<&secret::Identity> {
+        if self.identity.is_none() {
+            let id = secret::Identity::load(&self.age_identity)
+                .map_err(|e| secret::Undecryptable(format!("{e:#} (age_identity)")))?;
+            self.identity = Some(id);
+        }
+        self.identity
+            .as_ref()
+            .context("the age identity was just read")
     }
 
     /// Streams blob `id` into `f` without holding it whole in memory where
@@ -713,6 +850,15 @@ impl Writer<'_> {
         self.record(parent, name, rel, Kind::Dir, Oid::zero())?;
         Ok(dir)
     }
+}
+
+/// The name `name` decrypts to: without its `.age` suffix; `None` when it
+/// has none (or is nothing but the suffix).
+fn encrypted_name(name: &OsStr) -> Option<&OsStr> {
+    let b = name.as_bytes();
+    b.strip_suffix(b".age")
+        .filter(|s| !s.is_empty())
+        .map(OsStr::from_bytes)
 }
 
 /// A tree entry name as a path component. Git never stores these names,
@@ -850,6 +996,8 @@ mod tests {
             mode: DEFAULT_FILE_MODE,
             group: None,
             allow_writable_parents: false,
+            decrypt: false,
+            secret_mode: crate::config::DEFAULT_SECRET_MODE,
         };
         let f = |dirs: &[Dir]| fingerprint(dirs, None);
         assert_eq!(

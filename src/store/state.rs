@@ -261,6 +261,9 @@ pub struct PassRecord {
     /// The unit's ActiveState, when systemd could be asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit_state: Option<String>,
+    /// It failed because a secret could not be decrypted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub undecryptable: bool,
 }
 
 /// Where a service's state and lock live.

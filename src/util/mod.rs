@@ -9,6 +9,7 @@ pub mod dirfd;
 pub(crate) mod http;
 pub mod lock;
 pub(crate) mod proxy;
+pub mod secret;
 pub(crate) mod tls;
 
 use dirfd::Dir;

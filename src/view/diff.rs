@@ -46,6 +46,10 @@ pub fn local(svc: &Service, place: &Place) -> Result<String> {
     for d in &drifted {
         let label = drift::local_path(&svc.dirs, &d.rel);
         let expected = manifest.get(&d.rel).filter(|e| e.kind != Kind::Dir);
+        if expected.is_some_and(|e| e.kind == Kind::Secret) {
+            out.push_str(&secret_line(&label, d.change));
+            continue;
+        }
         let old = match expected {
             Some(e) if d.change != Change::Added => Some(blob(&repo, e.oid)?),
             _ => None,
@@ -127,6 +131,17 @@ pub fn upstream(svc: &Service, place: &Place) -> Result<String> {
             .as_ref()
             .and_then(|t| t.get_path(Path::new(&d.link)).ok());
         let new_id = new.get_path(Path::new(&d.link)).ok();
+        if d.file && d.decrypt {
+            if old_id.as_ref().map(|e| e.id()) != new_id.as_ref().map(|e| e.id()) {
+                let change = match (&old_id, &new_id) {
+                    (None, _) => Change::Added,
+                    (_, None) => Change::Deleted,
+                    _ => Change::Modified,
+                };
+                out.push_str(&secret_line(&d.local, change));
+            }
+            continue;
+        }
         if d.file {
             let label = d.local.clone();
             let content = |e: Option<git2::TreeEntry<'_>>| -> Result<Option<Vec<u8>>> {
@@ -151,6 +166,15 @@ pub fn upstream(svc: &Service, place: &Place) -> Result<String> {
         for delta in diff.deltas() {
             let rel = delta.new_file().path().or(delta.old_file().path());
             let label = rel.map_or(d.local.clone(), |r| d.local.join(r));
+            if let Some(plain) = rel.and_then(|r| secret_path(d, r)) {
+                let change = match (delta.old_file().exists(), delta.new_file().exists()) {
+                    (false, _) => Change::Added,
+                    (_, false) => Change::Deleted,
+                    _ => Change::Modified,
+                };
+                out.push_str(&secret_line(&d.local.join(plain), change));
+                continue;
+            }
             let content = |f: git2::DiffFile<'_>| -> Result<Option<Vec<u8>>> {
                 if f.exists() {
                     blob(&repo, f.id()).map(Some)
@@ -163,6 +187,28 @@ pub fn upstream(svc: &Service, place: &Place) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// The path an `.age` file of a `decrypt` dir is deployed as (the name
+/// without `.age`); `None` for any other file.
+fn secret_path(d: &crate::config::Dir, rel: &Path) -> Option<std::path::PathBuf> {
+    if !d.decrypt {
+        return None;
+    }
+    let name = rel.file_name()?.as_bytes();
+    let plain = name.strip_suffix(b".age").filter(|p| !p.is_empty())?;
+    Some(rel.with_file_name(OsStr::from_bytes(plain)))
+}
+
+/// What a diff says of a decrypted file: that it changed, never how (its
+/// content is a secret, and its ciphertext tells nothing either).
+fn secret_line(label: &Path, change: Change) -> String {
+    let what = match change {
+        Change::Added => "is new",
+        Change::Deleted => "is deleted",
+        _ => "differs",
+    };
+    format!("secret {} {what}\n", label.display())
 }
 
 fn blob(repo: &Repository, oid: Oid) -> Result<Vec<u8>> {

@@ -74,7 +74,7 @@ struct Family {
 }
 
 /// The families, in output order: name, type, help.
-pub const FAMILIES: [(&str, &str, &str); 26] = [
+pub const FAMILIES: [(&str, &str, &str); 27] = [
     (
         "provision_service_info",
         "gauge",
@@ -179,6 +179,11 @@ pub const FAMILIES: [(&str, &str, &str); 26] = [
         "provision_last_pass_success",
         "gauge",
         "1 if the last pass succeeded.",
+    ),
+    (
+        "provision_secret_undecryptable",
+        "gauge",
+        "1 if the last pass failed because a file of a `decrypt` dir could not be decrypted (not for this machine's key, damaged, or the identity unreadable).",
     ),
     (
         "provision_last_success_timestamp_seconds",
@@ -347,6 +352,7 @@ fn samples(svc: &Service, state: Option<&State>, now: u64) -> Vec<Sample> {
         }
         out.push(one("provision_last_pass_timestamp_seconds", p.time as f64));
         out.push(one("provision_last_pass_success", bool(p.ok)));
+        out.push(one("provision_secret_undecryptable", bool(p.undecryptable)));
         if let Some(ms) = p.duration_ms {
             out.push(one("provision_pass_duration_seconds", ms as f64 / 1000.0));
         }
@@ -448,6 +454,7 @@ dirs = [{ local = "/etc/grafana", link = "grafana" }]
                 drift_files: Some(2),
                 mounts_ok: Some(true),
                 unit_state: Some("active".into()),
+                undecryptable: true,
             }),
             hold: Some(Hold {
                 kind: HoldKind::Frozen,
@@ -483,6 +490,7 @@ dirs = [{ local = "/etc/grafana", link = "grafana" }]
             "provision_drift_files{service=\"grafana\"} 2",
             "provision_unit_active{service=\"grafana\"} 1",
             "provision_last_pass_success{service=\"grafana\"} 0",
+            "provision_secret_undecryptable{service=\"grafana\"} 1",
             "provision_pass_duration_seconds{service=\"grafana\"} 1.5",
             "provision_pass_failures_total{service=\"grafana\"} 3",
             "provision_actions_total{service=\"grafana\",action=\"reload\",result=\"failed\"} 0",

@@ -29,6 +29,7 @@ mod observe;
 mod package;
 mod rough_edges;
 mod safe_changes;
+mod secrets;
 mod signatures;
 mod ssh_upstream;
 mod sync;

@@ -513,6 +513,48 @@ pub enum FleetVerb {
         #[arg(long, value_name = "URL")]
         prometheus: Option<String>,
     },
+    /// Encrypt a file (age) for the ssh host keys of the machines, as
+    /// known_hosts pins them, so that only they can decrypt it.
+    ///
+    /// Commit the output under a dir with `decrypt = true` (its name
+    /// ending in .age); a machine decrypts it with its
+    /// /etc/ssh/ssh_host_ed25519_key. Add your own --recipient to be able
+    /// to `rekey` it later.
+    Encrypt {
+        /// Only the machines that run this service.
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
+        /// A further recipient: an age public key (age1...) or an ssh
+        /// public key line; repeatable.
+        #[arg(long, value_name = "KEY")]
+        recipient: Vec<String>,
+        /// Ask a machine whose key known_hosts does not pin with
+        /// ssh-keyscan, and use the key once you confirmed its fingerprint.
+        #[arg(long)]
+        keyscan: bool,
+        /// Where to write the encrypted file (default: standard output).
+        #[arg(short = 'o', long, value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// The file to encrypt.
+        file: PathBuf,
+    },
+    /// Re-encrypt .age files of a checkout for the machines that run their
+    /// service now (after machines were added or removed), in place.
+    Rekey {
+        /// The identity that decrypts them now (your age key, given as a
+        /// --recipient when they were encrypted).
+        #[arg(short = 'i', long, value_name = "FILE")]
+        identity: PathBuf,
+        /// A further recipient, as for `encrypt`; repeatable.
+        #[arg(long, value_name = "KEY")]
+        recipient: Vec<String>,
+        /// As for `encrypt`.
+        #[arg(long)]
+        keyscan: bool,
+        /// The files, in a checkout of the repository the services deploy.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
     /// The machines, for Ansible, pdsh, clustershell and the like.
     Inventory {
         /// ansible (a JSON inventory), json, or ssh (one name per line).

@@ -2,6 +2,7 @@
 //! answered, one line (or row) per machine and a summary.
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +14,7 @@ use crate::config::{self, Config};
 use crate::fleet::action::{self, Change};
 use crate::fleet::inventory::{self, Format};
 use crate::fleet::machines;
+use crate::fleet::secrets;
 use crate::fleet::ssh::{Answer, Transport};
 use crate::fleet::status::{self, Document, MachineStatus};
 use crate::model::status::CommitAt;
@@ -35,6 +37,34 @@ pub fn run(cli: &Cli, args: &FleetArgs) -> Result<ExitCode> {
     }
     let transport = transport(opts)?;
     match &args.verb {
+        FleetVerb::Encrypt {
+            service,
+            recipient,
+            keyscan,
+            output,
+            file,
+        } => encrypt(
+            &config,
+            &all,
+            &transport,
+            service.as_deref(),
+            (recipient, *keyscan),
+            file,
+            output.as_deref(),
+        ),
+        FleetVerb::Rekey {
+            identity,
+            recipient,
+            keyscan,
+            paths,
+        } => rekey(
+            &config,
+            &all,
+            &transport,
+            identity,
+            (recipient, *keyscan),
+            paths,
+        ),
         FleetVerb::Inventory { format } => {
             let format = match format {
                 InventoryFormat::Ansible => Format::Ansible,
@@ -471,10 +501,112 @@ fn remote_args(verb: &FleetVerb) -> (Vec<String>, Option<String>, bool) {
         FleetVerb::History { name } => {
             (vec![s("history"), name.clone()], Some(name.clone()), false)
         }
-        FleetVerb::Status { .. } | FleetVerb::Inventory { .. } | FleetVerb::Serve { .. } => {
-            (Vec::new(), None, false)
+        FleetVerb::Status { .. }
+        | FleetVerb::Inventory { .. }
+        | FleetVerb::Serve { .. }
+        | FleetVerb::Encrypt { .. }
+        | FleetVerb::Rekey { .. } => (Vec::new(), None, false),
+    }
+}
+
+/// `fleet encrypt`: `file` encrypted for the host keys of the selected
+/// machines (those running `service`) and the further recipients.
+fn encrypt(
+    config: &Config,
+    all: &[String],
+    transport: &Transport,
+    service: Option<&str>,
+    (extra, keyscan): (&[String], bool),
+    file: &Path,
+    output: Option<&Path>,
+) -> Result<ExitCode> {
+    let machines = secrets::machines_running(config, all, service);
+    if machines.is_empty() {
+        bail!(UsageError(format!(
+            "no selected machine runs service {}",
+            service.unwrap_or_default()
+        )));
+    }
+    let to = secrets::recipients(&machines, transport, extra, keyscan, &confirm_key)?;
+    let plain = zeroize::Zeroizing::new(
+        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
+    );
+    let sealed = secrets::encrypt(&plain, &to)?;
+    match output {
+        Some(out) => {
+            crate::util::write_atomic(out, &sealed, crate::util::Visibility::Public)?;
+            render::note(&format!(
+                "{} encrypted for {} into {}",
+                file.display(),
+                to.describe(),
+                out.display()
+            ));
+        }
+        None => {
+            std::io::stdout()
+                .write_all(&sealed)
+                .context("writing to standard output")?;
+            render::note(&format!(
+                "{} encrypted for {}",
+                file.display(),
+                to.describe()
+            ));
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fleet rekey`: each file re-encrypted, in place, for the machines that
+/// run the services whose `decrypt` dirs hold it.
+fn rekey(
+    config: &Config,
+    all: &[String],
+    transport: &Transport,
+    identity: &Path,
+    (extra, keyscan): (&[String], bool),
+    paths: &[std::path::PathBuf],
+) -> Result<ExitCode> {
+    let identity = crate::util::secret::Identity::load(identity)?;
+    for path in paths {
+        let rel = secrets::in_checkout(path)?;
+        let (services, machines) = secrets::machines_for_file(config, all, &rel);
+        if machines.is_empty() {
+            bail!(UsageError(format!(
+                "{} is under no `decrypt = true` dir of a selected machine's service",
+                rel.display()
+            )));
+        }
+        let to = secrets::recipients(&machines, transport, extra, keyscan, &confirm_key)?;
+        secrets::rekey(path, &identity, &to)?;
+        render::note(&format!(
+            "{} ({}) re-encrypted for {}",
+            path.display(),
+            services.join(", "),
+            to.describe()
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the operator to confirm a host key that `ssh-keyscan` brought
+/// (nothing else vouches for it); no terminal, no key.
+fn confirm_key(machine: &str, fingerprint: &str) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!(UsageError(format!(
+            "{machine}'s host key ({fingerprint}) is not in known_hosts, and there is no terminal to confirm it on; pin it with ssh first"
+        )));
+    }
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "{machine} presents host key {fingerprint}. Is that its key? [y/N] "
+    );
+    let _ = err.flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 /// Asks on the terminal before changing several machines; refuses when

@@ -6,8 +6,10 @@
 
 pub mod action;
 pub mod fanout;
+pub mod host_keys;
 pub mod inventory;
 pub mod prometheus;
+pub mod secrets;
 pub mod ssh;
 pub mod status;
 pub mod web;

@@ -276,3 +276,191 @@ dirs = [
     );
     assert_hidden(&out, SECOND);
 }
+
+/// Runs `provision -c CONFIG fleet --ssh-config SSH ARGS` with `dir` as
+/// the working directory; returns (exit code, stdout, stderr).
+fn fleet(dir: &Path, config: &Path, ssh: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = Command::new(common::provision_bin())
+        .current_dir(dir)
+        .arg("--config")
+        .arg(config)
+        .args(["fleet", "--ssh-config"])
+        .arg(ssh)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running provision fleet");
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `age -d -i KEY FILE`, by the reference CLI; `None` when it cannot.
+fn age_decrypt(key: &Path, file: &Path) -> Option<String> {
+    let out = Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(key)
+        .arg(file)
+        .output()
+        .expect("running age");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn fleet_encrypt_seals_for_the_pinned_host_keys_and_rekey_follows_the_config() {
+    if !common::require_tool("age") || !common::require_tool("age-keygen") {
+        return;
+    }
+    common::need_git!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let keys: Vec<PathBuf> = ["web1", "web2", "db1"]
+        .iter()
+        .map(|m| host_key(d, &format!("{m}_host_key")))
+        .collect();
+    let operator = d.join("operator.key");
+    common::run(Command::new("age-keygen").arg("-o").arg(&operator));
+    let operator_public = common::run(Command::new("age-keygen").arg("-y").arg(&operator));
+    // known_hosts pins web1 (hashed) and web2; db1 is not pinned yet.
+    let known_hosts = d.join("known_hosts");
+    let line = |port: u16, key: &Path| {
+        let public = read(&key.with_extension("pub"));
+        let public: Vec<&str> = public.split_whitespace().take(2).collect();
+        format!("[127.0.0.1]:{port} {}\n", public.join(" "))
+    };
+    fs::write(
+        &known_hosts,
+        format!("{}{}", line(2201, &keys[0]), line(2202, &keys[1])),
+    )
+    .expect("writing known_hosts");
+    common::run(
+        Command::new("ssh-keygen")
+            .arg("-H")
+            .arg("-f")
+            .arg(&known_hosts),
+    );
+    let ssh = d.join("ssh_config");
+    let mut text = String::new();
+    for (name, port) in [("web1", 2201), ("web2", 2202), ("db1", 2203)] {
+        text.push_str(&format!(
+            "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n",
+            known_hosts.display()
+        ));
+    }
+    fs::write(&ssh, text).expect("writing ssh_config");
+    let config = d.join("config.toml");
+    let write_config = |app_machines: &str| {
+        fs::write(
+            &config,
+            format!(
+                r#"
+[[services]]
+machine = {app_machines}
+service = "app"
+upstream = "git://127.0.0.1/r.git"
+dirs = [{{ local = "/etc/app", link = "app/etc", decrypt = true }}]
+
+[[services]]
+machine = "db1"
+service = "db"
+upstream = "git://127.0.0.1/r.git"
+dirs = [{{ local = "/etc/db", link = "db" }}]
+"#
+            ),
+        )
+        .expect("writing the config");
+    };
+    write_config(r#"["web1", "web2"]"#);
+    let plain = d.join("tls.key");
+    fs::write(&plain, FIRST).expect("writing the secret");
+
+    let checkout = d.join("checkout");
+    fs::create_dir_all(checkout.join("app/etc")).expect("mkdir");
+    common::run(Command::new("git").arg("init").arg("-q").arg(&checkout));
+    let sealed = checkout.join("app/etc/tls.key.age");
+    let (code, stdout, stderr) = fleet(
+        d,
+        &config,
+        &ssh,
+        &[
+            "encrypt",
+            "--service",
+            "app",
+            "--recipient",
+            &operator_public,
+            "tls.key",
+            "-o",
+            &sealed.display().to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("encrypted for 2 machine(s) (web1, web2) and 1 further recipient(s)"),
+        "{stderr}"
+    );
+    assert_hidden(
+        &format!("{}{stderr}", String::from_utf8_lossy(&stdout)),
+        FIRST,
+    );
+    assert_hidden(&read(&sealed), FIRST);
+    assert_eq!(age_decrypt(&keys[0], &sealed).as_deref(), Some(FIRST));
+    assert_eq!(age_decrypt(&keys[1], &sealed).as_deref(), Some(FIRST));
+    assert_eq!(age_decrypt(&operator, &sealed).as_deref(), Some(FIRST));
+    assert_eq!(age_decrypt(&keys[2], &sealed), None, "db1 does not run app");
+
+    // A machine whose key nothing pins is named, and nothing is written.
+    write_config(r#"["web1", "db1"]"#);
+    let (code, _, stderr) = fleet(
+        d,
+        &config,
+        &ssh,
+        &["encrypt", "--service", "app", "tls.key", "-o", "never.age"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("no ssh-ed25519 host key of db1 (as [127.0.0.1]:2203)")
+            && stderr.contains("--keyscan"),
+        "{stderr}"
+    );
+    assert!(!d.join("never.age").exists());
+
+    // Once db1 is pinned, rekey re-encrypts for web1 and db1 (the
+    // machines that run app now) and the operator.
+    fs::write(
+        &known_hosts,
+        format!("{}{}", read(&known_hosts), line(2203, &keys[2])),
+    )
+    .expect("pinning db1");
+    let (code, _, stderr) = fleet(
+        d,
+        &config,
+        &ssh,
+        &[
+            "rekey",
+            "-i",
+            &operator.display().to_string(),
+            "--recipient",
+            &operator_public,
+            &sealed.display().to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("(app) re-encrypted for 2 machine(s) (web1, db1)"),
+        "{stderr}"
+    );
+    assert_hidden(&stderr, FIRST);
+    assert_eq!(age_decrypt(&keys[2], &sealed).as_deref(), Some(FIRST));
+    assert_eq!(age_decrypt(&keys[0], &sealed).as_deref(), Some(FIRST));
+    assert_eq!(
+        age_decrypt(&keys[1], &sealed),
+        None,
+        "web2 no longer runs app"
+    );
+    assert_eq!(age_decrypt(&operator, &sealed).as_deref(), Some(FIRST));
+}

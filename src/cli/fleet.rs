@@ -535,7 +535,7 @@ fn encrypt(
     match output {
         Some(out) => {
             crate::util::write_atomic(out, &sealed, crate::util::Visibility::Public)?;
-            render::note(&format!(
+            render::note(format!(
                 "{} encrypted for {} into {}",
                 file.display(),
                 to.describe(),
@@ -546,7 +546,7 @@ fn encrypt(
             std::io::stdout()
                 .write_all(&sealed)
                 .context("writing to standard output")?;
-            render::note(&format!(
+            render::note(format!(
                 "{} encrypted for {}",
                 file.display(),
                 to.describe()
@@ -578,7 +578,7 @@ fn rekey(
         }
         let to = secrets::recipients(&machines, transport, extra, keyscan, &confirm_key)?;
         secrets::rekey(path, &identity, &to)?;
-        render::note(&format!(
+        render::note(format!(
             "{} ({}) re-encrypted for {}",
             path.display(),
             services.join(", "),

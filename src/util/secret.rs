@@ -215,8 +215,7 @@ mod tests {
         let c = encrypt(b"s3cret", &[recipient(&other_public).expect("r")], true).expect("e");
         let e = id
             .decrypt(&c, Path::new("app/key.age"))
-            .err()
-            .expect("not for this key");
+            .expect_err("not for this key");
         let msg = format!("{e:#}");
         assert!(
             msg.contains("app/key.age")

@@ -464,3 +464,98 @@ dirs = [{{ local = "/etc/db", link = "db" }}]
     );
     assert_eq!(age_decrypt(&operator, &sealed).as_deref(), Some(FIRST));
 }
+
+/// On a booted machine, with no `age_identity`: the machine's own
+/// /etc/ssh/ssh_host_ed25519_key decrypts, the service's user reads the
+/// file through its mount and no other user does, and the journal, the
+/// status and the metrics never carry the plaintext; a file for another
+/// machine leaves the old secret serving.
+#[test]
+fn a_booted_machine_decrypts_with_its_own_host_key() {
+    common::need_machine!("age", "setpriv");
+    const BIN: &str = env!("CARGO_BIN_EXE_provision");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = host_key(keys.path(), "ssh_host_ed25519_key");
+    let other = host_key(keys.path(), "other_host_key");
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    up.commit(
+        "main",
+        &[
+            ("web/etc/web.conf", Some("greeting = one\n")),
+            (
+                "web/etc/tls.key.age",
+                Some(&age_encrypt(&key.with_extension("pub"), FIRST)),
+            ),
+        ],
+        "seed",
+    );
+    let m = common::container::Machine::boot("vault1");
+    common::container::install_provision(&m, BIN);
+    m.put("/etc/ssh/ssh_host_ed25519_key", &read(&key), 0o600);
+    m.put(
+        "/etc/systemd/system/web.service",
+        "[Service]\nExecStart=/bin/sleep infinity\n",
+        0o644,
+    );
+    m.put(
+        "/etc/provision/config.toml",
+        &format!(
+            "[[services]]\nmachine = \"vault1\"\nservice = \"web\"\nuser = \"www-data\"\nupstream = \"{}\"\ndirs = [ {{ local = \"/etc/web\", link = \"web/etc\", decrypt = true }} ]\n",
+            up.url()
+        ),
+        0o644,
+    );
+    let (code, out) = m.sh_status(&format!("{BIN} sync"));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(m.read("/etc/web/tls.key").as_deref(), Some(FIRST));
+    assert_eq!(
+        m.sh("stat -c '%a %U' /etc/web/tls.key").trim(),
+        "600 www-data"
+    );
+    let as_user = |user: &str| {
+        m.sh_status(&format!(
+            "setpriv --reuid {user} --regid {user} --clear-groups cat /etc/web/tls.key"
+        ))
+    };
+    assert_eq!(as_user("www-data"), (0, FIRST.to_string()));
+    let (code, said) = as_user("nobody");
+    assert_ne!(code, 0, "another user cannot read it: {said}");
+    assert_hidden(&said, FIRST);
+
+    up.commit(
+        "main",
+        &[(
+            "web/etc/tls.key.age",
+            Some(&age_encrypt(&other.with_extension("pub"), SECOND)),
+        )],
+        "for another machine",
+    );
+    let (code, failed) = m.sh_status(&format!("{BIN} sync"));
+    assert_eq!(code, 1, "{failed}");
+    assert!(
+        failed.contains(
+            "cannot decrypt web/etc/tls.key.age with age identity /etc/ssh/ssh_host_ed25519_key"
+        ),
+        "{failed}"
+    );
+    assert_eq!(
+        m.read("/etc/web/tls.key").as_deref(),
+        Some(FIRST),
+        "the old secret serves"
+    );
+    let mut all = format!("{out}{failed}");
+    for cmd in [
+        format!("{BIN} status --json"),
+        format!("{BIN} status"),
+        format!("{BIN} history web"),
+        format!("{BIN} diff web --upstream"),
+        "journalctl --no-pager -o cat".to_string(),
+        "cat /var/lib/prometheus/node-exporter/provision.prom".to_string(),
+    ] {
+        all.push_str(&m.sh_status(&cmd).1);
+    }
+    assert!(all.contains("provision_secret_undecryptable"), "{all}");
+    assert_hidden(&all, FIRST);
+    assert_hidden(&all, SECOND);
+}

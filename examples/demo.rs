@@ -1,7 +1,8 @@
 //! `make demo`: a real systemd machine (PID 1 in a namespace container), a
 //! real git daemon on loopback, and provision provisioning a service on it
 //! step by step: first deployment, an update, a no-op pass, local drift, a
-//! commit its checker rejects and the fix, a reboot without network.
+//! commit its checker rejects and the fix, a secret encrypted for the
+//! machine's host key, a reboot without network.
 
 use testkit as common;
 
@@ -31,6 +32,31 @@ fn show(m: &Machine, cmd: &str) {
     if code != 0 {
         println!("  (exit {code})");
     }
+}
+
+/// `plaintext` encrypted by the reference `age` CLI for the ssh public key
+/// `recipient`, ASCII-armored.
+fn age_encrypt(recipient: &str, plaintext: &str) -> String {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("recipient.pub");
+    std::fs::write(&key, recipient).expect("writing the recipient");
+    let mut child = std::process::Command::new("age")
+        .args(["-a", "-R"])
+        .arg(&key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running age (Debian package age; `make deps` installs it)");
+    child
+        .stdin
+        .take()
+        .expect("age's stdin")
+        .write_all(plaintext.as_bytes())
+        .expect("writing to age");
+    let out = child.wait_with_output().expect("waiting for age");
+    assert!(out.status.success(), "age failed");
+    String::from_utf8(out.stdout).expect("armored output")
 }
 
 fn main() {
@@ -142,6 +168,31 @@ fn main() {
     show(&m, &format!("{bin} sync"));
     show(&m, "grep greeting /etc/web/web.conf");
     show(&m, "wc -l < /var/log/web.reloads");
+
+    step("a secret in Git: encrypted with the age CLI for the machine's own ssh host key");
+    m.sh("test -e /etc/ssh/ssh_host_ed25519_key || ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key");
+    let host_key = m
+        .read("/etc/ssh/ssh_host_ed25519_key.pub")
+        .expect("the machine's host key");
+    let sealed = age_encrypt(&host_key, "api-token = s3cr3t-demo-token\n");
+    println!("$ age -a -R ssh_host_ed25519_key.pub  (the file in Git:)");
+    for line in sealed.lines().take(2) {
+        println!("  {line}");
+    }
+    up.commit(
+        "main",
+        &[("web/etc/api-token.age", Some(&sealed))],
+        "web: an API token, for demo-host only",
+    );
+    m.put(
+        "/etc/provision/config.toml",
+        &config.replace("readonly = false }", "readonly = false, decrypt = true }"),
+        0o644,
+    );
+    show(&m, &format!("{bin} sync"));
+    show(&m, "ls -l /etc/web");
+    show(&m, "cat /etc/web/api-token");
+    show(&m, &format!("{bin} status"));
 
     step("the server goes away and the machine reboots: mounts come back from the local release");
     daemon.stop();

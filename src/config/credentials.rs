@@ -58,7 +58,6 @@ impl Credentials {
     /// (mode bits for group or others): anyone on the machine could then
     /// fetch the repository, or push to it with the same key.
     pub fn exposure_warnings(&self) -> Vec<String> {
-        use std::os::unix::fs::MetadataExt;
         let files = [
             ("ssh_key", self.ssh_key.as_ref()),
             ("https_token_file", self.https_token_file.as_ref()),
@@ -69,19 +68,22 @@ impl Credentials {
         ];
         files
             .into_iter()
-            .filter_map(|(key, path)| {
-                let path = path?;
-                let mode = fs::metadata(path).ok()?.mode() & 0o777;
-                (mode & 0o077 != 0).then(|| {
-                    format!(
-                        "{key} {} is readable by group or others (mode {mode:04o}); \
-                         run chmod 600 on it",
-                        path.display()
-                    )
-                })
-            })
+            .filter_map(|(key, path)| exposed(key, path?))
             .collect()
     }
+}
+
+/// A warning when the secret file `path` (of key `key`) is readable by
+/// group or others.
+pub fn exposed(key: &str, path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = fs::metadata(path).ok()?.mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{key} {} is readable by group or others (mode {mode:04o}); run chmod 600 on it",
+            path.display()
+        )
+    })
 }
 
 /// Set `field` from the environment variable `name` when it is unset.

@@ -533,10 +533,15 @@ pub fn exposed_secrets(services: &[&Service]) -> Vec<String> {
     let mut out: Vec<String> = services
         .iter()
         .flat_map(|s| {
-            s.credentials
+            let mut w = s
+                .credentials
                 .clone()
                 .with_env_defaults()
-                .exposure_warnings()
+                .exposure_warnings();
+            if s.dirs.iter().any(|d| d.decrypt) {
+                w.extend(credentials::exposed("age_identity", &s.age_identity));
+            }
+            w
         })
         .collect();
     out.sort();

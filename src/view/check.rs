@@ -31,7 +31,9 @@ pub fn volatile(state_dir: &Path, services: &[&Service]) -> Vec<String> {
         .collect()
 }
 
-/// One trusted key file (`allowed_signers` or `openpgp_keys`).
+/// One key file: trusted signers (`allowed_signers`, `openpgp_keys`) or
+/// the identity that decrypts (`age_identity`, for a service with a
+/// `decrypt` dir).
 pub struct KeyFile {
     /// The file.
     pub path: PathBuf,
@@ -41,28 +43,43 @@ pub struct KeyFile {
     pub read: Result<String>,
 }
 
+/// What a key file is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    AllowedSigners,
+    OpenPgp,
+    AgeIdentity,
+}
+
 /// Each key file once, with the services that use it, read now.
 pub fn key_files(services: &[&Service]) -> Vec<KeyFile> {
-    let mut out: Vec<(PathBuf, bool, Vec<&str>)> = Vec::new();
+    let mut out: Vec<(PathBuf, Role, Vec<&str>)> = Vec::new();
     for svc in services {
-        let files = [(&svc.allowed_signers, false), (&svc.openpgp_keys, true)];
-        for (p, openpgp) in files
-            .iter()
-            .filter_map(|(p, o)| p.as_ref().map(|p| (p, *o)))
-        {
-            match out.iter_mut().find(|(q, o, _)| q == p && *o == openpgp) {
+        let decrypts = svc.dirs.iter().any(|d| d.decrypt);
+        let files = [
+            (svc.allowed_signers.as_ref(), Role::AllowedSigners),
+            (svc.openpgp_keys.as_ref(), Role::OpenPgp),
+            (
+                Some(&svc.age_identity).filter(|_| decrypts),
+                Role::AgeIdentity,
+            ),
+        ];
+        for (p, role) in files.iter().filter_map(|(p, r)| p.map(|p| (p, *r))) {
+            match out.iter_mut().find(|(q, r, _)| q == p && *r == role) {
                 Some((_, _, names)) => names.push(&svc.name),
-                None => out.push((p.clone(), openpgp, vec![&svc.name])),
+                None => out.push((p.clone(), role, vec![&svc.name])),
             }
         }
     }
     out.into_iter()
-        .map(|(path, openpgp, names)| {
-            let read = if openpgp {
-                crate::git::openpgp_keys::load(&path).map(|k| format!("{} OpenPGP key(s)", k.len()))
-            } else {
-                crate::git::allowed_signers::load(&path)
-                    .map(|s| format!("{} allowed signer(s)", s.len()))
+        .map(|(path, role, names)| {
+            let read = match role {
+                Role::OpenPgp => crate::git::openpgp_keys::load(&path)
+                    .map(|k| format!("{} OpenPGP key(s)", k.len())),
+                Role::AllowedSigners => crate::git::allowed_signers::load(&path)
+                    .map(|s| format!("{} allowed signer(s)", s.len())),
+                Role::AgeIdentity => crate::util::secret::Identity::load(&path)
+                    .map(|_| "the age identity that decrypts".to_string()),
             };
             KeyFile {
                 path,

@@ -212,6 +212,15 @@ fn a_file_for_another_key_fails_the_pass_naming_it_and_the_old_release_serves() 
         out.contains(&format!("reading age identity {}", gone.display())),
         "{out}"
     );
+    let check = h.run(&["check"]);
+    let said = common::output_text(&check);
+    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert!(said.contains(&gone.display().to_string()), "{said}");
+    h.write_config(&config(&up.url(), &key, ""));
+    let check = h.run(&["check"]);
+    let said = common::output_text(&check);
+    assert_eq!(check.status.code(), Some(0), "{said}");
+    assert!(said.contains("the age identity that decrypts"), "{said}");
 }
 
 #[test]

@@ -512,6 +512,11 @@ pub enum FleetVerb {
         /// instead of over SSH; actions still go over SSH.
         #[arg(long, value_name = "URL")]
         prometheus: Option<String>,
+        /// Receive forges' push hooks at POST /api/v1/hook, signed with the
+        /// secret on this file's first line (GitHub, Gitea/Forgejo,
+        /// GitLab): a push runs `sync` on the machines it concerns.
+        #[arg(long, value_name = "FILE")]
+        webhook_secret: Option<PathBuf>,
     },
     /// Encrypt a file (age) for the ssh host keys of the machines, as
     /// known_hosts pins them, so that only they can decrypt it.

@@ -99,6 +99,7 @@ pub fn run(cli: &Cli, args: &FleetArgs) -> Result<ExitCode> {
             host_name,
             refresh,
             prometheus,
+            webhook_secret,
         } => {
             let mut options = serve_options(
                 listen,
@@ -109,6 +110,7 @@ pub fn run(cli: &Cli, args: &FleetArgs) -> Result<ExitCode> {
                 &transport,
             )?;
             options.host_names = host_name.clone();
+            options.webhook_secret = webhook_secret.as_deref().map(read_secret).transpose()?;
             let fleet = crate::fleet::web::Fleet {
                 config,
                 machines: all,
@@ -161,7 +163,25 @@ fn serve_options(
         host_names: Vec::new(),
         refresh,
         prometheus,
+        webhook_secret: None,
     })
+}
+
+/// The first line of a secret file (`--webhook-secret`), kept out of
+/// every message.
+fn read_secret(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| UsageError(format!("--webhook-secret {}: {e}", path.display())))?,
+    );
+    let line = text.lines().next().unwrap_or_default().trim();
+    if line.is_empty() {
+        bail!(UsageError(format!(
+            "--webhook-secret {} is empty",
+            path.display()
+        )));
+    }
+    Ok(zeroize::Zeroizing::new(line.as_bytes().to_vec()))
 }
 
 /// How `--prometheus` is reached: its token file, user and CA file.

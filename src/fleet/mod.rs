@@ -9,6 +9,7 @@ pub mod fanout;
 pub mod host_keys;
 pub mod inventory;
 pub mod prometheus;
+pub mod push;
 pub mod secrets;
 pub mod ssh;
 pub mod status;

@@ -1648,3 +1648,216 @@ fn the_gate_counts_only_the_fleets_machines_and_reaches_a_guarded_prometheus() {
     assert_ne!(code, Some(0), "{seen}");
     assert!(seen.contains("401"), "{seen}");
 }
+
+/// HMAC-SHA256 of `body` keyed by `secret`, hex, by OpenSSL (not by
+/// provision's own code).
+fn hmac_hex(secret: &str, body: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", secret, "-r"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("writing to openssl");
+    let out = child.wait_with_output().expect("openssl");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Posts `body` to the hook with `headers`; (status, body).
+fn post_hook(port: u16, headers: &[String], body: &str) -> (u16, String) {
+    let mut args: Vec<String> = Vec::new();
+    for h in headers {
+        args.push("-H".into());
+        args.push(h.clone());
+    }
+    args.extend([
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "--data-binary".into(),
+        body.to_string(),
+        format!("http://127.0.0.1:{port}/api/v1/hook"),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl(&refs)
+}
+
+/// A push payload of `forge` for `url`'s `main`, changing `paths`.
+fn push_payload(forge: &str, url: &str, paths: &[&str]) -> String {
+    let commits = serde_json::json!([{"id": "x", "added": [], "removed": [], "modified": paths}]);
+    let v = match forge {
+        "gitlab" => serde_json::json!({
+            "object_kind": "push", "ref": "refs/heads/main", "total_commits_count": 1,
+            "project": {"path_with_namespace": "ops/cfg", "git_http_url": url, "git_ssh_url": "git@example.invalid:ops/cfg.git", "web_url": "https://example.invalid/ops/cfg"},
+            "commits": commits,
+        }),
+        _ => serde_json::json!({
+            "ref": "refs/heads/main",
+            "repository": {"full_name": "ops/cfg", "clone_url": url, "ssh_url": "git@example.invalid:ops/cfg.git", "html_url": "https://example.invalid/ops/cfg"},
+            "commits": commits,
+        }),
+    };
+    v.to_string()
+}
+
+/// A push to the hook of `fleet serve` runs `sync` on exactly the
+/// machines whose services follow the repository and whose paths changed,
+/// for the payloads and signatures of GitHub, Gitea and GitLab; a wrong or
+/// missing signature runs nothing.
+#[test]
+fn a_signed_push_syncs_exactly_the_machines_it_concerns() {
+    if !common::require_tool("git-daemon")
+        || !common::require_tool("sshd")
+        || !common::require_tool("openssl")
+        || !common::container::require_containers()
+    {
+        return;
+    }
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    let first = up.commit(
+        "main",
+        &[
+            ("web/web.conf", Some("one\n")),
+            ("other/o.conf", Some("o1\n")),
+        ],
+        "one",
+    );
+    let text = format!(
+        "[[services]]\nmachine = [\"hook1\", \"hook2\"]\nservice = \"web\"\nupstream = \"{url}\"\n\
+         interval = \"1d\"\ndirs = [ {{ local = \"/etc/web\", link = \"web\" }} ]\n\n\
+         [[services]]\nmachine = \"hook3\"\nservice = \"web\"\nname = \"other\"\nupstream = \"{url}\"\n\
+         interval = \"1d\"\ndirs = [ {{ local = \"/etc/other\", link = \"other\" }} ]\n",
+        url = up.url()
+    );
+    let names = ["hook1", "hook2", "hook3"];
+    let (op, machines, _) = fleet_of(&names, &text);
+    for m in &machines {
+        assert_eq!(deployed(m), first);
+    }
+    let secret = "a-hook-secret-of-the-forge";
+    fs::write(op.path("hook-secret"), format!("{secret}\n")).expect("secret");
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let secret_file = op.path("hook-secret").display().to_string();
+    let _served = serve(
+        &op,
+        port,
+        &["--listen", &listen, "--webhook-secret", &secret_file],
+    );
+    let log = op.path(&format!("serve-{port}.log"));
+    let wait_deployed = |m: &Machine, commit: &str| {
+        m.wait_until(Duration::from_secs(60), "the push's pass", || {
+            deployed(m) == commit
+        });
+    };
+
+    // GitHub: web/ changed, so hook1 and hook2 sync; hook3 does not.
+    let second = up.commit("main", &[("web/web.conf", Some("two\n"))], "two");
+    let body = push_payload("github", &up.url(), &["web/web.conf"]);
+    let (code, answer) = post_hook(
+        port,
+        &[
+            format!("X-Hub-Signature-256: sha256={}", hmac_hex(secret, &body)),
+            "X-GitHub-Event: push".into(),
+        ],
+        &body,
+    );
+    assert_eq!(code, 202, "{answer}");
+    assert!(
+        answer.contains("hook1: web") && answer.contains("hook2: web"),
+        "{answer}"
+    );
+    assert!(!answer.contains("hook3"), "{answer}");
+    wait_deployed(&machines[0], &second);
+    wait_deployed(&machines[1], &second);
+    assert_eq!(
+        deployed(&machines[2]),
+        first,
+        "hook3's paths did not change"
+    );
+
+    // A wrong signature, or none, runs nothing.
+    let third = up.commit("main", &[("web/web.conf", Some("three\n"))], "three");
+    let body = push_payload("github", &up.url(), &["web/web.conf"]);
+    for headers in [
+        vec![format!(
+            "X-Hub-Signature-256: sha256={}",
+            hmac_hex("guess", &body)
+        )],
+        vec![format!("X-Gitea-Signature: {}", hmac_hex("guess", &body))],
+        vec!["X-Gitlab-Token: guess".to_string()],
+        vec![],
+    ] {
+        let (code, answer) = post_hook(port, &headers, &body);
+        assert_eq!(code, 401, "{headers:?}: {answer}");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        deployed(&machines[0]),
+        second,
+        "an unsigned push ran a pass"
+    );
+
+    // Gitea: other/ changed: hook3 syncs, and only it.
+    let body = push_payload("gitea", &up.url(), &["other/o.conf"]);
+    let (code, answer) = post_hook(
+        port,
+        &[
+            format!("X-Gitea-Signature: {}", hmac_hex(secret, &body)),
+            "X-Gitea-Event: push".into(),
+        ],
+        &body,
+    );
+    assert_eq!(code, 202, "{answer}");
+    assert!(
+        answer.contains("hook3: other") && !answer.contains("hook1"),
+        "{answer}"
+    );
+    wait_deployed(&machines[2], &third);
+    assert_eq!(deployed(&machines[0]), second);
+
+    // GitLab, its token: web/ changed.
+    let body = push_payload("gitlab", &up.url(), &["web/web.conf"]);
+    let (code, answer) = post_hook(
+        port,
+        &[
+            format!("X-Gitlab-Token: {secret}"),
+            "X-Gitlab-Event: Push Hook".into(),
+        ],
+        &body,
+    );
+    assert_eq!(code, 202, "{answer}");
+    wait_deployed(&machines[0], &third);
+    wait_deployed(&machines[1], &third);
+
+    let logged = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logged.contains("GitHub push to ops/cfg main: sync on hook1: web, hook2: web")
+            && logged.contains("refused a hook"),
+        "{logged}"
+    );
+    assert!(!logged.contains(secret), "the secret was logged");
+    // The page shows what the pushes triggered.
+    let jar = op.path("jar");
+    log_in(&log, &jar);
+    let (code, page) = curl(&[
+        "-b",
+        &jar.display().to_string(),
+        &format!("http://{listen}/"),
+    ]);
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("<h2>Pushes</h2>") && page.contains("hook3: other: ok"),
+        "{page}"
+    );
+}

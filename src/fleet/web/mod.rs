@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod guard;
+pub mod hook;
 pub mod html;
 pub mod http;
 pub mod pages;
@@ -70,6 +71,9 @@ pub struct Options {
     pub refresh: Duration,
     /// Read the status from Prometheus instead of SSH.
     pub prometheus: Option<Api>,
+    /// The secret forges sign push hooks with (`--webhook-secret`); no
+    /// hook endpoint without it.
+    pub webhook_secret: Option<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 /// The status document and when it was collected.
@@ -95,6 +99,8 @@ struct App {
     /// younger than `--refresh`.
     calls: Mutex<HashMap<Call, (Instant, Answer)>>,
     busy: AtomicUsize,
+    /// The push receiver, with `--webhook-secret`.
+    hook: Option<hook::Hook>,
 }
 
 /// Serves until killed.
@@ -105,7 +111,12 @@ pub fn serve(fleet: Fleet, opts: Options) -> Result<()> {
         Some(_) => None,
         None => Some(Sessions::new()?),
     };
+    let hook = opts
+        .webhook_secret
+        .clone()
+        .map(|secret| hook::Hook::new(secret, fleet.transport.clone(), fleet.jobs));
     let app = Arc::new(App {
+        hook,
         hosts: Hosts::new(listen.port(), &opts.host_names),
         base: format!("http://{listen}"),
         token: guard::random_hex(24)?,
@@ -153,6 +164,17 @@ impl App {
     }
 
     fn route(&self, req: &Request) -> Reply {
+        // A forge's push: its signature is its only credential (a forge
+        // has no session, page token or name of ours for `Host`).
+        if req.method == "POST" && req.target.split('?').next() == Some("/api/v1/hook") {
+            return match &self.hook {
+                Some(h) => h.receive(req, &self.fleet.config, &self.fleet.machines),
+                None => Reply::text(
+                    404,
+                    "no push hook here: start fleet serve with --webhook-secret FILE\n",
+                ),
+            };
+        }
         if !self.hosts.admit(req) {
             return Reply::text(
                 421,
@@ -294,10 +316,11 @@ impl App {
 
     fn overview(&self, force: bool) -> Reply {
         let doc = self.doc(force);
-        Reply::html(
-            200,
-            self.frame_page("overview", &pages::overview(&doc), Some(&doc)),
-        )
+        let mut body = pages::overview(&doc);
+        if let Some(h) = &self.hook {
+            body.push_str(&pages::pushes(&h.events()));
+        }
+        Reply::html(200, self.frame_page("overview", &body, Some(&doc)))
     }
 
     /// Runs `args` on each of `calls` machines at once; an answer younger

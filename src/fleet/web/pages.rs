@@ -631,3 +631,34 @@ pub fn results(verb: &str, service: &str, results: &[action::Result]) -> String 
     );
     out
 }
+
+/// The last pushes the hook received and what each triggered.
+pub fn pushes(events: &[super::hook::Event]) -> String {
+    let mut out = String::from("<h2>Pushes</h2>");
+    if events.is_empty() {
+        out.push_str("<p class=\"mute\">No push received since the server started.</p>");
+        return out;
+    }
+    out.push_str("<table id=\"pushes\"><thead><tr><th>When</th><th>Forge</th><th>Repository</th><th>Branch</th><th>Passes asked for</th><th>Outcome</th></tr></thead><tbody>");
+    for e in events {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "<span class=\"mute\">none</span>".to_string()
+            } else {
+                v.iter().map(|t| esc(t)).collect::<Vec<_>>().join("<br>")
+            }
+        };
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&crate::util::format_utc(e.time as i64)),
+            esc(e.forge),
+            esc(&e.repository),
+            esc(&e.branch),
+            list(&e.triggered),
+            list(&e.results)
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
+}

@@ -158,6 +158,9 @@ fn check(cli: &Cli) -> Result<ExitCode> {
     for w in crate::view::check::volatile(&cli.state_dir, &mine) {
         render::warning(w);
     }
+    for line in crate::view::check::windows(&mine, crate::util::now_unix()) {
+        render::line(&line);
+    }
     let mut bad = false;
     for k in crate::view::check::key_files(&mine) {
         match &k.read {

@@ -482,6 +482,7 @@ fn row(s: &ServiceStatus, now: u64) -> Vec<String> {
     };
     let sync = match (&s.rejected, s.in_sync, s.behind_seconds) {
         (Some(_), _, _) => "REJECTED".to_string(),
+        (None, Some(false), _) if s.window.is_some() => "no (window)".to_string(),
         (None, Some(false), _) if s.rollout.is_some() => "no (waiting)".to_string(),
         (None, Some(false), Some(b)) => format!("no ({} behind)", ago(b, 0)),
         (None, in_sync, _) => yes_no(in_sync, "yes", "no"),

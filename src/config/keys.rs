@@ -166,6 +166,8 @@ shared_keys! {
     rollout: TextOrInteger = "\"1h\"",
     /// `canary`: one name or a list of them.
     canary: Names = "[\"web1\"]",
+    /// Change windows: `[DAYS] HH:MM-HH:MM [ZONE]`, one or a list.
+    windows: Names = "[\"Mon..Fri 02:00-04:00\"]",
     gate: Text = "\"http://prometheus:9090\"",
     soak: TextOrInteger = "\"10m\"",
     gate_min: Integer = "1",

@@ -15,6 +15,7 @@ pub mod keys;
 mod parse;
 mod validate;
 mod value;
+pub mod window;
 
 pub use credentials::Credentials;
 pub(crate) use validate::{check_name, classify_url, parse_span};
@@ -121,6 +122,8 @@ pub struct Rollout {
     pub canary: Vec<String>,
     /// What the other machines wait for besides their time.
     pub gate: Option<Gate>,
+    /// When a new head may be deployed at all (none: at any time).
+    pub windows: window::Windows,
 }
 
 impl Service {

@@ -215,10 +215,25 @@ impl Resolver<'_> {
                 .collect(),
         };
         let gate = self.gate(s, canary.as_ref().map_or(0, Vec::len));
+        let windows: Option<Vec<super::window::Window>> = match &s.windows {
+            None => Some(Vec::new()),
+            Some(list) => list
+                .value
+                .iter()
+                .map(|w| {
+                    super::window::Window::parse(&w.value)
+                        .map_err(|m| self.err(Some(&w.span), "windows", m))
+                        .ok()
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .collect(),
+        };
         Some(Rollout {
             window: window?,
             canary: canary?,
             gate: gate?,
+            windows: super::window::Windows(windows?),
         })
     }
 

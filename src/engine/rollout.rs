@@ -62,10 +62,15 @@ pub fn adoption_time(seen: u64, position: Position, window: Duration) -> u64 {
 /// `state.rollout` for status and for the next pass.
 pub fn decide(svc: &Service, state: &mut State, head: CommitId, now: u64, pace: Pace) -> Decision {
     let deployed = state.deployed.as_ref().map(|d| d.commit);
-    if !svc.rollout.staged() || deployed.is_none_or(|d| d == head) {
+    state.window = None;
+    if deployed.is_none_or(|d| d == head) {
         // Nothing to wait for: a first deployment adopts at once.
         state.rollout = None;
         return Decision::Adopt(None);
+    }
+    if !svc.rollout.staged() {
+        state.rollout = None;
+        return in_window(svc, state, head, now, pace, Decision::Adopt(None));
     }
     let mut wait = match state.rollout.take() {
         Some(w) if w.commit == head => w,
@@ -74,7 +79,39 @@ pub fn decide(svc: &Service, state: &mut State, head: CommitId, now: u64, pace: 
     let decision = judge(svc, &mut wait, now, pace);
     wait.adopting = matches!(decision, Decision::Adopt(_));
     state.rollout = Some(wait);
-    decision
+    in_window(svc, state, head, now, pace, decision)
+}
+
+/// `decision`, unless it adopts while no change window is open: then the
+/// head waits for the next one (`forward` does not).
+fn in_window(
+    svc: &Service,
+    state: &mut State,
+    head: CommitId,
+    now: u64,
+    pace: Pace,
+    decision: Decision,
+) -> Decision {
+    let windows = &svc.rollout.windows;
+    if pace == Pace::Now || !matches!(decision, Decision::Adopt(_)) || windows.is_open(now) {
+        return decision;
+    }
+    let Some(next) = windows.next_open(now) else {
+        return Decision::Wait(format!(
+            "outside every change window: {} waits; none opens in the next ten years (windows)",
+            head.short()
+        ));
+    };
+    state.window = Some(crate::model::record::WindowWait {
+        commit: head,
+        next_open: next,
+    });
+    Decision::Wait(format!(
+        "outside every change window: {} waits for the next, at {} UTC; `provision forward {}` deploys it now",
+        head.short(),
+        format_utc(next as i64),
+        svc.name
+    ))
 }
 
 /// The wait for a head seen for the first time at `now`.
@@ -84,11 +121,19 @@ fn begin(svc: &Service, head: CommitId, now: u64) -> RolloutWait {
     } else {
         position(&svc.machine, &svc.name, head)
     };
+    // Inside change windows, a place counts only open time.
+    let at = match svc.rollout.windows.always() {
+        true => adoption_time(now, position, svc.rollout.window),
+        false => svc.rollout.windows.advance(
+            now,
+            (position.fraction() * svc.rollout.window.as_secs_f64()) as u64,
+        ),
+    };
     RolloutWait {
         commit: head,
         seen: now,
         position,
-        at: adoption_time(now, position, svc.rollout.window),
+        at,
         gate: None,
         adopting: false,
     }

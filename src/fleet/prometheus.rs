@@ -121,6 +121,12 @@ fn service_doc(name: &str, f: &BTreeMap<&str, Sample>) -> ServiceStatus {
             duration_ms: None,
             undecryptable: flag("provision_secret_undecryptable").unwrap_or(false),
         }),
+        window: value("provision_window_next_open_timestamp_seconds").and_then(|t| {
+            Some(crate::model::status::WindowStatus {
+                commit: upstream?,
+                next_open: t as u64,
+            })
+        }),
         // The head waited for is the upstream head, by definition.
         rollout: value("provision_rollout_wait_until_timestamp_seconds").and_then(|t| {
             Some(RolloutStatus {

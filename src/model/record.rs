@@ -163,6 +163,15 @@ impl RolloutWait {
     }
 }
 
+/// A head that waits for a change window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowWait {
+    /// The head waited for.
+    pub commit: CommitId,
+    /// Unix time the next window opens.
+    pub next_open: u64,
+}
+
 /// A place in [0, 1) with 32 bits of resolution, so that state files
 /// compare exactly; written as a fraction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]

@@ -70,6 +70,9 @@ pub struct ServiceStatus {
     /// The head this machine waits to adopt in a staged rollout; `None`
     /// when not waiting.
     pub rollout: Option<RolloutStatus>,
+    /// The change window the head waits for (`windows`), while it does.
+    #[serde(default)]
+    pub window: Option<WindowStatus>,
     /// The last signature check, when signatures are checked; `None` else.
     pub signature: Option<crate::model::signature::Verdict>,
     /// While passes back off from an upstream whose fetch failed: until
@@ -95,6 +98,15 @@ pub struct HoldStatus {
     pub until: Option<u64>,
     /// Who set it.
     pub by: Option<String>,
+}
+
+/// A wait for a change window.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WindowStatus {
+    /// The head waiting.
+    pub commit: CommitId,
+    /// Unix time the next window opens.
+    pub next_open: u64,
 }
 
 /// A staged rollout's wait, as status shows it.

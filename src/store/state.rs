@@ -91,6 +91,10 @@ pub struct State {
     /// kept until it is deployed or a newer head replaces it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutWait>,
+    /// The head kept away because no change window is open, and when the
+    /// next one opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<crate::model::record::WindowWait>,
     /// Set after a failed fetch: passes do not connect before its end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
@@ -127,6 +131,19 @@ impl State {
     /// not a pass has run since to remove it.
     pub fn hold_at(&self, now: u64) -> Option<&Hold> {
         self.hold.as_ref().filter(|h| !h.expired(now))
+    }
+
+    /// The change window the head waits for, while that is what keeps it
+    /// away (as [`State::rollout_wait`]).
+    pub fn window_wait(&self, now: u64) -> Option<&crate::model::record::WindowWait> {
+        if self.hold_at(now).is_some() || self.rejected.is_some() {
+            return None;
+        }
+        let deployed = self.deployed.as_ref().map(|d| d.commit);
+        let head = self.upstream.as_ref().map(|u| u.commit);
+        self.window
+            .as_ref()
+            .filter(|w| deployed != Some(w.commit) && head == Some(w.commit))
     }
 
     /// The staged rollout's wait while it is what keeps the head away: not

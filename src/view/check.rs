@@ -89,3 +89,25 @@ pub fn key_files(services: &[&Service]) -> Vec<KeyFile> {
         })
         .collect()
 }
+
+/// For each service with change windows: the windows, and whether one is
+/// open now or when the next opens.
+pub fn windows(services: &[&Service], now: u64) -> Vec<String> {
+    services
+        .iter()
+        .filter(|s| !s.rollout.windows.always())
+        .map(|s| {
+            let w = &s.rollout.windows;
+            let list: Vec<&str> = w.0.iter().map(|x| x.text.as_str()).collect();
+            let when = if w.is_open(now) {
+                "open now".to_string()
+            } else {
+                match w.next_open(now) {
+                    Some(t) => format!("next opens {} UTC", crate::util::format_utc(t as i64)),
+                    None => "opens not in the next ten years".to_string(),
+                }
+            };
+            format!("{}: change windows {}: {when}", s.name, list.join("; "))
+        })
+        .collect()
+}

@@ -74,7 +74,7 @@ struct Family {
 }
 
 /// The families, in output order: name, type, help.
-pub const FAMILIES: [(&str, &str, &str); 27] = [
+pub const FAMILIES: [(&str, &str, &str); 28] = [
     (
         "provision_service_info",
         "gauge",
@@ -179,6 +179,11 @@ pub const FAMILIES: [(&str, &str, &str); 27] = [
         "provision_last_pass_success",
         "gauge",
         "1 if the last pass succeeded.",
+    ),
+    (
+        "provision_window_next_open_timestamp_seconds",
+        "gauge",
+        "While a new head waits because no change window (`windows`) is open: when the next one opens.",
     ),
     (
         "provision_secret_undecryptable",
@@ -332,6 +337,12 @@ fn samples(svc: &Service, state: Option<&State>, now: u64) -> Vec<Sample> {
         out.push(one(
             "provision_rollout_wait_until_timestamp_seconds",
             w.at as f64,
+        ));
+    }
+    if let Some(w) = state.window_wait(now) {
+        out.push(one(
+            "provision_window_next_open_timestamp_seconds",
+            w.next_open as f64,
         ));
     }
     if let Some(b) = state.backoff.as_ref().filter(|b| b.holds_at(now)) {

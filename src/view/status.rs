@@ -144,6 +144,10 @@ fn service_status(svc: &Service, place: &Place) -> ServiceStatus {
         }),
         rejected: state.rejected.clone(),
         rollout: state.rollout_wait(now).map(RolloutStatus::of),
+        window: state.window_wait(now).map(|w| WindowStatus {
+            commit: w.commit,
+            next_open: w.next_open,
+        }),
         signature: state.signature.clone().filter(|_| svc.checks_signatures()),
         backoff: state.backoff.clone().filter(|b| b.holds_at(now)),
         behind_seconds: behind_seconds(&state, now),
@@ -216,6 +220,7 @@ fn orphan_status(state_dir: &Path, name: String) -> ServiceStatus {
         }),
         rejected: None,
         rollout: None,
+        window: None,
         signature: None,
         backoff: None,
         behind_seconds: None,

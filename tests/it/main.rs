@@ -33,3 +33,4 @@ mod secrets;
 mod signatures;
 mod ssh_upstream;
 mod sync;
+mod windows;

@@ -30,6 +30,7 @@ const METRICS: &[&str] = &[
     "provision_last_pass_timestamp_seconds",
     "provision_last_pass_success",
     "provision_secret_undecryptable",
+    "provision_window_next_open_timestamp_seconds",
     "provision_last_success_timestamp_seconds",
     "provision_pass_duration_seconds",
     "provision_pass_failures_total",

@@ -550,8 +550,8 @@ pub(crate) fn render(
                 "User-space instructions counted by valgrind's callgrind (exact, unlike CPU \
                  times on a shared machine; the kernel's part, exec and page faults, is not \
                  in them). Process start is `provision --version`: the dynamic loader \
-                 relocating the binary and binding libssl and libcrypto, which ssh (libssh2) \
-                 and https need.\n\n",
+                 relocating the binary and binding libssl and libcrypto, which https \
+                 needs.\n\n",
             );
             table(
                 &mut o,

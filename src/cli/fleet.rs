@@ -276,8 +276,13 @@ fn progress(total: usize) -> impl Fn(usize) + Sync {
 fn status(config: &Config, answers: Vec<(String, Answer)>, json: bool) -> Result<ExitCode> {
     let doc = status::collect(config, answers, now_unix());
     if json {
-        let text = serde_json::to_string_pretty(&doc).context("serializing the fleet status")?;
-        render::line(text);
+        // Written as it is serialized: the text of 10,000 machines' documents
+        // is never held whole.
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut out, &doc).context("writing the fleet status")?;
+        writeln!(out)
+            .and_then(|()| out.flush())
+            .context("writing the fleet status")?;
     } else {
         table(&doc);
     }
@@ -459,6 +464,7 @@ fn act(
                     render::line(stdout.trim_end());
                 }
             }
+            Answer::Known(_) => ok += 1,
             Answer::Unreachable(_) => {
                 unreachable += 1;
                 render::note(format_args!("{m}: {}", a.problem().unwrap_or_default()));

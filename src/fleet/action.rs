@@ -120,6 +120,7 @@ impl Result {
             reachable: !matches!(answer, Answer::Unreachable(_)),
             message: match (answer.problem(), answer) {
                 (None, Answer::Ran { stdout, .. }) => first(stdout),
+                (None, Answer::Known(_)) => String::new(),
                 (Some(p), _) => p,
                 (None, Answer::Unreachable(why)) => why.clone(),
             },

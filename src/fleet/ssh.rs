@@ -54,6 +54,9 @@ pub const CONFINED: [&str; 4] = [
 pub enum Answer {
     /// ssh could not reach it, or refused it (ssh's message).
     Unreachable(String),
+    /// Its status document as another source (Prometheus) knows it,
+    /// already typed: no text to write and read back.
+    Known(Box<crate::model::status::Document>),
     /// provision ran there.
     Ran {
         /// Its exit code.
@@ -71,7 +74,7 @@ impl Answer {
     pub fn problem(&self) -> Option<String> {
         match self {
             Answer::Unreachable(why) => Some(format!("unreachable: {why}")),
-            Answer::Ran { code: 0, .. } => None,
+            Answer::Ran { code: 0, .. } | Answer::Known(_) => None,
             Answer::Ran { code, stderr, .. } => Some(format!(
                 "exit {code}: {}",
                 last_lines(stderr, 3).replace('\n', " | ")

@@ -66,6 +66,15 @@ impl Api {
 
     /// The result vector of an instant query.
     pub fn query(&self, promql: &str) -> Result<Vec<Sample>> {
+        let mut out = Vec::new();
+        self.query_each(promql, |s| out.push(s))?;
+        Ok(out)
+    }
+
+    /// [`Api::query`], handing each sample to `each` as it is read off the
+    /// wire: a fleet's answer (a series per machine and family) is never
+    /// held whole, as text or as samples.
+    pub fn query_each(&self, promql: &str, mut each: impl FnMut(Sample)) -> Result<()> {
         let path = format!(
             "{}/api/v1/query?query={}",
             if self.prefix.is_empty() {
@@ -76,20 +85,21 @@ impl Api {
             crate::util::percent_encode(promql)
         );
         let body = self.get(&path)?;
-        let doc: QueryAnswer = serde_json::from_str(&body)
+        let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(
+            64 * 1024,
+            body.take(ANSWER_CAP),
+        ));
+        let answer = serde::de::DeserializeSeed::deserialize(Answer(&mut each), &mut de)
             .context("Prometheus's answer is not the JSON of an instant vector query")?;
-        if doc.status != "success" {
+        if answer.status != "success" {
             bail!(
                 "Prometheus refused {promql}: {}",
-                doc.error.as_deref().unwrap_or("(no reason given)")
+                answer.error.as_deref().unwrap_or("(no reason given)")
             );
         }
-        Ok(doc.data.map(|d| d.result).unwrap_or_default())
+        Ok(())
     }
 
-    /// The `Authorization` header, from the token file read now (a
-    /// rotated token is used at the next query). Its value is never part
-    /// of an error.
     fn authorization(&self) -> Result<Option<String>> {
         let Some(file) = &self.token_file else {
             return Ok(None);
@@ -111,7 +121,7 @@ impl Api {
         }))
     }
 
-    fn get(&self, path: &str) -> Result<String> {
+    fn get(&self, path: &str) -> Result<Box<dyn Read>> {
         let mut headers = vec!["Accept: application/json".to_string()];
         headers.extend(self.authorization()?);
         let deadline = Instant::now() + self.timeout;
@@ -141,31 +151,113 @@ impl Api {
             ),
             s => bail!("{shown} answered HTTP {s}"),
         }
-        let mut raw = Vec::new();
-        resp.body
-            .take(ANSWER_CAP)
-            .read_to_end(&mut raw)
-            .with_context(|| format!("reading the answer of {shown}"))?;
-        Ok(String::from_utf8_lossy(&raw).into_owned())
+        Ok(resp.body)
     }
 }
 
 /// What `/api/v1/query` answers (the parts provision reads).
-#[derive(Debug, Deserialize)]
-struct QueryAnswer {
+/// The status and error of an answer whose samples went to a callback.
+#[derive(Default)]
+struct Outcome {
     status: String,
     error: Option<String>,
-    data: Option<QueryData>,
 }
 
-/// The data of an instant vector query.
-#[derive(Debug, Deserialize)]
-struct QueryData {
-    #[serde(default)]
-    result: Vec<Sample>,
+/// Reads `{"status", "error", "data": {"result": [...]}}`, handing each
+/// sample of `result` to the callback.
+struct Answer<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(Sample)> serde::de::DeserializeSeed<'de> for Answer<'_, F> {
+    type Value = Outcome;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Outcome, D::Error> {
+        d.deserialize_map(self)
+    }
 }
 
-/// One series of an instant vector: its labels and its value now.
+impl<'de, F: FnMut(Sample)> serde::de::Visitor<'de> for Answer<'_, F> {
+    type Value = Outcome;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a Prometheus query answer")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Outcome, A::Error> {
+        let mut out = Outcome::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "status" => out.status = map.next_value()?,
+                "error" => out.error = map.next_value()?,
+                "data" => map.next_value_seed(Data(&mut *self.0))?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `data`: its `result` array, sample by sample.
+struct Data<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(Sample)> serde::de::DeserializeSeed<'de> for Data<'_, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, F: FnMut(Sample)> serde::de::Visitor<'de> for Data<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the data of a Prometheus query answer")
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "result" {
+                map.next_value_seed(Results(&mut *self.0))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `result`: each sample to the callback.
+struct Results<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(Sample)> serde::de::DeserializeSeed<'de> for Results<'_, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(Sample)> serde::de::Visitor<'de> for Results<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an instant vector")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(s) = seq.next_element::<Sample>()? {
+            (self.0)(s);
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Sample {
     /// The series' labels, `__name__` included.

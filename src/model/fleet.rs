@@ -4,7 +4,6 @@
 //! back by the fleet's page and by anyone's tooling.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::model::status::{self as machine, ServiceStatus};
 
@@ -27,7 +26,7 @@ pub struct Document {
 }
 
 /// One machine.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct MachineStatus {
     /// Its name in the config.
     pub machine: String,
@@ -36,8 +35,10 @@ pub struct MachineStatus {
     /// Why not, or what went wrong there.
     pub error: Option<String>,
     /// That machine's `status --json` document, as it sent it (shown
-    /// whole in `fleet status --json`, fields of a newer version included).
-    pub status: Option<Value>,
+    /// whole in `fleet status --json`, fields of a newer version included),
+    /// kept as its text: a parsed tree of 10,000 machines' documents would
+    /// take ten times the memory.
+    pub status: Option<Box<serde_json::value::RawValue>>,
     /// The same document, typed: what the fleet reads. `None` when the
     /// machine sent none, or one this version cannot read (`error` says).
     #[serde(skip)]
@@ -81,7 +82,11 @@ impl Document {
     pub fn read(text: &str) -> Result<Document, serde_json::Error> {
         let mut doc: Document = serde_json::from_str(text)?;
         for m in &mut doc.machines {
-            m.doc = match m.status.as_ref().map(machine::Document::deserialize) {
+            m.doc = match m
+                .status
+                .as_ref()
+                .map(|r| serde_json::from_str::<machine::Document>(r.get()))
+            {
                 Some(Ok(d)) => Some(d),
                 Some(Err(e)) => {
                     m.error
@@ -92,6 +97,23 @@ impl Document {
             };
         }
         Ok(doc)
+    }
+}
+
+/// `status` is the document as the machine sent it, or, from a source
+/// that typed it already (Prometheus), the typed document.
+impl Serialize for MachineStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("MachineStatus", 4)?;
+        st.serialize_field("machine", &self.machine)?;
+        st.serialize_field("reachable", &self.reachable)?;
+        st.serialize_field("error", &self.error)?;
+        match (&self.status, &self.doc) {
+            (Some(raw), _) => st.serialize_field("status", raw)?,
+            (None, doc) => st.serialize_field("status", doc)?,
+        }
+        st.end()
     }
 }
 

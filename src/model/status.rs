@@ -17,7 +17,7 @@ use crate::model::record::{Change, HoldKind, Rejected};
 pub const SCHEMA: u32 = 1;
 
 /// The whole `status --json` document.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Document {
     /// [`SCHEMA`]: changes when a field is removed or changes meaning.
     pub schema: u32,
@@ -31,7 +31,7 @@ pub struct Document {
 }
 
 /// One service.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceStatus {
     /// The service's name.
     pub name: String,
@@ -86,7 +86,7 @@ pub struct ServiceStatus {
 }
 
 /// A freeze or pin as status shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HoldStatus {
     /// `frozen` or `pinned`.
     pub kind: HoldKind,
@@ -101,7 +101,7 @@ pub struct HoldStatus {
 }
 
 /// A wait for a change window.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WindowStatus {
     /// The head waiting.
     pub commit: CommitId,
@@ -110,7 +110,7 @@ pub struct WindowStatus {
 }
 
 /// A staged rollout's wait, as status shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RolloutStatus {
     /// The head waited for.
     pub commit: CommitId,
@@ -129,7 +129,7 @@ pub struct RolloutStatus {
 }
 
 /// A commit and a time.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommitAt {
     /// The commit, as 40 hex digits.
     pub commit: CommitId,
@@ -144,7 +144,7 @@ pub struct CommitAt {
 }
 
 /// Local changes to the deployed files.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DriftStatus {
     /// `restore` or `warn` (`restore`, the default, when the source does
     /// not say).
@@ -160,7 +160,7 @@ pub struct DriftStatus {
 }
 
 /// One changed path.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DriftedFile {
     /// Where the file appears on this machine.
     pub path: String,
@@ -169,7 +169,7 @@ pub struct DriftedFile {
 }
 
 /// One mount point.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MountStatus {
     /// The mount point.
     pub local: String,
@@ -180,7 +180,7 @@ pub struct MountStatus {
 }
 
 /// The last pass.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PassStatus {
     /// Unix time it ended.
     pub time: u64,

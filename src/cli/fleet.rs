@@ -89,7 +89,20 @@ pub fn run(cli: &Cli, args: &FleetArgs) -> Result<ExitCode> {
                     .map_err(|e| UsageError(format!("{e:#}")))?;
                     crate::fleet::prometheus::answers(&api, &all)?
                 }
-                None => status::ask(&all, &transport, opts.jobs, names, progress(all.len())),
+                None => {
+                    let started = std::time::Instant::now();
+                    let answers =
+                        status::ask(&all, &transport, opts.jobs, names, progress(all.len()));
+                    // How long a sweep takes tells what interval the fleet
+                    // can be watched at (and what a ControlMaster saves).
+                    render::note(format!(
+                        "asked {} machine(s) over ssh in {:.1} s (-j {})",
+                        all.len(),
+                        started.elapsed().as_secs_f64(),
+                        opts.jobs
+                    ));
+                    answers
+                }
             };
             status(&config, answers, *json)
         }

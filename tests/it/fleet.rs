@@ -150,6 +150,10 @@ fn the_fleet_is_seen_and_steered_over_ssh_one_machine_at_a_time() {
     let out = op.fleet(&["status"]);
     let table = common::output_text(&out);
     assert_eq!(out.status.code(), Some(0), "{table}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("asked 3 machine(s) over ssh in"),
+        "the sweep's time is told: {table}"
+    );
     for name in NAMES {
         assert!(
             table
@@ -1859,5 +1863,126 @@ fn a_signed_push_syncs_exactly_the_machines_it_concerns() {
     assert!(
         page.contains("<h2>Pushes</h2>") && page.contains("hook3: other: ok"),
         "{page}"
+    );
+}
+
+/// A STAND-IN for Prometheus's HTTP API, for a fleet of `n` machines
+/// that cannot be booted here (10,000): every `provision_*` family the
+/// query names, one series per machine, as node_exporters scraped with
+/// `instance` = the machine would give; machine `problem` failed its last
+/// pass. Returns its URL.
+fn prometheus_stand_in(n: usize, problem: usize) -> String {
+    let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("stand-in"));
+    let port = server.server_addr().to_ip().expect("ip").port();
+    std::thread::spawn(move || {
+        for req in server.incoming_requests() {
+            let url = req.url().to_string();
+            let mut body = String::from(
+                "{\"status\":\"success\",\"data\":{\"resultType\":\"vector\",\"result\":[",
+            );
+            let mut first = true;
+            for family in [
+                "provision_deployed_commit_info",
+                "provision_upstream_commit_info",
+                "provision_in_sync",
+                "provision_last_pass_success",
+                "provision_last_pass_timestamp_seconds",
+            ] {
+                if !url.contains(family) {
+                    continue;
+                }
+                for i in 0..n {
+                    let commit = if family.ends_with("commit_info") {
+                        format!(",\"commit\":\"{}\"", "ab".repeat(20))
+                    } else {
+                        String::new()
+                    };
+                    let value = match family {
+                        "provision_last_pass_timestamp_seconds" => "1796400000".to_string(),
+                        "provision_last_pass_success" if i == problem => "0".to_string(),
+                        _ => "1".to_string(),
+                    };
+                    if !first {
+                        body.push(',');
+                    }
+                    first = false;
+                    body.push_str(&format!(
+                        "{{\"metric\":{{\"__name__\":\"{family}\",\"instance\":\"m{i:05}:9100\",\"service\":\"web\"{commit}}},\"value\":[1796400000,\"{value}\"]}}"
+                    ));
+                }
+            }
+            body.push_str("]}}");
+            let _ = req.respond(tiny_http::Response::from_string(body));
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The overview of 10,000 machines is a page of 200, problems first,
+/// filtered by service, state and name, with a pager; a real browser lays
+/// it out.
+#[test]
+fn the_fleet_page_of_ten_thousand_machines_is_paged_and_filtered() {
+    if !common::require_tool("curl") || !common::require_tool("chromium") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names: Vec<String> = (0..10_000).map(|i| format!("\"m{i:05}\"")).collect();
+    let cfg = dir.path().join("config.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[[services]]\nmachine = [{}]\nservice = \"web\"\nupstream = \"https://git.example.net/ops/config\"\n\
+             dirs = [ {{ local = \"/etc/web\", link = \"web\" }} ]\n",
+            names.join(", ")
+        ),
+    )
+    .expect("config");
+    let url = prometheus_stand_in(10_000, 4242);
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["fleet", "-c"])
+        .arg(&cfg)
+        .args(["serve", "--prometheus", &url, "--listen", &listen]);
+    let log = dir.path().join("serve.log");
+    let _served = serve_with(cmd, &log, port);
+    let jar = dir.path().join("jar");
+    log_in(&log, &jar);
+    let jar = jar.display().to_string();
+    let get = |q: &str| {
+        let (code, page) = curl(&["-b", &jar, &format!("http://{listen}/{q}")]);
+        assert_eq!(code, 200, "{page}");
+        page
+    };
+    let page = get("");
+    assert!(
+        page.len() < 250_000,
+        "the overview of 10,000 machines is bounded: {} bytes",
+        page.len()
+    );
+    assert_eq!(page.matches("<tr data-machine=").count(), 200);
+    assert!(page.contains("machines 1–200 of 10000"), "pager");
+    let first_row = page.find("<tr data-machine=").expect("a row");
+    assert!(
+        page[first_row..].starts_with("<tr data-machine=\"m04242\""),
+        "the machine with a problem comes first"
+    );
+    assert!(page.contains("id=\"filter\""));
+    let last = get("?page=49");
+    assert!(last.contains("machines 9801–10000 of 10000") && last.contains("previous"));
+    let named = get("?name=m0999");
+    assert_eq!(named.matches("<tr data-machine=").count(), 10);
+    let problems = get("?state=problems&service=web");
+    assert_eq!(problems.matches("<tr data-machine=").count(), 1);
+    assert!(problems.contains("data-machine=\"m04242\""));
+    let dom = chromium(
+        &["--dump-dom"],
+        &format!("{}&next=/%3Fstate%3Dproblems", login_link(&log)),
+    );
+    assert!(
+        dom.contains("id=\"grid\"") && dom.contains("data-machine=\"m04242\""),
+        "{}",
+        &dom[..dom.len().min(2000)]
     );
 }

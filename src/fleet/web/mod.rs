@@ -203,7 +203,7 @@ impl App {
         };
         let force = query.split('&').any(|kv| kv == "refresh=1");
         match (req.method.as_str(), segments.as_slice()) {
-            ("GET", [""]) => self.overview(force),
+            ("GET", [""]) => self.overview(force, query),
             ("GET", ["api", "v1", "status"]) => {
                 let doc = self.doc(force);
                 Reply::json(200, &serde_json::to_value(&*doc).unwrap_or(Value::Null))
@@ -314,9 +314,22 @@ impl App {
         )
     }
 
-    fn overview(&self, force: bool) -> Reply {
+    fn overview(&self, force: bool, query: &str) -> Reply {
         let doc = self.doc(force);
-        let mut body = pages::overview(&doc);
+        let form = parse_form(query);
+        let field = |k: &str| {
+            form.get(k)
+                .and_then(|v| v.first())
+                .filter(|v| !v.is_empty())
+                .cloned()
+        };
+        let filter = pages::Filter {
+            service: field("service"),
+            problems: field("state").as_deref() == Some("problems"),
+            name: field("name"),
+            page: field("page").and_then(|p| p.parse().ok()).unwrap_or(0),
+        };
+        let mut body = pages::overview(&doc, &filter);
         if let Some(h) = &self.hook {
             body.push_str(&pages::pushes(&h.events()));
         }

@@ -194,25 +194,100 @@ fn cell(m: &MachineStatus, service: &str, head: Option<&str>, now: u64) -> (bool
 }
 
 /// `/`: every service's rollout, then the grid, problems first.
-pub fn overview(doc: &Document) -> String {
+/// Machines one overview page lists: a fleet of 10,000 is read page by
+/// page, problems first, and narrowed by the filter.
+pub const PAGE: usize = 200;
+
+/// What the overview's machine grid shows (its query string).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only machines running this service (`service=`), and only its column.
+    pub service: Option<String>,
+    /// Only machines with a problem (`state=problems`).
+    pub problems: bool,
+    /// Only machines whose name contains this (`name=`).
+    pub name: Option<String>,
+    /// The page, from 0 (`page=`).
+    pub page: usize,
+}
+
+impl Filter {
+    /// The query string of this filter at `page`.
+    fn query(&self, page: usize) -> String {
+        let mut q = vec![format!("page={page}")];
+        if let Some(s) = &self.service {
+            q.push(format!("service={}", path_segment(s)));
+        }
+        if self.problems {
+            q.push("state=problems".into());
+        }
+        if let Some(n) = &self.name {
+            q.push(format!("name={}", path_segment(n)));
+        }
+        q.join("&amp;")
+    }
+
+    /// The filter form, with the current values.
+    fn form(&self, doc: &Document) -> String {
+        let mut services = String::from("<option value=\"\">every service</option>");
+        for r in &doc.services {
+            let selected = if self.service.as_deref() == Some(r.name.as_str()) {
+                " selected"
+            } else {
+                ""
+            };
+            let _ = write!(services, "<option{selected}>{}</option>", esc(&r.name));
+        }
+        format!(
+            "<form method=\"get\" action=\"/\" id=\"filter\"><select name=\"service\">{services}</select> \
+             <select name=\"state\"><option value=\"\">every state</option><option value=\"problems\"{}>problems only</option></select> \
+             <input name=\"name\" placeholder=\"name contains\" value=\"{}\"> <button>Show</button></form>",
+            if self.problems { " selected" } else { "" },
+            esc(self.name.as_deref().unwrap_or_default())
+        )
+    }
+}
+
+pub fn overview(doc: &Document, filter: &Filter) -> String {
     let mut out = String::from("<h2>Services</h2>");
-    for r in &doc.services {
+    for r in doc
+        .services
+        .iter()
+        .filter(|r| filter.service.as_ref().is_none_or(|s| *s == r.name))
+    {
         out.push_str(&rollout_block(doc, r, true));
     }
-    out.push_str(
-        "<h2>Machines</h2><div class=\"scroll\"><table id=\"grid\"><thead><tr><th>Machine</th>",
-    );
-    for r in &doc.services {
+    let shown: Vec<&crate::fleet::status::Rollout> = doc
+        .services
+        .iter()
+        .filter(|r| filter.service.as_ref().is_none_or(|s| *s == r.name))
+        .collect();
+    out.push_str("<h2>Machines</h2>");
+    out.push_str(&filter.form(doc));
+    out.push_str("<div class=\"scroll\"><table id=\"grid\"><thead><tr><th>Machine</th>");
+    for r in &shown {
         let _ = write!(out, "<th>{}</th>", esc(&r.name));
     }
     out.push_str("</tr></thead><tbody>");
+    let needle = filter.name.as_deref().map(str::to_ascii_lowercase);
     let mut rows: Vec<(bool, String)> = doc
         .machines
         .iter()
+        .filter(|m| {
+            needle
+                .as_deref()
+                .is_none_or(|n| m.machine.to_ascii_lowercase().contains(n))
+        })
+        .filter(|m| {
+            filter
+                .service
+                .as_deref()
+                .is_none_or(|s| service_in(m, s).is_some() || !m.reachable)
+        })
         .map(|m| {
             let mut problem = !m.reachable;
             let mut cells = String::new();
-            for r in &doc.services {
+            for r in &shown {
                 if service_in(m, &r.name).is_none() && m.reachable {
                     cells.push_str("<td class=\"mute\">·</td>");
                     continue;
@@ -235,11 +310,31 @@ pub fn overview(doc: &Document) -> String {
             (problem, row)
         })
         .collect();
+    if filter.problems {
+        rows.retain(|(problem, _)| *problem);
+    }
     rows.sort_by_key(|(problem, _)| !problem);
-    for (_, row) in rows {
+    let total = rows.len();
+    let pages = total.div_ceil(PAGE).max(1);
+    let page = filter.page.min(pages - 1);
+    for (_, row) in rows.into_iter().skip(page * PAGE).take(PAGE) {
         out.push_str(&row);
     }
     out.push_str("</tbody></table></div>");
+    let first = (page * PAGE + 1).min(total);
+    let last = ((page + 1) * PAGE).min(total);
+    let _ = write!(out, "<p id=\"pager\">machines {first}–{last} of {total}");
+    if page > 0 {
+        let _ = write!(
+            out,
+            " · <a href=\"/?{}\">previous</a>",
+            filter.query(page - 1)
+        );
+    }
+    if page + 1 < pages {
+        let _ = write!(out, " · <a href=\"/?{}\">next</a>", filter.query(page + 1));
+    }
+    out.push_str("</p>");
     out
 }
 

@@ -71,6 +71,8 @@ bench: deps release
 	$(CARGO) bench --bench fleet -- --out $(CURDIR)/docs/BENCHMARKS.md
 	$(CARGO) bench --bench rollout -- --out $(CURDIR)/docs/BENCHMARKS.md
 	$(CARGO) bench --bench transport -- --out $(CURDIR)/docs/BENCHMARKS.md
+	$(CARGO) bench --bench scale -- --out $(CURDIR)/docs/BENCHMARKS.md
+	$(CARGO) bench --bench push -- --out $(CURDIR)/docs/BENCHMARKS.md
 
 UNITDIR ?= /etc/systemd/system
 GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators

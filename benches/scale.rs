@@ -196,7 +196,7 @@ fn status_row(bin: &Path, dir: &Path, n: usize, runs: usize) -> String {
         r.push(rss);
     }
     format!(
-        "| `fleet status --json --prometheus`, {n} machines | {:.2} s | {:.2} s | {:.0} MiB |",
+        "| {n} | {:.2} s | {:.2} s | {:.0} MiB |",
         median(w),
         median(c),
         median(r)
@@ -259,13 +259,13 @@ fn page_rows(bin: &Path, dir: &Path, n: usize) -> Vec<String> {
     let _ = child.wait();
     vec![
         format!(
-            "| overview page, {n} machines | {} KB | first {:.2} s | cached {:.3} s |",
+            "| {n} | `/` (200 machines a page, problems first) | {} KB | {:.2} s | {:.3} s |",
             size / 1000,
             first,
             cached
         ),
         format!(
-            "| overview page, {n} machines, `?state=problems` | {} KB | {:.3} s | - |",
+            "| {n} | `/?state=problems` | {} KB | - | {:.3} s |",
             fsize / 1000,
             filtered
         ),
@@ -298,12 +298,15 @@ fn main() {
          the JSON a real Prometheus writes. `fleet status --json --prometheus`: median of 3 runs, \
          wall, CPU (user + system) and peak RSS of the process. The overview page of `fleet serve \
          --prometheus`: size and time of the first load and of one from the cache (curl).\n\n\
-         | figure | | | |\n| --- | ---: | ---: | ---: |\n"
+         | machines | wall | CPU | peak RSS |\n| ---: | ---: | ---: | ---: |\n"
     );
     for &n in sizes {
         section.push_str(&status_row(&bin, dir.path(), n, 3));
         section.push('\n');
     }
+    section.push_str(
+        "\n| machines | page | size | first load | from the cache |\n| ---: | --- | ---: | ---: | ---: |\n",
+    );
     for &n in sizes {
         for row in page_rows(&bin, dir.path(), n) {
             section.push_str(&row);

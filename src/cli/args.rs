@@ -81,6 +81,15 @@ pub enum Command {
     /// last fetch. Exits 0 when there is no difference, 1 when there is one,
     /// 2 on error (like `git diff --exit-code`).
     Diff(DiffOpts),
+    /// What a change to the config repository will do to the fleet, from
+    /// Git alone (no machine is asked).
+    ///
+    /// For every machine and service of the head's config: the files that
+    /// change under its links (where the service reads them), the action,
+    /// the rollout; the config's own changes and errors; with trusted keys,
+    /// whether each commit is signed. Exits 0 when nothing would change, 1
+    /// when something would, 2 on config or usage errors.
+    Plan(PlanOpts),
     /// Restore the mounts of the deployed releases, without network.
     ///
     /// Run at boot by provision-mount@NAME.service, before the service
@@ -330,6 +339,47 @@ pub struct StatusOpts {
     /// Print the documented JSON document (with a `schema` version).
     #[arg(long)]
     pub json: bool,
+}
+
+/// Options of `plan`.
+#[derive(Debug, Args)]
+pub struct PlanOpts {
+    /// The config repository: a checkout or bare repository (offline), or
+    /// a URL to clone.
+    #[arg(long, value_name = "URL|PATH", default_value = ".")]
+    pub repo: String,
+    /// The commit compared from (default: the merge base of --head with
+    /// the branch the services follow).
+    #[arg(long, value_name = "REV")]
+    pub base: Option<String>,
+    /// The commit compared to.
+    #[arg(long, value_name = "REV", default_value = "HEAD")]
+    pub head: String,
+    /// text, json (the documented document) or markdown (for a pull
+    /// request's comment).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: PlanFormat,
+    /// The config file's path in the repository.
+    #[arg(long, value_name = "PATH", default_value = "provision/config.toml")]
+    pub config_path: String,
+    /// Check that each commit of base..head is signed by one of these keys
+    /// (git's allowed signers format).
+    #[arg(long, value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+    /// ... or by one of these OpenPGP public keys (ASCII-armored).
+    #[arg(long, value_name = "FILE")]
+    pub openpgp_keys: Option<PathBuf>,
+}
+
+/// Formats of `plan`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PlanFormat {
+    /// For a terminal.
+    Text,
+    /// The documented JSON document.
+    Json,
+    /// For a pull request's comment.
+    Markdown,
 }
 
 /// Options of `diff`.

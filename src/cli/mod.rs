@@ -60,6 +60,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mount(opts) => mount(&cli, opts),
         Command::Status(opts) => status(&cli, opts),
         Command::Diff(opts) => diff(&cli, opts),
+        Command::Plan(opts) => plan(opts),
         Command::Generate(opts) => generate(&cli, opts),
         Command::Activate(_) => activate(&cli),
         Command::Fleet(args) => fleet::run(&cli, args),
@@ -116,6 +117,7 @@ fn require_root(cli: &Cli) -> Result<()> {
         | Command::History(_)
         | Command::Verify(_)
         | Command::Generate(_)
+        | Command::Plan(_)
         | Command::Fleet(_) => return Ok(()),
     };
     if nix::unistd::geteuid().is_root() {
@@ -605,4 +607,65 @@ fn select<'a>(all: &[&'a Service], names: &[String], id: &Identity) -> Result<Ve
 /// The abbreviated commit hash shown to operators.
 pub fn short(commit: &str) -> String {
     commit.chars().take(10).collect()
+}
+
+/// `provision plan`: exit 0 when nothing would change, 1 when something
+/// would, 2 when the head config does not check.
+fn plan(opts: &args::PlanOpts) -> Result<ExitCode> {
+    use anyhow::Context as _;
+    let cloned;
+    let path = if opts.repo.contains("://")
+        || (opts.repo.contains(':') && !std::path::Path::new(&opts.repo).exists())
+    {
+        cloned = tempfile_dir()?;
+        let st = std::process::Command::new("git")
+            .args(["clone", "--quiet", "--bare", "--", &opts.repo])
+            .arg(cloned.join("repo.git"))
+            .status()
+            .context("running git clone")?;
+        if !st.success() {
+            bail!("git clone {} failed", opts.repo);
+        }
+        cloned.join("repo.git")
+    } else {
+        std::path::PathBuf::from(&opts.repo)
+    };
+    let repo = git2::Repository::discover(&path)
+        .map_err(|e| UsageError(format!("--repo {}: {}", path.display(), e.message())))?;
+    let trusted = crate::engine::trust::load(
+        opts.allowed_signers.as_deref(),
+        opts.openpgp_keys.as_deref(),
+    )
+    .map_err(|e| UsageError(format!("{e:#}")))?;
+    let request = crate::view::plan::Request {
+        repo: &repo,
+        base: opts.base.as_deref(),
+        head: &opts.head,
+        config_path: &opts.config_path,
+        trusted,
+    };
+    let plan = crate::view::plan::plan(&request).map_err(|e| UsageError(format!("{e:#}")))?;
+    match opts.format {
+        args::PlanFormat::Json => {
+            render::line(serde_json::to_string_pretty(&plan).context("serializing the plan")?)
+        }
+        args::PlanFormat::Markdown => render::line(crate::view::plan::markdown(&plan).trim_end()),
+        args::PlanFormat::Text => render::line(crate::view::plan::text(&plan).trim_end()),
+    }
+    let unsigned = plan.signatures.iter().any(|v| !v.verified);
+    Ok(if !plan.errors.is_empty() {
+        ExitCode::from(EXIT_USAGE)
+    } else if plan.changes || unsigned {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A private scratch directory of this user's, removed at exit only by
+/// the system's tmp cleaning (a clone for `plan --repo URL`).
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("provision-plan-{}", std::process::id()));
+    crate::util::private_dir(&dir)?;
+    Ok(dir)
 }

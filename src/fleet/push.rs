@@ -16,6 +16,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::config::Config;
+use crate::util::repo_key;
 
 /// Which forge sent an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,30 +219,6 @@ fn changed_paths(v: &Value) -> Option<BTreeSet<String>> {
     Some(out)
 }
 
-/// A repository URL reduced to `host/path`, lower case, without scheme,
-/// user, port, `.git` or slashes at the ends: the clone, ssh and web URLs
-/// of one repository all reduce to the same key, whatever the config
-/// writes (`https://h/o/r.git`, `git@h:o/r`, `ssh://git@h:22/o/r.git`).
-pub fn repo_key(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let (authority, path) = match url.contains("://") {
-        true => rest.split_once('/').unwrap_or((rest, "")),
-        false => rest.split_once(':').unwrap_or((rest, "")),
-    };
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
-        None => host.split_once(':').map_or(host, |(h, _)| h),
-    };
-    let path = path.trim_matches('/');
-    let path = path.strip_suffix(".git").unwrap_or(path);
-    format!(
-        "{}/{}",
-        host.to_ascii_lowercase(),
-        path.trim_start_matches('~')
-    )
-}
-
 /// The (machine, service) pairs among `machines` that `push` concerns:
 /// a service following one of its repositories (any of `upstream`) and
 /// its branch, with a changed path under one of its `link`s when the
@@ -288,6 +265,7 @@ mod tests {
 
     #[test]
     fn urls_of_one_repository_reduce_to_one_key() {
+        use crate::util::repo_key;
         for u in [
             "https://git.example.net/ops/config.git",
             "https://deploy@git.example.net:443/ops/config/",

@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod history;
 pub mod pass;
 pub mod place;
+pub mod plan;
 pub mod record;
 pub mod signature;
 pub mod status;

@@ -322,6 +322,30 @@ pub fn age(now: u64, then: u64) -> String {
     }
 }
 
+/// A repository URL reduced to `host/path`, lower case, without scheme,
+/// user, port, `.git` or slashes at the ends: the clone, ssh and web URLs
+/// of one repository all reduce to the same key, whatever the config
+/// writes (`https://h/o/r.git`, `git@h:o/r`, `ssh://git@h:22/o/r.git`).
+pub fn repo_key(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (authority, path) = match url.contains("://") {
+        true => rest.split_once('/').unwrap_or((rest, "")),
+        false => rest.split_once(':').unwrap_or((rest, "")),
+    };
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
+        None => host.split_once(':').map_or(host, |(h, _)| h),
+    };
+    let path = path.trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    format!(
+        "{}/{}",
+        host.to_ascii_lowercase(),
+        path.trim_start_matches('~')
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,4 +5,5 @@ pub(crate) mod check;
 pub(crate) mod diff;
 pub(crate) mod history;
 pub mod metrics;
+pub(crate) mod plan;
 pub(crate) mod status;

@@ -27,6 +27,7 @@ mod local_users;
 mod observability_examples;
 mod observe;
 mod package;
+mod plan;
 mod rough_edges;
 mod safe_changes;
 mod secrets;

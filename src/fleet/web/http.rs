@@ -79,6 +79,15 @@ impl Reply {
         Reply::of(code, "application/json", format!("{v:#}\n"))
     }
 
+    /// A document serialized straight to JSON text (machines' documents
+    /// kept as their raw text stay as they are).
+    pub fn json_of<T: serde::Serialize>(code: u16, v: &T) -> Reply {
+        match serde_json::to_string_pretty(v) {
+            Ok(text) => Reply::of(code, "application/json", text + "\n"),
+            Err(e) => Reply::text(500, format!("writing the document: {e}\n")),
+        }
+    }
+
     /// Plain text.
     pub fn text(code: u16, body: impl Into<String>) -> Reply {
         Reply::of(code, "text/plain; charset=utf-8", body.into())

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::config::Config;
 use crate::fleet::action::{self, Change};
@@ -206,7 +206,7 @@ impl App {
             ("GET", [""]) => self.overview(force, query),
             ("GET", ["api", "v1", "status"]) => {
                 let doc = self.doc(force);
-                Reply::json(200, &serde_json::to_value(&*doc).unwrap_or(Value::Null))
+                Reply::json_of(200, &*doc)
             }
             ("GET", ["machine", name]) => self.machine(name, force),
             ("GET", ["service", name]) => self.service(name, force),

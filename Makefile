@@ -19,7 +19,7 @@ BENCH_APT_PACKAGES := ansible-core hyperfine valgrind
 # mdBook builds the user guide; only its HTML renderer and search are built.
 MDBOOK_VERSION := 0.5.4
 
-.PHONY: all build release deps test lint unit guide demo install clean
+.PHONY: all build release deps test lint unit guide demo install clean deb rpm
 
 all: build
 
@@ -43,7 +43,7 @@ lint: deps
 # names a missing tool and its package before any test runs; --no-fail-fast
 # runs every test binary even after one fails, and the last line is the total
 # over all of them.
-unit: deps deb
+unit: deps deb rpm
 	@bash scripts/check-tools.sh
 	@mkdir -p target
 	@status=0; bash -o pipefail -c '$(CARGO) test --no-fail-fast --lib --bins --tests 2>&1 | tee target/test.log' || status=$$?; \
@@ -99,6 +99,17 @@ assets: release
 deb: deps
 	$(MAKE) assets BINPATH=/usr/bin/provision
 	$(CARGO) deb --no-build
+
+# target/generate-rpm/provision-<version>-1.x86_64.rpm, for RHEL, Fedora,
+# openSUSE: RPM's own rpmbuild (Debian's rpm package) from rpm/provision.spec,
+# over the same assets as the .deb, at Fedora's paths.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+rpm: deps
+	$(MAKE) assets BINPATH=/usr/bin/provision
+	rm -rf target/rpmbuild && mkdir -p target/generate-rpm
+	rpmbuild -bb --quiet --define "_topdir $(CURDIR)/target/rpmbuild" \
+	  --define "srcroot $(CURDIR)" --define "pkgversion $(VERSION)" rpm/provision.spec
+	cp target/rpmbuild/RPMS/x86_64/provision-$(VERSION)-1.x86_64.rpm target/generate-rpm/
 
 install: release
 	$(MAKE) assets BINPATH=$(PREFIX)/bin/provision

@@ -1,7 +1,8 @@
 //! The Debian package, installed with `dpkg -i` in a booted machine: a pass
 //! works, the man pages render, bash completes verbs and this machine's
 //! service names, writing the config starts the service's timer, lintian
-//! finds no error, and a purge removes the units but leaves the state.
+//! finds no error, and a purge removes the units but leaves the state; the
+//! RPM installs into a scratch root with its scriptlets, rpmlint-clean.
 
 use testkit as common;
 
@@ -133,5 +134,166 @@ fn the_installed_package_runs_documents_completes_and_purges_cleanly() {
     assert!(
         m.read("/var/lib/provision/web/state.json").is_some(),
         "purge leaves the state"
+    );
+}
+
+/// The RPM `make rpm` built (`make test` builds it first).
+fn rpm_or_fail() -> Option<PathBuf> {
+    let dir = common::project_root().join("target/generate-rpm");
+    let mut rpms: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "rpm"))
+        .collect();
+    rpms.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    let rpm = rpms.pop();
+    if rpm.is_none() {
+        assert!(
+            !common::under_ci(),
+            "no .rpm under target/generate-rpm: run `make rpm` (make test does)"
+        );
+        eprintln!("skipping: no .rpm under target/generate-rpm (run `make rpm`)");
+    }
+    rpm
+}
+
+/// The RPM installs into a scratch root with Fedora's paths, carries the
+/// scriptlets the .deb's maintainer scripts are (presets decide what is
+/// enabled), and rpmlint reports no error.
+#[test]
+fn the_rpm_installs_into_a_root_with_its_scriptlets_and_rpmlint_finds_no_error() {
+    let Some(rpm) = rpm_or_fail() else { return };
+    if !common::require_tool("rpm")
+        || !common::require_tool("rpmlint")
+        || !common::require_tool("rpmsign")
+        || !common::require_tool("gpg")
+    {
+        return;
+    }
+    let name = rpm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(name, format!("provision-{version}-1.x86_64.rpm"));
+    let root = tempfile::tempdir().expect("a scratch root");
+    let out = Command::new("rpm")
+        .args(["-i", "--nodeps", "--noscripts", "--root"])
+        .arg(root.path())
+        .arg(&rpm)
+        .output()
+        .expect("rpm -i");
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    for path in [
+        "usr/bin/provision",
+        "usr/lib/systemd/system/provision@.service",
+        "usr/lib/systemd/system/provision@.timer",
+        "usr/lib/systemd/system/provision-mount@.service",
+        "usr/lib/systemd/system/provision-config.path",
+        "usr/lib/systemd/system/provision-activate.service",
+        "usr/lib/systemd/system-preset/80-provision.preset",
+        "usr/lib/systemd/system-generators/provision-generator",
+        "usr/share/man/man1/provision.1.gz",
+        "usr/share/bash-completion/completions/provision",
+        "usr/share/zsh/site-functions/_provision",
+        "usr/share/fish/vendor_completions.d/provision.fish",
+        "usr/share/doc/provision/examples/config.toml",
+        "usr/share/doc/provision/examples/ci/github-actions.yml",
+    ] {
+        assert!(root.path().join(path).exists(), "{path} is not installed");
+    }
+    let out = Command::new(root.path().join("usr/bin/provision"))
+        .arg("--version")
+        .output()
+        .expect("the installed binary");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(version),
+        "{}",
+        common::output_text(&out)
+    );
+    let unit = std::fs::read_to_string(
+        root.path()
+            .join("usr/lib/systemd/system/provision@.service"),
+    )
+    .expect("the unit");
+    assert!(unit.contains("/usr/bin/provision"), "{unit}");
+    let scripts = Command::new("rpm")
+        .args(["-qp", "--scripts"])
+        .arg(&rpm)
+        .output()
+        .expect("rpm -qp --scripts");
+    let scripts = String::from_utf8_lossy(&scripts.stdout);
+    assert!(
+        scripts.contains("postinstall scriptlet")
+            && scripts.contains("preset provision-config.path")
+            && scripts.contains("preuninstall scriptlet")
+            && scripts.contains("disable --now provision-config.path")
+            && scripts.contains("postuninstall scriptlet"),
+        "{scripts}"
+    );
+    // A release is signed by its distributor: sign a copy with a
+    // throwaway key, trusted in a scratch rpm database (HOME's
+    // .rpmmacros), and lint that.
+    let scratch = tempfile::tempdir().expect("scratch");
+    let gnupg = scratch.path().join("gnupg");
+    std::fs::create_dir(&gnupg).expect("gnupg home");
+    std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod");
+    let run = |cmd: &mut Command| {
+        let out = cmd
+            .env("GNUPGHOME", &gnupg)
+            .env("HOME", scratch.path())
+            .output()
+            .expect("running a signing step");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            common::output_text(&out)
+        );
+        out
+    };
+    run(Command::new("gpg").args([
+        "--batch",
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "provision release <release@example.net>",
+        "ed25519",
+        "sign",
+        "never",
+    ]));
+    let key = run(Command::new("gpg").args(["--export", "--armor", "release@example.net"]));
+    std::fs::write(scratch.path().join("key.asc"), &key.stdout).expect("the public key");
+    std::fs::write(
+        scratch.path().join(".rpmmacros"),
+        format!("%_dbpath {}/rpmdb\n", scratch.path().display()),
+    )
+    .expect(".rpmmacros");
+    run(Command::new("rpm").arg("--initdb"));
+    run(Command::new("rpm")
+        .arg("--import")
+        .arg(scratch.path().join("key.asc")));
+    let signed = scratch.path().join(&name);
+    std::fs::copy(&rpm, &signed).expect("copying the rpm");
+    run(Command::new("rpmsign")
+        .args(["--addsign", "--define", "_gpg_name release@example.net"])
+        .args(["--define", "__gpg /usr/bin/gpg"])
+        .args([
+            "--define",
+            "_gpg_sign_cmd_extra_args --pinentry-mode loopback --passphrase ''",
+        ])
+        .arg(&signed));
+    let lint = Command::new("rpmlint")
+        .arg(&signed)
+        .env("HOME", scratch.path())
+        .output()
+        .expect("rpmlint");
+    let text = common::output_text(&lint);
+    assert!(
+        !text.lines().any(|l| l.contains(": E: ")) && text.contains("0 errors"),
+        "rpmlint errors:\n{text}"
     );
 }

@@ -19,7 +19,7 @@ BENCH_APT_PACKAGES := ansible-core hyperfine valgrind
 # mdBook builds the user guide; only its HTML renderer and search are built.
 MDBOOK_VERSION := 0.5.4
 
-.PHONY: all build release deps test lint unit guide demo install clean deb rpm
+.PHONY: all build release deps test lint unit guide demo install clean deb rpm version
 
 all: build
 
@@ -27,6 +27,7 @@ build:
 	$(CARGO) build
 
 release:
+	@if [ -n "$(VERSION)" ]; then $(MAKE) version VERSION=$(VERSION); fi
 	$(CARGO) build --release
 
 # Installs what is missing, and nothing else: safe to run on every make test.
@@ -103,13 +104,25 @@ deb: deps
 # target/generate-rpm/provision-<version>-1.x86_64.rpm, for RHEL, Fedora,
 # openSUSE: RPM's own rpmbuild (Debian's rpm package) from rpm/provision.spec,
 # over the same assets as the .deb, at Fedora's paths.
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+PKG_VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 rpm: deps
 	$(MAKE) assets BINPATH=/usr/bin/provision
 	rm -rf target/rpmbuild && mkdir -p target/generate-rpm
+	{ cat rpm/provision.spec; python3 scripts/changelog.py rpm; } > target/provision.spec
 	rpmbuild -bb --quiet --define "_topdir $(CURDIR)/target/rpmbuild" \
-	  --define "srcroot $(CURDIR)" --define "pkgversion $(VERSION)" rpm/provision.spec
-	cp target/rpmbuild/RPMS/x86_64/provision-$(VERSION)-1.x86_64.rpm target/generate-rpm/
+	  --define "srcroot $(CURDIR)" --define "pkgversion $(PKG_VERSION)" target/provision.spec
+	cp target/rpmbuild/RPMS/x86_64/provision-$(PKG_VERSION)-1.x86_64.rpm target/generate-rpm/
+
+# One version, in Cargo.toml, drives the .deb, the .rpm, --version and the
+# man pages. `make version VERSION=x.y.z` sets it and turns CHANGELOG.md's
+# "Unreleased" entries into x.y.z's (today), regenerating debian/changelog;
+# `make release VERSION=x.y.z` does that and builds.
+version:
+	@test -n "$(VERSION)" || { echo "make version VERSION=x.y.z"; exit 2; }
+	@echo "$(VERSION)" | grep -Eq '^[0-9]+\.[0-9]+\.[0-9]+$$' || { echo "VERSION must be x.y.z"; exit 2; }
+	sed -i '0,/^version = ".*"/s//version = "$(VERSION)"/' Cargo.toml
+	python3 scripts/changelog.py release $(VERSION) $$(date -u +%F)
+	python3 scripts/changelog.py debian > debian/changelog
 
 install: release
 	$(MAKE) assets BINPATH=$(PREFIX)/bin/provision

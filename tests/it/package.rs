@@ -297,3 +297,56 @@ fn the_rpm_installs_into_a_root_with_its_scriptlets_and_rpmlint_finds_no_error()
         "rpmlint errors:\n{text}"
     );
 }
+
+/// One version and one changelog: debian/changelog is what CHANGELOG.md
+/// generates, and `make version VERSION=x.y.z` bumps Cargo.toml and turns
+/// the Unreleased entries into x.y.z's in both changelogs.
+#[test]
+fn one_version_and_one_changelog_drive_both_packages() {
+    if !common::require_tool("python3") {
+        return;
+    }
+    let root = common::project_root();
+    let generated = Command::new("python3")
+        .current_dir(&root)
+        .args(["scripts/changelog.py", "debian"])
+        .output()
+        .expect("changelog.py");
+    assert_eq!(
+        String::from_utf8_lossy(&generated.stdout),
+        std::fs::read_to_string(root.join("debian/changelog")).expect("debian/changelog"),
+        "debian/changelog is stale: run `python3 scripts/changelog.py debian > debian/changelog`"
+    );
+    let copy = tempfile::tempdir().expect("tempdir");
+    for f in [
+        "Makefile",
+        "Cargo.toml",
+        "CHANGELOG.md",
+        "debian/changelog",
+        "scripts/changelog.py",
+    ] {
+        let to = copy.path().join(f);
+        std::fs::create_dir_all(to.parent().expect("a parent")).expect("mkdir");
+        std::fs::copy(root.join(f), &to).expect("copying");
+    }
+    let out = Command::new("make")
+        .current_dir(copy.path())
+        .args(["--no-print-directory", "version", "VERSION=9.9.9"])
+        .output()
+        .expect("make version");
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let read = |f: &str| std::fs::read_to_string(copy.path().join(f)).expect("reading");
+    assert!(read("Cargo.toml").contains("\nversion = \"9.9.9\"\n"));
+    let changelog = read("CHANGELOG.md");
+    assert!(
+        changelog.contains("## Unreleased\n\n## 9.9.9 ("),
+        "{changelog}"
+    );
+    assert!(read("debian/changelog").starts_with("provision (9.9.9-1) unstable"));
+    let bad = Command::new("make")
+        .current_dir(copy.path())
+        .args(["--no-print-directory", "version", "VERSION=nine"])
+        .output()
+        .expect("make version");
+    assert!(!bad.status.success());
+}

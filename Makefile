@@ -19,7 +19,7 @@ BENCH_APT_PACKAGES := ansible-core hyperfine valgrind
 # mdBook builds the user guide; only its HTML renderer and search are built.
 MDBOOK_VERSION := 0.5.4
 
-.PHONY: all build release deps test lint unit guide demo install clean deb rpm version
+.PHONY: all build release deps test lint unit guide demo install clean deb rpm version previous-deb
 
 all: build
 
@@ -44,7 +44,7 @@ lint: deps
 # names a missing tool and its package before any test runs; --no-fail-fast
 # runs every test binary even after one fails, and the last line is the total
 # over all of them.
-unit: deps deb rpm
+unit: deps deb rpm previous-deb
 	@bash scripts/check-tools.sh
 	@mkdir -p target
 	@status=0; bash -o pipefail -c '$(CARGO) test --no-fail-fast --lib --bins --tests 2>&1 | tee target/test.log' || status=$$?; \
@@ -112,6 +112,19 @@ rpm: deps
 	rpmbuild -bb --quiet --define "_topdir $(CURDIR)/target/rpmbuild" \
 	  --define "srcroot $(CURDIR)" --define "pkgversion $(PKG_VERSION)" target/provision.spec
 	cp target/rpmbuild/RPMS/x86_64/provision-$(PKG_VERSION)-1.x86_64.rpm target/generate-rpm/
+
+# The .deb of an earlier commit, for the in-place upgrade test: built once
+# (a release build of that commit, some minutes) and kept outside the tree.
+PREVIOUS ?= 239f65b
+PREVIOUS_DEB ?= $(HOME)/.cache/provision-test/provision-$(PREVIOUS).deb
+previous-deb: $(PREVIOUS_DEB)
+$(PREVIOUS_DEB):
+	rm -rf target/previous && git worktree prune
+	git worktree add -f --detach target/previous $(PREVIOUS)
+	$(MAKE) -C target/previous assets BINPATH=/usr/bin/provision
+	mkdir -p $(dir $@)
+	cd target/previous && $(CARGO) deb --no-build --deb-version 0.1.0~prev-1 -o $@.tmp && mv $@.tmp $@
+	git worktree remove --force target/previous
 
 # One version, in Cargo.toml, drives the .deb, the .rpm, --version and the
 # man pages. `make version VERSION=x.y.z` sets it and turns CHANGELOG.md's

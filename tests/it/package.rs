@@ -350,3 +350,101 @@ fn one_version_and_one_changelog_drive_both_packages() {
         .expect("make version");
     assert!(!bad.status.success());
 }
+
+/// The .deb of an earlier commit (`make previous-deb`, which `make test`
+/// runs; built once and kept in ~/.cache/provision-test).
+fn previous_or_fail() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from)?;
+    let dir = home.join(".cache/provision-test");
+    let found = std::fs::read_dir(&dir)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"));
+    if found.is_none() {
+        assert!(
+            !common::under_ci(),
+            "no earlier .deb in {}: run `make previous-deb` (make test does)",
+            dir.display()
+        );
+        eprintln!("skipping: no earlier .deb (run `make previous-deb`)");
+    }
+    found
+}
+
+/// Installing the new .deb over an earlier one on a machine with deployed
+/// services keeps every mount and hold, reloads and restarts no service,
+/// and the next pass finds nothing to do.
+#[test]
+fn an_in_place_upgrade_disturbs_no_service() {
+    common::need_machine!();
+    let (Some(old), Some(new)) = (previous_or_fail(), deb_or_fail()) else {
+        return;
+    };
+    let d = GitDaemon::start();
+    let up = d.repo("cfg");
+    up.commit(
+        "main",
+        &[
+            ("web/web.conf", Some("one\n")),
+            ("other/o.conf", Some("o\n")),
+        ],
+        "seed",
+    );
+    let m = Machine::boot("upg1");
+    m.sh(&format!("dpkg -i {}", old.display()));
+    for unit in ["web", "other"] {
+        m.put(
+            &format!("/etc/systemd/system/{unit}.service"),
+            &format!(
+                "[Service]\nExecStart=/bin/sleep infinity\nExecReload=/bin/sh -c 'echo reload >> /var/log/{unit}.reloads'\n"
+            ),
+            0o644,
+        );
+    }
+    m.sh("systemctl daemon-reload && systemctl start web other");
+    m.put(
+        "/etc/provision/config.toml",
+        &format!(
+            "[[services]]\nmachine = \"upg1\"\nservice = \"web\"\nupstream = \"{u}\"\naction = \"reload\"\n\
+             interval = \"1h\"\ndirs = [ {{ local = \"/etc/web\", link = \"web\" }} ]\n\n\
+             [[services]]\nmachine = \"upg1\"\nservice = \"other\"\nupstream = \"{u}\"\naction = \"reload\"\n\
+             interval = \"1h\"\ndirs = [ {{ local = \"/etc/other\", link = \"other\" }} ]\n",
+            u = up.url()
+        ),
+        0o644,
+    );
+    m.sh("provision sync");
+    m.sh("provision freeze other --reason 'kept over the upgrade'");
+    assert_eq!(m.read("/etc/web/web.conf").as_deref(), Some("one\n"));
+    let seen = |m: &Machine| {
+        m.sh(
+            "for u in web other; do systemctl show -p ActiveEnterTimestampMonotonic --value $u; \
+             cat /var/log/$u.reloads 2>/dev/null | wc -l; findmnt -n -o TARGET,SOURCE -M /etc/$u; done",
+        )
+    };
+    let before = seen(&m);
+    m.sh(&format!("dpkg -i {}", new.display()));
+    assert!(
+        m.sh("dpkg-query -W -f='${Version}' provision")
+            .starts_with(env!("CARGO_PKG_VERSION")),
+        "the new package is installed"
+    );
+    assert_eq!(seen(&m), before, "no reload, restart or remount");
+    let status = m.sh("provision status --json");
+    assert!(
+        status.contains("\"state\": \"frozen\""),
+        "the hold is kept: {status}"
+    );
+    let out = m.sh("provision sync");
+    assert!(
+        out.contains("web: up to date") && out.contains("other: frozen"),
+        "{out}"
+    );
+    assert_eq!(
+        seen(&m),
+        before,
+        "the first pass of the new binary changes nothing"
+    );
+}

@@ -281,7 +281,9 @@ fn file_plan(
     };
     let diff = (!secret).then(|| unified(repo, &path, old, new)).flatten();
     FilePlan {
-        path: path.display().to_string(),
+        // A path is the repository's to choose: no control character of
+        // it reaches a terminal or a CI log.
+        path: crate::util::escape_line(&path.display().to_string()),
         change,
         secret,
         diff,
@@ -305,7 +307,14 @@ fn unified(repo: &Repository, path: &Path, old: Option<Oid>, new: Option<Oid>) -
         None,
     )
     .ok()?;
-    let text = String::from_utf8_lossy(&patch.to_buf().ok()?).into_owned();
+    let text: String = String::from_utf8_lossy(&patch.to_buf().ok()?)
+        .chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect();
     Some(if text.len() > DIFF_CAP {
         let mut cut = DIFF_CAP;
         while !text.is_char_boundary(cut) {

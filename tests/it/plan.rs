@@ -318,3 +318,52 @@ fn the_ci_examples_parse_and_their_commands_run() {
         "{md}"
     );
 }
+
+/// A pull request that names a file with terminal escapes, or writes them
+/// into a file, gets none of them into plan's output (a CI log, a
+/// reviewer's terminal).
+#[test]
+fn a_hostile_file_name_or_content_puts_no_escape_into_the_plan() {
+    common::need_git!();
+    let d = GitDaemon::start();
+    let up = d.repo("config");
+    up.commit(
+        "main",
+        &[
+            (
+                "provision/config.toml",
+                Some(&config(&up.url(), false, false)),
+            ),
+            ("web/nginx.conf", Some("worker_processes 1;\n")),
+        ],
+        "seed",
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path().join("checkout");
+    common::run(
+        Command::new("git")
+            .args(["clone", "-q", &up.url()])
+            .arg(&dir),
+    );
+    git(&dir, &["checkout", "-q", "-b", "evil"]);
+    commit(
+        &dir,
+        &[
+            ("web/x\u{1b}]0;owned\u{7}.conf", "a\n"),
+            (
+                "web/nginx.conf",
+                "worker_processes 1;\n\u{1b}[2J\u{1b}[31mcleared\n",
+            ),
+        ],
+        "evil",
+    );
+    for format in ["text", "markdown", "json"] {
+        let (code, out) = plan(&dir, &["--format", format]);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\u{7}'),
+            "{format}: {out:?}"
+        );
+        assert!(out.contains("owned"), "the file is still listed: {out}");
+    }
+}

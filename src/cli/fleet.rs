@@ -635,17 +635,9 @@ fn confirm_key(machine: &str, fingerprint: &str) -> Result<bool> {
             "{machine}'s host key ({fingerprint}) is not in known_hosts, and there is no terminal to confirm it on; pin it with ssh first"
         )));
     }
-    let mut err = std::io::stderr();
-    let _ = write!(
-        err,
+    ask(&format!(
         "{machine} presents host key {fingerprint}. Is that its key? [y/N] "
-    );
-    let _ = err.flush();
-    let mut answer = String::new();
-    std::io::stdin()
-        .read_line(&mut answer)
-        .context("reading the answer")?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+    ))
 }
 
 /// Asks on the terminal before changing several machines; refuses when
@@ -657,13 +649,17 @@ fn confirm(what: &str, targets: &[String]) -> Result<bool> {
             targets.len()
         )));
     }
-    let mut err = std::io::stderr();
-    let _ = write!(
-        err,
+    ask(&format!(
         "`{what}` on {} machines ({}). Go on? [y/N] ",
         targets.len(),
         targets.join(", ")
-    );
+    ))
+}
+
+/// Puts `question` on the terminal and reads a yes (`y`, `yes`).
+fn ask(question: &str) -> Result<bool> {
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{question}");
     let _ = err.flush();
     let mut answer = String::new();
     std::io::stdin()

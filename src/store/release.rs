@@ -711,7 +711,7 @@ impl Writer<'_> {
         let mut f = dir.create_file(name, self.access.perm(kind))?;
         self.copy_blob(entry.id(), &mut f)
             .with_context(|| format!("writing {}", dir.path().join(name).display()))?;
-        self.chown_file(&f, dir, name)?;
+        self.chown_file(&f, dir, name, self.access.uid)?;
         drop(f);
         self.record(dir, name, rel, kind, entry.id())
     }
@@ -740,14 +740,7 @@ impl Writer<'_> {
         let mut f = dir.create_file(name, self.access.perm(Kind::Secret))?;
         f.write_all(&plain)
             .with_context(|| format!("writing {}", dir.path().join(name).display()))?;
-        if self.access.secret_uid != 0 || self.access.gid != 0 {
-            nix::unistd::fchown(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                Some(Uid::from_raw(self.access.secret_uid)),
-                Some(Gid::from_raw(self.access.gid)),
-            )
-            .with_context(|| format!("changing owner of {}", dir.path().join(name).display()))?;
-        }
+        self.chown_file(&f, dir, name, self.access.secret_uid)?;
         drop(f);
         let oid = Oid::hash_object(ObjectType::Blob, &plain).context("hashing a decrypted file")?;
         self.record(dir, name, rel, Kind::Secret, oid)
@@ -787,13 +780,15 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn chown_file(&self, f: &File, dir: &dirfd::Dir, name: &OsStr) -> Result<()> {
-        if self.access.uid == 0 && self.access.gid == 0 {
+    /// Gives `f` (just created as `name` in `dir`) to `uid` and the
+    /// link's group, through its descriptor.
+    fn chown_file(&self, f: &File, dir: &dirfd::Dir, name: &OsStr, uid: u32) -> Result<()> {
+        if uid == 0 && self.access.gid == 0 {
             return Ok(());
         }
         nix::unistd::fchown(
             std::os::fd::AsRawFd::as_raw_fd(f),
-            Some(Uid::from_raw(self.access.uid)),
+            Some(Uid::from_raw(uid)),
             Some(Gid::from_raw(self.access.gid)),
         )
         .with_context(|| format!("changing owner of {}", dir.path().join(name).display()))

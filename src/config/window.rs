@@ -166,13 +166,16 @@ impl Windows {
         if self.always() {
             return None;
         }
+        // The merged openings are in order: the first is the next. A week
+        // and a day holds every weekly window; only a window that opens on
+        // no day of it (none: the config reads weekdays) needs the horizon.
         let now = now as i64;
-        self.openings(now, 8)
-            .into_iter()
-            .chain(self.openings(now, HORIZON_DAYS))
-            .map(|(a, _)| a.max(now))
-            .min()
-            .map(|t| t as u64)
+        let first = |days| {
+            self.openings(now, days)
+                .first()
+                .map(|(a, _)| (*a).max(now) as u64)
+        };
+        first(8).or_else(|| first(HORIZON_DAYS))
     }
 
     /// The moment `open_secs` seconds of open time have passed since

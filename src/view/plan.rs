@@ -17,7 +17,7 @@ use crate::config::{Config, Service};
 use crate::git::signature::{self, Trusted};
 use crate::model::plan::{ConfigPlan, FilePlan, KeysChanged, Plan, ServicePlan, SCHEMA};
 use crate::model::record::Change;
-use crate::util::{human_span, repo_key};
+use crate::util::{escape_line, human_span, repo_key};
 
 /// Bytes of one file's diff kept in a plan.
 const DIFF_CAP: usize = 8 * 1024;
@@ -63,7 +63,11 @@ pub fn plan(req: &Request<'_>) -> Result<Plan> {
             return Ok(out);
         }
     };
-    out.warnings = head_config.warnings.iter().map(|w| w.to_string()).collect();
+    out.warnings = head_config
+        .warnings
+        .iter()
+        .map(|w| escape_line(&w.to_string()))
+        .collect();
     let base = match req.base {
         Some(b) => Some(commit(repo, b)?),
         None => default_base(repo, head, &head_config, &mut notes),
@@ -92,8 +96,8 @@ pub fn plan(req: &Request<'_>) -> Result<Plan> {
             continue;
         }
         out.services.push(ServicePlan {
-            machine: svc.machine.clone(),
-            service: svc.name.clone(),
+            machine: escape_line(&svc.machine),
+            service: escape_line(&svc.name),
             files,
             action: svc.action.map(|a| a.as_str().to_string()),
             rollout: rollout(svc),
@@ -142,7 +146,10 @@ fn read_config(
         return Ok(Err(vec![format!("{path} at {short} is not UTF-8 text")]));
     };
     let label = PathBuf::from(format!("{short}:{path}"));
-    Ok(Config::parse(&label, text).map_err(|e| e.0.iter().map(|d| d.to_string()).collect()))
+    // The config is the change's to write: its words reach the output
+    // without a control character.
+    Ok(Config::parse(&label, text)
+        .map_err(|e| e.0.iter().map(|d| escape_line(&d.to_string())).collect()))
 }
 
 /// The merge base of head with the branch most services follow (as a
@@ -283,7 +290,7 @@ fn file_plan(
     FilePlan {
         // A path is the repository's to choose: no control character of
         // it reaches a terminal or a CI log.
-        path: crate::util::escape_line(&path.display().to_string()),
+        path: escape_line(&path.display().to_string()),
         change,
         secret,
         diff,
@@ -351,7 +358,12 @@ fn config_changes(base: Option<&Config>, head: &Config) -> ConfigPlan {
     let entries = |c: &Config| -> BTreeMap<String, Service> {
         c.services
             .iter()
-            .map(|s| (format!("{}: {}", s.machine, s.name), s.clone()))
+            .map(|s| {
+                (
+                    escape_line(&format!("{}: {}", s.machine, s.name)),
+                    s.clone(),
+                )
+            })
             .collect()
     };
     let old = base.map(entries).unwrap_or_default();

@@ -68,35 +68,61 @@ fn plan(dir: &Path, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), common::output_text(&out))
 }
 
-#[test]
-fn plan_lists_what_a_branch_changes_for_whom() {
-    common::need_git!();
-    let d = GitDaemon::start();
-    let up = d.repo("config");
-    let seeded = up.commit(
-        "main",
-        &[
-            (
-                "provision/config.toml",
-                Some(&config(&up.url(), true, false)),
-            ),
-            ("web/nginx.conf", Some("worker_processes 1;\n")),
-            (
-                "web/site.key.age",
-                Some(
-                    "-----BEGIN AGE ENCRYPTED FILE-----\nAAAA\n-----END AGE ENCRYPTED FILE-----\n",
-                ),
-            ),
-            ("db/postgresql.conf", Some("port = 5432\n")),
-        ],
-        "seed",
-    );
+/// A config repository served by a git daemon, and a checkout of it.
+struct Served {
+    _daemon: GitDaemon,
+    up: common::Upstream,
+    /// The seed commit on main.
+    seeded: String,
+    /// Holds the checkout (and room for other files).
+    work: tempfile::TempDir,
+    dir: std::path::PathBuf,
+}
+
+/// Seeds main with the config (db's service or not), `web/nginx.conf`
+/// and `files`, and clones it.
+fn served(with_db: bool, files: &[(&str, &str)]) -> Served {
+    let daemon = GitDaemon::start();
+    let up = daemon.repo("config");
+    let config = config(&up.url(), with_db, false);
+    let mut all = vec![
+        ("provision/config.toml", Some(config.as_str())),
+        ("web/nginx.conf", Some("worker_processes 1;\n")),
+    ];
+    all.extend(files.iter().map(|(p, t)| (*p, Some(*t))));
+    let seeded = up.commit("main", &all, "seed");
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path().join("checkout");
     common::run(
         Command::new("git")
             .args(["clone", "-q", &up.url()])
             .arg(&dir),
+    );
+    Served {
+        _daemon: daemon,
+        up,
+        seeded,
+        work,
+        dir,
+    }
+}
+
+#[test]
+fn plan_lists_what_a_branch_changes_for_whom() {
+    common::need_git!();
+    let secret = "-----BEGIN AGE ENCRYPTED FILE-----\nAAAA\n-----END AGE ENCRYPTED FILE-----\n";
+    let Served {
+        _daemon,
+        up,
+        seeded,
+        work,
+        dir,
+    } = served(
+        true,
+        &[
+            ("web/site.key.age", secret),
+            ("db/postgresql.conf", "port = 5432\n"),
+        ],
     );
 
     // base == head: nothing changes, exit 0.
@@ -251,27 +277,9 @@ fn the_ci_examples_parse_and_their_commands_run() {
             f.display()
         );
     }
-    let d = GitDaemon::start();
-    let up = d.repo("config");
-    up.commit(
-        "main",
-        &[
-            (
-                "provision/config.toml",
-                Some(&config(&up.url(), true, false)),
-            ),
-            ("web/nginx.conf", Some("worker_processes 1;\n")),
-            ("db/postgresql.conf", Some("port = 5432\n")),
-        ],
-        "seed",
-    );
-    let work = tempfile::tempdir().expect("tempdir");
-    let dir = work.path().join("checkout");
-    common::run(
-        Command::new("git")
-            .args(["clone", "-q", &up.url()])
-            .arg(&dir),
-    );
+    // Bound whole: the daemon and the checkout live as long as the test.
+    let repo = served(true, &[("db/postgresql.conf", "port = 5432\n")]);
+    let dir = repo.dir.clone();
     git(&dir, &["checkout", "-q", "-b", "pr"]);
     commit(&dir, &[("db/postgresql.conf", "port = 5433\n")], "db port");
     let check = Command::new(BIN)
@@ -325,26 +333,8 @@ fn the_ci_examples_parse_and_their_commands_run() {
 #[test]
 fn a_hostile_file_name_or_content_puts_no_escape_into_the_plan() {
     common::need_git!();
-    let d = GitDaemon::start();
-    let up = d.repo("config");
-    up.commit(
-        "main",
-        &[
-            (
-                "provision/config.toml",
-                Some(&config(&up.url(), false, false)),
-            ),
-            ("web/nginx.conf", Some("worker_processes 1;\n")),
-        ],
-        "seed",
-    );
-    let work = tempfile::tempdir().expect("tempdir");
-    let dir = work.path().join("checkout");
-    common::run(
-        Command::new("git")
-            .args(["clone", "-q", &up.url()])
-            .arg(&dir),
-    );
+    let repo = served(false, &[]);
+    let dir = repo.dir.clone();
     git(&dir, &["checkout", "-q", "-b", "evil"]);
     commit(
         &dir,

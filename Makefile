@@ -13,7 +13,7 @@ CARGO ?= cargo
 # Chromium, ansible for the inventory...), so nothing the tests use comes
 # only from `make bench` or by hand.
 TEST_TOOL_PACKAGES := $(shell awk '!/^\#/ && NF { print $$2 }' testkit/tools.txt | sort -u)
-APT_PACKAGES := $(sort git pkg-config libssl-dev python3 python3-yaml man-db bash-completion $(TEST_TOOL_PACKAGES))
+APT_PACKAGES := $(sort git pkg-config libssl-dev python3 python3-yaml tzdata man-db bash-completion $(TEST_TOOL_PACKAGES))
 # The peers `make bench` compares provision with, and an independent timer.
 BENCH_APT_PACKAGES := ansible-core hyperfine valgrind
 # mdBook builds the user guide; only its HTML renderer and search are built.
